@@ -1,0 +1,156 @@
+"""Command line: ``sparsespike demo | train | sweep | report | bench | export``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from .errors import SparseSpikeError
+
+
+def _builtin_config(name: str) -> Path:
+    return Path(str(resources.files("sparsespike") / "experiments" / f"{name}.yaml"))
+
+
+def _parse_overrides(items: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"--set expects key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from .config import load_config
+    from .train import Trainer
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    cfg = load_config(_builtin_config("demo_yinyang"), _parse_overrides(args.set))
+    out = Path(args.out or "runs/demo")
+    print(f"sparsespike demo: {cfg.notes.strip()}")
+    t0 = time.perf_counter()
+    res = Trainer(cfg, out, args.data_dir, progress=not args.quiet).fit()
+    m = res["metrics"]
+    print()
+    print(f"test accuracy        {100 * res['test_acc']:.2f} % (best validation epoch {res['best_epoch']})")
+    print(f"spike count          {m['spike_count']:.1f} spikes / sample (<N_S> {m['ns']:.3f})")
+    print(f"input spikes         {m['input_spikes']:.1f} / sample")
+    print(f"SynOps               {m['synops']:.0f} / sample (dense FLOPs {m['dense_flops']:.0f})")
+    print(f"energy estimate      {m['energy_pj'] / 1e3:.2f} nJ / sample (45 nm: E_AC 0.9 pJ, E_MAC 4.6 pJ)")
+    print(f"training time        {res['train_time_s']:.1f} s ({time.perf_counter() - t0:.1f} s in all)")
+    print(f"training curves      {res.get('curves', '(plot failed: ' + res.get('curves_error', '') + ')')}")
+    print(f"run directory        {out.resolve()}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train import Trainer
+
+    ov = _parse_overrides(args.set)
+    if args.seed is not None:
+        ov["seed"] = args.seed
+    cfg = load_config(args.config, ov)
+    engine = getattr(cfg, "engine", None)
+    out = Path(args.out or Path("runs") / f"{cfg.name}_seed{cfg.seed}")
+    res = Trainer(cfg, out, args.data_dir, resume=args.resume, progress=not args.quiet).fit()
+    m = res["metrics"]
+    print(
+        f"[{cfg.name}] test accuracy {100 * res['test_acc']:.2f} % | spikes/sample {m['spike_count']:.1f} | "
+        f"SynOps {m['synops']:.4g} | dense FLOPs {m['dense_flops']:.4g} | results in {out}"
+    )
+    del engine
+    return 0
+
+
+def cmd_report(args) -> int:
+    run = Path(args.run)
+    res_p = run / "results.json"
+    if not res_p.exists():
+        raise SystemExit(f"no results.json in {run}")
+    res = json.loads(res_p.read_text())
+    from .metrics import MetricsReport
+
+    rep = MetricsReport(**res["metrics"])
+    print(f"# {res['name']} (seed {res['seed']})\n")
+    print(f"test accuracy {100 * res['test_acc']:.2f} %, best validation epoch {res['best_epoch']}\n")
+    print(rep.table())
+    return 0
+
+
+def cmd_bench(args) -> int:
+    name = args.which
+    extra = args.rest or []
+    if name == "peers":
+        from .bench import peers
+
+        return peers.main(extra)
+    if name == "sparse-backward":
+        from .bench import sparse_backward
+
+        return sparse_backward.main(extra)
+    if name == "eventprop":
+        from .bench import eventprop
+
+        return eventprop.main(extra)
+    if name == "pruned-inference":
+        from .bench import pruned_inference
+
+        return pruned_inference.main(extra)
+    raise SystemExit(f"unknown benchmark {name!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparsespike", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="train a small SNN on Yin-Yang (< 2 min) and print a report")
+    d.add_argument("--out", help="run directory (default runs/demo)")
+    d.add_argument("--data-dir", help="data root (default $SPARSESPIKE_DATA or ~/.cache/sparsespike)")
+    d.add_argument("--threads", type=int)
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="run a configured experiment (YAML)")
+    t.add_argument("config")
+    t.add_argument("--data-dir")
+    t.add_argument("--out")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (dotted)")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("report", help="print the metrics table of a finished run")
+    r.add_argument("run")
+    r.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("bench", help="benchmarks: peers | sparse-backward | eventprop | pruned-inference")
+    b.add_argument("which", choices=["peers", "sparse-backward", "eventprop", "pruned-inference"])
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SparseSpikeError as e:
+        print(f"sparsespike: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

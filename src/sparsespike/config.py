@@ -1,0 +1,127 @@
+"""Experiment configuration: YAML mapped onto dataclasses, unknown keys rejected by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, how it is encoded into spikes, and how it is split and batched."""
+
+    dataset: str = "yinyang"
+    encoding: dict = field(default_factory=lambda: {"name": "latency", "T": 30})
+    val_fraction: float = 0.1
+    train_subset: int | None = None
+    test_subset: int | None = None
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    augment: dict | None = None
+
+
+@dataclass
+class ModelConfig:
+    """A feed-forward spiking network as a list of layer specs (see :mod:`sparsespike.models`)."""
+
+    layers: list = field(default_factory=list)
+    neuron: dict = field(default_factory=dict)
+    backward: str = "dense"
+    b_th: float = 0.2
+    weight_scale: float | None = None
+    gates: dict | None = None  # hard-concrete L0 gates: {lam: ..., ...} (connectivity sparsity)
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase: its own epochs, learning rate, loss and regularizers."""
+
+    name: str = "main"
+    epochs: int = 10
+    lr: float | None = None
+    loss: str | None = None
+    regularizers: list | None = None
+    lr_schedule: dict | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    optimizer: dict = field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
+    lr_schedule: dict | None = None
+    loss: str = "ce"
+    regularizers: list = field(default_factory=list)
+    phases: list | None = None
+    grad_clip: float | None = None
+    select_best: bool = True
+    num_threads: int | None = None
+    measure_every: int = 0  # >0: record per-layer activity % every N batches (Fig. 3A)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def phases(self) -> list[PhaseConfig]:
+        """The training phases (one phase from ``train`` when none are listed)."""
+        if not self.train.phases:
+            return [PhaseConfig(name="main", epochs=self.train.epochs)]
+        return [from_dict(PhaseConfig, p, "train.phases[]") for p in self.train.phases]
+
+
+def from_dict(cls, data: dict | None, path: str = ""):
+    """Build dataclass ``cls`` from ``data``; a key that is not a field raises :class:`ConfigError`."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {path or cls.__name__!r} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key {where!r}; valid keys here: {', '.join(sorted(fields))}"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            value = from_dict(hint, value, where)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config (and apply ``overrides``: dotted keys -> values)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    for k, v in (overrides or {}).items():
+        set_dotted(raw, k, v)
+    return from_dict(ExperimentConfig, raw)
+
+
+def set_dotted(d: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value

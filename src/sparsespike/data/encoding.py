@@ -1,0 +1,182 @@
+"""Encoding analogue inputs as spikes: latency (one spike, time from value), rate (Bernoulli).
+
+All inputs are values in [0, 1] (a ``uint8`` tensor is read as ``pixel / 255``); anything else,
+NaN or infinity included, is a :class:`~sparsespike.errors.SpikeInputError`. Rasters are
+time-major ``[T, *x.shape]`` (``[T, B, ...]`` for a batch) float32 tensors of 0/1.
+
+* **Linear latency** (Fontanini et al. 2024, sec. 4 "Encodings"; Wunderlich & Pehle 2021,
+  ``eventprop/yinyang.py``): ``t = t_min + v (t_max - t_min)`` with ``v = 1 - x`` for
+  ``direction='bright_early'`` (bright pixels spike first, the default for MNIST, METHODS.md
+  section 2 pitfalls) or ``v = x`` for ``'bright_late'`` (Yin-Yang coordinates, as in W&P).
+* **Current-to-firing-time** (Perez-Nieves & Goodman 2021, code ``current2firing_time``, after
+  Zenke & Ganguli's SpyTorch tutorial; METHODS.md 1(b)): a LIF neuron driven by a constant
+  current ``x`` fires at ``t = tau_eff * ln(x / (x - thr))`` if ``x > thr`` and never otherwise.
+  :func:`firing_time_raster` puts the spike at step ``int(t)`` (truncation, as the reference's
+  ``np.array(..., dtype=int)``) and drops spikes at step ``>= T``; with ``tau_eff = 20``,
+  ``thr = 0.2`` and 8-bit pixels the latest spike is at step 79, so T = 100 loses none.
+* **Rate** (Bernoulli): at every step, spike with probability ``x``, from a ``torch.Generator``.
+
+Example:
+    >>> x = torch.tensor([[0.0, 0.5, 1.0]])
+    >>> latency_times(x, t_min=0.0, t_max=20.0)
+    tensor([[20., 10.,  0.]])
+    >>> firing_time_raster(torch.tensor([[255, 0]], dtype=torch.uint8), T=100).nonzero().tolist()
+    [[4, 0, 0]]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import SpikeInputError
+
+DIRECTIONS = ("bright_early", "bright_late")
+KINDS = ("linear", "current")
+
+
+def as_unit_interval(x: torch.Tensor | np.ndarray, name: str = "x") -> torch.Tensor:
+    """Return ``x`` as a float tensor in [0, 1]; uint8 is divided by 255; else SpikeInputError."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise SpikeInputError(
+            f"{name} must be a torch tensor or numpy array, got {type(x).__name__}"
+        )
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32) / 255.0
+    if not x.is_floating_point():
+        raise SpikeInputError(
+            f"{name} must be a float tensor with values in [0, 1] (or uint8 pixels), got {x.dtype}"
+        )
+    if x.numel() == 0:
+        return x
+    if not bool(torch.isfinite(x).all()):
+        raise SpikeInputError(f"{name} contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise SpikeInputError(f"{name} must lie in [0, 1], got values in [{lo}, {hi}]")
+    return x
+
+
+def latency_times(
+    x: torch.Tensor,
+    t_min: float = 0.0,
+    t_max: float = 20.0,
+    direction: str = "bright_early",
+    kind: str = "linear",
+    tau: float = 20.0,
+    thr: float = 0.2,
+    silent_below: float | None = None,
+) -> torch.Tensor:
+    """Spike time of each input value (same shape as ``x``), ``+inf`` where no spike.
+
+    ``kind='linear'``: ``t = t_min + v (t_max - t_min)`` with ``v = 1 - x`` (``bright_early``) or
+    ``v = x`` (``bright_late``); every value spikes unless ``silent_below`` is given, in which
+    case values ``< silent_below`` do not. ``kind='current'``: ``t = t_min + tau ln(x/(x-thr))``
+    for ``x > thr``, no spike otherwise or when ``t > t_max`` (bright_early only).
+    Times are in the caller's unit (ms for the event engine). Output dtype follows ``x``
+    (float32 for uint8 input).
+    """
+    x = as_unit_interval(x)
+    if direction not in DIRECTIONS:
+        raise SpikeInputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if kind not in KINDS:
+        raise SpikeInputError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not math.isfinite(t_min) or math.isnan(t_max) or t_max < t_min:
+        raise SpikeInputError(f"need finite t_min <= t_max, got t_min={t_min}, t_max={t_max}")
+    if kind == "linear" and not math.isfinite(t_max):
+        raise SpikeInputError(f"kind='linear' needs a finite t_max, got {t_max}")
+    inf = torch.full_like(x, math.inf)
+    if kind == "linear":
+        v = 1.0 - x if direction == "bright_early" else x
+        t = t_min + v * (t_max - t_min)
+        if silent_below is not None:
+            t = torch.where(x < silent_below, inf, t)
+        return t
+    if direction != "bright_early":
+        raise SpikeInputError(
+            "kind='current' is bright-early by construction; use direction='bright_early'"
+        )
+    if tau <= 0 or not 0 < thr < 1:
+        raise SpikeInputError(f"need tau > 0 and 0 < thr < 1, got tau={tau}, thr={thr}")
+    above = x > thr
+    safe = torch.where(above, x, torch.ones_like(x))
+    t = t_min + tau * torch.log(safe / (safe - thr))
+    return torch.where(above & (t <= t_max), t, inf)
+
+
+def times_to_raster(steps: torch.Tensor, T: int) -> torch.Tensor:
+    """One-hot spike raster ``[T, *steps.shape]`` from integer-valued spike steps.
+
+    Entries that are not finite, negative or ``>= T`` give no spike.
+    """
+    if T <= 0:
+        raise SpikeInputError(f"T must be > 0, got {T}")
+    valid = torch.isfinite(steps) & (steps >= 0) & (steps < T)
+    idx = torch.where(valid, steps, torch.zeros_like(steps)).long()
+    out = torch.zeros((T, *steps.shape), dtype=torch.float32, device=steps.device)
+    out.scatter_(0, idx.unsqueeze(0), valid.unsqueeze(0).to(torch.float32))
+    return out
+
+
+def latency_raster(
+    x: torch.Tensor,
+    T: int,
+    t_min: float = 0.0,
+    t_max: float | None = None,
+    direction: str = "bright_early",
+    kind: str = "linear",
+    tau: float = 20.0,
+    thr: float = 0.2,
+    silent_below: float | None = None,
+) -> torch.Tensor:
+    """Latency code as a time-major raster ``[T, *x.shape]``, at most one spike per input.
+
+    Times are in steps (``t_max`` defaults to ``T - 1``) from :func:`latency_times`; the spike
+    goes to step ``floor(t)``.
+    """
+    t_hi = float(T - 1) if t_max is None else t_max
+    t = latency_times(x, t_min, t_hi, direction, kind, tau, thr, silent_below)
+    return times_to_raster(torch.floor(t), T)
+
+
+def firing_times(images: torch.Tensor, tau_eff: float = 20.0, thr: float = 0.2) -> torch.Tensor:
+    """Perez-Nieves' continuous firing times ``tau_eff ln(x/(x-thr))`` (float64, inf if x <= thr).
+
+    ``images`` are uint8 pixels (divided by 255) or floats in [0, 1]; computed in float64 like
+    the numpy reference so that ``int()`` of the result matches it exactly.
+    """
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        x = images.to(torch.float64) / 255.0
+    else:
+        x = as_unit_interval(images, "images").to(torch.float64)
+    return latency_times(x, 0.0, math.inf, "bright_early", "current", tau_eff, thr)
+
+
+def firing_time_raster(
+    images: torch.Tensor, T: int = 100, tau_eff: float = 20.0, thr: float = 0.2
+) -> torch.Tensor:
+    """Perez-Nieves & Goodman's F-MNIST encoding as a raster ``[T, *images.shape]`` (float32).
+
+    Step ``int(tau_eff ln(x/(x-thr)))`` for ``x > thr`` (``x = pixel/255``), one spike at most,
+    none for ``x <= thr`` or step ``>= T``. Defaults: T = 100 steps of 1 ms, tau_eff = 20 steps,
+    thr = 0.2 (METHODS.md 1(b)). Flatten images to ``[B, 784]`` first for a dense network.
+    """
+    return times_to_raster(torch.floor(firing_times(images, tau_eff, thr)), T)
+
+
+def rate_raster(x: torch.Tensor, T: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bernoulli rate code ``[T, *x.shape]``: spike at each step with probability ``x``.
+
+    Draws ``torch.rand((T, *x.shape), generator=generator)`` on the generator's device (then
+    moves it to ``x``'s), so a seeded generator gives the same raster every time.
+    """
+    x = as_unit_interval(x)
+    if T <= 0:
+        raise SpikeInputError(f"T must be > 0, got {T}")
+    dev = generator.device if generator is not None else x.device
+    u = torch.rand((T, *x.shape), generator=generator, device=dev, dtype=torch.float32)
+    return (u.to(x.device) < x.to(torch.float32)).to(torch.float32)

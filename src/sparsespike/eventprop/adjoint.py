@@ -1,0 +1,176 @@
+"""EventProp backward pass: adjoint variables integrated backwards in closed form.
+
+Adjoint system (Fontanini et al. 2024 eqs. 4-6; Wunderlich & Pehle 2021; METHODS.md 2(b)),
+written in forward time and solved backwards from ``lambda_V(T) = lambda_I(T) = 0``::
+
+    tau_m d(lambda_V)/dt = lambda_V,     tau_s d(lambda_I)/dt = lambda_I - R_m lambda_V.
+
+Going backwards by ``Delta`` from (lV, lI) the closed form is::
+
+    lambda_V = lV e^{-Delta/tau_m},
+    lambda_I = lI e^{-Delta/tau_s} + lV R_m tau_m/(tau_m - tau_s) (e^{-Delta/tau_m} - e^{-Delta/tau_s}).
+
+At the k-th spike of neuron n (time t_k, current I = I(t_k), which a spike leaves unchanged)::
+
+    lambda_V^- = (R_m I lambda_V^+ + err_k) / (R_m I - theta)          (eq. 5)
+               = lambda_V^+ + (theta lambda_V^+ + err_k) / (R_m I - theta),
+    lambda_I^- = lambda_I^+,
+    err_k = dL/dt_k + sum_m W[m, n] (R_m lambda_V,m - lambda_I,m)(t_k)   (next layer's term).
+
+``R_m I - theta = tau_m dV/dt(t_k^-)`` is positive for an upward crossing; it is clipped to at
+least ``SolverOptions.grazing_eps`` so that a spike that only grazes the threshold cannot make
+the gradient blow up (exact for every spike whose crossing slope exceeds the clip).
+
+At each input spike (time t_i, source n) received by neuron m (no jump: the input's effect on
+the state does not depend on the state)::
+
+    dL/dW[m, n] += -tau_s lambda_I,m(t_i)                              (eq. 8)
+    err_i        += W[m, n] (R_m lambda_V,m(t_i) - lambda_I,m(t_i))    (passed to the layer below)
+
+``err_i`` is also exactly dL/dt_i, the derivative of the loss wrt the time of input spike i,
+so the same quantity gives the gradient wrt the network's input spike times.
+
+Neurons of a layer are independent given the errors of their own spikes, so the kernel loops
+over the neurons of one sample serially and runs samples in parallel; per-sample weight
+gradients are summed afterwards in a fixed order (deterministic for any thread count).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .params import LIFParams, SolverOptions
+from .simulate import EventList, LayerSpikes
+
+__all__ = ["adjoint_layer", "scatter_event_errors", "adjoint_network"]
+
+
+@njit(parallel=True, cache=True)
+def _adjoint_layer_kernel(
+    ev_t, ev_n, ev_count, W, out_t, out_i, out_count, err_spk,
+    tau_m, tau_s, r_m, theta, t_window, grazing_eps,
+    grad_b, err_in,
+):  # fmt: skip
+    B = ev_t.shape[0]
+    N = W.shape[0]
+    kb = r_m * tau_m / (tau_m - tau_s)
+    for b in prange(B):
+        e_last = ev_count[b] - 1
+        while e_last >= 0 and ev_t[b, e_last] >= t_window:
+            e_last -= 1  # inputs at or after T never act: zero gradient and error
+        for m in range(N):
+            lv = 0.0
+            li = 0.0
+            tc = t_window
+            p = out_count[b, m] - 1
+            e = e_last
+            while p >= 0 or e >= 0:
+                is_post = p >= 0 and (e < 0 or out_t[b, m, p] > ev_t[b, e])
+                te = out_t[b, m, p] if is_post else ev_t[b, e]
+                D = tc - te
+                if D > 0.0 and (lv != 0.0 or li != 0.0):
+                    em = math.exp(-D / tau_m)
+                    es = math.exp(-D / tau_s)
+                    li = li * es + lv * kb * (em - es)
+                    lv = lv * em
+                tc = te
+                if is_post:
+                    den = r_m * out_i[b, m, p] - theta
+                    if den < grazing_eps:
+                        den = grazing_eps
+                    lv = lv + (theta * lv + err_spk[b, m, p]) / den
+                    p -= 1
+                else:
+                    n = ev_n[b, e]
+                    grad_b[b, m, n] += -tau_s * li
+                    err_in[b, e] += W[m, n] * (r_m * lv - li)
+                    e -= 1
+
+
+def adjoint_layer(
+    events: EventList,
+    weight: np.ndarray,
+    spikes: LayerSpikes,
+    err_spikes: np.ndarray,
+    params: LIFParams = LIFParams(),
+    options: SolverOptions = SolverOptions(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backward pass of one layer.
+
+    Args:
+        events: the layer's input events (from the forward pass).
+        weight: ``[N_out, N_in]`` weights used in the forward pass.
+        spikes: the layer's output spikes (from the forward pass).
+        err_spikes: ``[B, N_out, S]`` total error of each output spike, ``err_k`` above
+            (direct ``dL/dt_k`` plus what the next layer passed down); padding is ignored.
+
+    Returns:
+        ``(grad_W [N_out, N_in], err_events [B, K])``: the weight gradient summed over the batch
+        and ``dL/dt`` of every input event (to be scattered onto the layer below).
+    """
+    W = np.ascontiguousarray(weight, dtype=np.float64)
+    err = np.ascontiguousarray(err_spikes, dtype=np.float64)
+    if err.shape != spikes.times.shape:
+        raise ValueError(f"err_spikes has shape {err.shape}, expected {spikes.times.shape}")
+    B, K = events.times.shape
+    grad_b = np.zeros((B, W.shape[0], W.shape[1]))
+    err_in = np.zeros((B, K))
+    p = params
+    _adjoint_layer_kernel(
+        events.times, events.neuron, events.count, W,
+        spikes.times, spikes.currents, spikes.counts, err,
+        float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
+        float(options.grazing_eps),
+        grad_b, err_in,
+    )  # fmt: skip
+    return grad_b.sum(axis=0), err_in
+
+
+def scatter_event_errors(events: EventList, err_events: np.ndarray, shape: tuple) -> np.ndarray:
+    """Map per-event errors ``[B, K]`` back onto the source layer's spike array ``shape``."""
+    out = np.zeros(shape)
+    valid = events.neuron >= 0
+    b_idx = np.broadcast_to(np.arange(events.times.shape[0])[:, None], events.times.shape)
+    np.add.at(out, (b_idx[valid], events.neuron[valid], events.index[valid]), err_events[valid])
+    return out
+
+
+def _valid_mask(spikes: LayerSpikes) -> np.ndarray:
+    S = spikes.times.shape[2]
+    return np.arange(S)[None, None, :] < spikes.counts[:, :, None]
+
+
+def adjoint_network(
+    layers: list[tuple[EventList, LayerSpikes]],
+    weights: list[np.ndarray],
+    dl_dt: list[np.ndarray | None],
+    input_shape: tuple,
+    params: LIFParams = LIFParams(),
+    options: SolverOptions = SolverOptions(),
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Backward pass through all layers, output first.
+
+    ``dl_dt[l]`` is ``dL/dt`` for the spikes of layer ``l`` (shape of its ``times``) or None.
+    Entries beyond a neuron's spike count (padding) are ignored, whatever they hold.
+    Returns ``(weight gradients, dL/d(input times) of shape input_shape as [B, N_in, S])``.
+    """
+    grads: list[np.ndarray] = [None] * len(layers)  # type: ignore[list-item]
+    err_above: np.ndarray | None = None
+    for l in range(len(layers) - 1, -1, -1):
+        ev, sp = layers[l]
+        valid = _valid_mask(sp)
+        g = dl_dt[l]
+        if g is None:
+            err = np.zeros(sp.times.shape)
+        else:
+            err = np.where(valid, np.asarray(g, dtype=np.float64), 0.0)
+        if err_above is not None:
+            err = err + err_above
+        gW, err_ev = adjoint_layer(ev, weights[l], sp, err, params, options)
+        grads[l] = gW
+        shape_below = layers[l - 1][1].times.shape if l > 0 else input_shape
+        err_above = scatter_event_errors(ev, err_ev, shape_below)
+    return grads, err_above

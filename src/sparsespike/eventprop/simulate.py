@@ -1,0 +1,407 @@
+"""Exact event-driven forward simulation of feed-forward current-based LIF layers.
+
+Model (Fontanini et al. 2024 eqs. 1-3; METHODS.md 2(a))::
+
+    tau_m dV/dt = -V + R_m I,   tau_s dI/dt = -I,   V(0) = I(0) = 0,
+    input spike from n at t:  I_m(t+) = I_m(t-) + W[m, n],
+    V_m(t_k-) = theta:        spike, V_m(t_k+) = 0, I_m unchanged.
+
+Between two input events, with state (V0, I0) at t0, Delta = t - t0 and
+``k = tau_s / (tau_m - tau_s)``, the closed form is::
+
+    I(t) = I0 e^{-Delta/tau_s},
+    V(t) = (V0 + k R I0) e^{-Delta/tau_m} - k R I0 e^{-Delta/tau_s}.
+
+V has at most one stationary point, at
+``Delta* = ln(k R I0 tau_m / ((V0 + k R I0) tau_s)) / (1/tau_s - 1/tau_m)``. A spike exists in
+the interval ``(t0, t1]`` when ``V(Delta*) > theta + peak_tol`` with ``Delta*`` inside it, or when
+``V(t1) > theta``; the crossing is then bracketed on ``[t0, t0 + Delta*]`` (resp. ``[t0, t1]``),
+where ``V - theta`` has exactly one root, and solved by Newton's method safeguarded by
+bisection (Numerical Recipes ``rtsafe``) to ``root_xtol`` (1e-12 ms). After a spike V is reset
+and the scan restarts from the spike time in the same interval, so a neuron can fire several
+times between two inputs. This mirrors ``compute_spikes`` of the reference code
+(``eventprop/eventprop: src/eventprop_cpp.cpp``), which uses Boost ``toms748_solve``.
+
+Data layout
+-----------
+* :class:`LayerSpikes` (a layer's output): ``times [B, N, S]`` float64, each neuron's spikes in
+  ascending order, padded with ``+inf``; ``counts [B, N]``; ``currents [B, N, S]`` = I at each
+  spike (needed by the adjoint jump). ``S`` is trimmed to the largest count in the batch
+  (at least 1).
+* :class:`EventList` (a layer's input): the spikes of the layer below merged per sample into
+  one time-sorted list, padded: ``times [B, K]`` (``+inf`` padding), ``neuron [B, K]`` (source
+  neuron), ``index [B, K]`` (which of its spikes, i.e. position along the source's ``S`` axis),
+  ``count [B]``. Ties are ordered by (neuron, index), so results are deterministic.
+
+The cost is O(sum over neurons of (#input events + #own spikes)) per sample: it grows with the
+number of events, not with a time grid. Kernels run in numba, parallel over (sample, neuron).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ..errors import SpikeInputError
+from .params import LIFParams, SolverOptions
+
+__all__ = [
+    "EventList",
+    "LayerSpikes",
+    "check_input_times",
+    "merge_events",
+    "simulate_layer",
+    "simulate_network",
+    "membrane_potential",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# numba kernels
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True, fastmath=False)
+def _v_and_dv(x, a, b, theta, tau_m, tau_s):
+    """f(x) = V(x) - theta and f'(x) for V = a e^{-x/tau_m} - b e^{-x/tau_s}."""
+    em = math.exp(-x / tau_m)
+    es = math.exp(-x / tau_s)
+    return a * em - b * es - theta, -a * em / tau_m + b * es / tau_s
+
+
+@njit(cache=True)
+def _solve_crossing(a, b, theta, tau_m, tau_s, lo, hi, xtol):
+    """Root of V(x) - theta on [lo, hi] with f(lo) <= 0 < f(hi): safeguarded Newton (rtsafe)."""
+    flo, _ = _v_and_dv(lo, a, b, theta, tau_m, tau_s)
+    fhi, _ = _v_and_dv(hi, a, b, theta, tau_m, tau_s)
+    if flo >= 0.0:
+        return lo
+    # start from the secant (regula falsi) point
+    x = lo + (hi - lo) * (-flo) / (fhi - flo)
+    dxold = hi - lo
+    dx = dxold
+    for _ in range(200):
+        f, df = _v_and_dv(x, a, b, theta, tau_m, tau_s)
+        if f == 0.0:
+            return x
+        if f < 0.0:
+            lo = x
+        else:
+            hi = x
+        # Newton step if it stays in the bracket and shrinks fast enough, else bisection
+        newton_ok = df > 0.0
+        if newton_ok:
+            xn = x - f / df
+            if not (lo < xn < hi) or abs(2.0 * f) > abs(dxold * df):
+                newton_ok = False
+        dxold = dx
+        if newton_ok:
+            dx = xn - x
+            x = xn
+        else:
+            dx = 0.5 * (hi - lo)
+            x = lo + dx
+        if abs(dx) < xtol or hi - lo < xtol:
+            return x
+    return x
+
+
+@njit(cache=True)
+def _next_crossing(V0, I0, D, tau_m, tau_s, r_m, theta, k, peak_tol, xtol):
+    """Offset in (0, D] of the first upward crossing of theta from state (V0, I0), or -1."""
+    if D <= 0.0:
+        return -1.0
+    b = k * r_m * I0
+    a = V0 + b
+    # interior stationary point (a maximum if it exceeds V0 < theta)
+    if b != 0.0 and a != 0.0:
+        ratio = (b * tau_m) / (a * tau_s)
+        if ratio > 0.0:
+            dstar = math.log(ratio) / (1.0 / tau_s - 1.0 / tau_m)
+            if 0.0 < dstar < D:
+                fpk, _ = _v_and_dv(dstar, a, b, theta, tau_m, tau_s)
+                if fpk > peak_tol:
+                    return _solve_crossing(a, b, theta, tau_m, tau_s, 0.0, dstar, xtol)
+    fend, _ = _v_and_dv(D, a, b, theta, tau_m, tau_s)
+    if fend > 0.0:
+        return _solve_crossing(a, b, theta, tau_m, tau_s, 0.0, D, xtol)
+    return -1.0
+
+
+@njit(parallel=True, cache=True)
+def _forward_layer_kernel(
+    ev_t, ev_n, ev_count, W, tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol,
+    out_t, out_i, out_count, capped,
+):  # fmt: skip
+    B = ev_t.shape[0]
+    N = W.shape[0]
+    S = out_t.shape[2]
+    k = tau_s / (tau_m - tau_s)
+    for j in prange(B * N):
+        b = j // N
+        m = j - b * N
+        V = 0.0
+        I = 0.0
+        t0 = 0.0
+        cnt = 0
+        K = ev_count[b]
+        stop = False
+        for e in range(K + 1):
+            last = e == K
+            if not last:
+                te = ev_t[b, e]
+                if te >= t_window:
+                    last = True
+            t1 = t_window if last else te
+            # all spikes in (t0, t1]
+            while True:
+                d = _next_crossing(V, I, t1 - t0, tau_m, tau_s, r_m, theta, k, peak_tol, xtol)
+                if d < 0.0:
+                    break
+                if cnt >= S:
+                    capped[b, m] = 1
+                    stop = True
+                    break
+                ts = t0 + d
+                I = I * math.exp(-d / tau_s)
+                out_t[b, m, cnt] = ts
+                out_i[b, m, cnt] = I
+                cnt += 1
+                V = 0.0
+                t0 = ts
+            if stop or last:
+                break
+            # advance the closed form to the input event and apply its jump
+            D = t1 - t0
+            if D > 0.0:
+                em = math.exp(-D / tau_m)
+                es = math.exp(-D / tau_s)
+                bb = k * r_m * I
+                V = (V + bb) * em - bb * es
+                I = I * es
+                t0 = t1
+            I += W[m, ev_n[b, e]]
+        out_count[b, m] = cnt
+
+
+@njit(parallel=True, cache=True)
+def _count_finite(times, counts):
+    B, N, S = times.shape
+    for b in prange(B):
+        c = 0
+        for n in range(N):
+            for p in range(S):
+                if math.isfinite(times[b, n, p]):
+                    c += 1
+        counts[b] = c
+
+
+@njit(parallel=True, cache=True)
+def _merge_kernel(times, counts, ev_t, ev_n, ev_p):
+    B, N, S = times.shape
+    for b in prange(B):
+        K = counts[b]
+        bt = np.empty(K, dtype=np.float64)
+        bn = np.empty(K, dtype=np.int64)
+        bp = np.empty(K, dtype=np.int64)
+        c = 0
+        for n in range(N):
+            for p in range(S):
+                t = times[b, n, p]
+                if math.isfinite(t):
+                    bt[c] = t
+                    bn[c] = n
+                    bp[c] = p
+                    c += 1
+        order = np.argsort(bt, kind="mergesort")
+        for i in range(K):
+            o = order[i]
+            ev_t[b, i] = bt[o]
+            ev_n[b, i] = bn[o]
+            ev_p[b, i] = bp[o]
+
+
+# ----------------------------------------------------------------------------------------------
+# containers and numpy-level API
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class EventList:
+    """Time-sorted input events of one layer, per sample (see module docstring)."""
+
+    times: np.ndarray  # [B, K] float64, +inf padded
+    neuron: np.ndarray  # [B, K] int64 source neuron, -1 padded
+    index: np.ndarray  # [B, K] int64 spike index of the source neuron, -1 padded
+    count: np.ndarray  # [B] int64
+
+
+@dataclass
+class LayerSpikes:
+    """Output spikes of one layer (see module docstring)."""
+
+    times: np.ndarray  # [B, N, S] float64, ascending per neuron, +inf padded
+    counts: np.ndarray  # [B, N] int64
+    currents: np.ndarray  # [B, N, S] float64, I at each spike (0 padded)
+    n_capped: int  # neurons (over the batch) that hit max_spikes
+
+
+def check_input_times(times: np.ndarray, name: str = "input_times") -> np.ndarray:
+    """Validate spike times and return them as C-contiguous float64 ``[B, N, S]``.
+
+    Accepts ``[B, N]`` (at most one spike per input neuron) or ``[B, N, S]``. ``+inf`` means
+    "no spike"; NaN, ``-inf`` and negative times are errors (the state starts at 0 at t = 0).
+    """
+    arr = np.asarray(times)
+    if arr.dtype.kind not in "fiu":
+        raise SpikeInputError(f"{name} must be a real array of spike times, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise SpikeInputError(
+            f"{name} must have shape [batch, neurons] or [batch, neurons, spikes], got {arr.shape}"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if np.isnan(arr).any():
+        raise SpikeInputError(f"{name} contains NaN spike times (use +inf for 'no spike')")
+    if (arr < 0).any():
+        bad = float(arr[arr < 0].min())
+        raise SpikeInputError(f"{name} contains negative (or -inf) spike times, e.g. {bad}")
+    return arr
+
+
+def merge_events(times: np.ndarray) -> EventList:
+    """Merge per-neuron spike times ``[B, N, S]`` (``+inf`` = none) into sorted event lists."""
+    times = np.ascontiguousarray(times, dtype=np.float64)
+    B = times.shape[0]
+    counts = np.zeros(B, dtype=np.int64)
+    _count_finite(times, counts)
+    K = int(counts.max()) if B else 0
+    K = max(K, 1)
+    ev_t = np.full((B, K), np.inf)
+    ev_n = np.full((B, K), -1, dtype=np.int64)
+    ev_p = np.full((B, K), -1, dtype=np.int64)
+    _merge_kernel(times, counts, ev_t, ev_n, ev_p)
+    return EventList(ev_t, ev_n, ev_p, counts)
+
+
+def simulate_layer(
+    events: EventList,
+    weight: np.ndarray,
+    params: LIFParams = LIFParams(),
+    options: SolverOptions = SolverOptions(),
+    layer_name: str = "layer",
+) -> LayerSpikes:
+    """Exact spike times of one layer of ``weight.shape[0]`` neurons driven by ``events``.
+
+    ``weight`` is ``[N_out, N_in]`` (``W[m, n]`` is the jump of ``I_m`` at a spike of input
+    ``n``). Returns :class:`LayerSpikes` with ``S`` trimmed to the largest spike count.
+    """
+    W = np.ascontiguousarray(weight, dtype=np.float64)
+    if W.ndim != 2:
+        raise SpikeInputError(f"{layer_name}: weight must be 2-D [N_out, N_in], got {W.shape}")
+    B = events.times.shape[0]
+    N = W.shape[0]
+    if B and int(events.count.max(initial=0)) > 0:
+        used = events.neuron[events.neuron >= 0]
+        if used.size and int(used.max()) >= W.shape[1]:
+            raise SpikeInputError(
+                f"{layer_name}: input neuron index {int(used.max())} out of range for weight "
+                f"with {W.shape[1]} inputs"
+            )
+    if not np.isfinite(W).all():
+        raise SpikeInputError(f"{layer_name}: weight contains NaN or inf")
+    S = options.max_spikes
+    out_t = np.full((B, N, S), np.inf)
+    out_i = np.zeros((B, N, S))
+    out_c = np.zeros((B, N), dtype=np.int64)
+    capped = np.zeros((B, N), dtype=np.int8)
+    p = params
+    _forward_layer_kernel(
+        events.times, events.neuron, events.count, W,
+        float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
+        float(options.peak_tol), float(options.root_xtol),
+        out_t, out_i, out_c, capped,
+    )  # fmt: skip
+    n_capped = int(capped.sum())
+    if n_capped:
+        msg = (
+            f"{layer_name}: {n_capped} neuron(s) reached max_spikes={S} in the window "
+            f"(T={p.t_window} ms); their later spikes were dropped"
+        )
+        if options.on_overflow == "raise":
+            raise SpikeInputError(msg + " (SolverOptions.on_overflow='raise')")
+        if options.on_overflow == "warn":
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    s_used = max(1, int(out_c.max(initial=0)))
+    return LayerSpikes(
+        np.ascontiguousarray(out_t[:, :, :s_used]),
+        out_c,
+        np.ascontiguousarray(out_i[:, :, :s_used]),
+        n_capped,
+    )
+
+
+def simulate_network(
+    input_times: np.ndarray,
+    weights: list[np.ndarray],
+    params: LIFParams = LIFParams(),
+    options: SolverOptions = SolverOptions(),
+) -> list[tuple[EventList, LayerSpikes]]:
+    """Simulate a feed-forward network layer by layer.
+
+    ``input_times``: ``[B, N_in]`` or ``[B, N_in, S]`` (``+inf`` = no spike). ``weights[l]`` is
+    ``[N_{l+1}, N_l]``. Returns, per non-input layer, its input :class:`EventList` and its
+    output :class:`LayerSpikes`; each layer's output spikes are the next layer's input events.
+    """
+    x = check_input_times(input_times)
+    out: list[tuple[EventList, LayerSpikes]] = []
+    prev = x
+    n_prev = x.shape[1]
+    for l, W in enumerate(weights):
+        W = np.asarray(W)
+        if W.ndim != 2 or W.shape[1] != n_prev:
+            raise SpikeInputError(
+                f"weights[{l}] has shape {tuple(W.shape)}, expected [N_out, {n_prev}]"
+            )
+        ev = merge_events(prev)
+        sp = simulate_layer(ev, W, params, options, layer_name=f"layer {l + 1}")
+        out.append((ev, sp))
+        prev = sp.times
+        n_prev = W.shape[0]
+    return out
+
+
+def membrane_potential(
+    t: np.ndarray,
+    in_times: np.ndarray,
+    in_weights: np.ndarray,
+    out_times: np.ndarray,
+    params: LIFParams = LIFParams(),
+) -> np.ndarray:
+    """V(t) of one neuron from its inputs and its own spikes (superposition of the closed form).
+
+    ``V(t) = sum_i w_i R k (e^{-(t-t_i)/tau_m} - e^{-(t-t_i)/tau_s})
+    - theta sum_{t_k < t} e^{-(t-t_k)/tau_m}`` (the reset subtracts theta at each spike; this
+    is the ``sum0``/``sum1`` form of the reference code). For plots and tests.
+    """
+    p = params
+    k = p.tau_s / (p.tau_m - p.tau_s)
+    t = np.asarray(t, dtype=np.float64)[..., None]
+    ti = np.asarray(in_times, dtype=np.float64)
+    wi = np.asarray(in_weights, dtype=np.float64)
+    m = np.isfinite(ti)
+    ti, wi = ti[m], wi[m]
+    dt = t - ti
+    psp = np.where(dt > 0, wi * p.r_m * k * (np.exp(-dt / p.tau_m) - np.exp(-dt / p.tau_s)), 0.0)
+    to = np.asarray(out_times, dtype=np.float64)
+    to = to[np.isfinite(to)]
+    do = t - to
+    rst = np.where(do > 0, p.threshold * np.exp(-do / p.tau_m), 0.0)
+    return psp.sum(-1) - rst.sum(-1)
+
+
+def set_num_threads(n: int) -> None:
+    """Set the numba thread count used by the kernels (<= NUMBA_NUM_THREADS)."""
+    numba.set_num_threads(int(n))

@@ -1,0 +1,371 @@
+"""Training loop of the EventProp engine (Fontanini et al. 2024 protocol).
+
+Adam (0.9, 0.999, 1e-8), learning rate x ``lr_decay`` (0.95) after every epoch, one or more
+phases run in sequence on the same weights (each phase: its own loss, learning rate, epochs,
+and a fresh Adam state). The 2-phase schedule is ``L_A`` then ``L`` (Yin-Yang: lr 5e-3 then
+2e-4, batch 32; MNIST: lr 2e-3 both, batch 20). Validation after every epoch; the test split
+once at the end.
+
+Small function-based API for the CLI::
+
+    results = train_eventprop("experiments/eventprop_yinyang_2phase.yaml")
+    results = train_eventprop({"dataset": "yinyang", "phases": [...]}, seed=3)
+
+``results`` is a JSON-ready dict (config, per-epoch history, final validation/test metrics,
+timings, versions). With ``out_dir`` set, ``run.json`` and ``metrics.jsonl`` (one line per
+epoch) are written there as well (DESIGN.md conventions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .encode import encode_mnist, encode_yinyang
+from .losses import LOSS_NAMES, make_loss
+from .metrics import BatchStats, evaluate
+from .network import MNIST_INIT_RANGES, EventNetwork, default_init_ranges
+from .params import LIFParams, SolverOptions
+
+__all__ = ["PhaseConfig", "EventPropConfig", "load_config", "train_eventprop", "augment_images"]
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase: loss ``name`` in {CE, L_W, L, L_A}, its alpha / eta (ms), lr, epochs."""
+
+    loss: str = "L_W"
+    alpha: float = 3e-3
+    eta: float = 0.0
+    lr: float = 5e-3
+    epochs: int = 100
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSS_NAMES:
+            raise ConfigError(f"phase loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        if self.epochs < 0 or self.lr <= 0 or self.alpha < 0 or self.eta < 0:
+            raise ConfigError(f"bad phase settings: {self}")
+
+
+@dataclass
+class EventPropConfig:
+    """Everything a run needs; YAML files map onto it key by key (unknown keys are errors)."""
+
+    name: str = "eventprop"
+    dataset: str = "yinyang"  # "yinyang" | "mnist"
+    data_dir: str | None = None
+    sizes: list[int] = field(default_factory=lambda: [5, 40, 25, 13, 3])
+    init_ranges: list[list[float]] | None = None  # None: dataset default (Fontanini Table 2)
+    phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])
+    batch_size: int = 32
+    lr_decay: float = 0.95
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    grad_clip: float | None = None  # max grad norm, off by default (the paper uses none)
+    seed: int = 0
+    threads: int = 1
+    # neuron / solver / loss constants (Fontanini Table 1)
+    tau_m: float = 20.0
+    tau_s: float = 5.0
+    threshold: float = 1.0
+    t_window: float = 30.0
+    tau0: float = 0.5
+    tau1: float = 6.4
+    max_spikes: int = 32
+    grazing_eps: float = 1e-3
+    # data and encoding
+    t_min: float = 0.0
+    t_max: float = 20.0
+    bright_early: bool = True  # MNIST encoding direction
+    augment: bool = False  # MNIST: random shifts +-10 %, rotations +-20 deg
+    n_train: int | None = None  # use a subset (first n after a seeded shuffle); None = all
+    n_val: int | None = None
+    n_test: int | None = None
+    mnist_val_size: int = 5000  # held out from the MNIST training set
+    eval_test: bool = True
+    eval_batch_size: int = 500
+    out_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.phases = [p if isinstance(p, PhaseConfig) else PhaseConfig(**_checked(PhaseConfig, p))
+                       for p in self.phases]  # fmt: skip
+        if self.dataset not in ("yinyang", "mnist"):
+            raise ConfigError(f"dataset must be 'yinyang' or 'mnist', got {self.dataset!r}")
+        if len(self.sizes) < 2:
+            raise ConfigError(f"sizes must have >= 2 entries, got {self.sizes}")
+        if self.batch_size < 1 or self.threads < 1:
+            raise ConfigError("batch_size and threads must be >= 1")
+        if not self.phases:
+            raise ConfigError("at least one phase is needed")
+
+
+def _checked(cls, d: dict) -> dict:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{cls.__name__} must be a mapping, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} key(s): {unknown}; known: {sorted(names)}")
+    return d
+
+
+def load_config(source: str | os.PathLike | dict | EventPropConfig, **overrides) -> EventPropConfig:
+    """Build an :class:`EventPropConfig` from a YAML path, a dict or a config, plus overrides."""
+    if isinstance(source, EventPropConfig):
+        d = dataclasses.asdict(source)
+    elif isinstance(source, dict):
+        d = dict(source)
+    else:
+        import yaml
+
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        d = dict(d)
+        d.pop("engine", None)  # "engine: eventprop" lets a generic CLI dispatch on the file
+    d.update(overrides)
+    return EventPropConfig(**_checked(EventPropConfig, d))
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+def _subset(x, y, n, gen):
+    if n is None or n >= x.shape[0]:
+        return x, y
+    idx = torch.randperm(x.shape[0], generator=gen)[:n]
+    return x[idx], y[idx]
+
+
+def _load_data(cfg: EventPropConfig, gen: torch.Generator):
+    """Returns (train_raw, train_y, encode_fn, val_times, val_y, test_times, test_y)."""
+    if cfg.dataset == "yinyang":
+        from ..data.yinyang import load_yinyang
+
+        def enc(x):
+            return encode_yinyang(x, cfg.t_min, cfg.t_max, bias_time=cfg.t_min)
+
+        xtr, ytr = load_yinyang("train")
+        xva, yva = load_yinyang("validation")
+        xte, yte = load_yinyang("test")
+    else:
+        from ..data.idx import load_mnist
+
+        def enc(x):
+            return encode_mnist(x, cfg.t_min, cfg.t_max, bright_early=cfg.bright_early)
+
+        xall, yall = load_mnist(cfg.data_dir, train=True)
+        perm = torch.randperm(xall.shape[0], generator=torch.Generator().manual_seed(12345))
+        nv = cfg.mnist_val_size
+        xva, yva = xall[perm[:nv]], yall[perm[:nv]]
+        xtr, ytr = xall[perm[nv:]], yall[perm[nv:]]
+        xte, yte = load_mnist(cfg.data_dir, train=False)
+    xtr, ytr = _subset(xtr, ytr, cfg.n_train, gen)
+    xva, yva = _subset(xva, yva, cfg.n_val, gen)
+    xte, yte = _subset(xte, yte, cfg.n_test, gen)
+    return xtr, ytr, enc, enc(xva), yva, enc(xte), yte
+
+
+def augment_images(images: torch.Tensor, gen: torch.Generator, shift: float = 0.1,
+                   degrees: float = 20.0) -> torch.Tensor:  # fmt: skip
+    """Random shifts (up to ``shift`` of the size) and rotations (up to ``degrees``) of
+    ``[B, H, W]`` images (uint8 or float in [0, 1]); returns float in [0, 1] (Fontanini 3.4)."""
+    x = images.to(torch.float32)
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    B = x.shape[0]
+    ang = (torch.rand(B, generator=gen) * 2 - 1) * math.radians(degrees)
+    tx = (torch.rand(B, generator=gen) * 2 - 1) * shift * 2  # grid coords span [-1, 1]
+    ty = (torch.rand(B, generator=gen) * 2 - 1) * shift * 2
+    c, s = torch.cos(ang), torch.sin(ang)
+    theta = torch.stack([torch.stack([c, -s, tx], 1), torch.stack([s, c, ty], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, (B, 1, *x.shape[1:]), align_corners=False)
+    out = torch.nn.functional.grid_sample(x[:, None], grid, align_corners=False, padding_mode="zeros")
+    return out[:, 0].clamp(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+def _versions() -> dict:
+    v = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+    }
+    try:
+        from .. import __version__
+
+        v["sparsespike"] = __version__
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        v["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or None  # fmt: skip
+    except Exception:  # pragma: no cover
+        v["git_commit"] = None
+    return v
+
+
+def _json_safe(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    return o
+
+
+def train_eventprop(config: str | os.PathLike | dict | EventPropConfig, **overrides) -> dict:
+    """Train an :class:`EventNetwork` as configured and return the results dict.
+
+    ``overrides`` replace config keys (e.g. ``seed=2``, ``n_train=500``, ``progress=False``).
+    """
+    cfg = load_config(config, **overrides)
+    torch.set_num_threads(cfg.threads)
+    numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    xtr, ytr, enc, xva, yva, xte, yte = _load_data(cfg, gen)
+    train_times = None if (cfg.dataset == "mnist" and cfg.augment) else enc(xtr)
+
+    n_layers = len(cfg.sizes) - 1
+    if cfg.init_ranges is not None:
+        init = cfg.init_ranges
+    elif cfg.dataset == "mnist" and n_layers == len(MNIST_INIT_RANGES):
+        init = MNIST_INIT_RANGES
+    else:
+        init = default_init_ranges(n_layers)
+    params = LIFParams(tau_m=cfg.tau_m, tau_s=cfg.tau_s, threshold=cfg.threshold, t_window=cfg.t_window)
+    solver = SolverOptions(max_spikes=cfg.max_spikes, on_overflow="ignore", grazing_eps=cfg.grazing_eps)
+    net = EventNetwork(cfg.sizes, init, params, solver, generator=gen)
+
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.jsonl").write_text("")
+    results: dict = {
+        "config": dataclasses.asdict(cfg),
+        "versions": _versions(),
+        "history": [],
+        "timing": {},
+    }
+
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+
+    t_start = time.perf_counter()
+    train_time = 0.0
+    epoch_global = 0
+    for ph_i, ph in enumerate(cfg.phases):
+        loss_fn = make_loss(ph.loss, ph.alpha, ph.eta, tau0=cfg.tau0, tau1=cfg.tau1,
+                            silent_time=cfg.t_window)  # fmt: skip
+        opt = torch.optim.Adam(net.parameters(), lr=ph.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.lr_decay)
+        for ep in range(ph.epochs):
+            t0 = time.perf_counter()
+            perm = torch.randperm(xtr.shape[0], generator=gen)
+            stats = BatchStats(n_layers)
+            batches = range(0, len(perm), cfg.batch_size)
+            bar = None
+            if cfg.progress and tqdm is not None:
+                bar = tqdm(batches, desc=f"phase {ph_i + 1} ({ph.loss}) epoch {ep + 1}/{ph.epochs}",
+                           leave=False)  # fmt: skip
+            for i in bar if bar is not None else batches:
+                idx = perm[i : i + cfg.batch_size]
+                if train_times is None:
+                    x = enc(augment_images(xtr[idx], gen))
+                else:
+                    x = train_times[idx]
+                y = ytr[idx]
+                out = net(x)
+                loss, parts = loss_fn(out, y)
+                opt.zero_grad(set_to_none=True)
+                if loss.requires_grad:
+                    loss.backward()
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                    opt.step()
+                stats.update(out, y, parts)
+                if bar is not None and (i // cfg.batch_size) % 20 == 0:
+                    bar.set_postfix(loss=f"{parts['total']:.3f}", acc=f"{stats.n_correct / stats.n:.3f}")
+            if bar is not None:
+                bar.close()
+            lr_used = opt.param_groups[0]["lr"]
+            sched.step()
+            t_ep = time.perf_counter() - t0
+            train_time += t_ep
+            tr = stats.result()
+            va = evaluate(net, xva, yva, loss_fn, cfg.eval_batch_size)
+            epoch_global += 1
+            rec = {
+                "epoch": epoch_global,
+                "phase": ph_i + 1,
+                "phase_epoch": ep + 1,
+                "loss_name": ph.loss,
+                "lr": lr_used,
+                "train": tr,
+                "val": va,
+                "epoch_time_s": t_ep,
+            }
+            results["history"].append(_json_safe(rec))
+            if out_dir:
+                with open(out_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(_json_safe(rec)) + "\n")
+            if cfg.progress:
+                print(
+                    f"[{cfg.name}] phase {ph_i + 1} {ph.loss} ep {ep + 1}/{ph.epochs}: "
+                    f"train acc {tr['accuracy']:.4f} loss {tr.get('loss_total', float('nan')):.4f} | "
+                    f"val acc {va['accuracy']:.4f} CE {va.get('loss_ce', float('nan')):.4f} "
+                    f"<N_S> {va['n_s']:.3f} {[round(v, 2) for v in va['n_s_per_layer']]} "
+                    f"silent {va['silent_neurons_per_layer']} | {t_ep:.1f}s",
+                    flush=True,
+                )
+
+    last_loss = make_loss(cfg.phases[-1].loss, cfg.phases[-1].alpha, cfg.phases[-1].eta,
+                          tau0=cfg.tau0, tau1=cfg.tau1, silent_time=cfg.t_window)  # fmt: skip
+    final = {"val": evaluate(net, xva, yva, last_loss, cfg.eval_batch_size)}
+    if cfg.eval_test:
+        t0 = time.perf_counter()
+        final["test"] = evaluate(net, xte, yte, last_loss, cfg.eval_batch_size)
+        results["timing"]["test_eval_s"] = time.perf_counter() - t0
+    results["final"] = _json_safe(final)
+    n_ep = max(epoch_global, 1)
+    results["timing"].update(
+        {
+            "train_s": train_time,
+            "total_s": time.perf_counter() - t_start,
+            "train_s_per_epoch": train_time / n_ep,
+            "train_us_per_sample": 1e6 * train_time / (n_ep * max(xtr.shape[0], 1)),
+            "threads": cfg.threads,
+        }
+    )
+    if out_dir:
+        run = {k: v for k, v in results.items() if k != "history"}
+        (out_dir / "run.json").write_text(json.dumps(_json_safe(run), indent=1))
+        torch.save({"sizes": cfg.sizes, "state_dict": net.state_dict()}, out_dir / "weights.pt")
+    return results

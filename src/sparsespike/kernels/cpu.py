@@ -1,0 +1,121 @@
+"""Numba CPU kernels for the LIF recurrence over time (forward, dense backward).
+
+Layout: every tensor is time-major and flattened to ``[T, M]`` (``M`` = batch x neurons),
+C-contiguous. Work is split into chunks of ``CHUNK`` neurons, processed in parallel
+(``prange``); inside a chunk the time loop is outermost, so each step reads a contiguous slice.
+Equations: :mod:`sparsespike.neurons` (forward) and the adjoint recurrence documented in
+:mod:`sparsespike.kernels.recurrence` (backward).
+
+Why numba: it JIT-compiles plain Python loops to vectorised machine code with multithreading,
+caches the result on disk (``cache=True``: ~1 s to load, no 40 s C++ build), needs no compiler on
+the user's machine and reads like the maths. The recurrence is memory-bound and element-wise, so
+a fused single pass over ``[T, M]`` is what matters, and numba gives exactly that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+CHUNK = 512
+PARALLEL_MIN_WORK = 400_000
+
+
+@njit(inline="always", fastmath=True)
+def surrogate_grad(x, code, p0, p1):
+    """Same functions as :mod:`sparsespike.surrogate` (0 fast sigmoid, 1 triangle, 2 rectangle)."""
+    ax = abs(x)
+    if code == 0:
+        d = p0 * ax + 1.0
+        return 1.0 / (d * d)
+    elif code == 1:
+        g = 1.0 - ax / p0
+        return p1 * g if g > 0.0 else 0.0 * g
+    else:
+        return p1 if ax < 0.5 * p0 else 0.0 * ax
+
+
+def _py_lif_forward(x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th, s_out, sg_out, r_out):
+    """Forward over ``x[T, M]``; writes spikes, surrogate values and (non-detached) reset factors.
+
+    Returns the number of active entries ``|V - thr| < b_th`` (Perez-Nieves eq. 7), for activity %.
+    ``alpha < 0`` means no synaptic current. ``r_out`` is written only when ``detach`` is False.
+    """
+    T, M = x.shape
+    nchunk = (M + CHUNK - 1) // CHUNK
+    counts = np.zeros(nchunk, dtype=np.int64)
+    for c in prange(nchunk):
+        lo = c * CHUNK
+        hi = min(M, lo + CHUNK)
+        n = hi - lo
+        u = np.zeros(n, dtype=x.dtype)
+        cur = np.zeros(n, dtype=x.dtype)
+        cnt = 0
+        for t in range(T):
+            for k in range(n):
+                j = lo + k
+                if alpha >= 0.0:
+                    cur[k] = alpha * cur[k] + x[t, j]
+                    v = beta * u[k] + cur[k]
+                else:
+                    v = beta * u[k] + x[t, j]
+                d = v - thr
+                s = 1.0 if d > 0.0 else 0.0
+                g = surrogate_grad(d, code, p0, p1)
+                s_out[t, j] = s
+                sg_out[t, j] = g
+                if abs(d) < b_th:
+                    cnt += 1
+                if reset_zero:
+                    u[k] = v * (1.0 - s)
+                    if not detach:
+                        r_out[t, j] = (1.0 - s) - v * g
+                else:
+                    u[k] = v - thr * s
+                    if not detach:
+                        r_out[t, j] = 1.0 - thr * g
+        counts[c] = cnt
+    return counts.sum()
+
+
+def _py_lif_backward_dense(gs, sg, s, r, beta, alpha, reset_zero, detach, gx):
+    """Adjoint recurrence, backwards in time (see :mod:`sparsespike.kernels.recurrence`).
+
+    ``gv[t] = gs[t]*sg[t] + beta*r[t]*gv[t+1]``, ``gi[t] = gv[t] + alpha*gi[t+1]``, ``gx = gi``,
+    with ``r = 1`` (subtract, detached), ``1 - s`` (zero, detached) or the stored ``r`` otherwise.
+    """
+    T, M = gs.shape
+    nchunk = (M + CHUNK - 1) // CHUNK
+    for c in prange(nchunk):
+        lo = c * CHUNK
+        hi = min(M, lo + CHUNK)
+        n = hi - lo
+        gu = np.zeros(n, dtype=gs.dtype)  # dL/dU[t] = beta * dL/dV[t+1]
+        gi = np.zeros(n, dtype=gs.dtype)  # dL/dI_s[t+1]
+        for t in range(T - 1, -1, -1):
+            for k in range(n):
+                j = lo + k
+                if detach:
+                    rr = (1.0 - s[t, j]) if reset_zero else 1.0
+                else:
+                    rr = r[t, j]
+                gv = gs[t, j] * sg[t, j] + gu[k] * rr
+                gu[k] = beta * gv
+                if alpha >= 0.0:
+                    gi[k] = gv + alpha * gi[k]
+                    gx[t, j] = gi[k]
+                else:
+                    gx[t, j] = gv
+
+
+# serial and parallel compilations of each kernel; small problems run serially
+# (a thread barrier costs more than the work on a [30, 4000] array, worst on a busy machine)
+lif_forward_par = njit(parallel=True, cache=True, fastmath=True)(_py_lif_forward)
+lif_forward_ser = njit(parallel=False, cache=True, fastmath=True)(_py_lif_forward)
+lif_backward_dense_par = njit(parallel=True, cache=True, fastmath=True)(_py_lif_backward_dense)
+lif_backward_dense_ser = njit(parallel=False, cache=True, fastmath=True)(_py_lif_backward_dense)
+
+
+def pick(kernel_par, kernel_ser, work: int):
+    """The parallel kernel when ``work`` (elements touched) exceeds ``PARALLEL_MIN_WORK``."""
+    return kernel_par if work >= PARALLEL_MIN_WORK else kernel_ser

@@ -1,0 +1,185 @@
+"""From a :class:`~sparsespike.config.DataConfig` to train/validation/test splits and a spike encoder.
+
+Raw samples stay compact in memory (uint8 images, float features, uint8 event rasters); each
+batch is encoded into a time-major spike tensor ``[T, B, ...]`` on the fly, with a seeded
+generator for the stochastic encoders, so runs are reproducible and resumable.
+
+Encodings (``data.encoding.name``):
+
+* ``firing_time``: Perez-Nieves & Goodman's F-MNIST code (``T``, ``tau_eff``, ``thr``).
+* ``latency``: one spike per value, linear in the value (``T``, ``direction``, ``bias_spike``
+  adds an always-on input spiking at step 0, as Yin-Yang needs).
+* ``rate``: Bernoulli rate coding (``T``), redrawn every batch (Yin et al., STBP).
+* ``raster``: the data already are spike rasters (N-MNIST, SHD).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import DataConfig
+from .errors import ConfigError
+
+
+@dataclass
+class Split:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: torch.Tensor) -> Split:
+        return Split(self.x[idx], self.y[idx])
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    val: Split
+    test: Split
+    input_shape: tuple[int, ...]
+    n_classes: int
+    T: int
+    encode: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+    description: str = ""
+
+
+def _images_unit(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
+
+
+def make_encoder(enc: dict, kind: str) -> tuple[Callable, int]:
+    """The batch encoder named by ``enc['name']`` and the number of steps ``T`` it produces."""
+    from .data import encoding as E
+
+    enc = dict(enc)
+    name = enc.pop("name", None)
+    T = int(enc.pop("T", 100))
+    if name == "firing_time":
+        tau_eff, thr = enc.pop("tau_eff", 20.0), enc.pop("thr", 0.2)
+
+        def f(x, g=None):
+            return E.firing_time_raster(x, T=T, tau_eff=tau_eff, thr=thr)
+    elif name == "latency":
+        bias = enc.pop("bias_spike", False)
+        kw = {k: enc.pop(k) for k in list(enc) if k in ("direction", "t_min", "t_max", "silent_below")}
+
+        def f(x, g=None):
+            r = E.latency_raster(_images_unit(x), T, **kw)
+            if bias:
+                b = torch.zeros(T, r.shape[1], 1, dtype=r.dtype)
+                b[0] = 1.0
+                r = torch.cat([r, b], dim=-1)
+            return r
+    elif name == "rate":
+        gain = enc.pop("gain", 1.0)
+
+        def f(x, g=None):
+            return E.rate_raster((_images_unit(x) * gain).clamp(0, 1), T, generator=g)
+    elif name == "raster":
+        if kind != "raster":
+            raise ConfigError("encoding 'raster' needs an event dataset (nmnist-small, shd)")
+
+        def f(x, g=None):
+            return x.transpose(0, 1).to(torch.float32)
+    else:
+        raise ConfigError(
+            f"unknown encoding {name!r}; use firing_time, latency, rate or raster"
+        )
+    if enc:
+        raise ConfigError(f"data.encoding: unknown keys {sorted(enc)} for encoding {name!r}")
+    return f, T
+
+
+def build_data(cfg: DataConfig, data_dir: str | Path | None, seed: int) -> DataBundle:
+    """Load ``cfg.dataset`` and split it (validation split seeded by ``seed``)."""
+    from .data.paths import resolve_data_dir
+    from .data.split import train_val_split
+
+    root = resolve_data_dir(data_dir)
+    ds = cfg.dataset
+    enc = dict(cfg.encoding)
+    kind = "static"
+    if ds == "yinyang":
+        from .data.yinyang import load_yinyang
+
+        train, val, test = (Split(*load_yinyang(s)) for s in ("train", "validation", "test"))
+        shape, n_classes = (4,), 3
+        if enc.get("bias_spike"):
+            shape = (5,)
+    elif ds in ("mnist", "fashion-mnist"):
+        from .data.idx import load_fashion_mnist, load_mnist
+
+        load = load_mnist if ds == "mnist" else load_fashion_mnist
+        full = Split(*load(root, train=True))
+        test = Split(*load(root, train=False))
+        full.x, test.x = full.x.unsqueeze(1), test.x.unsqueeze(1)
+        train, val = _split(full, cfg, seed, train_val_split)
+        shape, n_classes = (1, 28, 28), 10
+    elif ds == "cifar10":
+        from .data.cifar import load_cifar10
+
+        full = Split(*load_cifar10(root, train=True))
+        test = Split(*load_cifar10(root, train=False))
+        train, val = _split(full, cfg, seed, train_val_split)
+        shape, n_classes = (3, 32, 32), 10
+    elif ds == "nmnist-small":
+        from .data.nmnist import load_nmnist_small, nmnist_rasters
+
+        T = int(enc.get("T", 300))
+        rk = {k: enc.pop(k) for k in list(enc) if k in ("dt_us", "merge_polarity")}
+        ev, y = load_nmnist_small(root, "train")
+        full = Split(nmnist_rasters(ev, T=T, **rk), y)
+        ev, y = load_nmnist_small(root, "test")
+        test = Split(nmnist_rasters(ev, T=T, **rk), y)
+        train, val = _split(full, cfg, seed, train_val_split)
+        shape, n_classes, kind = (full.x.shape[-1],), 10, "raster"
+        if enc.get("conv", False):
+            enc.pop("conv")
+            c = full.x.shape[-1] // (34 * 34)
+            for s in (train, val, test):
+                s.x = s.x.reshape(*s.x.shape[:2], c, 34, 34)
+            shape = (c, 34, 34)
+    elif ds == "shd":
+        from .data.shd import load_shd, shd_rasters
+
+        T = int(enc.get("T", 500))
+        rk = {k: enc.pop(k) for k in list(enc) if k in ("dt_s",)}
+        ev, y = load_shd(root, "train")
+        full = Split(shd_rasters(ev, T=T, **rk), y)
+        ev, y = load_shd(root, "test")
+        test = Split(shd_rasters(ev, T=T, **rk), y)
+        train, val = _split(full, cfg, seed, train_val_split)
+        shape, n_classes, kind = (700,), 20, "raster"
+    else:
+        raise ConfigError(
+            f"unknown dataset {ds!r}; use yinyang, mnist, fashion-mnist, cifar10, nmnist-small or shd"
+        )
+    if cfg.train_subset:
+        train = Split(train.x[: cfg.train_subset], train.y[: cfg.train_subset])
+    if cfg.test_subset:
+        test = Split(test.x[: cfg.test_subset], test.y[: cfg.test_subset])
+    encode, T = make_encoder(enc, kind)
+    desc = f"{ds}: train {len(train)}, validation {len(val)}, test {len(test)}; T = {T}"
+    return DataBundle(train, val, test, shape, n_classes, T, encode, desc)
+
+
+def _split(full: Split, cfg: DataConfig, seed: int, train_val_split) -> tuple[Split, Split]:
+    if not (0.0 < cfg.val_fraction < 1.0):
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    tr, va = train_val_split(len(full), cfg.val_fraction, seed)
+    return full.subset(tr), full.subset(va)
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False):
+    """Yield ``(x, y)`` batches; a shuffled order drawn from ``generator``."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        yield split.x[idx], split.y[idx]

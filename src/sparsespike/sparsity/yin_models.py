@@ -1,0 +1,500 @@
+"""Yin et al. (KDD'21) sparse spiking CNNs: network builder, eq. 5 loss and a small trainer.
+
+Neuron: the STBP iterative LIF (Wu et al. 2018/2019; Yin eqs. 3-4 and 21-22)
+
+.. math::
+
+    u^{t,n} = k_\\tau\\, u^{t-1,n} \\odot (1 - o^{t-1,n}) + W^{n-1} o^{t,n-1},\\qquad
+    o^{t,n} = \\Theta(u^{t,n} - V_{th}),
+
+i.e. :class:`~sparsespike.neurons.LIFParams` with ``beta = k_tau``, ``reset="zero"``,
+``threshold = 0.5``. The spike derivative is STBP's rectangle (Wu et al. 2018 eq. 9,
+``(1/a) 1[|u - V_th| < a/2]``) with Yin's ``delta`` (Table 1) as the full width ``a``:
+``Rectangle(width=delta, height=1/delta)``. For MNIST (``delta = 1``) that is exactly the STBP
+reference code (``lens = 0.5``, no normalisation: ``1[|u - 0.5| < 0.5]``); for ``delta = 0.5``
+the reference code's convention would be ``height = 1`` (pass ``surrogate_height=1.0``).
+STBP back-propagates through the reset term (Yin eq. 6's ``do^{t+1}/do^t``; the reference's
+``mem * decay * (1 - spike)`` does not detach ``spike``), so ``detach_reset=False`` here.
+
+Input: Bernoulli rate code, a fresh draw at every step (Yin sec. 5.1.1). Readout: voting, the
+spike count of the 10 (11) output neurons divided by ``T`` (:class:`SpikeCountReadout`), trained
+with the MSE of Yin eq. 5 against one-hot targets, ``|y - (1/T) sum_t o^{t,N}|^2`` per sample
+(summed over classes, averaged over the batch). Pooling: average (STBP ``F.avg_pool2d``).
+Convolutions: "same" padding ``k // 2`` and bias, as in the STBP reference code (Yin's Table 2
+does not state padding; see docs/connectivity.md for what that does to the FLOP count).
+
+Table 2 structures (``28x28`` input = one channel; Yin's "34x34x2" for CIFAR-10 is a typo for
+32x32x3, METHODS.md 4(d))::
+
+    mnist        28x28-15C5-P2-40C5-P2-300-10
+    cifar10      32x32x3-32C3-P2-64C3-P2-256-10
+    nmnist       34x34x2-16C5-P2-32C3-P2-64C3-10
+    dvs_gesture  128x128x2-P4-16C5-P2-32C3-P2-512-11
+
+Example::
+
+    >>> import torch
+    >>> net = build_yin_network("mnist")
+    >>> net(torch.zeros(12, 2, 1, 28, 28)).shape          # T=12, batch 2 -> votes [2, 10]
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
+from ..neurons import LIFParams
+from ..surrogate import Rectangle
+from .connectivity import (
+    add_l0_gates,
+    constrain_gates,
+    count_ops,
+    l0_penalty,
+    prune,
+    sparsity_report,
+)
+
+YIN_STRUCTURES: dict[str, str] = {
+    "mnist": "28x28-15C5-P2-40C5-P2-300-10",
+    "cifar10": "32x32x3-32C3-P2-64C3-P2-256-10",
+    "nmnist": "34x34x2-16C5-P2-32C3-P2-64C3-10",
+    "dvs_gesture": "128x128x2-P4-16C5-P2-32C3-P2-512-11",
+}
+
+# Yin Table 1 (T: the text's 12 for MNIST and 30 for CIFAR-10; the table has them swapped,
+# METHODS.md 4(d)). N-MNIST/DVS T in 1 ms steps.
+YIN_TABLE1: dict[str, dict] = {
+    "mnist": {"T": 12, "k_tau": 0.1, "delta": 1.0},
+    "cifar10": {"T": 30, "k_tau": 0.3, "delta": 0.5},
+    "nmnist": {"T": 300, "k_tau": 0.2, "delta": 0.5},
+    "dvs_gesture": {"T": 1450, "k_tau": 0.2, "delta": 0.5},
+}
+V_TH = 0.5
+LAMBDA = 1e-3
+
+
+def parse_structure(spec: str) -> tuple[tuple[int, int, int], list[dict]]:
+    """Parse Yin's notation (``"28x28-15C5-P2-40C5-P2-300-10"``) into ``((C, H, W), layers)``.
+
+    ``layers`` are dicts as used in the YAML configs: ``{"type": "conv", "out_channels",
+    "kernel_size"}``, ``{"type": "pool", "kernel_size"}``, ``{"type": "flatten"}``,
+    ``{"type": "linear", "out_features"}``.
+    """
+    tokens = spec.replace("×", "x").split("-")
+    dims = [int(t) for t in tokens[0].lower().split("x")]
+    if len(dims) == 2:
+        dims.append(1)
+    if len(dims) != 3:
+        raise ConfigError(f"structure {spec!r}: input must be HxW or HxWxC, got {tokens[0]!r}")
+    h, w, c = dims
+    layers: list[dict] = []
+    flat = False
+    for tok in tokens[1:]:
+        if m := re.fullmatch(r"(\d+)C(\d+)", tok):
+            layers.append({"type": "conv", "out_channels": int(m[1]), "kernel_size": int(m[2])})
+        elif m := re.fullmatch(r"P(\d+)", tok):
+            layers.append({"type": "pool", "kernel_size": int(m[1])})
+        elif tok.isdigit():
+            if not flat:
+                layers.append({"type": "flatten"})
+                flat = True
+            layers.append({"type": "linear", "out_features": int(tok)})
+        else:
+            raise ConfigError(f"structure {spec!r}: cannot parse layer {tok!r}")
+    return (c, h, w), layers
+
+
+def yin_neuron(
+    k_tau: float,
+    threshold: float = V_TH,
+    delta: float = 1.0,
+    surrogate_height: float | None = None,
+    detach_reset: bool = False,
+) -> LIFParams:
+    """STBP LIF: ``beta = k_tau``, zero reset, ``Rectangle(width=delta, height=1/delta)``."""
+    height = 1.0 / delta if surrogate_height is None else float(surrogate_height)
+    return LIFParams(
+        beta=k_tau,
+        threshold=threshold,
+        reset="zero",
+        detach_reset=detach_reset,
+        surrogate=Rectangle(width=delta, height=height),
+    )
+
+
+def build_network(
+    input_shape: tuple[int, int, int],
+    layers: list[dict],
+    neuron: LIFParams | dict,
+    *,
+    padding: str | int = "same",
+    pool: str = "avg",
+    bias: bool = True,
+    readout: bool = True,
+) -> nn.Sequential:
+    """Build a time-major spiking CNN ``[T, B, C, H, W] -> votes [B, n_out]`` from layer dicts.
+
+    Every conv/linear layer is a spiking layer with ``neuron``; ``readout`` appends
+    :class:`SpikeCountReadout` (mean over time = Yin's voting vector) unless the list already
+    ends with one (``{"type": "spike_count"}``).
+    """
+    if isinstance(neuron, dict):
+        neuron = LIFParams(**neuron)
+    c, h, w = input_shape
+    mods: list[nn.Module] = []
+    feat = None
+    for spec in layers:
+        spec = dict(spec)
+        kind = spec.pop("type")
+        if kind == "conv":
+            k = int(spec["kernel_size"])
+            pad = spec.get("padding", padding)
+            pad = k // 2 if pad == "same" else (0 if pad == "valid" else int(pad))
+            stride = int(spec.get("stride", 1))
+            co = int(spec["out_channels"])
+            mods.append(
+                SpikingConv2d(
+                    c, co, k, neuron, stride=stride, padding=pad, bias=spec.get("bias", bias)
+                )
+            )
+            c, h, w = co, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        elif kind == "pool":
+            k = int(spec["kernel_size"])
+            mods.append(SeqPool2d(k, spec.get("mode", pool)))
+            h, w = h // k, w // k
+        elif kind == "flatten":
+            mods.append(SeqFlatten())
+            feat = c * h * w
+        elif kind == "linear":
+            if feat is None:
+                mods.append(SeqFlatten())
+                feat = c * h * w
+            n = int(spec["out_features"])
+            mods.append(SpikingLinear(feat, n, neuron, bias=spec.get("bias", bias)))
+            feat = n
+        elif kind in ("spike_count", "spike_count_readout"):
+            mods.append(SpikeCountReadout(mean=spec.get("mean", True)))
+        else:
+            raise ConfigError(f"unknown layer type {kind!r}")
+    if readout and not isinstance(mods[-1], SpikeCountReadout):
+        mods.append(SpikeCountReadout(mean=True))
+    return nn.Sequential(*mods)
+
+
+def build_yin_network(
+    name: str = "mnist",
+    k_tau: float | None = None,
+    *,
+    delta: float | None = None,
+    threshold: float = V_TH,
+    surrogate_height: float | None = None,
+    detach_reset: bool = False,
+    padding: str | int = "same",
+    pool: str = "avg",
+    bias: bool = True,
+    structure: str | None = None,
+) -> nn.Sequential:
+    """Yin Table 2 network ``name`` (mnist, cifar10, nmnist, dvs_gesture) with Table 1 neurons.
+
+    ``k_tau``/``delta`` default to Table 1; ``structure`` overrides the layer string.
+    """
+    if name not in YIN_STRUCTURES and structure is None:
+        raise ConfigError(f"unknown Yin network {name!r}; choose one of {sorted(YIN_STRUCTURES)}")
+    t1 = YIN_TABLE1.get(name, {"k_tau": 0.2, "delta": 0.5})
+    neuron = yin_neuron(
+        t1["k_tau"] if k_tau is None else k_tau,
+        threshold,
+        t1["delta"] if delta is None else delta,
+        surrogate_height,
+        detach_reset,
+    )
+    shape, layers = parse_structure(structure or YIN_STRUCTURES[name])
+    return build_network(shape, layers, neuron, padding=padding, pool=pool, bias=bias)
+
+
+def vote_mse_loss(votes: torch.Tensor, labels: torch.Tensor, n_classes: int | None = None,
+                  reduction: str = "sum") -> torch.Tensor:
+    """Yin eq. 5: ``|y - (1/T) sum_t M o^{t,N}|^2`` with one-hot ``y`` and ``M = I``.
+
+    ``votes`` are the time-averaged output spikes ``[B, n_classes]``. ``reduction="sum"`` sums
+    the squared error over classes (eq. 5) and averages over the batch; ``"mean"`` averages over
+    classes too (``nn.MSELoss``, as the STBP reference code).
+    """
+    n = votes.shape[-1] if n_classes is None else n_classes
+    y = nn.functional.one_hot(labels, n).to(votes.dtype)
+    se = (votes - y) ** 2
+    return se.sum(1).mean() if reduction == "sum" else se.mean()
+
+
+# -- data ---------------------------------------------------------------------------------------
+def _load_dataset(data: dict, T: int, seed: int):
+    """Returns ``(x_train, y_train, x_test, y_test, encode)``; ``encode(xb, gen) -> [T,B,C,H,W]``."""
+    from ..data.encoding import rate_raster
+
+    name = data.get("dataset", "mnist")
+    root = data.get("root")
+    if name in ("mnist", "fashion_mnist", "fashion-mnist", "cifar10"):
+        if name == "cifar10":
+            from ..data.cifar import load_cifar10 as load
+        elif name == "mnist":
+            from ..data.idx import load_mnist as load
+        else:
+            from ..data.idx import load_fashion_mnist as load
+        xtr, ytr = load(root, train=True)
+        xte, yte = load(root, train=False)
+        if xtr.dim() == 3:
+            xtr, xte = xtr.unsqueeze(1), xte.unsqueeze(1)
+
+        def encode(xb, gen):
+            return rate_raster(xb, T, generator=gen)
+
+    elif name in ("nmnist_small", "nmnist"):
+        from ..data.nmnist import NMNISTDataset, nmnist_rasters
+
+        full = name == "nmnist"
+        tr = NMNISTDataset(root, "train", T=T, full=full)
+        te = NMNISTDataset(root, "test", T=T, full=full)
+        xtr, ytr = nmnist_rasters(tr.events, T=T), tr.labels
+        xte, yte = nmnist_rasters(te.events, T=T), te.labels
+
+        def encode(xb, gen):  # [B, T, 2312] uint8 -> [T, B, 2, 34, 34]
+            return xb.float().transpose(0, 1).reshape(T, xb.shape[0], 2, 34, 34).contiguous()
+
+    else:
+        raise ConfigError(
+            f"train_yin: dataset {name!r} is not wired (mnist, fashion_mnist, cifar10, "
+            "nmnist_small, nmnist); DVS-Gesture needs the labelled DvsGesture release"
+        )
+    g = torch.Generator().manual_seed(seed)
+    n_tr = data.get("train_subset")
+    if n_tr:
+        if data.get("balanced", False):
+            idx = _balanced_subset(ytr, int(n_tr), g)
+        else:
+            idx = torch.randperm(len(ytr), generator=g)[: int(n_tr)]
+        xtr, ytr = xtr[idx], ytr[idx]
+    n_te = data.get("test_subset")
+    if n_te:
+        idx = torch.randperm(len(yte), generator=g)[: int(n_te)]
+        xte, yte = xte[idx], yte[idx]
+    return xtr, ytr, xte, yte, encode
+
+
+def _balanced_subset(y: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    classes = torch.unique(y)
+    per = n // len(classes)
+    out = []
+    for c in classes:
+        idx = (y == c).nonzero().flatten()
+        out.append(idx[torch.randperm(len(idx), generator=g)[:per]])
+    return torch.cat(out)[torch.randperm(per * len(classes), generator=g)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x, y, encode, T: int, batch_size: int = 200, seed: int = 1234) -> float:
+    """Test accuracy (%) in eval mode (deterministic gates), fixed encoding seed."""
+    was = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        votes = model(encode(x[i : i + batch_size], gen))
+        correct += int((votes.argmax(1) == y[i : i + batch_size]).sum())
+    model.train(was)
+    return 100.0 * correct / max(1, len(y))
+
+
+def train_yin(config: dict) -> dict:
+    """Train a Yin et al. spiking CNN, dense or with L0 gates, from a config dict (the YAML shape).
+
+    Keys (all optional except ``model``): ``seed``, ``threads``, ``model`` (``name`` of a Table 2
+    network and/or ``layers``/``input_shape``, ``neuron``: ``k_tau``, ``threshold``, ``delta``,
+    ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
+    (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
+    (``T``), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
+    ``init_std``, ``constrain``), ``optimizer`` (``lr``, ``batch_size``, ``weight_decay``),
+    ``epochs``, ``eval_every``, ``out_dir``.
+
+    Returns a dict with the per-epoch history, final test accuracy (gated model in eval mode and
+    after :func:`prune`, which must agree), :func:`sparsity_report`, :func:`count_ops` before
+    (``ops_dense``) and after pruning, wall time. With ``out_dir`` writes ``run.json``,
+    ``metrics.jsonl`` and the pruned ``model.pt`` there.
+    """
+    cfg = dict(config)
+    seed = int(cfg.get("seed", 0))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(seed)
+    mcfg = dict(cfg.get("model", {}))
+    name = mcfg.get("name", "mnist")
+    t1 = YIN_TABLE1.get(name, {})
+    enc = cfg.get("encoding", {})
+    T = int(enc.get("T", t1.get("T", 12)))
+    ncfg = dict(mcfg.get("neuron", {}))
+    neuron = yin_neuron(
+        float(ncfg.get("k_tau", t1.get("k_tau", 0.2))),
+        float(ncfg.get("threshold", V_TH)),
+        float(ncfg.get("delta", t1.get("delta", 0.5))),
+        ncfg.get("surrogate_height"),
+        bool(ncfg.get("detach_reset", False)),
+    )
+    if "layers" in mcfg:
+        shape = tuple(mcfg["input_shape"])
+        layers = mcfg["layers"]
+    else:
+        shape, layers = parse_structure(mcfg.get("structure", YIN_STRUCTURES[name]))
+    model = build_network(
+        shape, layers, neuron, padding=mcfg.get("padding", "same"), pool=mcfg.get("pool", "avg"),
+        bias=mcfg.get("bias", True),
+    )
+    ccfg = cfg.get("connectivity", {}) or {}
+    use_l0 = bool(ccfg.get("l0", False))
+    if use_l0:
+        add_l0_gates(
+            model, lam=float(ccfg.get("lam", LAMBDA)), init_mean=float(ccfg.get("init_mean", 1.0)),
+            init_std=float(ccfg.get("init_std", 0.01)), seed=seed + 1,
+        )
+    xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed)
+    ocfg = cfg.get("optimizer", {})
+    bs = int(ocfg.get("batch_size", 100))
+    opt = torch.optim.Adam(
+        model.parameters(), lr=float(ocfg.get("lr", 1e-3)),
+        weight_decay=float(ocfg.get("weight_decay", 0.0)),
+    )
+    reduction = cfg.get("loss", {}).get("reduction", "sum")
+    epochs = int(cfg.get("epochs", 1))
+    eval_every = int(cfg.get("eval_every", 1))
+    constrain = bool(ccfg.get("constrain", True))
+    gen = torch.Generator().manual_seed(seed + 2)
+    out_dir = Path(cfg["out_dir"]) if cfg.get("out_dir") else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.jsonl").write_text("")
+    history = []
+    t_start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(ytr), generator=gen)
+        tot_loss = tot_pen = 0.0
+        correct = 0
+        for i in range(0, len(ytr), bs):
+            idx = perm[i : i + bs]
+            xb = encode(xtr[idx], gen)
+            votes = model(xb)
+            loss_e = vote_mse_loss(votes, ytr[idx], reduction=reduction)
+            pen = l0_penalty(model) if use_l0 else torch.zeros(())
+            loss = loss_e + pen
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if use_l0 and constrain:
+                constrain_gates(model)
+            tot_loss += float(loss_e) * len(idx)
+            tot_pen += float(pen)
+            correct += int((votes.argmax(1) == ytr[idx]).sum())
+        n_batches = math.ceil(len(ytr) / bs)
+        row = {
+            "epoch": epoch,
+            "loss": tot_loss / len(ytr),
+            "l0_penalty": tot_pen / n_batches,
+            "train_acc": 100.0 * correct / len(ytr),
+            "density": sparsity_report(model)["total"]["density"],
+            "train_time_s": time.perf_counter() - t0,
+        }
+        if epoch % eval_every == 0 or epoch == epochs:
+            row["test_acc"] = evaluate(model, xte, yte, encode, T)
+        history.append(row)
+        if out_dir:
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if cfg.get("verbose", True):
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                  flush=True)
+    train_time = time.perf_counter() - t_start
+    probe = encode(xte[:20], torch.Generator().manual_seed(7))
+    acc_gated = history[-1]["test_acc"]
+    rep = sparsity_report(model)
+    ops_model = count_ops(model, probe)
+    if use_l0:
+        prune(model)
+    acc_pruned = evaluate(model, xte, yte, encode, T)
+    ops_pruned = count_ops(model, probe)
+    dense_flops = ops_pruned["flops_dense"]
+    res = {
+        "config": cfg,
+        "history": history,
+        "test_acc": acc_gated,
+        "test_acc_pruned": acc_pruned,
+        "sparsity": rep,
+        "ops": ops_pruned,
+        "flops_ratio": ops_pruned["flops"] / dense_flops,
+        "train_time_s": train_time,
+        "n_train": len(ytr),
+        "n_test": len(yte),
+        "T": T,
+    }
+    assert abs(ops_model["flops"] - ops_pruned["flops"]) <= 1e-6 * max(1.0, dense_flops)
+    if out_dir:
+        import platform
+
+        (out_dir / "run.json").write_text(
+            json.dumps(
+                {
+                    "config": cfg,
+                    "seed": seed,
+                    "versions": {"torch": torch.__version__, "python": platform.python_version()},
+                    "results": {k: v for k, v in res.items() if k not in ("config", "history")},
+                },
+                indent=1,
+            )
+        )
+        torch.save({"state_dict": model.state_dict(), "config": cfg}, out_dir / "model.pt")
+    return res
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config (``experiments/yin_*.yaml``) into a dict."""
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m sparsespike.sparsity.yin_models CONFIG.yaml [key=value ...]`` (dotted keys)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*", help="dotted.key=value (YAML-parsed)")
+    args = ap.parse_args(argv)
+    import yaml
+
+    cfg = load_config(args.config)
+    for ov in args.overrides:
+        key, _, val = ov.partition("=")
+        d = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = yaml.safe_load(val)
+    res = train_yin(cfg)
+    summary = {k: res[k] for k in ("test_acc", "test_acc_pruned", "flops_ratio", "train_time_s")}
+    summary["density"] = res["sparsity"]["total"]["density"]
+    summary["flops"] = res["ops"]["flops"]
+    summary["flops_dense"] = res["ops"]["flops_dense"]
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""Trainer: phases, validation, best checkpoint, atomic checkpoints, exact resume, logs.
+
+A run directory holds ``run.json`` (config, versions, seed, git commit), ``metrics.jsonl`` (one
+line per epoch), ``last.pt`` (everything needed to resume, written atomically after every epoch),
+``best.pt`` (the weights with the best validation accuracy), ``curves.png`` and ``results.json``.
+
+Reproducibility: every random draw of epoch ``e`` (shuffle order, stochastic encoders, L0 gate
+samples) comes from generators seeded with ``(seed, e)``, so a run resumed from ``last.pt``
+gives bit-for-bit the weights of an uninterrupted run on CPU.
+
+Loss terms: a *regularizer* is any callable ``f(ctx: LossContext) -> Tensor`` added to the task
+loss; ``ctx`` carries the epoch, the batch index, the model, the outputs and the spikes recorded
+by a :class:`~sparsespike.sparsity.monitor.SpikeMonitor`. Register a named one with
+:func:`register_regularizer` to use it from YAML (``train.regularizers: [{name: ..., ...}]``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import ExperimentConfig, PhaseConfig
+from .errors import ConfigError
+from .metrics import MetricsRecorder
+from .models import build_network
+from .pipeline import DataBundle, batches, build_data
+from .sparsity.monitor import SpikeMonitor
+
+
+# ---------------------------------------------------------------- loss terms
+@dataclass
+class LossContext:
+    """What a loss term sees on one training batch."""
+
+    epoch: int  # 0-based epoch within the phase
+    n_epochs: int  # epochs in the phase
+    batch: int  # 0-based batch index within the epoch
+    n_batches: int
+    model: nn.Module
+    outputs: torch.Tensor
+    targets: torch.Tensor
+    monitor: SpikeMonitor | None
+    global_epoch: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+Regularizer = Callable[[LossContext], torch.Tensor]
+REGULARIZERS: dict[str, Callable[..., Regularizer]] = {}
+
+
+def register_regularizer(name: str):
+    """Decorator: make a regularizer factory available as ``{name: ...}`` in configs."""
+
+    def deco(factory):
+        REGULARIZERS[name] = factory
+        return factory
+
+    return deco
+
+
+def make_regularizer(spec: dict | Callable) -> Regularizer:
+    if callable(spec):
+        return spec
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    _load_plugins()
+    if name not in REGULARIZERS:
+        raise ConfigError(f"unknown regularizer {name!r}; known: {sorted(REGULARIZERS)}")
+    try:
+        return REGULARIZERS[name](**spec)
+    except TypeError as e:
+        raise ConfigError(f"regularizer {name!r}: {e}") from e
+
+
+def _load_plugins() -> None:
+    # modules that register regularizers on import
+    import importlib
+
+    for mod in ("sparsespike.sparsity.activity", "sparsespike.sparsity.connectivity"):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+
+
+@register_regularizer("activity_bounds")
+def activity_bounds(
+    lam_up: float = 0.06, f_up: float = 1.0, p_up: float = 1.0, lam_low: float = 100.0, f_low: float = 1e-3
+) -> Regularizer:
+    """Zenke & Vogels-style firing bounds used by Perez-Nieves & Goodman (METHODS.md 1(a)).
+
+    Per hidden layer with spikes ``S[T, B, N]``: ``L_up = lam_up relu(sum_{t,j} S / N - f_up)^p_up``
+    and ``L_low = lam_low sum_j relu(f_low - sum_t S_j)^2 / N``, both averaged over the batch.
+    """
+
+    def reg(ctx: LossContext) -> torch.Tensor:
+        total = torch.zeros(())
+        if ctx.monitor is None:
+            return total
+        for recs in ctx.monitor.spikes().values():
+            for s in recs:
+                if s.dim() < 3:
+                    continue
+                s3 = s.reshape(s.shape[0], s.shape[1], -1)
+                n = s3.shape[-1]
+                per = s3.sum(0)  # [B, N]
+                up = torch.relu(per.sum(-1) / n - f_up) ** p_up
+                low = (torch.relu(f_low - per) ** 2).sum(-1) / n
+                total = total + lam_up * up.mean() + lam_low * low.mean()
+        return total
+
+    return reg
+
+
+def task_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``ce``: cross-entropy on logits; ``mse_count``: Yin et al. eq. 5, MSE of output rates vs one-hot."""
+    if name == "ce":
+        return nn.functional.cross_entropy
+    if name == "mse_count":
+
+        def mse(out, y):
+            return nn.functional.mse_loss(out, nn.functional.one_hot(y, out.shape[-1]).to(out.dtype))
+
+        return mse
+    raise ConfigError(f"unknown loss {name!r}; use 'ce' or 'mse_count'")
+
+
+# ---------------------------------------------------------------- helpers
+def atomic_save(obj, path: Path) -> None:
+    """Write with ``torch.save`` to a temporary file, fsync, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """``torch.load(..., weights_only=True)`` with an error naming the file if it is unreadable."""
+    from .errors import DataError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def versions() -> dict:
+    import numpy
+
+    v = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    try:
+        import numba
+
+        v["numba"] = numba.__version__
+    except ImportError:
+        pass
+    from . import __version__
+
+    v["sparsespike"] = __version__
+    return v
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**63 - 1)
+
+
+def make_optimizer(params, spec: dict, lr: float | None = None) -> torch.optim.Optimizer:
+    spec = dict(spec)
+    name = spec.pop("name", "adam").lower()
+    if lr is not None:
+        spec["lr"] = lr
+    if "betas" in spec:
+        spec["betas"] = tuple(spec["betas"])
+    opts = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}
+    if name not in opts:
+        raise ConfigError(f"unknown optimizer {name!r}; use {sorted(opts)}")
+    return opts[name](params, **spec)
+
+
+def make_schedule(opt, spec: dict | None, epochs: int):
+    if not spec:
+        return None
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=spec.pop("gamma", 0.95))
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=spec.pop("eta_min", 0.0))
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=spec.pop("step", 10), gamma=spec.pop("gamma", 0.1))
+    raise ConfigError(f"unknown lr_schedule {name!r}; use exponential, cosine or step")
+
+
+# ---------------------------------------------------------------- trainer
+class Trainer:
+    """Train ``cfg`` into ``out_dir``. ``fit()`` returns the results dict (also in results.json)."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out_dir: str | Path,
+        data_dir: str | Path | None = None,
+        *,
+        resume: bool = False,
+        progress: bool | None = None,
+        data: DataBundle | None = None,
+        model: nn.Module | None = None,
+        regularizers: list[Regularizer] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.resume = resume
+        self.progress = progress
+        if cfg.train.num_threads:
+            torch.set_num_threads(int(cfg.train.num_threads))
+        torch.manual_seed(cfg.seed)
+        self.data = data or build_data(cfg.data, data_dir, cfg.seed)
+        self.model = model or build_network(
+            cfg.model.layers,
+            self.data.input_shape,
+            cfg.model.neuron,
+            cfg.model.backward,
+            cfg.model.b_th,
+            cfg.model.weight_scale,
+        )
+        self.gated = False
+        if cfg.model.gates:
+            from .sparsity.connectivity import add_l0_gates
+
+            add_l0_gates(self.model, **{k: v for k, v in cfg.model.gates.items() if k != "lam"})
+            self.gated = True
+        self.phases = cfg.phases()
+        self.extra_regs = regularizers or []
+        self.history: list[dict] = []
+
+    # -- one epoch
+    def _phase_terms(self, ph: PhaseConfig):
+        loss_name = ph.loss or self.cfg.train.loss
+        regs = ph.regularizers if ph.regularizers is not None else self.cfg.train.regularizers
+        terms = [make_regularizer(r) for r in regs] + list(self.extra_regs)
+        if self.cfg.model.gates and self.cfg.model.gates.get("lam"):
+            from .sparsity.connectivity import l0_penalty
+
+            lam = float(self.cfg.model.gates["lam"])
+            terms.append(lambda ctx: l0_penalty(ctx.model, lam))
+        return task_loss(loss_name), terms
+
+    def _train_epoch(self, ph, e_in_phase, global_epoch, opt, loss_fn, terms) -> dict:
+        gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, global_epoch))
+        torch.manual_seed(epoch_seed(self.cfg.seed, global_epoch) + 1)
+        self.model.train()
+        bs = self.cfg.data.batch_size
+        n_batches = math.ceil(len(self.data.train) / bs)
+        mon = SpikeMonitor(self.model) if any(getattr(m, "emits_spikes", False) for m in self.model.modules()) else None
+        tot_loss = tot_task = correct = seen = 0.0
+        spikes = 0.0
+        act_sum: dict[str, float] = {}
+        act_n = 0
+        bar = tqdm(
+            batches(self.data.train, bs, gen, shuffle=True),
+            total=n_batches,
+            desc=f"{ph.name} epoch {e_in_phase + 1}/{ph.epochs}",
+            leave=False,
+            disable=None if self.progress is None else not self.progress,
+        )
+        for b, (xb, yb) in enumerate(bar):
+            x = self.data.encode(xb, gen)
+            if self.gated:
+                from .sparsity.connectivity import resample_gates
+
+                resample_gates(self.model)
+            if mon is not None:
+                mon.reset()
+            out = self.model(x)
+            task = loss_fn(out, yb)
+            loss = task
+            if terms:
+                ctx = LossContext(e_in_phase, ph.epochs, b, n_batches, self.model, out, yb, mon, global_epoch)
+                for t in terms:
+                    loss = loss + t(ctx)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss {float(loss)} at epoch {global_epoch + 1}, batch {b}; lower the learning rate"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.train.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            opt.step()
+            if self.gated:
+                from .sparsity.connectivity import constrain_gates
+
+                constrain_gates(self.model)
+            n = len(yb)
+            seen += n
+            tot_loss += float(loss.detach()) * n
+            tot_task += float(task.detach()) * n
+            correct += float((out.argmax(-1) == yb).sum())
+            if mon is not None:
+                spikes += float(mon.spike_count().detach()) * n
+            me = self.cfg.train.measure_every
+            if me and b % me == 0:
+                for name, m in self.model.named_modules():
+                    if hasattr(m, "activity") and getattr(m, "last_stats", None):
+                        act_sum[name] = act_sum.get(name, 0.0) + m.activity()
+                act_n += 1
+            bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        if mon is not None:
+            mon.remove()
+        rec = dict(
+            train_loss=tot_loss / seen,
+            train_task_loss=tot_task / seen,
+            train_acc=correct / seen,
+            train_spikes=spikes / seen if mon is not None else None,
+        )
+        if act_n:
+            rec["activity_pct"] = {k: v / act_n for k, v in act_sum.items()}
+        return rec
+
+    @torch.no_grad()
+    def evaluate(self, split, seed_offset: int = 10**6, metrics: bool = False) -> dict:
+        """Accuracy and task loss on ``split`` (deterministic encoder draws); optional metrics."""
+        self.model.eval()
+        gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, seed_offset))
+        loss_fn = task_loss(self.phases[-1].loss or self.cfg.train.loss)
+        rec = MetricsRecorder(self.model) if metrics else None
+        correct = tot = 0.0
+        n = 0
+        try:
+            for xb, yb in batches(split, self.cfg.data.eval_batch_size):
+                out = self.model(self.data.encode(xb, gen))
+                tot += float(loss_fn(out, yb)) * len(yb)
+                correct += float((out.argmax(-1) == yb).sum())
+                n += len(yb)
+            res = {"acc": correct / n, "loss": tot / n}
+            if rec is not None:
+                res["metrics"] = rec.report(samples=n).as_dict()
+            return res
+        finally:
+            if rec is not None:
+                rec.remove()
+            self.model.train()
+
+    # -- checkpoints
+    def _state(self, phase_idx, epoch_in_phase, global_epoch, opt, sched, best) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else {},
+            "phase": phase_idx,
+            "epoch_in_phase": epoch_in_phase,
+            "global_epoch": global_epoch,
+            "best": best,
+            "history": json.dumps(self.history),
+        }
+
+    def _write_run_json(self, resumed_from: int | None) -> None:
+        info = {
+            "name": self.cfg.name,
+            "config": self.cfg.to_dict(),
+            "seed": self.cfg.seed,
+            "versions": versions(),
+            "git_commit": _git_commit(),
+            "threads": torch.get_num_threads(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "data": self.data.description,
+            "resumed_from_epoch": resumed_from,
+            "model": str(self.model),
+        }
+        (self.out / "run.json").write_text(json.dumps(info, indent=2, default=str))
+
+    def fit(self) -> dict:
+        last = self.out / "last.pt"
+        start_phase, start_epoch, global_epoch = 0, 0, 0
+        best = {"val_acc": -1.0, "epoch": -1}
+        ckpt = None
+        if self.resume:
+            if not last.exists():
+                raise ConfigError(f"--resume: no checkpoint at {last}")
+            ckpt = load_checkpoint(last)
+            self.model.load_state_dict(ckpt["model"])
+            start_phase, start_epoch = int(ckpt["phase"]), int(ckpt["epoch_in_phase"])
+            global_epoch, best = int(ckpt["global_epoch"]), dict(ckpt["best"])
+            self.history = json.loads(ckpt["history"])
+        elif (self.out / "metrics.jsonl").exists():
+            (self.out / "metrics.jsonl").unlink()
+        self._write_run_json(global_epoch if ckpt else None)
+        t_start = time.perf_counter()
+        for pi in range(start_phase, len(self.phases)):
+            ph = self.phases[pi]
+            lr = ph.lr if ph.lr is not None else self.cfg.train.optimizer.get("lr")
+            opt = make_optimizer(self.model.parameters(), self.cfg.train.optimizer, lr)
+            sched = make_schedule(opt, ph.lr_schedule or self.cfg.train.lr_schedule, ph.epochs)
+            e0 = 0
+            if ckpt is not None and pi == start_phase:
+                opt.load_state_dict(ckpt["optimizer"])
+                if sched is not None and ckpt["scheduler"]:
+                    sched.load_state_dict(ckpt["scheduler"])
+                e0 = start_epoch
+            loss_fn, terms = self._phase_terms(ph)
+            for e in range(e0, ph.epochs):
+                t0 = time.perf_counter()
+                rec = self._train_epoch(ph, e, global_epoch, opt, loss_fn, terms)
+                train_time = time.perf_counter() - t0
+                val = self.evaluate(self.data.val)
+                rec.update(
+                    epoch=global_epoch + 1,
+                    phase=ph.name,
+                    lr=opt.param_groups[0]["lr"],
+                    val_acc=val["acc"],
+                    val_loss=val["loss"],
+                    epoch_time_s=train_time,
+                )
+                if sched is not None:
+                    sched.step()
+                global_epoch += 1
+                if val["acc"] > best["val_acc"]:
+                    best = {"val_acc": val["acc"], "epoch": global_epoch}
+                    atomic_save({"model": self.model.state_dict(), "epoch": global_epoch}, self.out / "best.pt")
+                self.history.append(rec)
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                nxt = (pi, e + 1) if e + 1 < ph.epochs else (pi + 1, 0)
+                atomic_save(self._state(nxt[0], nxt[1], global_epoch, opt, sched, best), last)
+                msg = (
+                    f"[{self.cfg.name}] epoch {global_epoch} ({ph.name}) loss {rec['train_loss']:.4f} "
+                    f"train acc {rec['train_acc']:.4f} val acc {val['acc']:.4f} ({train_time:.1f}s)"
+                )
+                tqdm.write(msg)
+            ckpt = None
+        return self._finish(best, time.perf_counter() - t_start)
+
+    def _finish(self, best: dict, train_time: float) -> dict:
+        final = self.evaluate(self.data.test, metrics=True)
+        res = {
+            "name": self.cfg.name,
+            "seed": self.cfg.seed,
+            "epochs": len(self.history),
+            "test_acc_last": final["acc"],
+            "metrics_last": final["metrics"],
+            "best_val_acc": best["val_acc"],
+            "best_epoch": best["epoch"],
+            "train_time_s": train_time,
+        }
+        if self.cfg.train.select_best and (self.out / "best.pt").exists():
+            self.model.load_state_dict(load_checkpoint(self.out / "best.pt")["model"])
+            bt = self.evaluate(self.data.test, metrics=True)
+            res["test_acc"] = bt["acc"]
+            res["metrics"] = bt["metrics"]
+        else:
+            res["test_acc"] = final["acc"]
+            res["metrics"] = final["metrics"]
+        (self.out / "results.json").write_text(json.dumps(res, indent=2))
+        try:
+            from .plots import plot_curves
+
+            res["curves"] = str(plot_curves(self.history, self.out / "curves.png", self.cfg.name))
+        except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
+            res["curves_error"] = str(e)
+        return res

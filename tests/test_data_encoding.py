@@ -1,0 +1,118 @@
+"""Spike encodings: Perez-Nieves' firing-time code, linear latency, Bernoulli rate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparsespike.data import (
+    firing_time_raster,
+    firing_times,
+    latency_raster,
+    latency_times,
+    rate_raster,
+)
+from sparsespike.errors import SpikeInputError
+
+
+def _reference_current2firing_time(x, tau=20.0, thr=0.2, tmax=1.0, epsilon=1e-7):
+    """npvoid/SparseSpikingBackprop train_and_time.py, reproduced for comparison."""
+    idx = x < thr
+    x = np.clip(x, thr + epsilon, 1e9)
+    t = tau * np.log(x / (x - thr))
+    t[idx] = tmax
+    return t
+
+
+def test_firing_time_raster_matches_reference_for_every_pixel_value() -> None:
+    pixels = torch.arange(256, dtype=torch.uint8).view(1, 256)
+    r = firing_time_raster(pixels, T=100)
+    assert r.shape == (100, 1, 256) and r.dtype == torch.float32
+    ref = np.array(_reference_current2firing_time(np.arange(256) / 255, tmax=100), dtype=int)
+    spikes = r.sum(0)[0]
+    assert torch.equal(spikes > 0, torch.from_numpy(ref < 100))
+    assert spikes.max() == 1  # at most one spike per pixel
+    steps = r[:, 0].argmax(0)
+    assert torch.equal(steps[ref < 100], torch.from_numpy(ref[ref < 100]))
+    assert steps[255] == 4 and steps[52] == 79 and spikes[:52].sum() == 0
+
+
+def test_firing_time_raster_on_images_and_floats() -> None:
+    img = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    r = firing_time_raster(img.view(5, -1), T=100)
+    assert r.shape == (100, 5, 784)
+    assert torch.equal(r.sum(0) > 0, img.view(5, -1) > 51)
+    assert torch.equal(firing_time_raster(img.float() / 255, T=100), firing_time_raster(img))
+    short = firing_time_raster(img, T=10)  # late spikes dropped, not moved to T-1
+    assert torch.equal(short.sum(0) > 0, firing_times(img) < 10)
+    assert math.isinf(firing_times(torch.tensor([0.2], dtype=torch.float64)).item())
+
+
+def test_linear_latency_times() -> None:
+    x = torch.tensor([0.0, 0.25, 1.0])
+    assert latency_times(x, 0.0, 20.0).tolist() == [20.0, 15.0, 0.0]
+    assert latency_times(x, 2.0, 30.0, direction="bright_late").tolist() == [2.0, 9.0, 30.0]
+    t = latency_times(x, 0.0, 20.0, silent_below=0.1)
+    assert math.isinf(t[0].item()) and t[2].item() == 0.0
+    img = torch.tensor([255, 0], dtype=torch.uint8)
+    assert latency_times(img, 0.0, 20.0).tolist() == [0.0, 20.0]
+
+
+def test_current_latency_times() -> None:
+    x = torch.tensor([1.0, 0.5, 0.2, 0.1], dtype=torch.float64)
+    t = latency_times(x, 0.0, 100.0, kind="current", tau=20.0, thr=0.2)
+    assert t[0].item() == pytest.approx(20 * math.log(1 / 0.8))
+    assert t[1].item() == pytest.approx(20 * math.log(0.5 / 0.3))
+    assert math.isinf(t[2].item()) and math.isinf(t[3].item())
+    with pytest.raises(SpikeInputError):
+        latency_times(x, kind="current", direction="bright_late")
+
+
+def test_latency_raster() -> None:
+    x = torch.rand(3, 7)
+    r = latency_raster(x, T=21)
+    assert r.shape == (21, 3, 7) and torch.equal(r.sum(0), torch.ones(3, 7))
+    expected = torch.floor(latency_times(x, 0.0, 20.0))
+    assert torch.equal(r.argmax(0).float(), expected)
+    r2 = latency_raster(x, T=21, silent_below=0.5)
+    assert torch.equal(r2.sum(0) > 0, x >= 0.5)
+
+
+def test_rate_raster_seeded_and_unbiased() -> None:
+    x = torch.tensor([[0.0, 0.1, 0.5, 1.0]])
+    g1 = torch.Generator().manual_seed(123)
+    g2 = torch.Generator().manual_seed(123)
+    a, b = rate_raster(x, 4000, g1), rate_raster(x, 4000, g2)
+    assert a.shape == (4000, 1, 4) and torch.equal(a, b)
+    rate = a.mean(0)[0]
+    assert rate[0] == 0 and rate[3] == 1
+    assert abs(rate[1] - 0.1) < 0.02 and abs(rate[2] - 0.5) < 0.03
+    c = rate_raster(x, 4000, torch.Generator().manual_seed(124))
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [torch.tensor([0.5, float("nan")]), torch.tensor([1.5]), torch.tensor([-0.1]),
+     torch.tensor([1, 2]), torch.tensor([0.5, float("inf")])],
+)  # fmt: skip
+def test_invalid_inputs(bad: torch.Tensor) -> None:
+    with pytest.raises(SpikeInputError):
+        rate_raster(bad, 5)
+    with pytest.raises(SpikeInputError):
+        latency_times(bad)
+
+
+def test_invalid_arguments() -> None:
+    x = torch.rand(3)
+    with pytest.raises(SpikeInputError):
+        latency_times(x, direction="sideways")
+    with pytest.raises(SpikeInputError):
+        latency_times(x, t_min=5.0, t_max=1.0)
+    with pytest.raises(SpikeInputError):
+        rate_raster(x, 0)
+    with pytest.raises(SpikeInputError):
+        latency_raster(x, T=0)
