@@ -56,7 +56,12 @@ class LIFParams:
     surrogate: Surrogate = field(default_factory=FastSigmoid)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "reset", Reset(self.reset))
+        try:
+            object.__setattr__(self, "reset", Reset(self.reset))
+        except ValueError:
+            raise ValueError(
+                f"reset must be one of {[r.value for r in Reset]}, got {self.reset!r}"
+            ) from None
         object.__setattr__(self, "surrogate", make_surrogate(self.surrogate))
         if not (0.0 < self.beta <= 1.0):
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")

@@ -121,12 +121,19 @@ def as_loss(first: torch.Tensor, tau1: float = TAU1, silent_time: float = T_WIND
     return torch.expm1(first / tau1).mean()
 
 
-def sp_loss(times: EventOutput | torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+def sp_loss(
+    times: EventOutput | torch.Tensor | Sequence[torch.Tensor], per_neuron: bool = False
+) -> torch.Tensor:
     """Spike penalty ``1/N_b sum_b sum_a sum_{p>=2} 1/(t_p - t_1)`` (Fontanini eq. 12), in 1/ms.
 
     ``times``: an :class:`EventOutput` (all layers are used), one ``[B, N, S]`` tensor, or a
     sequence of them (one per layer; pass every hidden layer and the output layer to penalise
     all neurons as in the paper).
+
+    ``per_neuron=True`` divides by the number of neurons N_n as well (a mean over neurons, like
+    AS's ``1/N_O``). Eq. 12 as printed has no such factor, but with it the paper's eta values
+    train (see docs/eventprop.md, "SP normalisation"); without it eta = 0.4 ms silences the
+    Yin-Yang network within one epoch in our runs.
     """
     if isinstance(times, EventOutput):
         layers = list(times.times)
@@ -151,6 +158,8 @@ def sp_loss(times: EventOutput | torch.Tensor | Sequence[torch.Tensor]) -> torch
             diff = torch.where(valid, later - t[..., :1], torch.ones_like(later))
             term = torch.where(valid, 1.0 / diff, torch.zeros_like(later)).sum() / max(B, 1)
         total = term if total is None else total + term
+    if per_neuron:
+        total = total / sum(t.shape[1] for t in layers)
     return total
 
 
@@ -161,6 +170,7 @@ LOSS_NAMES = ("CE", "L_W", "L", "L_A")
 class FontaniniLoss:
     """``CE + alpha * (AS if augmented else CS) + eta * SP`` (Fontanini eqs. 9, 11, 13).
 
+    ``sp_per_neuron`` selects the SP normalisation (see :func:`sp_loss`).
     Use the constructors :meth:`l_w`, :meth:`l`, :meth:`l_a`. Calling it returns
     ``(total, parts)`` with ``parts`` the detached float values of ``ce``, ``cs``/``as``, ``sp``.
     """
@@ -171,6 +181,7 @@ class FontaniniLoss:
     tau0: float = TAU0
     tau1: float = TAU1
     silent_time: float = T_WINDOW
+    sp_per_neuron: bool = False
 
     @classmethod
     def l_w(cls, alpha: float, **kw) -> FontaniniLoss:
@@ -201,7 +212,7 @@ class FontaniniLoss:
                 parts["cs"] = float(aux.detach())
             total = total + self.alpha * aux
         if self.eta:
-            sp = sp_loss(out.times)
+            sp = sp_loss(out.times, per_neuron=self.sp_per_neuron)
             parts["sp"] = float(sp.detach())
             total = total + self.eta * sp
         parts["total"] = float(total.detach())

@@ -83,6 +83,7 @@ class EventPropConfig:
     t_window: float = 30.0
     tau0: float = 0.5
     tau1: float = 6.4
+    sp_per_neuron: bool = False  # SP divided by the number of neurons (see losses.sp_loss)
     max_spikes: int = 32
     grazing_eps: float = 1e-3
     # data and encoding
@@ -283,7 +284,7 @@ def train_eventprop(config: str | os.PathLike | dict | EventPropConfig, **overri
     epoch_global = 0
     for ph_i, ph in enumerate(cfg.phases):
         loss_fn = make_loss(ph.loss, ph.alpha, ph.eta, tau0=cfg.tau0, tau1=cfg.tau1,
-                            silent_time=cfg.t_window)  # fmt: skip
+                            silent_time=cfg.t_window, sp_per_neuron=cfg.sp_per_neuron)  # fmt: skip
         opt = torch.optim.Adam(net.parameters(), lr=ph.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.lr_decay)
         for ep in range(ph.epochs):
@@ -347,7 +348,8 @@ def train_eventprop(config: str | os.PathLike | dict | EventPropConfig, **overri
                 )
 
     last_loss = make_loss(cfg.phases[-1].loss, cfg.phases[-1].alpha, cfg.phases[-1].eta,
-                          tau0=cfg.tau0, tau1=cfg.tau1, silent_time=cfg.t_window)  # fmt: skip
+                          tau0=cfg.tau0, tau1=cfg.tau1, silent_time=cfg.t_window,
+                          sp_per_neuron=cfg.sp_per_neuron)  # fmt: skip
     final = {"val": evaluate(net, xva, yva, last_loss, cfg.eval_batch_size)}
     if cfg.eval_test:
         t0 = time.perf_counter()

@@ -21,7 +21,7 @@ CHUNK = 512
 PARALLEL_MIN_WORK = 400_000
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always")
 def surrogate_grad(x, code, p0, p1):
     """Same functions as :mod:`sparsespike.surrogate` (0 fast sigmoid, 1 triangle, 2 rectangle)."""
     ax = abs(x)
@@ -110,10 +110,10 @@ def _py_lif_backward_dense(gs, sg, s, r, beta, alpha, reset_zero, detach, gx):
 
 # serial and parallel compilations of each kernel; small problems run serially
 # (a thread barrier costs more than the work on a [30, 4000] array, worst on a busy machine)
-lif_forward_par = njit(parallel=True, cache=True, fastmath=True)(_py_lif_forward)
-lif_forward_ser = njit(parallel=False, cache=True, fastmath=True)(_py_lif_forward)
-lif_backward_dense_par = njit(parallel=True, cache=True, fastmath=True)(_py_lif_backward_dense)
-lif_backward_dense_ser = njit(parallel=False, cache=True, fastmath=True)(_py_lif_backward_dense)
+lif_forward_par = njit(parallel=True, cache=True, fastmath=False)(_py_lif_forward)
+lif_forward_ser = njit(parallel=False, cache=True, fastmath=False)(_py_lif_forward)
+lif_backward_dense_par = njit(parallel=True, cache=True, fastmath=False)(_py_lif_backward_dense)
+lif_backward_dense_ser = njit(parallel=False, cache=True, fastmath=False)(_py_lif_backward_dense)
 
 
 def pick(kernel_par, kernel_ser, work: int):

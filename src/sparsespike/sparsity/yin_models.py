@@ -131,6 +131,19 @@ def yin_neuron(
     )
 
 
+def stbp_init_(model: nn.Module, gain: float = 1.0, generator: torch.Generator | None = None) -> None:
+    """STBP weight init (Wu et al. 2018; Yin sec. 5.3 "standard uniform followed by
+    normalization"): ``W ~ U(-1, 1)``, then every output unit's weight vector (its row; a conv
+    filter over ``C_in x k x k``) scaled to L2 norm ``gain``. Biases keep PyTorch's init."""
+    for m in model.modules():
+        if isinstance(m, (SpikingConv2d, SpikingLinear)):
+            w = m.weight
+            with torch.no_grad():
+                w.copy_(torch.rand(w.shape, generator=generator, dtype=w.dtype) * 2 - 1)
+                w2 = w.view(w.shape[0], -1)
+                w2.div_(w2.norm(dim=1, keepdim=True).clamp_min(1e-12)).mul_(gain)
+
+
 def build_network(
     input_shape: tuple[int, int, int],
     layers: list[dict],
@@ -140,6 +153,8 @@ def build_network(
     pool: str = "avg",
     bias: bool = True,
     readout: bool = True,
+    init: str = "stbp",
+    init_gain: float = 1.0,
 ) -> nn.Sequential:
     """Build a time-major spiking CNN ``[T, B, C, H, W] -> votes [B, n_out]`` from layer dicts.
 
@@ -187,7 +202,12 @@ def build_network(
             raise ConfigError(f"unknown layer type {kind!r}")
     if readout and not isinstance(mods[-1], SpikeCountReadout):
         mods.append(SpikeCountReadout(mean=True))
-    return nn.Sequential(*mods)
+    net = nn.Sequential(*mods)
+    if init == "stbp":
+        stbp_init_(net, init_gain)
+    elif init != "default":
+        raise ConfigError(f"init must be 'stbp' or 'default' (PyTorch's), got {init!r}")
+    return net
 
 
 def build_yin_network(
@@ -202,6 +222,8 @@ def build_yin_network(
     pool: str = "avg",
     bias: bool = True,
     structure: str | None = None,
+    init: str = "stbp",
+    init_gain: float = 1.0,
 ) -> nn.Sequential:
     """Yin Table 2 network ``name`` (mnist, cifar10, nmnist, dvs_gesture) with Table 1 neurons.
 
@@ -218,7 +240,8 @@ def build_yin_network(
         detach_reset,
     )
     shape, layers = parse_structure(structure or YIN_STRUCTURES[name])
-    return build_network(shape, layers, neuron, padding=padding, pool=pool, bias=bias)
+    return build_network(shape, layers, neuron, padding=padding, pool=pool, bias=bias, init=init,
+                         init_gain=init_gain)
 
 
 def vote_mse_loss(votes: torch.Tensor, labels: torch.Tensor, n_classes: int | None = None,
@@ -354,7 +377,8 @@ def train_yin(config: dict) -> dict:
         shape, layers = parse_structure(mcfg.get("structure", YIN_STRUCTURES[name]))
     model = build_network(
         shape, layers, neuron, padding=mcfg.get("padding", "same"), pool=mcfg.get("pool", "avg"),
-        bias=mcfg.get("bias", True),
+        bias=mcfg.get("bias", True), init=mcfg.get("init", "stbp"),
+        init_gain=float(mcfg.get("init_gain", 1.0)),
     )
     ccfg = cfg.get("connectivity", {}) or {}
     use_l0 = bool(ccfg.get("l0", False))
@@ -399,8 +423,8 @@ def train_yin(config: dict) -> dict:
             opt.step()
             if use_l0 and constrain:
                 constrain_gates(model)
-            tot_loss += float(loss_e) * len(idx)
-            tot_pen += float(pen)
+            tot_loss += float(loss_e.detach()) * len(idx)
+            tot_pen += float(pen.detach())
             correct += int((votes.argmax(1) == ytr[idx]).sum())
         n_batches = math.ceil(len(ytr) / bs)
         row = {

@@ -1,0 +1,102 @@
+"""Train EventProp configs over several seeds and summarise (median accuracy, <N_S>).
+
+Example (reduced epochs: phase lengths 30 and 20)::
+
+    NUMBA_NUM_THREADS=1 python benchmarks/eventprop_train.py \
+        experiments/eventprop_yinyang_2phase.yaml --seeds 0 1 2 --epochs 30 20 \
+        --out benchmarks/results/eventprop_yinyang_2phase.json
+
+Writes a JSON with one entry per seed (final validation/test metrics, timings, per-epoch
+validation accuracy/<N_S>) and a summary (median/mean/std of test accuracy, <N_S>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from sparsespike.eventprop.train import load_config, train_eventprop
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--epochs", type=int, nargs="*", help="epochs per phase (overrides config)")
+    ap.add_argument("--set", nargs="*", default=[], help="key=value overrides (YAML values)")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    base = load_config(args.config, **overrides)
+    if args.epochs:
+        if len(args.epochs) != len(base.phases):
+            raise SystemExit(f"--epochs needs {len(base.phases)} values")
+        for ph, e in zip(base.phases, args.epochs, strict=True):
+            ph.epochs = e
+    runs = []
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        r = train_eventprop(base, seed=seed, progress=args.progress)
+        fin = r["final"]
+        te = fin.get("test", fin["val"])
+        run = {
+            "seed": seed,
+            "test_accuracy": te["accuracy"],
+            "test_ce": te.get("loss_ce"),
+            "test_n_s": te["n_s"],
+            "test_n_s_per_layer": te["n_s_per_layer"],
+            "test_silent_per_layer": te["silent_neurons_per_layer"],
+            "test_latency_ms": te["latency_ms"],
+            "val_accuracy": fin["val"]["accuracy"],
+            "val_n_s": fin["val"]["n_s"],
+            "timing": r["timing"],
+            "curve": [
+                {
+                    "epoch": h["epoch"],
+                    "phase": h["phase"],
+                    "val_acc": h["val"]["accuracy"],
+                    "val_ce": h["val"].get("loss_ce"),
+                    "val_n_s": h["val"]["n_s"],
+                    "train_acc": h["train"]["accuracy"],
+                }
+                for h in r["history"]
+            ],
+            "wall_s": time.perf_counter() - t0,
+        }
+        runs.append(run)
+        print(
+            f"seed {seed}: test acc {run['test_accuracy']:.4f}  CE {run['test_ce']:.4f}  "
+            f"<N_S> {run['test_n_s']:.3f} {[round(v, 2) for v in run['test_n_s_per_layer']]}  "
+            f"val acc {run['val_accuracy']:.4f}  ({run['wall_s']:.0f} s, "
+            f"{r['timing']['train_s_per_epoch']:.2f} s/epoch)",
+            flush=True,
+        )
+    accs = [r["test_accuracy"] for r in runs]
+    nss = [r["test_n_s"] for r in runs]
+    summary = {
+        "config": args.config,
+        "epochs": [p.epochs for p in base.phases],
+        "overrides": overrides,
+        "seeds": args.seeds,
+        "median_test_accuracy": statistics.median(accs),
+        "mean_test_accuracy": statistics.fmean(accs),
+        "std_test_accuracy": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+        "median_test_n_s": statistics.median(nss),
+        "mean_test_n_s": statistics.fmean(nss),
+    }
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,442 @@
+"""Numba CPU kernels of the sparse spiking backward (Perez-Nieves & Goodman 2021, S3GD).
+
+Compact formats (all per batch element ``b``, "b-major"):
+
+* **active set** of a layer with ``N`` neurons: ``ptr[B+1]`` (int64 offsets) and ``idx[n]``
+  (int32 ``t*N + j``), sorted by ``(t, j)`` inside each ``b``; entries ``|V - thr| < b_th``
+  (eq. 7). Beside it the saved value ``d = V - thr`` or the surrogate ``g(d)`` (eq. 8).
+* **spike list** of an input with ``K`` features: the same ``ptr``/``idx`` (``t*K + i``) over the
+  non-zeros, plus their values when the input is not binary.
+
+Kernels (``prange`` over batch elements, so threads never write the same location except the
+weight gradient, which gets one workspace per thread chunk, summed afterwards):
+
+* :func:`fused_forward` -- synaptic input from the spike list + LIF recurrence (subtractive,
+  detached reset, no synaptic current) in one pass; writes ``S`` and records the active entries
+  and the output spikes. The dense membrane and the dense synaptic current are never stored.
+* :func:`sparse_backward` -- eqs. 9-10 (weight gradient from active entries x input trace, the
+  trace rebuilt on the fly from the spike list) and eqs. 11-12 (input gradient at the previous
+  layer's active entries only, with the Prop. 1 recurrence carried backwards in time).
+* :func:`lif_forward_masked` -- dense ``[T, M]`` recurrence with the surrogate masked to the
+  window (all neuron settings), for :func:`sparsespike.kernels.sparse.lif_recurrence_masked`.
+
+Decays between events are applied lazily with a table ``powb[n] = beta**n`` (Prop. 1:
+``delta[t] = beta**n delta[t+n]`` across ``n`` inactive steps), so a step with no event costs
+nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .cpu import surrogate_grad
+
+# no nnan/ninf: b_th may legitimately be +inf ("every neuron active")
+FM = {"contract", "arcp", "reassoc", "nsz"}
+
+
+# --------------------------------------------------------------------------- compaction
+
+
+@njit(parallel=True, cache=True)
+def scan_counts(x, counts, nonbinary):
+    """Per batch element: number of non-zeros of ``x[T, B, K]`` and whether any is not 1."""
+    T, B, K = x.shape
+    for b in prange(B):
+        c = 0
+        nb = 0
+        for t in range(T):
+            for i in range(K):
+                v = x[t, b, i]
+                nz = v != 0.0
+                c += nz
+                nb |= nz & (v != 1.0)
+        counts[b] = c
+        nonbinary[b] = nb
+
+
+@njit(parallel=True, cache=True)
+def scan_fill(x, ptr, idx, vals, store_vals):
+    """Fill the b-major spike list (``idx = t*K + i``) of ``x[T, B, K]``; values if asked."""
+    T, B, K = x.shape
+    for b in prange(B):
+        p = ptr[b]
+        for t in range(T):
+            for i in range(K):
+                v = x[t, b, i]
+                if v != 0.0:
+                    idx[p] = t * K + i
+                    if store_vals:
+                        vals[p] = v
+                    p += 1
+
+
+@njit(parallel=True, cache=True)
+def mask_counts(mask, counts):
+    """Per batch element: number of non-zeros of a ``uint8`` mask ``[T, B, F]``."""
+    T, B, F = mask.shape
+    for b in prange(B):
+        c = 0
+        for t in range(T):
+            for i in range(F):
+                c += mask[t, b, i] != 0
+        counts[b] = c
+
+
+@njit(parallel=True, cache=True)
+def mask_fill(mask, ptr, idx):
+    T, B, F = mask.shape
+    for b in prange(B):
+        p = ptr[b]
+        for t in range(T):
+            for i in range(F):
+                if mask[t, b, i] != 0:
+                    idx[p] = t * F + i
+                    p += 1
+
+
+@njit(parallel=True, cache=True)
+def compact_rows(buf, cnt, ptr, out):
+    """Concatenate the first ``cnt[r]`` entries of every row of ``buf`` at ``ptr[r]``."""
+    R = buf.shape[0]
+    for r in prange(R):
+        o = ptr[r]
+        for k in range(cnt[r]):
+            out[o + k] = buf[r, k]
+
+
+@njit(parallel=True, cache=True)
+def coo_indices(ptr, idx, F, out):
+    """``[3, n]`` int64 COO indices ``(t, b, i)`` of a b-major compact set over ``[T, B, F]``."""
+    B = ptr.shape[0] - 1
+    for b in prange(B):
+        for p in range(ptr[b], ptr[b + 1]):
+            f = idx[p]
+            t = f // F
+            out[0, p] = t
+            out[1, p] = b
+            out[2, p] = f - t * F
+
+
+@njit(parallel=True, cache=True)
+def gather_bmajor(ptr, idx, dense, out):
+    """``out[p] = dense[t, b, i]`` for the compact set (``idx = t*F + i``) over ``dense[T, B, F]``."""
+    B = ptr.shape[0] - 1
+    F = dense.shape[2]
+    for b in prange(B):
+        for p in range(ptr[b], ptr[b + 1]):
+            f = idx[p]
+            t = f // F
+            out[p] = dense[t, b, f - t * F]
+
+
+# --------------------------------------------------------------------------- forward
+
+
+@njit(parallel=True, cache=True, fastmath=FM)
+def fused_forward(
+    blist,
+    sp_ptr,
+    sp_idx,
+    sp_val,
+    has_val,
+    wt,
+    bias,
+    has_bias,
+    beta,
+    thr,
+    b_th,
+    s_out,
+    a_idx,
+    a_d,
+    a_cnt,
+    o_idx,
+    o_cnt,
+):
+    """Synaptic input + LIF recurrence for the batch elements ``blist``, one pass over time.
+
+    ``I[t] = sum_{i in spikes(b, t)} val * W[:, i] (+ bias)``; ``V[t] = beta*U[t-1] + I[t]``;
+    ``S[t] = 1[V - thr > 0]``; ``U[t] = V[t] - thr*S[t]`` (reset detached; Perez-Nieves eq. 2
+    with our no-delay indexing). Writes ``S`` into ``s_out[T, B, N]``; for row ``r`` of ``blist``
+    records up to ``a_idx.shape[1]`` active entries (``t*N + j``, ``d = V - thr``;
+    ``|d| < b_th``, eq. 7) and up to ``o_idx.shape[1]`` output spikes; ``a_cnt``/``o_cnt`` get
+    the true counts (larger than the capacity means: run again with more room).
+    """
+    T, B, N = s_out.shape
+    K = wt.shape[0]
+    cap_a = a_idx.shape[1]
+    cap_o = o_idx.shape[1]
+    for r in prange(blist.shape[0]):
+        b = blist[r]
+        u = np.zeros(N, dtype=s_out.dtype)
+        cur = np.empty(N, dtype=s_out.dtype)
+        dd = np.empty(N, dtype=s_out.dtype)
+        na = 0
+        no = 0
+        p = sp_ptr[b]
+        pe = sp_ptr[b + 1]
+        for t in range(T):
+            if has_bias:
+                for j in range(N):
+                    cur[j] = bias[j]
+            else:
+                for j in range(N):
+                    cur[j] = 0.0
+            lim = (t + 1) * K
+            while p < pe and sp_idx[p] < lim:
+                i = sp_idx[p] - t * K
+                if has_val:
+                    w = sp_val[p]
+                    for j in range(N):
+                        cur[j] += w * wt[i, j]
+                else:
+                    for j in range(N):
+                        cur[j] += wt[i, j]
+                p += 1
+            for j in range(N):
+                v = beta * u[j] + cur[j]
+                d = v - thr
+                s = 1.0 if d > 0.0 else 0.0
+                s_out[t, b, j] = s
+                u[j] = v - thr * s
+                dd[j] = d
+            base = t * N
+            for j in range(N):
+                d = dd[j]
+                if abs(d) < b_th:
+                    if na < cap_a:
+                        a_idx[r, na] = base + j
+                        a_d[r, na] = d
+                    na += 1
+                if d > 0.0:
+                    if no < cap_o:
+                        o_idx[r, no] = base + j
+                    no += 1
+        a_cnt[r] = na
+        o_cnt[r] = no
+
+
+# --------------------------------------------------------------------------- backward
+
+
+@njit(parallel=True, cache=True)
+def gather_e(a_ptr, a_idx, a_g, gs, e):
+    """``e[a] = dL/dS[t, b, j] * g[a]`` at the active entries (eq. 9's first two factors)."""
+    B = a_ptr.shape[0] - 1
+    N = gs.shape[2]
+    for b in prange(B):
+        for a in range(a_ptr[b], a_ptr[b + 1]):
+            f = a_idx[a]
+            t = f // N
+            e[a] = gs[t, b, f - t * N] * a_g[a]
+
+
+@njit(inline="always", fastmath=FM)
+def _scale(v, f):
+    for k in range(v.shape[0]):
+        v[k] *= f
+
+
+@njit(parallel=True, cache=True, fastmath=FM)
+def sparse_backward(
+    nchunk,
+    T,
+    N,
+    K,
+    a_ptr,
+    a_idx,
+    e,
+    sp_ptr,
+    sp_idx,
+    sp_val,
+    has_val,
+    wt,
+    p_ptr,
+    p_idx,
+    powb,
+    geo,
+    need_dw,
+    need_db,
+    need_dx,
+    dw_ws,
+    db_ws,
+    dx_vals,
+):
+    """Sparse weight, bias and input gradients from the active entries only.
+
+    With ``e[b,k,j] = dL/dS * g`` at active entries (zero elsewhere, eq. 8):
+
+    * eqs. 9-10 (eq. 9's ``S_i[t]`` read as ``S_i[k]``, METHODS 1(d)):
+      ``dW[j, i] += e[b,k,j] * trace[b,k,i]``, ``trace[b,k,i] = sum_{t<=k} beta**(k-t) x[b,t,i]``;
+      the trace is rebuilt walking forwards through the spike list (no stored trace).
+    * bias: ``db[j] += e[b,k,j] * sum_{t<=k} beta**(k-t)`` (``geo[k]``).
+    * eqs. 11-12: walking backwards in time, ``delta[b,t,:] = e[b,t,:] + beta*delta[b,t+1,:]``
+      (Prop. 1, decays applied lazily between events); at each entry ``(b,t,i)`` active in the
+      previous layer ``dx = sum_j W[j, i] delta[b,t,j]``.
+
+    Thread chunk ``c`` owns batch elements ``[c*B/nchunk, (c+1)*B/nchunk)`` and accumulates into
+    ``dw_ws[c]``/``db_ws[c]``; ``dx_vals`` (one per previous-layer active entry) must be zeroed.
+    """
+    B = a_ptr.shape[0] - 1
+    for c in prange(nchunk):
+        b0 = c * B // nchunk
+        b1 = (c + 1) * B // nchunk
+        tr = np.zeros(K, dtype=e.dtype)
+        D = np.zeros(N, dtype=e.dtype)
+        for b in range(b0, b1):
+            a0 = a_ptr[b]
+            a1 = a_ptr[b + 1]
+            if a1 == a0:
+                continue
+            # ---- forward walk: input trace x active entries -> dW, db (eqs. 9-10)
+            if need_dw or need_db:
+                for k in range(K):
+                    tr[k] = 0.0
+                t_last = -1
+                seen = False
+                p = sp_ptr[b]
+                pe = sp_ptr[b + 1]
+                a = a0
+                while a < a1:
+                    ta = a_idx[a] // N
+                    lim = (ta + 1) * K
+                    while p < pe and sp_idx[p] < lim:
+                        ts = sp_idx[p] // K
+                        if ts != t_last:
+                            if seen:
+                                _scale(tr, powb[ts - t_last])
+                            t_last = ts
+                        if has_val:
+                            tr[sp_idx[p] - ts * K] += sp_val[p]
+                        else:
+                            tr[sp_idx[p] - ts * K] += 1.0
+                        seen = True
+                        p += 1
+                    if seen and t_last != ta:
+                        _scale(tr, powb[ta - t_last])
+                        t_last = ta
+                    alim = (ta + 1) * N
+                    while a < a1 and a_idx[a] < alim:
+                        ev = e[a]
+                        if ev != 0.0:
+                            j = a_idx[a] - ta * N
+                            if need_db:
+                                db_ws[c, j] += ev * geo[ta]
+                            if need_dw and seen:
+                                row = dw_ws[c, j]
+                                for k in range(K):
+                                    row[k] += ev * tr[k]
+                        a += 1
+            # ---- backward walk: Prop. 1 recurrence, input gradient at active inputs (eq. 12)
+            if need_dx:
+                q0 = p_ptr[b]
+                q = p_ptr[b + 1] - 1
+                if q < q0:
+                    continue
+                for j in range(N):
+                    D[j] = 0.0
+                any_d = False
+                t_last = T
+                a = a1 - 1
+                while q >= q0:
+                    tq = p_idx[q] // K
+                    lo = tq * N
+                    while a >= a0 and a_idx[a] >= lo:
+                        ta = a_idx[a] // N
+                        if any_d and ta != t_last:
+                            _scale(D, powb[t_last - ta])
+                        t_last = ta
+                        D[a_idx[a] - ta * N] += e[a]
+                        any_d = True
+                        a -= 1
+                    qlo = tq * K
+                    if not any_d:
+                        while q >= q0 and p_idx[q] >= qlo:
+                            q -= 1
+                        continue
+                    if t_last != tq:
+                        _scale(D, powb[t_last - tq])
+                        t_last = tq
+                    while q >= q0 and p_idx[q] >= qlo:
+                        i = p_idx[q] - qlo
+                        acc = 0.0
+                        for j in range(N):
+                            acc += wt[i, j] * D[j]
+                        dx_vals[q] = acc
+                        q -= 1
+
+
+@njit(parallel=True, cache=True, fastmath=FM)
+def delta_dense(a_ptr, a_idx, e, beta, out):
+    """Dense ``delta[T, B, N]`` (Prop. 1 run over every step) from the compact ``e``.
+
+    Used only when the input needs a gradient but carries no active set (dense fallback).
+    """
+    T, B, N = out.shape
+    for b in prange(B):
+        D = np.zeros(N, dtype=out.dtype)
+        a0 = a_ptr[b]
+        a = a_ptr[b + 1] - 1
+        for t in range(T - 1, -1, -1):
+            for j in range(N):
+                D[j] *= beta
+            lo = t * N
+            while a >= a0 and a_idx[a] >= lo:
+                D[a_idx[a] - lo] += e[a]
+                a -= 1
+            for j in range(N):
+                out[t, b, j] = D[j]
+
+
+# --------------------------------------------------------------------------- masked recurrence
+
+
+@njit(parallel=True, cache=True, fastmath=FM)
+def lif_forward_masked(
+    x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th, s_out, sg_out, r_out, m_out, write_m
+):
+    """:func:`sparsespike.kernels.cpu.lif_forward` with the surrogate masked to the window.
+
+    ``g = surrogate(V - thr)`` if ``|V - thr| < b_th`` else 0 (Perez-Nieves Def. 2, eq. 8); the
+    masked ``g`` is also the one used in a non-detached reset. ``m_out`` (uint8) gets the active
+    mask when ``write_m``. Returns the number of active entries.
+    """
+    T, M = x.shape
+    CH = 512
+    nchunk = (M + CH - 1) // CH
+    counts = np.zeros(nchunk, dtype=np.int64)
+    for c in prange(nchunk):
+        lo = c * CH
+        hi = min(M, lo + CH)
+        n = hi - lo
+        u = np.zeros(n, dtype=x.dtype)
+        cur = np.zeros(n, dtype=x.dtype)
+        cnt = 0
+        for t in range(T):
+            for k in range(n):
+                j = lo + k
+                if alpha >= 0.0:
+                    cur[k] = alpha * cur[k] + x[t, j]
+                    v = beta * u[k] + cur[k]
+                else:
+                    v = beta * u[k] + x[t, j]
+                d = v - thr
+                s = 1.0 if d > 0.0 else 0.0
+                act = abs(d) < b_th
+                g = surrogate_grad(d, code, p0, p1) if act else 0.0
+                s_out[t, j] = s
+                sg_out[t, j] = g
+                if write_m:
+                    m_out[t, j] = 1 if act else 0
+                cnt += act
+                if reset_zero:
+                    u[k] = v * (1.0 - s)
+                    if not detach:
+                        r_out[t, j] = (1.0 - s) - v * g
+                else:
+                    u[k] = v - thr * s
+                    if not detach:
+                        r_out[t, j] = 1.0 - thr * g
+        counts[c] = cnt
+    return counts.sum()

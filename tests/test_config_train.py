@@ -1,0 +1,109 @@
+"""Config errors, trainer logs/checkpoints, and exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from sparsespike.config import load_config
+from sparsespike.errors import ConfigError, DataError
+from sparsespike.train import Trainer, load_checkpoint
+
+SMALL = {
+    "name": "tiny",
+    "seed": 3,
+    "data": {"dataset": "yinyang", "encoding": {"name": "latency", "T": 12, "bias_spike": True},
+             "batch_size": 50, "train_subset": 400, "test_subset": 200},
+    "model": {"neuron": {"beta": 0.9}, "weight_scale": 4.0,
+              "layers": [{"type": "linear", "out": 16}, {"type": "readout", "out": 3}]},
+    "train": {"epochs": 3, "optimizer": {"name": "adam", "lr": 0.01},
+              "lr_schedule": {"name": "exponential", "gamma": 0.9}},
+}
+
+
+def _write(tmp_path, cfg, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    bad = json.loads(json.dumps(SMALL))
+    bad["train"]["learning_rate"] = 0.1
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        load_config(_write(tmp_path, bad))
+    bad = json.loads(json.dumps(SMALL))
+    bad["data"]["dataset"] = "imagenet"
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
+        Trainer(load_config(_write(tmp_path, bad)), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_train_writes_logs_and_learns(tmp_path, data_dir):
+    cfg = load_config(_write(tmp_path, SMALL))
+    res = Trainer(cfg, tmp_path / "run", data_dir, progress=False).fit()
+    run = tmp_path / "run"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    info = json.loads((run / "run.json").read_text())
+    assert info["seed"] == 3 and "torch" in info["versions"]
+    assert (run / "best.pt").exists() and (run / "last.pt").exists()
+    assert res["test_acc"] > 0.5  # 3 classes: chance is ~0.33
+    assert res["metrics"]["spike_count"] > 0
+
+
+def test_resume_gives_identical_weights(tmp_path, data_dir):
+    cfg = load_config(_write(tmp_path, SMALL))
+    Trainer(cfg, tmp_path / "full", data_dir, progress=False).fit()
+    cfg2 = load_config(_write(tmp_path, SMALL), {"train.epochs": 3})
+    # interrupted run: train 3 epochs but stop after the first (simulate a crash by truncation)
+    part = load_config(_write(tmp_path, SMALL), {"train.epochs": 3})
+    t = Trainer(part, tmp_path / "part", data_dir, progress=False)
+    t.phases[0].epochs = 1
+    t.fit()
+    ck = load_checkpoint(tmp_path / "part" / "last.pt")
+    # the checkpoint says "next: phase 1" for a 1-epoch phase; rewrite it as epoch 1 of 3
+    ck["phase"], ck["epoch_in_phase"] = 0, 1
+    torch.save(ck, tmp_path / "part" / "last.pt")
+    Trainer(cfg2, tmp_path / "part", data_dir, resume=True, progress=False).fit()
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, data_dir):
+    cfg = load_config(_write(tmp_path, SMALL))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="last.pt"):
+        Trainer(cfg, tmp_path / "run", data_dir, resume=True, progress=False).fit()
+
+
+def test_phases_have_their_own_lr(tmp_path, data_dir):
+    cfg = dict(SMALL)
+    cfg = json.loads(json.dumps(cfg))
+    cfg["train"]["phases"] = [{"name": "one", "epochs": 1, "lr": 0.01}, {"name": "two", "epochs": 1, "lr": 0.001}]
+    res = Trainer(load_config(_write(tmp_path, cfg)), tmp_path / "r", data_dir, progress=False).fit()
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["phase"] for x in lines] == ["one", "two"]
+    assert lines[0]["lr"] == 0.01 and abs(lines[1]["lr"] - 0.001) < 1e-12
+    assert res["epochs"] == 2
+
+
+def test_regularizer_sees_spikes_and_epoch(tmp_path, data_dir):
+    seen = []
+
+    def reg(ctx):
+        seen.append((ctx.epoch, ctx.n_epochs, float(ctx.monitor.spike_count())))
+        return 0.0 * ctx.monitor.spike_count()
+
+    cfg = load_config(_write(tmp_path, SMALL), {"train.epochs": 2})
+    Trainer(cfg, tmp_path / "r", data_dir, progress=False, regularizers=[reg]).fit()
+    assert {e for e, _, _ in seen} == {0, 1} and all(n == 2 for _, n, _ in seen)
+    assert all(c > 0 for _, _, c in seen)

@@ -1,0 +1,432 @@
+"""Hard-concrete L0 gates (Yin et al. 2021 / Louizos et al. 2018), pruning, FLOPs, sparse inference."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sparsespike.layers import LeakyReadout, SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
+from sparsespike.neurons import LIFParams
+from sparsespike.sparse_inference import kernel_report, sparse_inference_model
+from sparsespike.sparsity.connectivity import (
+    BETA,
+    GAMMA,
+    ZETA,
+    HardConcreteGate,
+    add_l0_gates,
+    constrain_gates,
+    count_ops,
+    expected_l0,
+    gated_weights,
+    gates,
+    l0_penalty,
+    prune,
+    resample_gates,
+    sparsity_report,
+)
+from sparsespike.sparsity.yin_models import (
+    YIN_STRUCTURES,
+    build_yin_network,
+    parse_structure,
+    vote_mse_loss,
+)
+from sparsespike.surrogate import Rectangle
+
+LOG_RATIO = math.log(-GAMMA / ZETA)  # = -ln 11
+
+
+def _gate(la: torch.Tensor, seed: int = 0) -> HardConcreteGate:
+    g = HardConcreteGate(la.shape, generator=torch.Generator().manual_seed(seed), dtype=la.dtype)
+    with torch.no_grad():
+        g.log_alpha.copy_(la)
+    return g
+
+
+# -- sampling -----------------------------------------------------------------------------------
+def test_samples_in_unit_interval_with_exact_zeros_and_ones():
+    g = _gate(torch.zeros(200_000))
+    b = g.sample()
+    assert b.min() >= 0 and b.max() <= 1
+    assert (b == 0).float().mean() > 0.05
+    assert (b == 1).float().mean() > 0.05
+    assert ((b > 0) & (b < 1)).any()
+
+
+@pytest.mark.parametrize("la", [-2.0, 0.0, 1.0, 2.5])
+def test_empirical_prob_nonzero_matches_eq20(la):
+    n = 200_000
+    g = _gate(torch.full((n,), la), seed=1)
+    p_emp = float((g.sample() > 0).double().mean())
+    p_th = float(torch.sigmoid(torch.tensor(la - BETA * LOG_RATIO)))
+    assert abs(p_emp - p_th) < 4 * math.sqrt(p_th * (1 - p_th) / n) + 1e-3
+    assert torch.allclose(g.prob_nonzero(), torch.full((n,), p_th), atol=1e-6)
+
+
+def test_log_alpha_limits_give_all_ones_or_zeros():
+    assert torch.equal(_gate(torch.full((10_000,), 60.0)).sample(), torch.ones(10_000))
+    assert torch.equal(_gate(torch.full((10_000,), -60.0)).sample(), torch.zeros(10_000))
+    assert torch.equal(_gate(torch.full((10,), 60.0)).test_gate(), torch.ones(10))
+    assert torch.equal(_gate(torch.full((10,), -60.0)).test_gate(), torch.zeros(10))
+
+
+def test_sample_formula_and_gradient():
+    la = torch.linspace(-1.0, 2.0, 7, dtype=torch.float64)
+    g = _gate(la)
+    g.resample()
+    u = g.u.clone()
+    assert u.min() >= 1e-6 and u.max() <= 1 - 1e-6
+    s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + la) / BETA)
+    assert torch.allclose(g.sample(), torch.clamp(s * (ZETA - GAMMA) + GAMMA, 0, 1))
+
+    def f(x):
+        with torch.no_grad():
+            g.log_alpha.copy_(x.detach())
+        s_ = torch.sigmoid((torch.log(u) - torch.log(1 - u) + x) / BETA)
+        return torch.clamp(s_ * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+    # autograd through the gate equals finite differences (points away from the clamp kinks)
+    x = la.clone().requires_grad_(True)
+    inside = (f(x) > 0.01) & (f(x) < 0.99)
+    g2 = _gate(la)
+    g2.u = u
+    g2.sample()[inside].sum().backward()
+    eps = 1e-6
+    fd = (f(la + eps) - f(la - eps)) / (2 * eps)
+    assert torch.allclose(g2.log_alpha.grad[inside], fd[inside], atol=1e-6)
+
+
+def test_penalty_matches_eq20_and_its_gradient():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.Conv1d(2, 3, 2))
+    add_l0_gates(net, lam=0.1, seed=0)
+    for g in gates(net):
+        with torch.no_grad():
+            g.log_alpha.normal_(0.0, 2.0)
+    las = [g.log_alpha for g in gates(net)]
+    expect = sum(0.1 * torch.sigmoid(la - BETA * LOG_RATIO).sum() for la in las)
+    pen = l0_penalty(net)
+    assert torch.allclose(pen, expect)
+    assert torch.allclose(l0_penalty(net, lam=1.0), expected_l0(net))
+    pen.backward()
+    for la in las:
+        sig = torch.sigmoid(la.detach() - BETA * LOG_RATIO)
+        assert torch.allclose(la.grad, 0.1 * sig * (1 - sig), atol=1e-7)
+    # finite differences in float64
+    la = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    g = _gate(la.detach())
+
+    def penalty(x):
+        return 0.1 * torch.sigmoid(x - g.beta * math.log(-g.gamma / g.zeta)).sum()
+
+    assert torch.autograd.gradcheck(penalty, (la,))
+
+
+def test_test_time_gate_is_deterministic_and_matches_formula():
+    la = torch.linspace(-4, 4, 101)
+    g = _gate(la).eval()
+    expect = torch.clamp(torch.sigmoid(la) * (ZETA - GAMMA) + GAMMA, 0, 1)
+    assert torch.equal(g.gate(), g.gate())
+    assert torch.allclose(g.gate(), expect)
+    # pruned iff log_alpha <= -ln 11
+    assert torch.equal(g.gate() == 0, la <= -math.log(11) + 1e-6)
+    w = torch.randn(101)
+    assert torch.allclose(g(w), w * expect)
+
+
+def test_constrain_gates_clamps_log_alpha():
+    net = nn.Linear(3, 3)
+    add_l0_gates(net, seed=0)
+    g = gates(net)[0]
+    with torch.no_grad():
+        g.log_alpha.copy_(torch.tensor([[-10.0, 0.0, 10.0]] * 3))
+    constrain_gates(net)
+    assert torch.allclose(g.log_alpha[0], torch.tensor([math.log(0.01), 0.0, math.log(100)]))
+
+
+def test_init_follows_yin():
+    net = nn.Linear(100, 100)
+    add_l0_gates(net, seed=0)
+    la = gates(net)[0].log_alpha.detach()
+    assert abs(float(la.mean()) - 1.0) < 0.005 and abs(float(la.std()) - 0.01) < 0.002
+
+
+# -- one sample per mini-batch, seeded ---------------------------------------------------------------
+class PerStepNet(nn.Module):
+    """snnTorch-style: the Linear is called once per time step inside forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        out = []
+        for t in range(x.shape[0]):
+            self.seen.append(self.fc.weight.detach().clone())
+            out.append(self.fc(x[t]))
+        return torch.stack(out)
+
+
+def test_gate_constant_across_time_steps_and_resampled_per_forward():
+    net = PerStepNet()
+    add_l0_gates(net, seed=0)
+    net.train()
+    net(torch.rand(5, 2, 6))
+    first = net.seen
+    assert len(first) == 5 and all(torch.equal(first[0], w) for w in first)
+    net.seen = []
+    net(torch.rand(5, 2, 6))
+    assert not torch.equal(first[0], net.seen[0])  # new mini-batch -> new sample
+    net.eval()
+    net.seen = []
+    net(torch.rand(5, 2, 6))
+    net(torch.rand(5, 2, 6))
+    assert all(torch.equal(net.seen[0], w) for w in net.seen)
+
+
+def test_manual_resampling_freezes_until_called():
+    fc = nn.Linear(6, 4)
+    add_l0_gates(fc, modules=[fc], seed=0, resample="manual")
+    fc.train()
+    w1 = fc.weight.detach().clone()
+    for _ in range(3):
+        fc(torch.rand(2, 6))
+    assert torch.equal(fc.weight, w1)
+    resample_gates(fc)
+    assert not torch.equal(fc.weight, w1)
+
+
+def test_fixed_seed_gives_reproducible_masks():
+    def masks(seed):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(20, 30), nn.Linear(30, 5))
+        add_l0_gates(net, seed=seed)
+        out = []
+        for _ in range(3):
+            net(torch.zeros(1, 20))
+            out.append([g.sample() == 0 for g in gates(net)])
+        return out
+
+    a, b, c = masks(7), masks(7), masks(8)
+    assert all(torch.equal(x, y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+    assert not all(torch.equal(x, y) for ra, rc in zip(a, c) for x, y in zip(ra, rc))
+
+
+# -- any model; pruning ---------------------------------------------------------------------------
+def _plain_cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 2 * 2, 10),
+    )
+
+
+def _spiking_cnn(dtype=torch.float64):
+    p = LIFParams(beta=0.3, threshold=0.5, reset="zero", detach_reset=False,
+                  surrogate=Rectangle(1.0, 1.0))
+    net = nn.Sequential(
+        SpikingConv2d(2, 6, 3, p, padding=1, bias=True), SeqPool2d(2, "avg"),
+        SpikingConv2d(6, 8, 3, p, padding=1), SeqFlatten(), SpikingLinear(8 * 4 * 4, 20, p, bias=True),
+        SpikingLinear(20, 5, p), SpikeCountReadout(),
+    ).to(dtype)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, SpikingLinear)):
+                m.weight.mul_(3.0)
+    return net
+
+
+def _set_random_log_alpha(net, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for g in gates(net):
+        with torch.no_grad():
+            g.log_alpha.copy_(torch.randn(g.log_alpha.shape, generator=gen, dtype=g.log_alpha.dtype) * 3)
+
+
+def test_gates_attach_to_plain_torch_cnn_and_train():
+    torch.manual_seed(0)
+    net = _plain_cnn()
+    gw = add_l0_gates(net, lam=1e-2, seed=0)
+    assert [x.name for x in gw] == ["0", "3", "6"]
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    before = float(expected_l0(net))
+    for _ in range(20):
+        loss = nn.functional.cross_entropy(net(x), y) + l0_penalty(net)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        constrain_gates(net)
+    assert float(expected_l0(net)) < before
+    for g in gates(net):
+        assert g.log_alpha.grad is not None
+
+
+@pytest.mark.parametrize("which", ["plain", "spiking"])
+def test_pruned_model_equals_gated_model_in_eval(which):
+    torch.manual_seed(0)
+    if which == "plain":
+        net = _plain_cnn().double()
+        x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    else:
+        net = _spiking_cnn()
+        x = (torch.rand(6, 3, 2, 8, 8) < 0.3).double()
+    add_l0_gates(net, seed=0)
+    _set_random_log_alpha(net)
+    net.eval()
+    ref = net(x)
+    rep = sparsity_report(net)
+    assert 0.2 < rep["total"]["density"] < 0.8
+    pruned = prune(copy.deepcopy(net))
+    assert not gated_weights(pruned) and not gates(pruned)
+    assert all(isinstance(m.weight, nn.Parameter) for m in pruned.modules() if hasattr(m, "weight") and isinstance(getattr(m, "weight"), torch.Tensor) and not isinstance(m, SpikingConv2d))
+    assert torch.equal(pruned(x), ref)
+    rep2 = sparsity_report(pruned)
+    assert rep2["total"]["nonzero"] == rep["total"]["nonzero"]
+    assert all(r1["nonzero"] == r2["nonzero"] for r1, r2 in zip(rep["layers"], rep2["layers"]))
+    # the pruned state dict loads into a fresh un-gated model
+    fresh = _plain_cnn().double() if which == "plain" else _spiking_cnn()
+    fresh.load_state_dict(pruned.state_dict())
+    assert torch.equal(fresh.eval()(x), ref)
+    assert not pruned._forward_pre_hooks
+
+
+def test_gates_attach_to_our_layers():
+    net = nn.Sequential(SpikingLinear(10, 8), LeakyReadout(8, 3))
+    gw = add_l0_gates(net, seed=0)
+    assert [x.name for x in gw] == ["0", "1"]
+    cnn = _spiking_cnn(torch.float32)
+    assert [x.name for x in add_l0_gates(cnn, seed=0)] == ["0.conv", "2.conv", "4", "5"]
+    x = (torch.rand(4, 2, 2, 8, 8) < 0.3).float()
+    out = cnn(x)
+    vote_mse_loss(out, torch.tensor([1, 2])).backward()
+    assert all(g.log_alpha.grad is not None for g in gates(cnn))
+
+
+def test_gates_attach_to_snntorch_model():
+    snn = pytest.importorskip("snntorch")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.lif1 = nn.Linear(12, 16), snn.Leaky(beta=0.9)
+            self.fc2, self.lif2 = nn.Linear(16, 3), snn.Leaky(beta=0.9)
+            self.w_seen = []
+
+        def forward(self, x):
+            m1, m2 = self.lif1.init_leaky(), self.lif2.init_leaky()
+            spk = []
+            for t in range(x.shape[0]):
+                self.w_seen.append(self.fc1.weight.detach().clone())
+                s1, m1 = self.lif1(self.fc1(x[t]), m1)
+                s2, m2 = self.lif2(self.fc2(s1), m2)
+                spk.append(s2)
+            return torch.stack(spk)
+
+    torch.manual_seed(0)
+    net = Net()
+    assert len(add_l0_gates(net, seed=0)) == 2
+    out = net(torch.rand(6, 4, 12))
+    (out.sum() + l0_penalty(net)).backward()
+    assert all(torch.equal(net.w_seen[0], w) for w in net.w_seen)
+    assert gates(net)[0].log_alpha.grad is not None
+    net.eval()
+    ref = net(torch.ones(6, 4, 12))
+    assert torch.equal(prune(net)(torch.ones(6, 4, 12)), ref)
+
+
+# -- FLOPs / SynOps ----------------------------------------------------------------------------------
+def test_count_ops_hand_built_mask():
+    lin = nn.Linear(6, 4, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0, 0, 2, 0, 0]] * 2 + [[0.0] * 6] * 2))  # nnz = 4
+    net = nn.Sequential(lin)
+    x = torch.tensor([[[1.0, 1, 0, 0, 0, 0]], [[0.0, 0, 0, 1, 1, 1]]])  # [T=2, B=1, 6]
+    ops = count_ops(net, x)
+    assert ops["flops"] == 2 * 4 * 2 and ops["flops_dense"] == 2 * 24 * 2
+    assert ops["flops_per_step"] == 8
+    # synops: t=0 input 0 drives 2 synapses, input 1 none; t=1 input 3 drives 2
+    assert ops["synops"] == 4
+    conv = nn.Conv2d(2, 3, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+        conv.weight[2, 1, 0, 0] = 1.0
+    xs = torch.zeros(1, 1, 2, 5, 5)
+    xs[0, 0, 0, 2, 2] = 1.0
+    ops = count_ops(nn.Sequential(conv), xs)
+    assert ops["flops"] == 2 * 2 * 9 and ops["flops_dense"] == 2 * 54 * 9
+    assert ops["synops"] == 1  # the event at (2, 2) reaches output (1, 1) through tap (1, 1)
+    # "same" padding: taps reading the padding are not counted
+    convp = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    ops = count_ops(nn.Sequential(convp), torch.zeros(1, 1, 1, 4, 4))
+    assert ops["flops_dense"] == 2 * (4 * 4 * 9 - 4 * 4 * 2 * 3 + 4)  # 100 valid tap positions
+
+
+def test_count_ops_yin_mnist_dense():
+    net = build_yin_network("mnist")
+    ops = count_ops(net, torch.zeros(1, 1, 1, 28, 28))
+    # 15C5 same on 28x28 (padding taps excluded) + 40C5 same on 14x14 + 1960x300 + 300x10
+    fc = 1960 * 300 + 300 * 10
+    conv_valid = 2 * (15 * 24 * 24 * 25 + 40 * 10 * 10 * 375)
+    assert 2 * fc + conv_valid < ops["flops_dense"] < 2 * (fc + 15 * 784 * 25 + 40 * 196 * 375)
+
+
+# -- Yin networks --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "nmnist", "dvs_gesture"])
+def test_yin_networks_build_and_run(name):
+    shape, _ = parse_structure(YIN_STRUCTURES[name])
+    net = build_yin_network(name)
+    out = net(torch.zeros(1, 1, *shape))
+    assert out.shape == (1, 11 if name == "dvs_gesture" else 10)
+    lin = [m for m in net if isinstance(m, SpikingLinear)][0]
+    assert lin.neuron.reset.value == "zero" and lin.neuron.threshold == 0.5
+    assert isinstance(lin.neuron.surrogate, Rectangle)
+
+
+def test_vote_mse_loss_is_eq5():
+    votes = torch.tensor([[0.5, 0.25], [0.0, 1.0]])
+    y = torch.tensor([0, 1])
+    assert torch.allclose(vote_mse_loss(votes, y), torch.tensor(((0.25 + 0.0625) + 0.0) / 2))
+
+
+# -- sparse inference ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernels", ["auto", "dense", "csr", "event"])
+def test_sparse_inference_equals_dense_spiking(kernels):
+    torch.manual_seed(0)
+    net = _spiking_cnn()
+    add_l0_gates(net, seed=0)
+    _set_random_log_alpha(net, 1)
+    pruned = prune(net.eval())
+    x = (torch.rand(6, 3, 2, 8, 8) < 0.3).double()
+    fast = sparse_inference_model(pruned, example_input=x if kernels == "auto" else None,
+                                  kernels=kernels)
+    assert torch.equal(fast(x), pruned(x))
+    rep = kernel_report(fast)
+    assert len(rep) == 4
+    if kernels != "auto":
+        want = {"csr": {"csr", "taps"}}.get(kernels, {kernels})
+        assert all(r["kernel"] in want for r in rep)
+
+
+@pytest.mark.parametrize("kernels", ["auto", "csr", "event"])
+def test_sparse_inference_equals_dense_plain(kernels):
+    torch.manual_seed(0)
+    net = _plain_cnn().double()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_((torch.rand_like(m.weight) < 0.3).double())
+    x = torch.relu(torch.randn(5, 1, 8, 8, dtype=torch.float64))
+    fast = sparse_inference_model(net, example_input=x if kernels == "auto" else None,
+                                  kernels=kernels)
+    assert torch.allclose(fast(x), net(x), atol=1e-12)
+    # gates still attached are baked in first
+    gated = _plain_cnn().double()
+    add_l0_gates(gated, seed=0)
+    _set_random_log_alpha(gated, 2)
+    gated.eval()
+    assert torch.allclose(sparse_inference_model(gated, kernels=kernels)(x), gated(x), atol=1e-12)

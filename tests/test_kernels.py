@@ -1,0 +1,120 @@
+"""The LIF recurrence kernels against a naive per-step autograd loop (issue 2, item 3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsespike.kernels import lif_recurrence
+from sparsespike.kernels.synapse import synaptic_linear
+from sparsespike.neurons import LIFParams, lif_sequence_loop
+from sparsespike.surrogate import FastSigmoid, Rectangle, Triangle
+
+SURROGATES = [FastSigmoid(10.0), FastSigmoid(100.0), Triangle(1.0), Triangle(0.5, 2.0), Rectangle(1.0), Rectangle(0.5, 1.0)]
+
+
+def _check(p: LIFParams, T: int, B: int, N: int, seed: int, impl: str, dtype=torch.float64, tol=1e-9):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(T, B, N, generator=g, dtype=dtype) * 0.7 + 0.35).requires_grad_()
+    w = torch.randn(T, B, N, generator=g, dtype=dtype)
+    s_ref, _ = lif_sequence_loop(x, p)
+    (g_ref,) = torch.autograd.grad((s_ref * w).sum(), x)
+    s = lif_recurrence(x, p, impl=impl)
+    (g_k,) = torch.autograd.grad((s * w).sum(), x)
+    assert torch.equal(s, s_ref), "forward spikes differ from the per-step loop"
+    assert s.sum() > 0, "test input should make neurons spike"
+    torch.testing.assert_close(g_k, g_ref, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["numba", "torch"])
+@pytest.mark.parametrize("surrogate", SURROGATES, ids=repr)
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("alpha", [None, 0.6])
+@pytest.mark.parametrize("detach", [True, False])
+def test_every_combination_matches_loop(impl, surrogate, reset, alpha, detach):
+    p = LIFParams(beta=0.85, alpha=alpha, threshold=1.0, reset=reset, detach_reset=detach, surrogate=surrogate)
+    _check(p, T=25, B=3, N=7, seed=1, impl=impl)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    T=st.integers(1, 40),
+    B=st.integers(1, 5),
+    N=st.integers(1, 700),
+    beta=st.floats(0.3, 1.0),
+    alpha=st.one_of(st.none(), st.floats(0.0, 0.95)),
+    thr=st.floats(0.2, 2.0),
+    reset=st.sampled_from(["subtract", "zero"]),
+    detach=st.booleans(),
+    sur=st.sampled_from(SURROGATES),
+    seed=st.integers(0, 10_000),
+)
+def test_numba_matches_loop_property(T, B, N, beta, alpha, thr, reset, detach, sur, seed):
+    p = LIFParams(beta=beta, alpha=alpha, threshold=thr, reset=reset, detach_reset=detach, surrogate=sur)
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(T, B, N, generator=g, dtype=torch.float64) * thr).requires_grad_()
+    w = torch.randn(T, B, N, generator=g, dtype=torch.float64)
+    s_ref, _ = lif_sequence_loop(x, p)
+    (g_ref,) = torch.autograd.grad((s_ref * w).sum(), x)
+    s = lif_recurrence(x, p, impl="numba")
+    (g_k,) = torch.autograd.grad((s * w).sum(), x)
+    assert torch.equal(s, s_ref)
+    torch.testing.assert_close(g_k, g_ref, atol=1e-9, rtol=1e-9)
+
+
+def test_float32_large_parallel_path_is_as_accurate_as_torch_loop():
+    # large enough to take the multi-threaded kernels; float32 against a float64 ground truth
+    p = LIFParams(beta=0.9, surrogate=FastSigmoid(100.0))
+    g = torch.Generator().manual_seed(0)
+    x64 = (torch.randn(50, 40, 300, generator=g, dtype=torch.float64) * 0.5 + 0.2).requires_grad_()
+    w64 = torch.randn(50, 40, 300, generator=g, dtype=torch.float64)
+    s_true, _ = lif_sequence_loop(x64, p)
+    (g_true,) = torch.autograd.grad((s_true * w64).sum(), x64)
+    x = x64.detach().float().requires_grad_()
+    w = w64.float()
+    s_loop, _ = lif_sequence_loop(x, p)
+    (g_loop,) = torch.autograd.grad((s_loop * w).sum(), x)
+    s = lif_recurrence(x, p)
+    (g_k,) = torch.autograd.grad((s * w).sum(), x)
+    assert torch.equal(s, s_loop) and torch.equal(s.double(), s_true)
+    err_kernel = (g_k.double() - g_true).abs().max()
+    err_loop = (g_loop.double() - g_true).abs().max()
+    assert err_kernel <= max(err_loop, 1e-5), (err_kernel, err_loop)
+
+
+def test_activity_count_matches_mask():
+    p = LIFParams(beta=0.9)
+    x = torch.randn(20, 4, 30, dtype=torch.float64)
+    _, v = lif_sequence_loop(x, p)
+    for impl in ("numba", "torch"):
+        stats: dict = {}
+        lif_recurrence(x, p, impl=impl, b_th=0.2, stats=stats)
+        assert stats["n_active"] == int(((v - 1.0).abs() < 0.2).sum())
+        assert stats["n_total"] == x.numel()
+
+
+@pytest.mark.parametrize("density", [0.02, 0.3])
+def test_event_driven_synapse_matches_matmul(density):
+    g = torch.Generator().manual_seed(3)
+    s = (torch.rand(12, 5, 70, generator=g) < density).double().requires_grad_()
+    w = torch.randn(33, 70, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(33, dtype=torch.float64, requires_grad=True)
+    gout = torch.randn(12, 5, 33, dtype=torch.float64)
+    y = synaptic_linear(s, w, b, event_driven=True)
+    grads = torch.autograd.grad((y * gout).sum(), (s, w, b))
+    y0 = torch.nn.functional.linear(s, w, b)
+    grads0 = torch.autograd.grad((y0 * gout).sum(), (s, w, b))
+    torch.testing.assert_close(y, y0)
+    for a, r in zip(grads, grads0, strict=True):
+        torch.testing.assert_close(a, r)
+
+
+def test_custom_surrogate_falls_back_to_torch():
+    class Gauss:
+        def grad(self, x):
+            return torch.exp(-(x**2))
+
+    p = LIFParams(beta=0.9, surrogate=Gauss())
+    _check(p, T=10, B=2, N=5, seed=0, impl="auto")

@@ -1,0 +1,106 @@
+"""Layers: shapes, errors naming the problem, network building."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsespike.errors import ConfigError, SpikeInputError
+from sparsespike.layers import (
+    LeakyReadout,
+    SeqFlatten,
+    SeqPool2d,
+    SpikeCountReadout,
+    SpikingConv2d,
+    SpikingLinear,
+    leaky_integrate,
+    set_backward,
+    spiking_layers,
+)
+from sparsespike.models import build_network
+from sparsespike.neurons import LIFParams, lif_sequence_loop
+
+
+def test_linear_layer_equals_matmul_plus_loop():
+    torch.manual_seed(0)
+    layer = SpikingLinear(6, 4, LIFParams(beta=0.8), weight_scale=3.0).double()
+    x = (torch.rand(9, 2, 6, dtype=torch.float64) < 0.4).double()
+    s_ref, _ = lif_sequence_loop(x @ layer.weight.T, layer.neuron)
+    assert torch.equal(layer(x), s_ref)
+
+
+def test_conv_layer_shapes_and_values():
+    torch.manual_seed(0)
+    layer = SpikingConv2d(2, 3, 3, LIFParams(beta=0.8), padding=1, weight_scale=4.0).double()
+    x = (torch.rand(5, 2, 2, 6, 6, dtype=torch.float64) < 0.4).double()
+    s = layer(x)
+    assert s.shape == (5, 2, 3, 6, 6)
+    cur = layer.conv(x.reshape(10, 2, 6, 6)).reshape(5, 2, 3, 6, 6)
+    s_ref, _ = lif_sequence_loop(cur, layer.neuron)
+    assert torch.equal(s, s_ref)
+
+
+def test_pool_flatten_readouts():
+    x = torch.zeros(4, 2, 3, 4, 4)
+    x[1, 0, 0, 0, 1] = 1
+    assert SeqPool2d(2, "max")(x)[1, 0, 0, 0, 0] == 1
+    assert SeqPool2d(2, "avg")(x)[1, 0, 0, 0, 0] == 0.25
+    assert SeqFlatten()(x).shape == (4, 2, 48)
+    s = torch.tensor([[[1.0, 0.0]], [[1.0, 1.0]], [[0.0, 1.0]]])  # [T=3, B=1, N=2]
+    assert torch.equal(SpikeCountReadout(mean=False)(s), torch.tensor([[2.0, 2.0]]))
+    cur = torch.tensor([[[1.0]], [[0.0]], [[2.0]]])
+    v = leaky_integrate(cur, 0.5)
+    assert torch.allclose(v.flatten(), torch.tensor([1.0, 0.5, 2.25]))
+    ro = LeakyReadout(1, 1, beta=0.5, mode="max")
+    with torch.no_grad():
+        ro.weight.fill_(1.0)
+    assert torch.allclose(ro(cur), torch.tensor([[2.25]]))
+    ro.mode = "last"
+    assert torch.allclose(ro(cur), torch.tensor([[2.25]]))
+    ro.mode = "mean"
+    assert torch.allclose(ro(cur), torch.tensor([[3.75 / 3]]))
+
+
+def test_wrong_rank_and_layout_errors_name_the_problem():
+    layer = SpikingLinear(10, 4)
+    with pytest.raises(SpikeInputError, match="rank 3"):
+        layer(torch.zeros(2, 10))
+    with pytest.raises(SpikeInputError, match="trailing dims"):
+        layer(torch.zeros(5, 2, 11))
+    with pytest.raises(SpikeInputError, match="floating-point"):
+        layer(torch.zeros(5, 2, 10, dtype=torch.int64))
+    with pytest.raises(SpikeInputError, match=r"\[T, B, 3, H, W\]"):
+        SpikingConv2d(3, 4, 3)(torch.zeros(5, 2, 2, 8, 8))
+
+
+def test_bad_neuron_parameters():
+    with pytest.raises(ValueError, match="beta"):
+        LIFParams(beta=1.5)
+    with pytest.raises(ValueError, match="reset"):
+        LIFParams(reset="bounce")
+    with pytest.raises(ValueError, match="surrogate"):
+        LIFParams(surrogate="gaussian")
+
+
+def test_build_network_and_set_backward():
+    net = build_network(
+        [
+            {"type": "conv", "out": 4, "kernel": 3, "padding": 1},
+            {"type": "pool", "kernel": 2},
+            {"type": "linear", "out": 8},
+            {"type": "readout", "out": 3, "mode": "mean"},
+        ],
+        (1, 8, 8),
+        {"beta": 0.9},
+    )
+    out = net(torch.zeros(4, 2, 1, 8, 8))
+    assert out.shape == (2, 3)
+    assert len(spiking_layers(net)) == 2
+    set_backward(net, "dense", b_th=0.3)
+    assert all(m.b_th == 0.3 for m in spiking_layers(net))
+    with pytest.raises(ConfigError, match="unknown layer type 'dense'"):
+        build_network([{"type": "dense", "out": 3}], (4,))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        build_network([{"type": "linear", "out": 3, "units": 4}], (4,))
+    with pytest.raises(ConfigError, match="missing key 'out'"):
+        build_network([{"type": "linear"}], (4,))

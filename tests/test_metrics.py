@@ -1,0 +1,106 @@
+"""Metrics against hand counts on tiny networks (DESIGN.md definitions)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparsespike.layers import LeakyReadout, SeqFlatten, SpikingConv2d, SpikingLinear
+from sparsespike.metrics import MetricsRecorder, conv_fanout, energy_pj, linear_fanout, measure
+from sparsespike.neurons import LIFParams
+
+
+def test_linear_fanout_counts_nonzero_weights():
+    w = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]])
+    assert linear_fanout(w).tolist() == [1.0, 0.0, 2.0]
+
+
+def test_conv_fanout_by_hand():
+    # 3x3 kernel, padding 1 on a 3x3 image: corner pixels reach 4 outputs, edges 6, centre 9
+    w = torch.ones(1, 1, 3, 3)
+    f = conv_fanout(w, (3, 3), padding=1)
+    assert f[0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
+    # zero out the kernel centre: every pixel loses the one output it drove through the centre
+    w[0, 0, 1, 1] = 0
+    assert conv_fanout(w, (3, 3), padding=1)[0].tolist() == [[3, 5, 3], [5, 8, 5], [3, 5, 3]]
+    # stride 2, no padding, 5x5 input, 3x3 kernel -> 2x2 outputs; total taps = 4 * 9 = 36 MACs
+    f = conv_fanout(torch.ones(2, 1, 3, 3), (5, 5), stride=2)
+    assert f.sum() == 2 * 36
+    # 2 output channels: centre pixel reaches 4 positions x 2 channels, corner 1 x 2, edge 2 x 2
+    assert f[0, 2, 2] == 8 and f[0, 0, 0] == 2 and f[0, 0, 2] == 4
+
+
+def _hand_net():
+    l1 = SpikingLinear(3, 2, LIFParams(beta=1.0, threshold=0.5))
+    ro = LeakyReadout(2, 2, beta=1.0)
+    with torch.no_grad():
+        l1.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]))
+        ro.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    return nn.Sequential(l1, ro)
+
+
+def test_spikes_synops_flops_by_hand():
+    net = _hand_net()
+    # T=2, B=2. sample 0: input 0 at t=0, input 2 at t=1. sample 1: inputs 0,1 at t=0.
+    x = torch.zeros(2, 2, 3)
+    x[0, 0, 0] = 1
+    x[1, 0, 2] = 1
+    x[0, 1, 0] = 1
+    x[0, 1, 1] = 1
+    rep = measure(net, [x])
+    # layer 1 (beta=1, thr=0.5, subtract reset): sample 0: n0 spikes t0, n1 spikes t1 -> 2
+    # sample 1: n0 and n1 spike at t0 -> 2.  total 4 spikes / 2 samples = 2 per sample
+    assert rep.samples == 2
+    assert rep.layers[0]["spikes"] == 2.0
+    assert rep.spike_count == 2.0
+    assert abs(rep.ns - 1.0) < 1e-12  # 2 spikes over 2 neurons
+    # SynOps layer 1: input fan-out [1,1,1]; 4 input spikes -> 4 / 2 samples = 2
+    assert rep.layers[0]["synops"] == 2.0
+    # readout: fan-out of hidden unit 0 = 2, unit 1 = 0; hidden 0 spiked twice (once per sample)
+    assert rep.layers[1]["synops"] == 2.0
+    assert rep.synops == 4.0
+    # dense FLOPs per sample: 2 * (nnz W1 = 3 + nnz W2 = 2) * T = 2 * 5 * 2 = 20
+    assert rep.dense_flops == 20.0
+    assert rep.energy_pj == energy_pj(4.0, 0.0)
+    assert rep.input_spikes == 2.0
+
+
+def test_nonbinary_input_is_counted_as_macs():
+    net = _hand_net()
+    x = torch.full((2, 1, 3), 0.3)
+    rep = measure(net, [x])
+    assert rep.layers[0]["synops"] == 0
+    assert rep.layers[0]["nonspiking_macs"] == 3 * 2  # nnz(W1) x T
+    assert rep.energy_pj > 0
+
+
+def test_conv_synops_match_hand_count_and_plain_torch_model():
+    torch.manual_seed(0)
+    conv = SpikingConv2d(1, 2, 3, LIFParams(beta=0.9), padding=1)
+    with torch.no_grad():
+        conv.conv.weight.zero_()
+        conv.conv.weight[0, 0, 1, 1] = 1.0  # only the centre tap of channel 0 is non-zero
+    net = nn.Sequential(conv, SeqFlatten())
+    x = torch.zeros(1, 1, 1, 4, 4)
+    x[0, 0, 0, 2, 2] = 1
+    x[0, 0, 0, 0, 0] = 1
+    rep = measure(net, [x])
+    assert rep.synops == 2.0  # each spike drives exactly one output through the single tap
+    assert rep.dense_flops == 2 * 16  # 16 output positions x 1 non-zero tap
+    # the same counts on a plain torch model (hook on nn.Conv2d)
+    plain = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False))
+    with torch.no_grad():
+        plain[0].weight.copy_(conv.conv.weight)
+    rec = MetricsRecorder(plain, batch_dim=0)
+    plain(x[0])
+    rep2 = rec.report()
+    assert rep2.synops == 2.0 and rep2.dense_flops == 32
+
+
+def test_activity_recorded_per_layer():
+    torch.manual_seed(1)
+    net = nn.Sequential(SpikingLinear(20, 30, weight_scale=2.0), LeakyReadout(30, 2))
+    x = (torch.rand(10, 4, 20) < 0.3).float()
+    rep = measure(net, [x])
+    act = rep.layers[0]["activity_pct"]
+    assert act is not None and 0 < act < 100
