@@ -29,10 +29,9 @@ def surrogate_grad(x, code, p0, p1):
         d = p0 * ax + 1.0
         return 1.0 / (d * d)
     elif code == 1:
-        g = 1.0 - ax / p0
-        return p1 * g if g > 0.0 else 0.0 * g
+        return p1 * max(1.0 - ax / p0, 0.0)
     else:
-        return p1 if ax < 0.5 * p0 else 0.0 * ax
+        return p1 * (ax < 0.5 * p0)
 
 
 def _py_lif_forward(x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th, s_out, sg_out, r_out):
@@ -40,40 +39,43 @@ def _py_lif_forward(x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th,
 
     Returns the number of active entries ``|V - thr| < b_th`` (Perez-Nieves eq. 7), for activity %.
     ``alpha < 0`` means no synaptic current. ``r_out`` is written only when ``detach`` is False.
+    The inner loop is branch-free (resets written arithmetically) so that it vectorises.
     """
     T, M = x.shape
     nchunk = (M + CHUNK - 1) // CHUNK
     counts = np.zeros(nchunk, dtype=np.int64)
+    a = alpha if alpha >= 0.0 else 0.0
+    z = 1.0 if reset_zero else 0.0
     for c in prange(nchunk):
         lo = c * CHUNK
         hi = min(M, lo + CHUNK)
         n = hi - lo
-        u = np.zeros(n, dtype=x.dtype)
-        cur = np.zeros(n, dtype=x.dtype)
+        u = np.zeros(n, dtype=np.float64)
+        cur = np.zeros(n, dtype=np.float64)
+        vbuf = np.zeros(n, dtype=np.float64)
         cnt = 0
         for t in range(T):
+            xt = x[t, lo:hi]
+            st = s_out[t, lo:hi]
+            gt = sg_out[t, lo:hi]
             for k in range(n):
-                j = lo + k
-                if alpha >= 0.0:
-                    cur[k] = alpha * cur[k] + x[t, j]
-                    v = beta * u[k] + cur[k]
-                else:
-                    v = beta * u[k] + x[t, j]
+                cur[k] = a * cur[k] + xt[k]
+                v = beta * u[k] + cur[k]
                 d = v - thr
                 s = 1.0 if d > 0.0 else 0.0
                 g = surrogate_grad(d, code, p0, p1)
-                s_out[t, j] = s
-                sg_out[t, j] = g
-                if abs(d) < b_th:
-                    cnt += 1
-                if reset_zero:
-                    u[k] = v * (1.0 - s)
-                    if not detach:
-                        r_out[t, j] = (1.0 - s) - v * g
-                else:
-                    u[k] = v - thr * s
-                    if not detach:
-                        r_out[t, j] = 1.0 - thr * g
+                st[k] = s
+                gt[k] = g
+                cnt += abs(d) < b_th
+                u[k] = v - s * (z * v + (1.0 - z) * thr)
+                vbuf[k] = v
+            if not detach:
+                # dU/dV with the reset differentiated: zero (1-S) - V g, subtract 1 - thr g
+                rt = r_out[t, lo:hi]
+                for k in range(n):
+                    s = st[k]
+                    g = gt[k]
+                    rt[k] = z * ((1.0 - s) - vbuf[k] * g) + (1.0 - z) * (1.0 - thr * g)
         counts[c] = cnt
     return counts.sum()
 
@@ -86,26 +88,32 @@ def _py_lif_backward_dense(gs, sg, s, r, beta, alpha, reset_zero, detach, gx):
     """
     T, M = gs.shape
     nchunk = (M + CHUNK - 1) // CHUNK
+    a = alpha if alpha >= 0.0 else 0.0
+    z = 1.0 if reset_zero else 0.0
     for c in prange(nchunk):
         lo = c * CHUNK
         hi = min(M, lo + CHUNK)
         n = hi - lo
-        gu = np.zeros(n, dtype=gs.dtype)  # dL/dU[t] = beta * dL/dV[t+1]
-        gi = np.zeros(n, dtype=gs.dtype)  # dL/dI_s[t+1]
+        gu = np.zeros(n, dtype=np.float64)  # dL/dU[t] = beta * dL/dV[t+1]
+        gi = np.zeros(n, dtype=np.float64)  # dL/dI_s[t+1]
         for t in range(T - 1, -1, -1):
-            for k in range(n):
-                j = lo + k
-                if detach:
-                    rr = (1.0 - s[t, j]) if reset_zero else 1.0
-                else:
-                    rr = r[t, j]
-                gv = gs[t, j] * sg[t, j] + gu[k] * rr
-                gu[k] = beta * gv
-                if alpha >= 0.0:
-                    gi[k] = gv + alpha * gi[k]
-                    gx[t, j] = gi[k]
-                else:
-                    gx[t, j] = gv
+            gst = gs[t, lo:hi]
+            sgt = sg[t, lo:hi]
+            gxt = gx[t, lo:hi]
+            if detach:
+                st = s[t, lo:hi]
+                for k in range(n):
+                    gv = gst[k] * sgt[k] + gu[k] * (1.0 - z * st[k])
+                    gu[k] = beta * gv
+                    gi[k] = gv + a * gi[k]
+                    gxt[k] = gi[k]
+            else:
+                rt = r[t, lo:hi]
+                for k in range(n):
+                    gv = gst[k] * sgt[k] + gu[k] * rt[k]
+                    gu[k] = beta * gv
+                    gi[k] = gv + a * gi[k]
+                    gxt[k] = gi[k]
 
 
 # serial and parallel compilations of each kernel; small problems run serially

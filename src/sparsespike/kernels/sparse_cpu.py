@@ -167,11 +167,16 @@ def fused_forward(
     K = wt.shape[0]
     cap_a = a_idx.shape[1]
     cap_o = o_idx.shape[1]
+    dt = s_out.dtype
+    beta_ = dt.type(beta)
+    thr_ = dt.type(thr)
+    bth_ = dt.type(b_th)
+    zero = dt.type(0)
     for r in prange(blist.shape[0]):
         b = blist[r]
-        u = np.zeros(N, dtype=s_out.dtype)
-        cur = np.empty(N, dtype=s_out.dtype)
-        dd = np.empty(N, dtype=s_out.dtype)
+        u = np.zeros(N, dtype=dt)
+        cur = np.empty(N, dtype=dt)
+        dd = np.empty(N, dtype=dt)
         na = 0
         no = 0
         p = sp_ptr[b]
@@ -182,7 +187,7 @@ def fused_forward(
                     cur[j] = bias[j]
             else:
                 for j in range(N):
-                    cur[j] = 0.0
+                    cur[j] = zero
             lim = (t + 1) * K
             while p < pe and sp_idx[p] < lim:
                 i = sp_idx[p] - t * K
@@ -195,21 +200,21 @@ def fused_forward(
                         cur[j] += wt[i, j]
                 p += 1
             for j in range(N):
-                v = beta * u[j] + cur[j]
-                d = v - thr
-                s = 1.0 if d > 0.0 else 0.0
+                v = beta_ * u[j] + cur[j]
+                d = v - thr_
+                s = d > zero
                 s_out[t, b, j] = s
-                u[j] = v - thr * s
+                u[j] = v - thr_ * s
                 dd[j] = d
             base = t * N
             for j in range(N):
                 d = dd[j]
-                if abs(d) < b_th:
+                if abs(d) < bth_:
                     if na < cap_a:
                         a_idx[r, na] = base + j
                         a_d[r, na] = d
                     na += 1
-                if d > 0.0:
+                if d > zero:
                     if no < cap_o:
                         o_idx[r, no] = base + j
                     no += 1
@@ -279,6 +284,8 @@ def sparse_backward(
     ``dw_ws[c]``/``db_ws[c]``; ``dx_vals`` (one per previous-layer active entry) must be zeroed.
     """
     B = a_ptr.shape[0] - 1
+    one = e.dtype.type(1)
+    zero = e.dtype.type(0)
     for c in prange(nchunk):
         b0 = c * B // nchunk
         b1 = (c + 1) * B // nchunk
@@ -292,7 +299,7 @@ def sparse_backward(
             # ---- forward walk: input trace x active entries -> dW, db (eqs. 9-10)
             if need_dw or need_db:
                 for k in range(K):
-                    tr[k] = 0.0
+                    tr[k] = zero
                 t_last = -1
                 seen = False
                 p = sp_ptr[b]
@@ -310,7 +317,7 @@ def sparse_backward(
                         if has_val:
                             tr[sp_idx[p] - ts * K] += sp_val[p]
                         else:
-                            tr[sp_idx[p] - ts * K] += 1.0
+                            tr[sp_idx[p] - ts * K] += one
                         seen = True
                         p += 1
                     if seen and t_last != ta:
@@ -319,7 +326,7 @@ def sparse_backward(
                     alim = (ta + 1) * N
                     while a < a1 and a_idx[a] < alim:
                         ev = e[a]
-                        if ev != 0.0:
+                        if ev != zero:
                             j = a_idx[a] - ta * N
                             if need_db:
                                 db_ws[c, j] += ev * geo[ta]
@@ -335,7 +342,7 @@ def sparse_backward(
                 if q < q0:
                     continue
                 for j in range(N):
-                    D[j] = 0.0
+                    D[j] = zero
                 any_d = False
                 t_last = T
                 a = a1 - 1
@@ -360,7 +367,7 @@ def sparse_backward(
                         t_last = tq
                     while q >= q0 and p_idx[q] >= qlo:
                         i = p_idx[q] - qlo
-                        acc = 0.0
+                        acc = zero
                         for j in range(N):
                             acc += wt[i, j] * D[j]
                         dx_vals[q] = acc
@@ -374,13 +381,14 @@ def delta_dense(a_ptr, a_idx, e, beta, out):
     Used only when the input needs a gradient but carries no active set (dense fallback).
     """
     T, B, N = out.shape
+    beta_ = out.dtype.type(beta)
     for b in prange(B):
         D = np.zeros(N, dtype=out.dtype)
         a0 = a_ptr[b]
         a = a_ptr[b + 1] - 1
         for t in range(T - 1, -1, -1):
             for j in range(N):
-                D[j] *= beta
+                D[j] *= beta_
             lo = t * N
             while a >= a0 and a_idx[a] >= lo:
                 D[a_idx[a] - lo] += e[a]

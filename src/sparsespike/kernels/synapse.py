@@ -21,14 +21,18 @@ from numba import njit, prange
 from .cpu import pick
 
 
-def _py_row_counts(x, counts):
+def _py_row_counts(x, counts, nonbinary):
+    """Non-zeros per row, and per row whether any entry is neither 0 nor 1."""
     R, K = x.shape
     for r in prange(R):
         c = 0
+        bad = 0
         for i in range(K):
-            if x[r, i] != 0.0:
-                c += 1
+            xv = x[r, i]
+            c += xv != 0.0
+            bad += (xv != 0.0) & (xv != 1.0)
         counts[r] = c
+        nonbinary[r] = bad
 
 
 def _py_fill_csr(x, indptr, indices):
@@ -72,13 +76,20 @@ def _py_csr_weight_grad(indptr, indices, g, gwt, nsplit):
                     gwt[i, j] += g[r, j]
 
 
-def to_csr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row pointers and column indices of the non-zeros of a 2-D array."""
+def to_csr(x: np.ndarray, max_density: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Row pointers and column indices of the non-zeros of a binary 2-D array.
+
+    Returns ``None`` (after one counting pass) when ``x`` is not binary or is denser than
+    ``max_density``: then a dense matmul is the better choice.
+    """
     counts = np.empty(x.shape[0], dtype=np.int64)
+    nonbinary = np.empty(x.shape[0], dtype=np.int64)
     work = x.size
-    pick(_row_counts_par, _row_counts_ser, work)(x, counts)
+    pick(_row_counts_par, _row_counts_ser, work)(x, counts, nonbinary)
     indptr = np.zeros(x.shape[0] + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
+    if nonbinary.any() or indptr[-1] > max_density * max(1, x.size):
+        return None
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
     pick(_fill_csr_par, _fill_csr_ser, work)(x, indptr, indices)
     return indptr, indices
@@ -88,9 +99,12 @@ class EventLinear(torch.autograd.Function):
     """``X = S W^T`` over binary ``S[R, K]`` with a CSR event list (forward and weight grad)."""
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, w: torch.Tensor):  # type: ignore[override]
-        s_np = s.detach().contiguous().numpy()
-        indptr, indices = to_csr(s_np)
+    def forward(ctx, s: torch.Tensor, w: torch.Tensor, csr=None):  # type: ignore[override]
+        if csr is None:
+            csr = to_csr(s.detach().contiguous().numpy())
+            if csr is None:
+                raise ValueError("EventLinear needs a binary spike input (entries 0 or 1)")
+        indptr, indices = csr
         wt = w.detach().t().contiguous()
         out = torch.empty(s.shape[0], w.shape[0], dtype=w.dtype)
         work = len(indices) * w.shape[0] + out.numel()
@@ -115,7 +129,7 @@ class EventLinear(torch.autograd.Function):
             kern = pick(_csr_weight_grad_par, _csr_weight_grad_ser, work)
             kern(indptr, indices, g.numpy(), gwt.numpy(), nsplit if kern is _csr_weight_grad_par else 1)
             gw = gwt.t()
-        return gs, gw
+        return gs, gw, None
 
 
 def is_binary(x: torch.Tensor) -> bool:
@@ -138,18 +152,20 @@ def synaptic_linear(
     """
     lead = s.shape[:-1]
     s2 = s.reshape(-1, s.shape[-1])
-    use = event_driven
-    if use is None:
-        use = (
-            s2.device.type == "cpu"
-            and s2.dtype == w.dtype
-            and s2.dtype in (torch.float32, torch.float64)
-            and w.shape[0] >= 8
-            and float((s2 != 0).float().mean()) <= max_density
-            and is_binary(s2)
-        )
-    if use:
-        out = EventLinear.apply(s2, w)
+    cpu_ok = (
+        s2.device.type == "cpu" and s2.dtype == w.dtype and s2.dtype in (torch.float32, torch.float64)
+    )
+    csr = None
+    if event_driven is None and cpu_ok and w.shape[0] >= 8:
+        csr = to_csr(s2.detach().contiguous().numpy(), max_density)
+    elif event_driven:
+        if not cpu_ok:
+            raise ValueError("event-driven synaptic input needs float32/float64 CPU tensors of the weight's dtype")
+        csr = to_csr(s2.detach().contiguous().numpy())
+        if csr is None:
+            raise ValueError("event_driven=True needs a binary spike input (entries 0 or 1)")
+    if csr is not None:
+        out = EventLinear.apply(s2, w, csr)
         if bias is not None:
             out = out + bias
     else:

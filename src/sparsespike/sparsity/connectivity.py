@@ -387,6 +387,7 @@ def prune(model: nn.Module) -> nn.Module:
             was = g.training
             g.eval()
             zero = g.test_gate() == 0
+            _own_class(m)
             try:
                 parametrize.remove_parametrizations(m, tname, leave_parametrized=True)
             finally:
@@ -398,6 +399,16 @@ def prune(model: nn.Module) -> nn.Module:
             if h is _resample_hook:
                 del mod._forward_pre_hooks[key]
     return model
+
+
+def _own_class(m: nn.Module) -> None:
+    """Give ``m`` a private copy of its ``Parametrized<Cls>`` class before removing a
+    parametrization: ``copy.deepcopy`` of a parametrized module shares that class with the
+    original, and ``remove_parametrizations`` deletes the weight property *from the class*, which
+    would silently break the other copy (torch 2.x behaviour)."""
+    cls = m.__class__
+    ns = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    m.__class__ = type(cls.__name__, cls.__bases__, ns)
 
 
 # -- reports ------------------------------------------------------------------------------------

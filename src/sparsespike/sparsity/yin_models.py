@@ -58,6 +58,7 @@ from .connectivity import (
     add_l0_gates,
     constrain_gates,
     count_ops,
+    gate_parameters,
     l0_penalty,
     prune,
     sparsity_report,
@@ -344,7 +345,7 @@ def train_yin(config: dict) -> dict:
     ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
     (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
     (``T``), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
-    ``init_std``, ``constrain``), ``optimizer`` (``lr``, ``batch_size``, ``weight_decay``),
+    ``init_std``, ``constrain``), ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``, ``batch_size``, ``weight_decay``),
     ``epochs``, ``eval_every``, ``out_dir``.
 
     Returns a dict with the per-epoch history, final test accuracy (gated model in eval mode and
@@ -390,10 +391,13 @@ def train_yin(config: dict) -> dict:
     xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed)
     ocfg = cfg.get("optimizer", {})
     bs = int(ocfg.get("batch_size", 100))
-    opt = torch.optim.Adam(
-        model.parameters(), lr=float(ocfg.get("lr", 1e-3)),
-        weight_decay=float(ocfg.get("weight_decay", 0.0)),
-    )
+    lr = float(ocfg.get("lr", 1e-3))
+    gate_ids = {id(p) for p in gate_parameters(model)}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in gate_ids]}]
+    if gate_ids:  # log_alpha: own learning rate (default: lr), never weight decay
+        groups.append({"params": gate_parameters(model), "weight_decay": 0.0,
+                       "lr": float(ocfg.get("gate_lr") or lr)})
+    opt = torch.optim.Adam(groups, lr=lr, weight_decay=float(ocfg.get("weight_decay", 0.0)))
     reduction = cfg.get("loss", {}).get("reduction", "sum")
     epochs = int(cfg.get("epochs", 1))
     eval_every = int(cfg.get("eval_every", 1))

@@ -1,0 +1,789 @@
+"""Sparse spiking gradient descent (S3GD; Perez-Nieves & Goodman, NeurIPS 2021).
+
+The backward pass only visits **active** entries, those with the membrane near the threshold:
+
+.. math::
+
+    |V_j[b,t] - \\vartheta| < B_{th}                                  \\qquad\\text{(eq. 7)}\\\\
+    \\frac{dS}{dV} := g(V - \\vartheta) \\text{ if active, else } 0      \\qquad\\text{(eq. 8)}
+
+(``b_th`` here is the half-width ``B_th`` of Def. 1; the paper's code and Fig. 5 use the lower
+edge ``1 - B_th`` instead, METHODS.md 1(d).) With ``e[b,k,j] = dL/dS[b,k,j] * dS/dV`` (zero
+outside the active set), our neuron (``V[t] = beta*U[t-1] + I[t]``, no one-step delay, reset
+detached, subtractive) gives
+
+.. math::
+
+    \\nabla W_{ji} &= \\sum_{(b,k,j)\\,\\text{active}} e[b,k,j]\\,
+                      \\sum_{t \\le k} \\beta^{k-t} x_i[b,t]        \\qquad\\text{(eqs. 9-10; } S_i[k]
+                      \\text{ for eq. 9's } S_i[t])\\\\
+    \\delta_j[b,t] &= e[b,t,j] + \\beta\\,\\delta_j[b,t+1]          \\qquad\\text{(Prop. 1, eq. 11)}\\\\
+    \\nabla x_i[b,t] &= \\sum_j W_{ji}\\,\\delta_j[b,t] \\quad\\text{only where } x_i[b,t]
+                      \\text{ is active in the previous layer}        \\qquad\\text{(eq. 12)}
+
+Two entry points:
+
+* :func:`sparse_spiking_linear` -- a fused fully-connected spiking layer (synaptic input + LIF
+  recurrence) as one autograd Function. Its forward keeps only the active entries (int32 index
+  ``t*N + j`` per batch element + the surrogate value) and the input as a spike list (int32
+  ``t*K + i``), never the dense membrane, current or input trace. It attaches its own active
+  set and spike list to its output, so the next sparse layer needs no scan of the dense spikes
+  and returns the input gradient **only at these entries** (as a sparse COO tensor).
+* :func:`lif_recurrence_masked` -- the recurrence alone with the masked surrogate (eq. 8): exact
+  S3GD gradients at dense cost (the paper's conv net did this), for conv layers and neuron
+  settings the fast path does not cover (zero reset, synaptic current, non-detached reset).
+
+Why a spike list rather than the paper's stored input trace: the input of a spiking layer is
+binary and sparse, so ``nnz`` int32 indices are ``1/density`` times smaller than a dense float
+trace ``[T, B, K]``, and rebuilding the trace in the backward walk costs one ``K``-vector decay
+per event step (L1-resident) -- far less than the ``n_active * K`` products that eq. 9 needs
+anyway. Non-binary inputs keep their values too (8 bytes per non-zero).
+
+Backends: numba on CPU (:mod:`sparsespike.kernels.sparse_cpu`), Triton on CUDA
+(:mod:`sparsespike.kernels.triton_gpu`), and the masked dense recurrence as the fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+
+from ..neurons import LIFParams, Reset
+from . import cpu
+from . import sparse_cpu as kc
+from .recurrence import backward_torch
+
+ATTR = "_sparsespike_meta"
+_FLOATS = (torch.float32, torch.float64)
+_INF = 1e30  # stands in for b_th = inf inside kernels
+
+
+# --------------------------------------------------------------------------- compact sets
+
+
+class ActiveSet:
+    """Entries of a time-major ``[T, B, F]`` tensor kept in compact, batch-major form.
+
+    ``ptr[B+1]`` (int64) are offsets per batch element; ``idx[n]`` (int32) is ``t*F + f``,
+    sorted inside each batch element. Used for the active entries of a layer (eq. 7) and, with
+    optional ``vals``, for spike lists.
+    """
+
+    __slots__ = ("T", "B", "F", "ptr", "idx", "vals", "_coo")
+
+    def __init__(self, T: int, B: int, F: int, ptr: torch.Tensor, idx: torch.Tensor, vals=None):
+        self.T, self.B, self.F = int(T), int(B), int(F)
+        self.ptr, self.idx, self.vals = ptr, idx, vals
+        self._coo: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.T, self.B, self.F)
+
+    @property
+    def n(self) -> int:
+        return int(self.idx.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.idx.device
+
+    @property
+    def nbytes(self) -> int:
+        b = self.ptr.numel() * self.ptr.element_size() + self.idx.numel() * self.idx.element_size()
+        if self.vals is not None:
+            b += self.vals.numel() * self.vals.element_size()
+        return b
+
+    def batch_index(self) -> torch.Tensor:
+        """Batch element of every entry (int64)."""
+        counts = self.ptr[1:] - self.ptr[:-1]
+        return torch.repeat_interleave(torch.arange(self.B, device=self.device), counts)
+
+    def coo_indices(self) -> torch.Tensor:
+        """``[3, n]`` int64 indices ``(t, b, f)``; built once and cached (identity marks our COO grads)."""
+        if self._coo is None:
+            if self.device.type == "cpu":
+                out = torch.empty(3, self.n, dtype=torch.int64)
+                if self.n:
+                    kc.coo_indices(self.ptr.numpy(), self.idx.numpy(), self.F, out.numpy())
+            else:
+                f = self.idx.long()
+                t = torch.div(f, self.F, rounding_mode="floor")
+                out = torch.stack([t, self.batch_index(), f - t * self.F])
+            self._coo = out
+        return self._coo
+
+    def flat_index(self) -> torch.Tensor:
+        """Index of every entry into the flattened ``[T, B, F]`` tensor (int64)."""
+        f = self.idx.long()
+        t = torch.div(f, self.F, rounding_mode="floor")
+        return (t * self.B + self.batch_index()) * self.F + (f - t * self.F)
+
+    def mask(self) -> torch.Tensor:
+        """Dense boolean ``[T, B, F]`` mask (for tests and inspection)."""
+        m = torch.zeros(self.T * self.B * self.F, dtype=torch.bool, device=self.device)
+        m[self.flat_index()] = True
+        return m.reshape(self.T, self.B, self.F)
+
+    def gather(self, dense: torch.Tensor) -> torch.Tensor:
+        """Values of ``dense[T, B, F]`` at the entries, in entry order."""
+        dense = dense.contiguous()
+        if dense.device.type == "cpu" and dense.dtype in _FLOATS:
+            out = torch.empty(self.n, dtype=dense.dtype)
+            if self.n:
+                kc.gather_bmajor(self.ptr.numpy(), self.idx.numpy(), dense.numpy(), out.numpy())
+            return out
+        return dense.reshape(-1)[self.flat_index()]
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> ActiveSet:
+        """Compact set of the non-zeros of a ``[T, B, F]`` mask (any dtype)."""
+        T, B, F = mask.shape
+        if mask.device.type == "cpu":
+            m = mask.contiguous()
+            if m.dtype != torch.uint8:
+                m = (m != 0).to(torch.uint8)
+            counts = torch.empty(B, dtype=torch.int64)
+            kc.mask_counts(m.numpy(), counts.numpy())
+            ptr = torch.zeros(B + 1, dtype=torch.int64)
+            torch.cumsum(counts, 0, out=ptr[1:])
+            idx = torch.empty(int(ptr[-1]), dtype=torch.int32)
+            kc.mask_fill(m.numpy(), ptr.numpy(), idx.numpy())
+            return cls(T, B, F, ptr, idx)
+        nz = (mask != 0).permute(1, 0, 2).nonzero()  # sorted by (b, t, f)
+        counts = torch.bincount(nz[:, 0], minlength=B)
+        ptr = torch.zeros(B + 1, dtype=torch.int64, device=mask.device)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        idx = (nz[:, 1] * F + nz[:, 2]).to(torch.int32)
+        return cls(T, B, F, ptr, idx)
+
+
+def spike_list(x: torch.Tensor) -> ActiveSet:
+    """Spike list of a time-major input ``x[T, B, K]``: non-zeros, values kept if not binary."""
+    T, B, K = x.shape
+    if T * K >= 2**31:
+        raise ValueError(f"T*K = {T * K} too large for int32 spike indices")
+    if x.device.type == "cpu":
+        xn = x.detach().contiguous().numpy()
+        counts = torch.empty(B, dtype=torch.int64)
+        nonbin = torch.empty(B, dtype=torch.int64)
+        kc.scan_counts(xn, counts.numpy(), nonbin.numpy())
+        ptr = torch.zeros(B + 1, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        nnz = int(ptr[-1])
+        store = bool(nonbin.any())
+        idx = torch.empty(nnz, dtype=torch.int32)
+        vals = torch.empty(nnz if store else 0, dtype=x.dtype)
+        kc.scan_fill(xn, ptr.numpy(), idx.numpy(), vals.numpy(), store)
+        return ActiveSet(T, B, K, ptr, idx, vals if store else None)
+    xd = x.detach()
+    s = ActiveSet.from_mask(xd != 0)
+    v = s.gather(xd)
+    if not bool(((v == 1)).all()):
+        s.vals = v
+    return s
+
+
+@dataclass
+class SpikeMeta:
+    """What a sparse layer attaches to its output spikes: its active set and its spike list."""
+
+    active: ActiveSet
+    spikes: ActiveSet | None
+    version: int
+
+
+def attach_active_set(
+    x: torch.Tensor, active: ActiveSet | torch.Tensor, spikes: ActiveSet | None = None
+) -> torch.Tensor:
+    """Mark ``x[T, B, F]`` with the active set of the layer that produced it (or a bool mask).
+
+    A sparse layer consuming ``x`` then computes its input gradient only at these entries
+    (eq. 12) and returns it as a sparse COO tensor. Returns ``x``.
+    """
+    if isinstance(active, torch.Tensor):
+        active = ActiveSet.from_mask(active)
+    if tuple(active.shape) != tuple(x.shape):
+        raise ValueError(f"active set shape {active.shape} does not match tensor {tuple(x.shape)}")
+    setattr(x, ATTR, SpikeMeta(active, spikes, x._version))
+    return x
+
+
+def get_meta(x: torch.Tensor) -> SpikeMeta | None:
+    """The :class:`SpikeMeta` attached to ``x`` if still valid (same shape, no in-place change)."""
+    m = getattr(x, ATTR, None)
+    if m is None or m.version != x._version or tuple(m.active.shape) != tuple(x.shape):
+        return None
+    if m.active.device != x.device:
+        return None
+    return m
+
+
+def active_set(x: torch.Tensor) -> ActiveSet | None:
+    """The active set attached to a sparse layer's output, or ``None``."""
+    m = get_meta(x)
+    return None if m is None else m.active
+
+
+def share_active_set(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Copy ``src``'s attached active set to ``dst`` (e.g. ``src.detach().requires_grad_()``)."""
+    m = get_meta(src)
+    if m is not None:
+        setattr(dst, ATTR, SpikeMeta(m.active, m.spikes, dst._version))
+    return dst
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _clip_bth(b_th: float) -> float:
+    b = float(b_th)
+    if not b > 0:
+        raise ValueError(f"b_th must be > 0, got {b_th}")
+    return min(b, _INF)
+
+
+def _decay_tables(beta: float, T: int, dtype, device="cpu"):
+    """``powb[n] = beta**n`` (n = 0..T) and ``geo[k] = sum_{m<=k} beta**m`` (bias gradient)."""
+    powb = torch.tensor([beta**n for n in range(T + 1)], dtype=torch.float64)
+    geo = torch.cumsum(powb[:T], 0)
+    return powb.to(dtype=dtype, device=device), geo.to(dtype=dtype, device=device)
+
+
+def _num_chunks(B: int) -> int:
+    return max(1, min(numba.get_num_threads(), B))
+
+
+def _fast_path_ok(x: torch.Tensor, W: torch.Tensor, bias, p: LIFParams) -> bool:
+    return (
+        p.reset is Reset.SUBTRACT
+        and p.detach_reset
+        and p.alpha is None
+        and x.dim() == 3
+        and x.dtype in _FLOATS
+        and W.dtype == x.dtype
+        and (bias is None or bias.dtype == x.dtype)
+        and W.device == x.device
+    )
+
+
+def choose_backend(x: torch.Tensor, W: torch.Tensor, bias, p: LIFParams, impl: str = "auto") -> str:
+    """``numba`` (CPU), ``triton`` (CUDA), or ``fallback`` (masked dense recurrence).
+
+    ``impl`` forces one: ``"torch"`` means the fallback; ``"triton"`` also runs on CPU tensors
+    under ``TRITON_INTERPRET=1`` (tests).
+    """
+    if impl in ("torch", "fallback") or not _fast_path_ok(x, W, bias, p):
+        return "fallback"
+    if impl in ("numba", "triton"):
+        return impl
+    if x.device.type == "cpu":
+        return "numba"
+    if x.device.type == "cuda":
+        from . import triton_gpu
+
+        if triton_gpu.available():
+            return "triton"
+    return "fallback"
+
+
+_CAP_HINT: dict[tuple[int, int], tuple[float, float]] = {}
+
+
+def _sparse_forward_numba(x, W, bias, p: LIFParams, b_th: float, spikes_in: ActiveSet):
+    """Fused forward on CPU. Returns ``S, active (ActiveSet), d (compact), out_spikes``."""
+    T, B, K = x.shape
+    N = W.shape[0]
+    if T * N >= 2**31:
+        raise ValueError(f"T*N = {T * N} too large for int32 active indices")
+    dtype = x.dtype
+    wt = W.detach().t().contiguous()
+    bvec = bias.detach().contiguous() if bias is not None else torch.empty(0, dtype=dtype)
+    S = torch.empty(T, B, N, dtype=dtype)
+    fa, fo = _CAP_HINT.get((T, N), (0.03, 0.03))
+    TN = T * N
+    cap_a = max(16, min(TN, int(fa * TN * 1.3) + 16))
+    cap_o = max(16, min(TN, int(fo * TN * 1.3) + 16))
+    a_buf = torch.empty(B, cap_a, dtype=torch.int32)
+    d_buf = torch.empty(B, cap_a, dtype=dtype)
+    o_buf = torch.empty(B, cap_o, dtype=torch.int32)
+    a_cnt = torch.empty(B, dtype=torch.int64)
+    o_cnt = torch.empty(B, dtype=torch.int64)
+    sp_vals = spikes_in.vals if spikes_in.vals is not None else torch.empty(0, dtype=dtype)
+    args = (
+        spikes_in.ptr.numpy(),
+        spikes_in.idx.numpy(),
+        sp_vals.numpy(),
+        spikes_in.vals is not None,
+        wt.numpy(),
+        bvec.numpy(),
+        bias is not None,
+        float(p.beta),
+        float(p.threshold),
+        _clip_bth(b_th),
+        S.numpy(),
+    )
+    blist = np.arange(B, dtype=np.int64)
+    kc.fused_forward(blist, *args, a_buf.numpy(), d_buf.numpy(), a_cnt.numpy(), o_buf.numpy(), o_cnt.numpy())
+    over = ((a_cnt > cap_a) | (o_cnt > cap_o)).nonzero().flatten()
+    extra = None
+    if over.numel():  # rerun the batch elements that did not fit, with exact room
+        bl2 = over.numpy().astype(np.int64)
+        ca2 = int(a_cnt[over].max())
+        co2 = int(o_cnt[over].max())
+        a2 = torch.empty(len(bl2), max(ca2, 1), dtype=torch.int32)
+        d2 = torch.empty(len(bl2), max(ca2, 1), dtype=dtype)
+        o2 = torch.empty(len(bl2), max(co2, 1), dtype=torch.int32)
+        ac2 = torch.empty(len(bl2), dtype=torch.int64)
+        oc2 = torch.empty(len(bl2), dtype=torch.int64)
+        kc.fused_forward(bl2, *args, a2.numpy(), d2.numpy(), ac2.numpy(), o2.numpy(), oc2.numpy())
+        extra = (over, a2, d2, o2, ac2, oc2)
+    if B:
+        _CAP_HINT[(T, N)] = (float(a_cnt.max()) / TN, float(o_cnt.max()) / TN)
+
+    def compact(buf, cnt, which):
+        ptr = torch.zeros(B + 1, dtype=torch.int64)
+        torch.cumsum(cnt, 0, out=ptr[1:])
+        out = torch.empty(int(ptr[-1]), dtype=buf.dtype)
+        c1 = cnt.clone()
+        if extra is not None:
+            c1[extra[0]] = 0
+        kc.compact_rows(buf.numpy(), c1.numpy(), ptr[:-1].contiguous().numpy(), out.numpy())
+        if extra is not None:
+            ov = extra[0]
+            b2, c2 = {"a": (extra[1], extra[4]), "d": (extra[2], extra[4]), "o": (extra[3], extra[5])}[which]
+            kc.compact_rows(b2.numpy(), c2.numpy(), ptr[ov].contiguous().numpy(), out.numpy())
+        return ptr, out
+
+    a_ptr, a_idx = compact(a_buf, a_cnt, "a")
+    _, d = compact(d_buf, a_cnt, "d")
+    o_ptr, o_idx = compact(o_buf, o_cnt, "o")
+    active = ActiveSet(T, B, N, a_ptr, a_idx)
+    spikes_out = ActiveSet(T, B, N, o_ptr, o_idx)
+    return S, active, d, spikes_out, wt
+
+
+def _sparse_backward_numba(ctx, e: torch.Tensor):
+    """Weight, bias and input gradients from the compact ``e`` (CPU)."""
+    act: ActiveSet = ctx.active
+    T, B, N = act.shape
+    K = ctx.K
+    dtype = e.dtype
+    need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+    prev: ActiveSet | None = ctx.prev if need_dx else None
+    sparse_dx = need_dx and prev is not None
+    nchunk = _num_chunks(B)
+    powb, geo = _decay_tables(ctx.beta, T, dtype)
+    dw_ws = torch.zeros(nchunk, N, K, dtype=dtype) if need_dw else torch.zeros(1, 1, 1, dtype=dtype)
+    db_ws = torch.zeros(nchunk, N, dtype=dtype) if need_db else torch.zeros(1, 1, dtype=dtype)
+    dx_vals = torch.zeros(prev.n if sparse_dx else 0, dtype=dtype)
+    sp: ActiveSet | None = ctx.spikes_in
+    empty_i64 = torch.zeros(B + 1, dtype=torch.int64)
+    empty_i32 = torch.empty(0, dtype=torch.int32)
+    sp_ptr = sp.ptr if sp is not None else empty_i64
+    sp_idx = sp.idx if sp is not None else empty_i32
+    sp_val = sp.vals if (sp is not None and sp.vals is not None) else torch.empty(0, dtype=dtype)
+    wt = ctx.wt if sparse_dx else torch.empty(0, 1, dtype=dtype)
+    if B and act.n and (need_dw or need_db or sparse_dx):
+        kc.sparse_backward(
+            nchunk,
+            T,
+            N,
+            K,
+            act.ptr.numpy(),
+            act.idx.numpy(),
+            e.numpy(),
+            sp_ptr.numpy(),
+            sp_idx.numpy(),
+            sp_val.numpy(),
+            sp is not None and sp.vals is not None,
+            wt.numpy(),
+            prev.ptr.numpy() if sparse_dx else empty_i64.numpy(),
+            prev.idx.numpy() if sparse_dx else empty_i32.numpy(),
+            powb.numpy(),
+            geo.numpy(),
+            bool(need_dw and sp is not None),
+            bool(need_db),
+            bool(sparse_dx),
+            dw_ws.numpy(),
+            db_ws.numpy(),
+            dx_vals.numpy(),
+        )
+    dW = (dw_ws[0] if nchunk == 1 else dw_ws.sum(0)) if need_dw else None
+    db = (db_ws[0] if nchunk == 1 else db_ws.sum(0)) if need_db else None
+    dx = None
+    if sparse_dx:
+        dx = torch.sparse_coo_tensor(
+            prev.coo_indices(), dx_vals, (T, B, K), is_coalesced=False, check_invariants=False
+        )
+    elif need_dx:  # input carries no active set: dense fallback dx = delta @ W
+        delta = torch.empty(T, B, N, dtype=dtype)
+        if B and act.n:
+            kc.delta_dense(act.ptr.numpy(), act.idx.numpy(), e.numpy(), float(ctx.beta), delta.numpy())
+        else:
+            delta.zero_()
+        dx = (delta.reshape(-1, N) @ ctx.W_full).reshape(T, B, K)
+    return dx, dW, db
+
+
+def _compact_grad(gs: torch.Tensor, act: ActiveSet) -> torch.Tensor:
+    """``dL/dS`` at the active entries, from a dense or sparse COO gradient."""
+    if gs.is_sparse:
+        coo = act._coo
+        if coo is not None and gs._nnz() == act.n and gs._indices().data_ptr() == coo.data_ptr():
+            return gs._values()
+        gs = gs.to_dense()
+    return act.gather(gs)
+
+
+def _bytes(*ts) -> int:
+    n = 0
+    for t in ts:
+        if t is None:
+            continue
+        if isinstance(t, ActiveSet):
+            n += t.nbytes
+        else:
+            n += t.numel() * t.element_size()
+    return n
+
+
+class SparseSpikingLinearFn(torch.autograd.Function):
+    """Fused synaptic input + LIF recurrence with the S3GD sparse backward (see module doc)."""
+
+    @staticmethod
+    def forward(ctx, x, W, bias, p: LIFParams, b_th: float, backend: str, meta_in, out: dict):  # type: ignore[override]
+        T, B, K = x.shape
+        N = W.shape[0]
+        need_dx = ctx.needs_input_grad[0]
+        need_dw = ctx.needs_input_grad[1]
+        x = x.contiguous()
+        spikes_in = meta_in.spikes if (meta_in is not None and meta_in.spikes is not None) else None
+        if backend == "triton":
+            from . import triton_gpu
+
+            if spikes_in is None:
+                spikes_in = spike_list(x)
+            S, act, d, spikes_out = triton_gpu.sparse_forward(x, W.detach(), None if bias is None else bias.detach(), p, _clip_bth(b_th), spikes_in)
+            wt = W.detach().t().contiguous() if need_dx else None
+        else:
+            if spikes_in is None:
+                spikes_in = spike_list(x)
+            S, act, d, spikes_out, wt = _sparse_forward_numba(x, W, bias, p, b_th, spikes_in)
+        g = p.surrogate.grad(d).to(d.dtype)
+        del d
+        ctx.active, ctx.g = act, g
+        ctx.spikes_in = spikes_in if need_dw else None
+        ctx.wt = wt if need_dx else None
+        ctx.W_full = W.detach() if need_dx else None
+        ctx.prev = meta_in.active if (meta_in is not None and need_dx) else None
+        ctx.K, ctx.beta, ctx.has_bias, ctx.backend = K, float(p.beta), bias is not None, backend
+        saved = _bytes(act, g, ctx.spikes_in)
+        out.update(active=act, spikes=spikes_out, n_active=act.n, saved_bytes=saved)
+        return S
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gs):  # type: ignore[override]
+        act: ActiveSet = ctx.active
+        gsv = _compact_grad(gs, act)
+        e = gsv * ctx.g
+        if ctx.backend == "triton":
+            from . import triton_gpu
+
+            dx, dW, db = triton_gpu.sparse_backward(ctx, e)
+        else:
+            dx, dW, db = _sparse_backward_numba(ctx, e.contiguous())
+        return dx, dW, db, None, None, None, None, None
+
+
+def sparse_spiking_linear(
+    x: torch.Tensor,
+    W: torch.Tensor,
+    bias: torch.Tensor | None,
+    p: LIFParams,
+    b_th: float,
+    stats: dict | None = None,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Spikes ``S[T, B, N]`` of a fully connected LIF layer with the S3GD sparse backward.
+
+    ``x[T, B, K]`` are input spikes (any values work; binary is what makes the spike list small),
+    ``W[N, K]``, ``bias[N]`` or ``None``, ``b_th`` the half-width of the active window
+    ``|V - thr| < b_th`` (eq. 7). ``stats`` receives ``n_active``, ``n_total`` (``T*B*N``),
+    ``saved_bytes`` (compact state kept for backward) and ``backend``.
+
+    Fast path (``numba`` on CPU, ``triton`` on CUDA): subtractive, detached reset, no synaptic
+    current -- the paper's neuron. Other settings run :func:`lif_recurrence_masked` after a dense
+    synaptic input (same gradients, dense cost). If ``x`` carries an active set (it is the output
+    of another sparse layer, or see :func:`attach_active_set`), the gradient w.r.t. ``x`` is a
+    sparse COO tensor holding values only at those entries (eq. 12); otherwise a dense gradient.
+
+    Example::
+
+        >>> import torch
+        >>> from sparsespike.neurons import LIFParams
+        >>> x = (torch.rand(20, 2, 30) < 0.1).float()
+        >>> W = torch.randn(8, 30, requires_grad=True)
+        >>> st = {}
+        >>> s = sparse_spiking_linear(x, W, None, LIFParams(beta=0.9), 0.2, st)
+        >>> s.shape, st["n_total"]
+        (torch.Size([20, 2, 8]), 320)
+    """
+    if stats is None:
+        stats = {}
+    if x.dim() != 3:
+        raise ValueError(f"sparse_spiking_linear: expected x[T, B, K], got shape {tuple(x.shape)}")
+    T, B, K = x.shape
+    N = W.shape[0]
+    if W.shape[1] != K:
+        raise ValueError(f"W has {W.shape[1]} inputs, x has {K}")
+    backend = choose_backend(x, W, bias, p, impl)
+    meta = get_meta(x)
+    if backend == "fallback":
+        from .synapse import synaptic_linear
+
+        xin = x
+        if meta is not None and x.requires_grad and torch.is_grad_enabled():
+            xin = MaskGradToActive.apply(x, meta.active)
+        cur = synaptic_linear(xin, W, bias)
+        s = lif_recurrence_masked(cur, p, b_th, stats)
+        stats["backend"] = "fallback"
+        return s
+    out: dict = {}
+    S = SparseSpikingLinearFn.apply(x, W, bias, p, float(b_th), backend, meta, out)
+    attach_active_set(S, out["active"], out["spikes"])
+    stats["n_active"] = int(out["n_active"])
+    stats["n_total"] = T * B * N
+    stats["saved_bytes"] = int(out["saved_bytes"])
+    stats["backend"] = backend
+    return S
+
+
+class MaskGradToActive(torch.autograd.Function):
+    """Identity whose backward keeps the gradient only at an active set (sparse COO)."""
+
+    @staticmethod
+    def forward(ctx, x, active: ActiveSet):  # type: ignore[override]
+        ctx.active = active
+        return x.view_as(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # type: ignore[override]
+        act: ActiveSet = ctx.active
+        v = _compact_grad(g, act)
+        return (
+            torch.sparse_coo_tensor(act.coo_indices(), v, act.shape, is_coalesced=False, check_invariants=False),
+            None,
+        )
+
+
+# --------------------------------------------------------------------------- masked recurrence
+
+
+@dataclass(frozen=True)
+class MaskedSurrogate:
+    """``base.grad(x)`` inside ``|x| < b_th``, 0 outside (Perez-Nieves eq. 8)."""
+
+    base: object
+    b_th: float
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.grad(x) * (x.abs() < self.b_th).to(x.dtype)
+
+
+def _masked_forward_torch(x: torch.Tensor, p: LIFParams, b_th: float, want_mask: bool):
+    T = x.shape[0]
+    u = torch.zeros_like(x[0])
+    cur = torch.zeros_like(x[0])
+    S = torch.empty_like(x)
+    G = torch.empty_like(x)
+    R = None if p.detach_reset else torch.empty_like(x)
+    Mk = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if want_mask else None
+    n_active = 0
+    for t in range(T):
+        if p.alpha is not None:
+            cur = p.alpha * cur + x[t]
+            v = p.beta * u + cur
+        else:
+            v = p.beta * u + x[t]
+        d = v - p.threshold
+        s = (d > 0).to(x.dtype)
+        act = d.abs() < b_th
+        g = p.surrogate.grad(d) * act.to(x.dtype)
+        S[t], G[t] = s, g
+        if Mk is not None:
+            Mk[t] = act
+        n_active += int(act.sum())
+        if p.reset is Reset.ZERO:
+            u = v * (1 - s)
+            if R is not None:
+                R[t] = (1 - s) - v * g
+        else:
+            u = v - p.threshold * s
+            if R is not None:
+                R[t] = 1 - p.threshold * g
+    return S, G, R, Mk, n_active
+
+
+def _kernel_surrogate(p: LIFParams):
+    code = getattr(p.surrogate, "kernel_code", None)
+    if code is None:
+        return None
+    p0, p1 = p.surrogate.kernel_params
+    return int(code), float(p0), float(p1)
+
+
+class MaskedLIFRecurrence(torch.autograd.Function):
+    """Dense LIF recurrence over ``x[T, M]`` with the surrogate masked to ``|V - thr| < b_th``."""
+
+    @staticmethod
+    def forward(ctx, x, p: LIFParams, b_th: float, impl: str, want_mask: bool, out: dict):  # type: ignore[override]
+        x = x.contiguous()
+        bth = _clip_bth(b_th)
+        if impl == "numba":
+            code, p0, p1 = _kernel_surrogate(p)
+            S = torch.empty_like(x)
+            G = torch.empty_like(x)
+            R = None if p.detach_reset else torch.empty_like(x)
+            Mk = torch.empty(x.shape, dtype=torch.uint8) if want_mask else torch.empty(1, 1, dtype=torch.uint8)
+            n_active = kc.lif_forward_masked(
+                x.detach().numpy(),
+                float(p.beta),
+                -1.0 if p.alpha is None else float(p.alpha),
+                float(p.threshold),
+                p.reset is Reset.ZERO,
+                p.detach_reset,
+                code,
+                p0,
+                p1,
+                bth,
+                S.numpy(),
+                G.numpy(),
+                (R if R is not None else G).numpy(),
+                Mk.numpy(),
+                want_mask,
+            )
+            if not want_mask:
+                Mk = None
+        elif impl == "triton":
+            from . import triton_gpu
+
+            S, G, R, Mk, n_active = triton_gpu.lif_forward_masked(x.detach(), p, bth, want_mask)
+        else:
+            with torch.no_grad():
+                S, G, R, Mk, n_active = _masked_forward_torch(x.detach(), p, bth, want_mask)
+        S_saved = S.to(torch.uint8) if (p.reset is Reset.ZERO and p.detach_reset) else None
+        ctx.p, ctx.impl = p, impl
+        ctx.save_for_backward(G, S_saved, R)
+        out["n_active"] = int(n_active)
+        out["mask"] = Mk
+        out["saved_bytes"] = _bytes(G, S_saved, R)
+        return S
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gs):  # type: ignore[override]
+        G, S_saved, R = ctx.saved_tensors
+        p: LIFParams = ctx.p
+        if gs.is_sparse:
+            gs = gs.to_dense()
+        gs = gs.reshape(G.shape).contiguous()
+        if ctx.impl == "numba":
+            gx = torch.empty_like(gs)
+            cpu.lif_backward_dense(
+                gs.numpy(),
+                G.numpy(),
+                (S_saved if S_saved is not None else G).numpy(),
+                (R if R is not None else G).numpy(),
+                float(p.beta),
+                -1.0 if p.alpha is None else float(p.alpha),
+                p.reset is Reset.ZERO,
+                p.detach_reset,
+                gx.numpy(),
+            )
+        elif ctx.impl == "triton":
+            from . import triton_gpu
+
+            gx = triton_gpu.lif_backward_dense(gs, G, S_saved, R, p)
+        else:
+            S = S_saved.to(gs.dtype) if S_saved is not None else None
+            gx = backward_torch(gs, G, S, R, p)
+        return gx, None, None, None, None, None
+
+
+def _recurrence_impl(x: torch.Tensor, p: LIFParams, impl: str) -> str:
+    if impl != "auto":
+        return impl
+    if x.dtype in _FLOATS and _kernel_surrogate(p) is not None:
+        if x.device.type == "cpu":
+            return "numba"
+        if x.device.type == "cuda":
+            from . import triton_gpu
+
+            if triton_gpu.available():
+                return "triton"
+    return "torch"
+
+
+def lif_recurrence_masked(
+    current: torch.Tensor,
+    p: LIFParams,
+    b_th: float,
+    stats: dict | None = None,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """LIF spikes for a time-major synaptic input ``current[T, ...]``, surrogate masked to the window.
+
+    ``dS/dV = g(V - thr)`` where ``|V - thr| < b_th`` and 0 elsewhere (Perez-Nieves eq. 8) for
+    every neuron setting (either reset, synaptic current, detached or not); the gradients are
+    exactly S3GD's but the cost is the dense recurrence's (as the paper's conv net). For a 3-D
+    ``current[T, B, N]`` with grad enabled the output carries its active set, so a following
+    sparse layer computes its input gradient only there. ``stats`` gets ``n_active``, ``n_total``.
+    ``impl``: ``auto`` | ``numba`` | ``triton`` | ``torch``.
+    """
+    if stats is None:
+        stats = {}
+    shape = current.shape
+    impl = _recurrence_impl(current, p, impl)
+    want = current.dim() == 3 and torch.is_grad_enabled() and current.requires_grad
+    out: dict = {}
+    S = MaskedLIFRecurrence.apply(current.reshape(shape[0], -1), p, float(b_th), impl, want, out)
+    S = S.reshape(shape)
+    if want and out["mask"] is not None:
+        attach_active_set(S, ActiveSet.from_mask(out["mask"].reshape(shape)))
+    stats["n_active"] = int(out["n_active"])
+    stats["n_total"] = int(current.numel())
+    stats["saved_bytes"] = int(out["saved_bytes"])
+    return S
+
+
+def saved_state_bytes(stats: dict) -> int:
+    """Bytes of what the last forward kept for the backward (``stats['saved_bytes']``)."""
+    return int(stats.get("saved_bytes", 0))
+
+
+__all__ = [
+    "ActiveSet",
+    "MaskGradToActive",
+    "MaskedLIFRecurrence",
+    "MaskedSurrogate",
+    "SparseSpikingLinearFn",
+    "SpikeMeta",
+    "active_set",
+    "attach_active_set",
+    "choose_backend",
+    "get_meta",
+    "lif_recurrence_masked",
+    "share_active_set",
+    "sparse_spiking_linear",
+    "spike_list",
+]
+
