@@ -31,7 +31,13 @@ import numpy as np
 import torch
 
 from sparsespike.data.yinyang import load_yinyang
-from sparsespike.eventprop import EventNetwork, FontaniniLoss, LIFParams, SolverOptions, encode_yinyang
+from sparsespike.eventprop import (
+    EventNetwork,
+    FontaniniLoss,
+    LIFParams,
+    SolverOptions,
+    encode_yinyang,
+)
 from sparsespike.eventprop.train import train_eventprop
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -67,8 +73,14 @@ def spike_sweep(x, y, scales, repeats):
                 w.mul_(s)
         f, b, sp = _time_fb(net, x, y, loss_fn, repeats)
         n = x.shape[0]
-        rows.append({"weight_scale": s, "spikes_per_sample": sp, "forward_us_per_sample": 1e6 * f / n,
-                     "backward_us_per_sample": 1e6 * b / n})  # fmt: skip
+        rows.append(
+            {
+                "weight_scale": s,
+                "spikes_per_sample": sp,
+                "forward_us_per_sample": 1e6 * f / n,
+                "backward_us_per_sample": 1e6 * b / n,
+            }
+        )
         print(f"scale {s:4.2f}: {sp:8.1f} spikes/sample  fwd {1e6 * f / n:8.1f} us  "
               f"bwd {1e6 * b / n:8.1f} us per sample", flush=True)  # fmt: skip
     return rows
@@ -112,10 +124,16 @@ def main(argv=None):
     repeats = 3 if not args.quick else 1
     res = {
         "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s)",
-        "versions": {"torch": torch.__version__, "numba": numba.__version__, "numpy": np.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "numba": numba.__version__,
+            "numpy": np.__version__,
+        },
         "batch": args.batch,
         "spike_sweep": spike_sweep(x, y, scales, repeats),
-        "time_scale": time_scale(x, y, [1.0, 3.0, 10.0] if not args.quick else [1.0, 10.0], repeats),
+        "time_scale": time_scale(
+            x, y, [1.0, 3.0, 10.0] if not args.quick else [1.0, 10.0], repeats
+        ),
     }
     sw = res["spike_sweep"]
     sp = np.array([r["spikes_per_sample"] for r in sw])

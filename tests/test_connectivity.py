@@ -430,3 +430,19 @@ def test_sparse_inference_equals_dense_plain(kernels):
     _set_random_log_alpha(gated, 2)
     gated.eval()
     assert torch.allclose(sparse_inference_model(gated, kernels=kernels)(x), gated(x), atol=1e-12)
+
+
+def test_count_ops_flops_agree_with_metrics_module():
+    metrics = pytest.importorskip("sparsespike.metrics")
+    torch.manual_seed(0)
+    net = build_yin_network("mnist").eval()
+    add_l0_gates(net, seed=0)
+    _set_random_log_alpha(net, 3)
+    x = (torch.rand(2, 2, 1, 28, 28) < 0.2).float()
+    ops = count_ops(net, x)
+    rep = metrics.measure(net, [x])
+    assert ops["flops"] == pytest.approx(rep.dense_flops, rel=1e-9)
+    # SynOps agree on the layers with binary input (metrics.py counts non-binary, e.g.
+    # average-pooled, inputs as non-spiking MACs instead)
+    first = [r for r in rep.layers if r["synops"] or r["dense_flops"]][0]
+    assert ops["layers"][0]["synops"] == pytest.approx(first["synops"], rel=1e-9)

@@ -46,12 +46,15 @@ def test_ce_value_and_gradient_by_hand():
     loss.backward()
     p0 = np.exp(z0) / np.exp(z0).sum()
     p1 = np.exp(z1) / np.exp(z1).sum()
-    g = np.array(
-        [
-            [(1 - p0[0]) / TAU0, -p0[1] / TAU0, 0.0],  # no gradient to the silent neuron
-            [-p1[0] / TAU0, -p1[1] / TAU0, (1 - p1[2]) / TAU0],
-        ]
-    ) / 2
+    g = (
+        np.array(
+            [
+                [(1 - p0[0]) / TAU0, -p0[1] / TAU0, 0.0],  # no gradient to the silent neuron
+                [-p1[0] / TAU0, -p1[1] / TAU0, (1 - p1[2]) / TAU0],
+            ]
+        )
+        / 2
+    )
     np.testing.assert_allclose(t.grad.numpy(), g, rtol=1e-12, atol=1e-15)
 
 
@@ -71,7 +74,9 @@ def test_cs_as_values_and_gradients_by_hand():
     vals = [1.0, 2.0, T, 3.0, 1.5, 2.5]
     assert float(a) == pytest.approx(sum(math.expm1(v / TAU1) for v in vals) / 6)
     a.backward()
-    g = np.array([[math.exp(v / TAU1) / TAU1 / 6 for v in row] for row in ([1, 2, T], [3, 1.5, 2.5])])
+    g = np.array(
+        [[math.exp(v / TAU1) / TAU1 / 6 for v in row] for row in ([1, 2, T], [3, 1.5, 2.5])]
+    )
     g[0, 2] = 0.0  # silent: constant
     np.testing.assert_allclose(t.grad.numpy(), g, rtol=1e-12)
 

@@ -104,3 +104,22 @@ def test_build_network_and_set_backward():
         build_network([{"type": "linear", "out": 3, "units": 4}], (4,))
     with pytest.raises(ConfigError, match="missing key 'out'"):
         build_network([{"type": "linear"}], (4,))
+
+
+def test_nan_and_nonbinary_spikes_are_named():
+    layer = SpikingLinear(4, 3)
+    x = torch.zeros(5, 2, 4)
+    x[2, 1, 3] = float("nan")
+    with pytest.raises(SpikeInputError, match="NaN"):
+        layer(x)
+    with pytest.raises(SpikeInputError, match="binary spikes"):
+        SpikeCountReadout()(torch.full((3, 2, 4), 0.5))
+    with pytest.raises(SpikeInputError, match="NaN"):
+        SpikeCountReadout()(torch.full((3, 2, 4), float("nan")))
+    from sparsespike.sparsity.monitor import SpikeMonitor
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    mon = SpikeMonitor(net, modules=[net[0]], batch_dim=0)
+    net(torch.ones(2, 4))
+    with pytest.raises(SpikeInputError, match="binary"):
+        mon.spike_counts(check=True)

@@ -50,6 +50,15 @@ def check_time_major(x: torch.Tensor, rank: int, features: tuple[int, ...], who:
         raise SpikeInputError(f"{who}: expected a floating-point tensor, got dtype {x.dtype}")
 
 
+def check_spikes(x: torch.Tensor, who: str) -> None:
+    """Raise :class:`SpikeInputError` unless ``x`` holds only 0s and 1s (no NaN)."""
+    if torch.isnan(x).any():
+        raise SpikeInputError(f"{who}: spike tensor contains NaN")
+    if not bool(((x == 0) | (x == 1)).all()):
+        bad = x[(x != 0) & (x != 1)][:3].tolist()
+        raise SpikeInputError(f"{who}: expected binary spikes (0 or 1), found values such as {bad}")
+
+
 def _as_params(neuron: LIFParams | dict | None) -> LIFParams:
     if neuron is None:
         return LIFParams()
@@ -280,13 +289,16 @@ class SpikeCountReadout(nn.Module):
     With ``mean=True`` the count is divided by ``T`` (the firing rate; Yin et al. eq. 5 voting).
     """
 
-    def __init__(self, mean: bool = True) -> None:
+    def __init__(self, mean: bool = True, check: bool = True) -> None:
         super().__init__()
         self.mean = mean
+        self.check = check
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3:
             raise SpikeInputError(f"SpikeCountReadout: expected [T, B, ...], got {tuple(x.shape)}")
+        if self.check:
+            check_spikes(x, "SpikeCountReadout")
         return x.mean(0) if self.mean else x.sum(0)
 
 

@@ -8,7 +8,8 @@ written in forward time and solved backwards from ``lambda_V(T) = lambda_I(T) = 
 Going backwards by ``Delta`` from (lV, lI) the closed form is::
 
     lambda_V = lV e^{-Delta/tau_m},
-    lambda_I = lI e^{-Delta/tau_s} + lV R_m tau_m/(tau_m - tau_s) (e^{-Delta/tau_m} - e^{-Delta/tau_s}).
+    lambda_I = lI e^{-Delta/tau_s}
+               + lV R_m tau_m/(tau_m - tau_s) (e^{-Delta/tau_m} - e^{-Delta/tau_s}).
 
 At the k-th spike of neuron n (time t_k, current I = I(t_k), which a spike leaves unchanged)::
 
@@ -42,15 +43,15 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .params import LIFParams, SolverOptions
-from .simulate import EventList, LayerSpikes
+from .params import DEFAULT_PARAMS, DEFAULT_SOLVER, LIFParams, SolverOptions
+from .simulate import EventList, LayerSpikes, gap_decays
 
 __all__ = ["adjoint_layer", "scatter_event_errors", "adjoint_network"]
 
 
 @njit(parallel=True, cache=True)
 def _adjoint_layer_kernel(
-    ev_t, ev_n, ev_count, W, out_t, out_i, out_count, err_spk,
+    ev_t, ev_n, ev_count, dm, ds, W, out_t, out_i, out_count, err_spk,
     tau_m, tau_s, r_m, theta, t_window, grazing_eps,
     grad_b, err_in,
 ):  # fmt: skip
@@ -62,18 +63,28 @@ def _adjoint_layer_kernel(
         while e_last >= 0 and ev_t[b, e_last] >= t_window:
             e_last -= 1  # inputs at or after T never act: zero gradient and error
         for m in range(N):
+            p = out_count[b, m] - 1
+            if p < 0:
+                continue  # silent neuron: lambda = 0 throughout
+            # lambda = 0 after the neuron's last spike: start there
             lv = 0.0
             li = 0.0
-            tc = t_window
-            p = out_count[b, m] - 1
+            tc = out_t[b, m, p]
             e = e_last
+            while e >= 0 and ev_t[b, e] >= tc:
+                e -= 1
+            prev_input = False  # the last processed event was input e + 1 (gap decays apply)
             while p >= 0 or e >= 0:
                 is_post = p >= 0 and (e < 0 or out_t[b, m, p] > ev_t[b, e])
                 te = out_t[b, m, p] if is_post else ev_t[b, e]
                 D = tc - te
                 if D > 0.0 and (lv != 0.0 or li != 0.0):
-                    em = math.exp(-D / tau_m)
-                    es = math.exp(-D / tau_s)
+                    if prev_input and not is_post:
+                        em = dm[b, e + 1]
+                        es = ds[b, e + 1]
+                    else:
+                        em = math.exp(-D / tau_m)
+                        es = math.exp(-D / tau_s)
                     li = li * es + lv * kb * (em - es)
                     lv = lv * em
                 tc = te
@@ -83,11 +94,13 @@ def _adjoint_layer_kernel(
                         den = grazing_eps
                     lv = lv + (theta * lv + err_spk[b, m, p]) / den
                     p -= 1
+                    prev_input = False
                 else:
                     n = ev_n[b, e]
                     grad_b[b, m, n] += -tau_s * li
                     err_in[b, e] += W[m, n] * (r_m * lv - li)
                     e -= 1
+                    prev_input = True
 
 
 def adjoint_layer(
@@ -95,8 +108,8 @@ def adjoint_layer(
     weight: np.ndarray,
     spikes: LayerSpikes,
     err_spikes: np.ndarray,
-    params: LIFParams = LIFParams(),
-    options: SolverOptions = SolverOptions(),
+    params: LIFParams = DEFAULT_PARAMS,
+    options: SolverOptions = DEFAULT_SOLVER,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Backward pass of one layer.
 
@@ -119,8 +132,9 @@ def adjoint_layer(
     grad_b = np.zeros((B, W.shape[0], W.shape[1]))
     err_in = np.zeros((B, K))
     p = params
+    dm, ds = gap_decays(events, params)
     _adjoint_layer_kernel(
-        events.times, events.neuron, events.count, W,
+        events.times, events.neuron, events.count, dm, ds, W,
         spikes.times, spikes.currents, spikes.counts, err,
         float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
         float(options.grazing_eps),
@@ -148,8 +162,8 @@ def adjoint_network(
     weights: list[np.ndarray],
     dl_dt: list[np.ndarray | None],
     input_shape: tuple,
-    params: LIFParams = LIFParams(),
-    options: SolverOptions = SolverOptions(),
+    params: LIFParams = DEFAULT_PARAMS,
+    options: SolverOptions = DEFAULT_SOLVER,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Backward pass through all layers, output first.
 

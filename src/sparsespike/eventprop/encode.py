@@ -75,8 +75,10 @@ def encode_mnist(
         float64 ``[n, n_pixels]`` spike times in ms.
     """
     x = _as_float_tensor(images, "images")
-    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 or (
-        isinstance(images, np.ndarray) and images.dtype == np.uint8
+    if (
+        isinstance(images, torch.Tensor)
+        and images.dtype == torch.uint8
+        or (isinstance(images, np.ndarray) and images.dtype == np.uint8)
     ):
         x = x / 255.0
     if x.dim() < 2:

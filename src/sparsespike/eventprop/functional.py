@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from ..errors import SpikeInputError
 from .adjoint import adjoint_network
-from .params import LIFParams, SolverOptions
+from .params import DEFAULT_PARAMS, DEFAULT_SOLVER, LIFParams, SolverOptions
 from .simulate import check_input_times, simulate_network
 
 __all__ = ["EventOutput", "event_forward"]
@@ -95,8 +95,8 @@ class _EventPropFunction(torch.autograd.Function):
 def event_forward(
     input_times: torch.Tensor,
     weights: list[torch.Tensor] | tuple[torch.Tensor, ...],
-    params: LIFParams = LIFParams(),
-    options: SolverOptions = SolverOptions(),
+    params: LIFParams = DEFAULT_PARAMS,
+    options: SolverOptions = DEFAULT_SOLVER,
 ) -> EventOutput:
     """Exact spike times of a feed-forward LIF network, differentiable by EventProp.
 

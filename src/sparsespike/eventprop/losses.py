@@ -2,7 +2,7 @@
 
 With ``t_{b,1(a)}`` the first spike of output neuron ``a`` in sample ``b``, ``T`` the target::
 
-    CE = -1/N_b sum_b log softmax(-t_{b,1(.)}/tau_0)[T]                      (eq. 10, tau_0 = 0.5 ms)
+    CE = -1/N_b sum_b log softmax(-t_{b,1(.)}/tau_0)[T]                    (eq. 10, tau_0 = 0.5 ms)
     CS = 1/N_b sum_b [exp(t_{b,1(T)}/tau_1) - 1]                           (eq. 10, tau_1 = 6.4 ms)
     AS = 1/(N_O N_b) sum_b sum_a [exp(t_{b,1(a)}/tau_1) - 1]               (eq. 14)
     SP = 1/N_b sum_b sum_{neurons a} sum_{p>=2} 1/(t_{b,p(a)} - t_{b,1(a)})  (eq. 12, ms^-1)

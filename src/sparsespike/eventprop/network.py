@@ -17,7 +17,12 @@ from .params import LIFParams, SolverOptions
 __all__ = ["EventNetwork", "YINYANG_INIT_RANGES", "MNIST_INIT_RANGES", "default_init_ranges"]
 
 #: Fontanini et al. 2024, Table 2 (uniform init ranges per layer, layer 1 first).
-YINYANG_INIT_RANGES: tuple[tuple[float, float], ...] = ((1.0, 3.0), (0.2, 1.0), (0.0, 1.0), (0.0, 1.0))
+YINYANG_INIT_RANGES: tuple[tuple[float, float], ...] = (
+    (1.0, 3.0),
+    (0.2, 1.0),
+    (0.0, 1.0),
+    (0.0, 1.0),
+)
 MNIST_INIT_RANGES: tuple[tuple[float, float], ...] = (
     (-0.01, 0.03),
     (-0.05, 0.15),
@@ -87,7 +92,10 @@ class EventNetwork(torch.nn.Module):
         self.params = params if params is not None else LIFParams()
         self.solver = solver if solver is not None else SolverOptions()
         self.weights = torch.nn.ParameterList(
-            [torch.nn.Parameter(torch.empty(sizes[l + 1], sizes[l], dtype=dtype)) for l in range(n_layers)]
+            [
+                torch.nn.Parameter(torch.empty(sizes[l + 1], sizes[l], dtype=dtype))
+                for l in range(n_layers)
+            ]
         )
         self.reset_parameters(generator)
 
@@ -100,4 +108,5 @@ class EventNetwork(torch.nn.Module):
         return event_forward(input_times, list(self.weights), self.params, self.solver)
 
     def extra_repr(self) -> str:
-        return f"sizes={self.sizes}, tau_m={self.params.tau_m}, tau_s={self.params.tau_s}, T={self.params.t_window}"
+        p = self.params
+        return f"sizes={self.sizes}, tau_m={p.tau_m}, tau_s={p.tau_s}, T={p.t_window}"

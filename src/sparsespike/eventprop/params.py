@@ -62,7 +62,9 @@ class LIFParams:
         k = self.tau_s / (self.tau_m - self.tau_s)
         # single input of weight w at t = 0: V = w R k (e^{-t/tau_m} - e^{-t/tau_s})
         d_peak = math.log(self.tau_m / self.tau_s) / (1.0 / self.tau_s - 1.0 / self.tau_m)
-        peak_per_w = self.r_m * k * (math.exp(-d_peak / self.tau_m) - math.exp(-d_peak / self.tau_s))
+        peak_per_w = (
+            self.r_m * k * (math.exp(-d_peak / self.tau_m) - math.exp(-d_peak / self.tau_s))
+        )
         return self.threshold / peak_per_w
 
 
@@ -98,7 +100,9 @@ class SolverOptions:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.max_spikes, int) and self.max_spikes >= 1):
-            raise ConfigError(f"SolverOptions.max_spikes must be an int >= 1, got {self.max_spikes!r}")
+            raise ConfigError(
+                f"SolverOptions.max_spikes must be an int >= 1, got {self.max_spikes!r}"
+            )
         if self.on_overflow not in ON_OVERFLOW:
             raise ConfigError(
                 f"SolverOptions.on_overflow must be one of {ON_OVERFLOW}, got {self.on_overflow!r}"
@@ -109,3 +113,8 @@ class SolverOptions:
                 raise ConfigError(f"SolverOptions.{name} must be a finite number >= 0, got {v!r}")
         if self.root_xtol <= 0:
             raise ConfigError("SolverOptions.root_xtol must be > 0")
+
+
+#: Fontanini Table 1 neuron and the default numerics (frozen, safe as argument defaults).
+DEFAULT_PARAMS = LIFParams()
+DEFAULT_SOLVER = SolverOptions()

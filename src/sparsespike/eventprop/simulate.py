@@ -48,7 +48,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import SpikeInputError
-from .params import LIFParams, SolverOptions
+from .params import DEFAULT_PARAMS, DEFAULT_SOLVER, LIFParams, SolverOptions
 
 __all__ = [
     "EventList",
@@ -110,14 +110,23 @@ def _solve_crossing(a, b, theta, tau_m, tau_s, lo, hi, xtol):
 
 
 @njit(cache=True)
-def _next_crossing(V0, I0, D, tau_m, tau_s, r_m, theta, k, peak_tol, xtol):
-    """Offset in (0, D] of the first upward crossing of theta from state (V0, I0), or -1."""
+def _next_crossing(V0, I0, D, em, es, tau_m, tau_s, r_m, theta, k, peak_tol, xtol):
+    """Offset in (0, D] of the first upward crossing of theta from state (V0 < theta, I0), or -1.
+
+    ``em = exp(-D/tau_m)``, ``es = exp(-D/tau_s)`` are passed in (shared by all neurons when the
+    interval is a gap between two input events). V has at most one stationary point, so:
+    ``V(D) > theta`` -> one crossing in (0, D]; else an interior maximum exists iff
+    ``V'(0) > 0 > V'(D)`` (``tau_m V' = R I - V``), and makes a spike iff it exceeds
+    ``theta + peak_tol``; otherwise ``max V = max(V0, V(D)) <= theta``.
+    """
     if D <= 0.0:
         return -1.0
     b = k * r_m * I0
     a = V0 + b
-    # interior stationary point (a maximum if it exceeds V0 < theta)
-    if b != 0.0 and a != 0.0:
+    fend = a * em - b * es - theta
+    if fend > 0.0:
+        return _solve_crossing(a, b, theta, tau_m, tau_s, 0.0, D, xtol)
+    if r_m * I0 > V0 and r_m * I0 * es < fend + theta:
         ratio = (b * tau_m) / (a * tau_s)
         if ratio > 0.0:
             dstar = math.log(ratio) / (1.0 / tau_s - 1.0 / tau_m)
@@ -125,27 +134,48 @@ def _next_crossing(V0, I0, D, tau_m, tau_s, r_m, theta, k, peak_tol, xtol):
                 fpk, _ = _v_and_dv(dstar, a, b, theta, tau_m, tau_s)
                 if fpk > peak_tol:
                     return _solve_crossing(a, b, theta, tau_m, tau_s, 0.0, dstar, xtol)
-    fend, _ = _v_and_dv(D, a, b, theta, tau_m, tau_s)
-    if fend > 0.0:
-        return _solve_crossing(a, b, theta, tau_m, tau_s, 0.0, D, xtol)
     return -1.0
 
 
 @njit(parallel=True, cache=True)
+def _gap_decays_kernel(ev_t, ev_count, t_window, tau_m, tau_s, dm, ds):
+    """Per sample: decay factors over the gap before each input event (t_{-1} = 0)."""
+    B = ev_t.shape[0]
+    for b in prange(B):
+        prev = 0.0
+        for e in range(ev_count[b]):
+            t = min(ev_t[b, e], t_window)
+            dm[b, e] = math.exp(-(t - prev) / tau_m)
+            ds[b, e] = math.exp(-(t - prev) / tau_s)
+            prev = t
+
+
+def gap_decays(events, params):
+    """``(dm, ds)`` ``[B, K]``: ``exp(-(t_e - t_{e-1})/tau)`` for the merged input events."""
+    dm = np.ones(events.times.shape)
+    ds = np.ones(events.times.shape)
+    _gap_decays_kernel(events.times, events.count, float(params.t_window), float(params.tau_m),
+                       float(params.tau_s), dm, ds)  # fmt: skip
+    return dm, ds
+
+
+@njit(parallel=True, cache=True)
 def _forward_layer_kernel(
-    ev_t, ev_n, ev_count, W, tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol,
+    ev_t, ev_n, ev_count, dm, ds, W, tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol,
     out_t, out_i, out_count, capped,
 ):  # fmt: skip
     B = ev_t.shape[0]
     N = W.shape[0]
     S = out_t.shape[2]
     k = tau_s / (tau_m - tau_s)
+    kr = k * r_m
     for j in prange(B * N):
         b = j // N
         m = j - b * N
         V = 0.0
         I = 0.0
         t0 = 0.0
+        clean = True  # t0 is the previous input time (no spike since): gap decays apply
         cnt = 0
         K = ev_count[b]
         stop = False
@@ -158,7 +188,20 @@ def _forward_layer_kernel(
             t1 = t_window if last else te
             # all spikes in (t0, t1]
             while True:
-                d = _next_crossing(V, I, t1 - t0, tau_m, tau_s, r_m, theta, k, peak_tol, xtol)
+                # cheap exclusion (tau_m > tau_s): V <= V0 + k R I0 when I0 > 0, V <= max(V0, 0)
+                # when I0 <= 0, and V only decays until the next input
+                if k > 0.0 and (I <= 0.0 or V + kr * I <= theta):
+                    break
+                D = t1 - t0
+                if D <= 0.0:
+                    break
+                if clean and not last:
+                    em = dm[b, e]
+                    es = ds[b, e]
+                else:
+                    em = math.exp(-D / tau_m)
+                    es = math.exp(-D / tau_s)
+                d = _next_crossing(V, I, D, em, es, tau_m, tau_s, r_m, theta, k, peak_tol, xtol)
                 if d < 0.0:
                     break
                 if cnt >= S:
@@ -172,17 +215,23 @@ def _forward_layer_kernel(
                 cnt += 1
                 V = 0.0
                 t0 = ts
+                clean = False
             if stop or last:
                 break
             # advance the closed form to the input event and apply its jump
             D = t1 - t0
             if D > 0.0:
-                em = math.exp(-D / tau_m)
-                es = math.exp(-D / tau_s)
-                bb = k * r_m * I
+                if clean:
+                    em = dm[b, e]
+                    es = ds[b, e]
+                else:
+                    em = math.exp(-D / tau_m)
+                    es = math.exp(-D / tau_s)
+                bb = kr * I
                 V = (V + bb) * em - bb * es
                 I = I * es
-                t0 = t1
+            t0 = t1
+            clean = True
             I += W[m, ev_n[b, e]]
         out_count[b, m] = cnt
 
@@ -289,8 +338,8 @@ def merge_events(times: np.ndarray) -> EventList:
 def simulate_layer(
     events: EventList,
     weight: np.ndarray,
-    params: LIFParams = LIFParams(),
-    options: SolverOptions = SolverOptions(),
+    params: LIFParams = DEFAULT_PARAMS,
+    options: SolverOptions = DEFAULT_SOLVER,
     layer_name: str = "layer",
 ) -> LayerSpikes:
     """Exact spike times of one layer of ``weight.shape[0]`` neurons driven by ``events``.
@@ -318,8 +367,9 @@ def simulate_layer(
     out_c = np.zeros((B, N), dtype=np.int64)
     capped = np.zeros((B, N), dtype=np.int8)
     p = params
+    dm, ds = gap_decays(events, params)
     _forward_layer_kernel(
-        events.times, events.neuron, events.count, W,
+        events.times, events.neuron, events.count, dm, ds, W,
         float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
         float(options.peak_tol), float(options.root_xtol),
         out_t, out_i, out_c, capped,
@@ -346,8 +396,8 @@ def simulate_layer(
 def simulate_network(
     input_times: np.ndarray,
     weights: list[np.ndarray],
-    params: LIFParams = LIFParams(),
-    options: SolverOptions = SolverOptions(),
+    params: LIFParams = DEFAULT_PARAMS,
+    options: SolverOptions = DEFAULT_SOLVER,
 ) -> list[tuple[EventList, LayerSpikes]]:
     """Simulate a feed-forward network layer by layer.
 
@@ -378,7 +428,7 @@ def membrane_potential(
     in_times: np.ndarray,
     in_weights: np.ndarray,
     out_times: np.ndarray,
-    params: LIFParams = LIFParams(),
+    params: LIFParams = DEFAULT_PARAMS,
 ) -> np.ndarray:
     """V(t) of one neuron from its inputs and its own spikes (superposition of the closed form).
 

@@ -37,19 +37,22 @@ def surrogate_grad(x, code, p0, p1):
 def _py_lif_forward(x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th, s_out, sg_out, r_out):
     """Forward over ``x[T, M]``; writes spikes, surrogate values and (non-detached) reset factors.
 
-    Returns the number of active entries ``|V - thr| < b_th`` (Perez-Nieves eq. 7), for activity %.
+    Returns the number of active entries ``|V - thr| < b_th`` (Perez-Nieves eq. 7), for activity %,
+    and the number of NaN membrane values (bad input or diverged weights).
     ``alpha < 0`` means no synaptic current. ``r_out`` is written only when ``detach`` is False.
     The inner loop is branch-free (resets written arithmetically) so that it vectorises.
     """
     T, M = x.shape
     nchunk = (M + CHUNK - 1) // CHUNK
     counts = np.zeros(nchunk, dtype=np.int64)
+    nans = np.zeros(nchunk, dtype=np.int64)
     a = alpha if alpha >= 0.0 else 0.0
     z = 1.0 if reset_zero else 0.0
     for c in prange(nchunk):
         lo = c * CHUNK
         hi = min(M, lo + CHUNK)
         n = hi - lo
+        nn = 0
         u = np.zeros(n, dtype=np.float64)
         cur = np.zeros(n, dtype=np.float64)
         vbuf = np.zeros(n, dtype=np.float64)
@@ -67,6 +70,7 @@ def _py_lif_forward(x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th,
                 st[k] = s
                 gt[k] = g
                 cnt += abs(d) < b_th
+                nn += v != v
                 u[k] = v - s * (z * v + (1.0 - z) * thr)
                 vbuf[k] = v
             if not detach:
@@ -77,7 +81,8 @@ def _py_lif_forward(x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th,
                     g = gt[k]
                     rt[k] = z * ((1.0 - s) - vbuf[k] * g) + (1.0 - z) * (1.0 - thr * g)
         counts[c] = cnt
-    return counts.sum()
+        nans[c] = nn
+    return counts.sum(), nans.sum()
 
 
 def _py_lif_backward_dense(gs, sg, s, r, beta, alpha, reset_zero, detach, gx):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import SpikeInputError
 from ..neurons import LIFParams, Reset
 from . import cpu
 
@@ -116,7 +117,7 @@ class LIFRecurrence(torch.autograd.Function):
             S = torch.empty_like(x)
             G = torch.empty_like(x)
             R = None if p.detach_reset else torch.empty_like(x)
-            n_active = cpu.pick(cpu.lif_forward_par, cpu.lif_forward_ser, x.numel())(
+            n_active, n_nan = cpu.pick(cpu.lif_forward_par, cpu.lif_forward_ser, x.numel())(
                 x.detach().numpy(),
                 p.beta,
                 -1.0 if p.alpha is None else p.alpha,
@@ -134,6 +135,12 @@ class LIFRecurrence(torch.autograd.Function):
         else:
             with torch.no_grad():
                 S, G, R, n_active = forward_torch(x, p, b_th)
+                n_nan = int(torch.isnan(G).sum()) if not torch.isfinite(x).all() else 0
+        if n_nan:
+            raise SpikeInputError(
+                f"LIF recurrence: {n_nan} NaN membrane values; the synaptic input contains NaN/inf "
+                "(check the input spikes, or weights that diverged)"
+            )
         if stats is not None:
             stats["n_active"] = int(n_active)
             stats["n_total"] = x.numel()

@@ -52,7 +52,6 @@ import numpy as np
 import torch
 
 from ..neurons import LIFParams, Reset
-from . import cpu
 from . import sparse_cpu as kc
 from .recurrence import backward_torch
 
@@ -328,7 +327,7 @@ def _sparse_forward_numba(x, W, bias, p: LIFParams, b_th: float, spikes_in: Acti
         S.numpy(),
     )
     blist = np.arange(B, dtype=np.int64)
-    kc.fused_forward(blist, *args, a_buf.numpy(), d_buf.numpy(), a_cnt.numpy(), o_buf.numpy(), o_cnt.numpy())
+    kc.fused_forward(blist, _num_chunks(B), *args, a_buf.numpy(), d_buf.numpy(), a_cnt.numpy(), o_buf.numpy(), o_cnt.numpy())
     over = ((a_cnt > cap_a) | (o_cnt > cap_o)).nonzero().flatten()
     extra = None
     if over.numel():  # rerun the batch elements that did not fit, with exact room
@@ -340,7 +339,7 @@ def _sparse_forward_numba(x, W, bias, p: LIFParams, b_th: float, spikes_in: Acti
         o2 = torch.empty(len(bl2), max(co2, 1), dtype=torch.int32)
         ac2 = torch.empty(len(bl2), dtype=torch.int64)
         oc2 = torch.empty(len(bl2), dtype=torch.int64)
-        kc.fused_forward(bl2, *args, a2.numpy(), d2.numpy(), ac2.numpy(), o2.numpy(), oc2.numpy())
+        kc.fused_forward(bl2, _num_chunks(len(bl2)), *args, a2.numpy(), d2.numpy(), ac2.numpy(), o2.numpy(), oc2.numpy())
         extra = (over, a2, d2, o2, ac2, oc2)
     if B:
         _CAP_HINT[(T, N)] = (float(a_cnt.max()) / TN, float(o_cnt.max()) / TN)
@@ -697,7 +696,7 @@ class MaskedLIFRecurrence(torch.autograd.Function):
         gs = gs.reshape(G.shape).contiguous()
         if ctx.impl == "numba":
             gx = torch.empty_like(gs)
-            cpu.lif_backward_dense(
+            kc.lif_backward_dense(
                 gs.numpy(),
                 G.numpy(),
                 (S_saved if S_saved is not None else G).numpy(),

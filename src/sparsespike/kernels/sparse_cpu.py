@@ -137,6 +137,7 @@ def gather_bmajor(ptr, idx, dense, out):
 @njit(parallel=True, cache=True, fastmath=FM)
 def fused_forward(
     blist,
+    nchunk,
     sp_ptr,
     sp_idx,
     sp_val,
@@ -162,9 +163,12 @@ def fused_forward(
     records up to ``a_idx.shape[1]`` active entries (``t*N + j``, ``d = V - thr``;
     ``|d| < b_th``, eq. 7) and up to ``o_idx.shape[1]`` output spikes; ``a_cnt``/``o_cnt`` get
     the true counts (larger than the capacity means: run again with more room).
+    Threads take contiguous chunks of ``blist``; time is the outer loop inside a chunk so that
+    ``S[t]`` is written row after row.
     """
     T, B, N = s_out.shape
     K = wt.shape[0]
+    R = blist.shape[0]
     cap_a = a_idx.shape[1]
     cap_o = o_idx.shape[1]
     dt = s_out.dtype
@@ -172,54 +176,77 @@ def fused_forward(
     thr_ = dt.type(thr)
     bth_ = dt.type(b_th)
     zero = dt.type(0)
-    for r in prange(blist.shape[0]):
-        b = blist[r]
-        u = np.zeros(N, dtype=dt)
+    for c in prange(nchunk):
+        r0 = c * R // nchunk
+        r1 = (c + 1) * R // nchunk
+        nr = r1 - r0
+        u = np.zeros((nr, N), dtype=dt)
         cur = np.empty(N, dtype=dt)
         dd = np.empty(N, dtype=dt)
-        na = 0
-        no = 0
-        p = sp_ptr[b]
-        pe = sp_ptr[b + 1]
+        na = np.zeros(nr, dtype=np.int64)
+        no = np.zeros(nr, dtype=np.int64)
+        pp = np.empty(nr, dtype=np.int64)
+        NW = (N + 7) // 8
+        fl = np.zeros(NW * 8, dtype=np.uint8)  # padding stays 0
+        fl64 = fl.view(np.uint64)
+        for k in range(nr):
+            pp[k] = sp_ptr[blist[r0 + k]]
         for t in range(T):
-            if has_bias:
-                for j in range(N):
-                    cur[j] = bias[j]
-            else:
-                for j in range(N):
-                    cur[j] = zero
             lim = (t + 1) * K
-            while p < pe and sp_idx[p] < lim:
-                i = sp_idx[p] - t * K
-                if has_val:
-                    w = sp_val[p]
+            base = t * N
+            for k in range(nr):
+                r = r0 + k
+                b = blist[r]
+                if has_bias:
                     for j in range(N):
-                        cur[j] += w * wt[i, j]
+                        cur[j] = bias[j]
                 else:
                     for j in range(N):
-                        cur[j] += wt[i, j]
-                p += 1
-            for j in range(N):
-                v = beta_ * u[j] + cur[j]
-                d = v - thr_
-                s = d > zero
-                s_out[t, b, j] = s
-                u[j] = v - thr_ * s
-                dd[j] = d
-            base = t * N
-            for j in range(N):
-                d = dd[j]
-                if abs(d) < bth_:
-                    if na < cap_a:
-                        a_idx[r, na] = base + j
-                        a_d[r, na] = d
-                    na += 1
-                if d > zero:
-                    if no < cap_o:
-                        o_idx[r, no] = base + j
-                    no += 1
-        a_cnt[r] = na
-        o_cnt[r] = no
+                        cur[j] = zero
+                p = pp[k]
+                pe = sp_ptr[b + 1]
+                while p < pe and sp_idx[p] < lim:
+                    i = sp_idx[p] - t * K
+                    if has_val:
+                        w = sp_val[p]
+                        for j in range(N):
+                            cur[j] += w * wt[i, j]
+                    else:
+                        for j in range(N):
+                            cur[j] += wt[i, j]
+                    p += 1
+                pp[k] = p
+                uk = u[k]
+                srow = s_out[t, b]
+                for j in range(N):
+                    v = beta_ * uk[j] + cur[j]
+                    d = v - thr_
+                    s = d > zero
+                    srow[j] = s
+                    uk[j] = v - thr_ * s
+                    dd[j] = d
+                    fl[j] = (abs(d) < bth_) + 2 * s
+                ma = na[k]
+                mo = no[k]
+                for w in range(NW):  # skip 8 neurons at a time when nothing is to be recorded
+                    if fl64[w] == 0:
+                        continue
+                    for j in range(8 * w, 8 * w + 8):
+                        f = fl[j]
+                        if f & 1:
+                            if ma < cap_a:
+                                a_idx[r, ma] = base + j
+                                a_d[r, ma] = dd[j]
+                            ma += 1
+                        if f & 2:
+                            if mo < cap_o:
+                                o_idx[r, mo] = base + j
+                            mo += 1
+                na[k] = ma
+                no[k] = mo
+        for k in range(nr):
+            a_cnt[r0 + k] = na[k]
+            o_cnt[r0 + k] = no[k]
 
 
 # --------------------------------------------------------------------------- backward
@@ -448,3 +475,36 @@ def lif_forward_masked(
                         r_out[t, j] = 1.0 - thr * g
         counts[c] = cnt
     return counts.sum()
+
+
+@njit(parallel=True, cache=True, fastmath=FM)
+def lif_backward_dense(gs, sg, s, r, beta, alpha, reset_zero, detach, gx):
+    """Dense adjoint sweep over ``[T, M]`` (:mod:`sparsespike.kernels.recurrence` equations).
+
+    ``gv[t] = gs[t]*g[t] + beta*r[t]*gv[t+1]``, ``gi[t] = gv[t] + alpha*gi[t+1]``, ``gx = gi``;
+    ``r = 1`` (subtract, detached), ``1 - s`` (zero, detached) or the stored ``r`` otherwise.
+    With the masked ``g`` of :func:`lif_forward_masked` this is the S3GD gradient at dense cost.
+    """
+    T, M = gs.shape
+    CH = 512
+    nchunk = (M + CH - 1) // CH
+    for c in prange(nchunk):
+        lo = c * CH
+        hi = min(M, lo + CH)
+        n = hi - lo
+        gu = np.zeros(n, dtype=gs.dtype)
+        gi = np.zeros(n, dtype=gs.dtype)
+        for t in range(T - 1, -1, -1):
+            for k in range(n):
+                j = lo + k
+                if detach:
+                    rr = (1.0 - s[t, j]) if reset_zero else 1.0
+                else:
+                    rr = r[t, j]
+                gv = gs[t, j] * sg[t, j] + gu[k] * rr
+                gu[k] = beta * gv
+                if alpha >= 0.0:
+                    gi[k] = gv + alpha * gi[k]
+                    gx[t, j] = gi[k]
+                else:
+                    gx[t, j] = gv

@@ -109,12 +109,21 @@ class SpikeMonitor:
         """Recorded spike tensors per module name (one entry per forward call)."""
         return self.records
 
-    def spike_counts(self) -> dict[str, torch.Tensor]:
-        """Mean spikes per sample of each module (differentiable; DESIGN.md 'Spike count')."""
+    def spike_counts(self, check: bool = False) -> dict[str, torch.Tensor]:
+        """Mean spikes per sample of each module (differentiable; DESIGN.md 'Spike count').
+
+        ``check=True`` raises :class:`~sparsespike.errors.SpikeInputError` if a recorded tensor
+        is not binary or holds NaN (a module that does not emit spikes was monitored).
+        """
         out = {}
         for name, recs in self.records.items():
             if not recs:
                 continue
+            if check:
+                from ..layers import check_spikes
+
+                for r in recs:
+                    check_spikes(r.detach(), f"SpikeMonitor[{name}]")
             total = sum(r.sum() for r in recs)
             batch = recs[0].shape[self.batch_dim] if recs[0].dim() > self.batch_dim else 1
             out[name] = total / batch

@@ -53,7 +53,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
 from ..neurons import LIFParams
-from ..surrogate import Rectangle
+from ..surrogate import Rectangle, make_surrogate
 from .connectivity import (
     add_l0_gates,
     constrain_gates,
@@ -371,6 +371,8 @@ def train_yin(config: dict) -> dict:
         ncfg.get("surrogate_height"),
         bool(ncfg.get("detach_reset", False)),
     )
+    if ncfg.get("surrogate") is not None:  # an explicit surrogate wins over delta
+        neuron = neuron.replace(surrogate=make_surrogate(ncfg["surrogate"]))
     if "layers" in mcfg:
         shape = tuple(mcfg["input_shape"])
         layers = mcfg["layers"]
@@ -387,6 +389,8 @@ def train_yin(config: dict) -> dict:
         add_l0_gates(
             model, lam=float(ccfg.get("lam", LAMBDA)), init_mean=float(ccfg.get("init_mean", 1.0)),
             init_std=float(ccfg.get("init_std", 0.01)), seed=seed + 1,
+            beta=float(ccfg.get("beta", 2.0 / 3.0)), gamma=float(ccfg.get("gamma", -0.1)),
+            zeta=float(ccfg.get("zeta", 1.1)),
         )
     xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed)
     ocfg = cfg.get("optimizer", {})

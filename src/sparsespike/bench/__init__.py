@@ -1,0 +1,1 @@
+"""Benchmarks behind ``sparsespike bench``: ratios measured side by side in one run."""

@@ -1,0 +1,993 @@
+"""``sparsespike sweep SWEEP.yaml``: the Allred et al. search over the spike-count weight ``s0``.
+
+Protocol (Allred et al. sec. 2.4 and 3; METHODS.md sec. 5):
+
+1. 20 % of the training set is held out for validation (``data.val_fraction = 0.2``).
+2. One training run (an Optuna *trial*) per grid point ``(schedule, s0[, seed])``, plus the
+   cross-entropy-only baseline (``schedule = baseline``, ``s0 = 0``). Every run trains for the
+   configured ``N`` epochs; after every epoch it records validation accuracy *and* the validation
+   spike count (mean spikes per sample, :class:`~sparsespike.metrics.MetricsRecorder`) and keeps a
+   checkpoint of the weights (``trials/<run>/epochs/epoch_NNN.pt``).
+3. Selection on validation, over every (s0, epoch) of each method, epoch count included:
+
+   * reference = the best validation accuracy of the CE-only baseline over its epochs;
+   * **Table 1** (iso-accuracy): ``val_acc >= reference`` ("no increase in validation error");
+   * **Table 2**: ``val_acc >= reference - tolerance`` (default 0.01 = one percentage point,
+     "less than 1 % reduction in validation accuracy");
+   * among the admissible points the fewest validation spikes wins ("best spiking sparsity");
+     ties go to the larger ``s0``, then the fewer epochs. The same rules pick the baseline's own
+     row (Table 1: its best epoch; Table 2: its sparsest epoch within the tolerance), which is
+     why the paper's two baselines differ (7 vs 6 epochs).
+4. The selected checkpoints are evaluated once on the test set (accuracy, spike count, SynOps).
+
+**Epochs are chosen from per-epoch checkpoints, not by retraining.** The schedules depend on the
+horizon ``N`` (``s0 n / N``), so "the run stopped at epoch n* of a schedule over N epochs" and
+"a run retrained for N = n* epochs" are different models; the validation numbers were measured on
+the former, so the former is what is tested (and a retrain with the same ``N`` stopped at ``n*`` is
+bit-identical on CPU anyway).
+
+Engine: an Optuna study over RDB storage (default ``sqlite:///<out>/study.db``, so a crashed
+sweep resumes where it stopped; ``--storage URL`` for a shared database and ``--worker`` to add
+workers on other machines). The sampler is :class:`optuna.samplers.GridSampler` over the
+categorical ``setting = "schedule:s0"`` (one value per grid point, since each schedule has its own
+``s0`` grid) and ``seed``. Objectives: final validation accuracy (max) and validation spike count
+(min); the per-epoch records are stored as the trial's user attribute ``epochs``.
+
+Fault tolerance: trials record their host and pid and beat a heartbeat
+(``RDBStorage(heartbeat_interval, grace_period)``); a trial left RUNNING by a dead worker is
+failed (immediately if its pid is dead on this host, else once its heartbeat is older than the
+grace period) and re-queued by :class:`optuna.storages.RetryHeartbeatStaleTrialCallback`
+(``--max-retry``). A re-queued trial resumes from the run's ``last.pt`` (Trainer resume), so
+only the interrupted epoch is repeated. A failed trial is never dropped silently: it is retried
+up to ``max_retry`` times, then listed as failed in the report.
+
+Spec (YAML)::
+
+    name: allred_fmnist_sweep
+    config: allred_fmnist_lenet.yaml   # experiment config: a path (relative to this file) or a built-in name
+    set: {train.epochs: 8}             # dotted overrides of the config
+    val_fraction: 0.2
+    val_subset: 2000                   # validate on the first k held-out samples (null: all)
+    seeds: [0]
+    tolerance: 0.01                    # Table 2
+    per_batch: false                   # A(n) per batch instead of per epoch
+    normalized: false                  # quadratic as s0 (n/N)^2 instead of the printed s0 n^2/N
+    schedules:                         # s0 grid per schedule; the baseline is always added
+      constant: [1.0e-5, 3.0e-5]
+      linear: [3.0e-5, 1.0e-4]
+
+Command line (see :func:`add_sweep_parser`)::
+
+    sparsespike sweep SPEC.yaml [--out runs/NAME] [--workers 2] [--storage URL] [--threads 1]
+    sparsespike sweep SPEC.yaml --worker --storage URL --out SHARED_DIR   # one more worker
+    sparsespike sweep SPEC.yaml --report-only                              # selection + tables only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from .config import ExperimentConfig, load_config
+from .errors import ConfigError
+from .train import Trainer, atomic_save, load_checkpoint
+
+BASELINE = "baseline"
+SCHEDULE_NAMES = ("constant", "linear", "quadratic", "alternating", "alternating_linear")
+
+
+# ================================================================ spec
+@dataclass
+class SweepSpec:
+    """A sweep: which experiment, which grid, which selection rules (see module docstring)."""
+
+    name: str
+    config: Path
+    schedules: dict[str, list[float]]
+    set: dict = field(default_factory=dict)
+    val_fraction: float = 0.2
+    val_subset: int | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    tolerance: float = 0.01
+    per_batch: bool = False
+    normalized: bool = False
+    source: Path | None = None
+
+    KEYS = (
+        "name", "config", "schedules", "set", "val_fraction", "val_subset", "seeds", "tolerance",
+        "per_batch", "normalized",
+    )
+
+    @classmethod
+    def load(cls, path: str | Path) -> SweepSpec:
+        p = Path(path)
+        if not p.is_file():
+            builtin = _builtin(str(path))
+            if builtin is None:
+                raise ConfigError(f"sweep spec not found: {p}")
+            p = builtin
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        return cls.from_dict(raw, p)
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: Path | None = None) -> SweepSpec:
+        raw = dict(raw)
+        unknown = sorted(set(raw) - set(cls.KEYS))
+        if unknown:
+            raise ConfigError(f"sweep spec: unknown keys {unknown}; valid keys: {', '.join(cls.KEYS)}")
+        for k in ("name", "config", "schedules"):
+            if k not in raw:
+                raise ConfigError(f"sweep spec: missing key {k!r}")
+        cfg = Path(str(raw["config"]))
+        if not cfg.is_absolute():
+            cand = (source.parent / cfg) if source is not None else cfg
+            if cand.is_file():
+                cfg = cand
+            elif _builtin(str(raw["config"])) is not None:
+                cfg = _builtin(str(raw["config"]))
+            else:
+                raise ConfigError(f"sweep spec: experiment config {raw['config']!r} not found")
+        scheds: dict[str, list[float]] = {}
+        for name, grid in (raw["schedules"] or {}).items():
+            if name not in SCHEDULE_NAMES and name != BASELINE:
+                raise ConfigError(
+                    f"sweep spec: unknown schedule {name!r}; use {', '.join(SCHEDULE_NAMES)}"
+                )
+            if name == BASELINE:
+                continue
+            vals = [float(v) for v in (grid if isinstance(grid, (list, tuple)) else [grid])]
+            if any(v <= 0 for v in vals):
+                raise ConfigError(f"sweep spec: s0 values of {name!r} must be > 0 (the baseline is added)")
+            scheds[name] = vals
+        tol = float(raw.get("tolerance", 0.01))
+        if not 0 <= tol < 1:
+            raise ConfigError(f"sweep spec: tolerance is a fraction of accuracy in [0, 1), got {tol}")
+        return cls(
+            name=str(raw["name"]),
+            config=cfg,
+            schedules=scheds,
+            set=dict(raw.get("set") or {}),
+            val_fraction=float(raw.get("val_fraction", 0.2)),
+            val_subset=raw.get("val_subset"),
+            seeds=[int(s) for s in (raw.get("seeds") or [0])],
+            tolerance=tol,
+            per_batch=bool(raw.get("per_batch", False)),
+            normalized=bool(raw.get("normalized", False)),
+            source=source,
+        )
+
+    # -- the grid
+    def settings(self) -> list[str]:
+        """Grid values of the categorical parameter ``setting``: ``"schedule:s0"``, baseline first."""
+        out = [setting_key(BASELINE, 0.0)]
+        for name in SCHEDULE_NAMES:
+            for s0 in self.schedules.get(name, []):
+                out.append(setting_key(name, s0))
+        return out
+
+    def search_space(self) -> dict[str, list]:
+        return {"setting": self.settings(), "seed": list(self.seeds)}
+
+    def n_points(self) -> int:
+        return len(self.settings()) * len(self.seeds)
+
+    def fingerprint(self) -> str:
+        d = {k: getattr(self, k) for k in self.KEYS if k != "config"}
+        d["config"] = Path(self.config).read_text()
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    # -- one run
+    def trial_config(self, schedule: str, s0: float, seed: int) -> ExperimentConfig:
+        """The experiment config of one grid point (CE only for the baseline)."""
+        ov = dict(self.set)
+        ov["seed"] = int(seed)
+        ov["data.val_fraction"] = self.val_fraction
+        regs = []
+        if schedule != BASELINE:
+            regs = [
+                {
+                    "name": "spike_count",
+                    "schedule": schedule,
+                    "s0": float(s0),
+                    "per_batch": self.per_batch,
+                    "normalized": self.normalized,
+                }
+            ]
+        ov["train.regularizers"] = regs  # replaces the config's: the baseline is CE only
+        cfg = load_config(self.config, ov)
+        cfg.name = f"{cfg.name}_{run_name(schedule, s0, seed)}"
+        if cfg.train.phases:
+            raise ConfigError("sweep: the experiment config must have a single phase (no train.phases)")
+        return cfg
+
+
+def _builtin(name: str) -> Path | None:
+    from importlib import resources
+
+    base = Path(str(resources.files("sparsespike") / "experiments"))
+    for cand in (base / name, base / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def setting_key(schedule: str, s0: float) -> str:
+    return f"{schedule}:{float(s0)!r}"
+
+
+def parse_setting(key: str) -> tuple[str, float]:
+    name, s0 = key.split(":", 1)
+    return name, float(s0)
+
+
+def run_name(schedule: str, s0: float, seed: int) -> str:
+    return f"{schedule}_s0={float(s0):g}_seed{int(seed)}"
+
+
+# ================================================================ trainer with per-epoch records
+class EpochTrainer(Trainer):
+    """A :class:`~sparsespike.train.Trainer` that, after every epoch, also
+
+    * measures the validation spike count (``evaluate(val, metrics=True)``),
+    * writes ``epochs.jsonl`` (epoch, val acc/loss, val spikes, SynOps, <N_S>) and
+      ``epochs/epoch_NNN.pt`` (the weights after that epoch),
+
+    and skips the test-set evaluation at the end (the sweep tests only the selected checkpoints).
+    """
+
+    def __init__(self, *args, on_epoch=None, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.on_epoch = on_epoch
+        self._fitting = False
+
+    def fit(self) -> dict:
+        if not self.resume:
+            (self.out / "epochs.jsonl").unlink(missing_ok=True)
+            ck = self.out / "epochs"
+            if ck.is_dir():
+                for f in ck.glob("epoch_*.pt"):
+                    f.unlink()
+        self._fitting = True
+        try:
+            return super().fit()
+        finally:
+            self._fitting = False
+
+    def evaluate(self, split, seed_offset: int = 10**6, metrics: bool = False) -> dict:
+        if not (self._fitting and split is self.data.val and not metrics):
+            return super().evaluate(split, seed_offset, metrics)
+        res = super().evaluate(split, seed_offset, metrics=True)
+        epoch = len(self.history) + 1  # the Trainer appends this epoch's record after evaluating
+        m = res["metrics"]
+        rec = {
+            "epoch": epoch,
+            "val_acc": res["acc"],
+            "val_loss": res["loss"],
+            "val_spikes": m["spike_count"],
+            "val_synops": m["synops"],
+            "val_ns": m["ns"],
+        }
+        (self.out / "epochs").mkdir(exist_ok=True)
+        atomic_save({"model": self.model.state_dict(), "epoch": epoch}, self.out / "epochs" / f"epoch_{epoch:03d}.pt")
+        with open(self.out / "epochs.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.on_epoch is not None:
+            self.on_epoch(rec)
+        return res
+
+    def _finish(self, best: dict, train_time: float) -> dict:
+        res = {
+            "name": self.cfg.name,
+            "seed": self.cfg.seed,
+            "epochs": len(self.history),
+            "best_val_acc": best["val_acc"],
+            "best_epoch": best["epoch"],
+            "train_time_s": train_time,
+        }
+        (self.out / "results.json").write_text(json.dumps(res, indent=2))
+        try:
+            from .plots import plot_curves
+
+            res["curves"] = str(plot_curves(self.history, self.out / "curves.png", self.cfg.name))
+        except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
+            res["curves_error"] = str(e)
+        return res
+
+
+def _read_jsonl(path: Path) -> dict[int, dict]:
+    """Records by epoch (a line repeated after a resume: the last one wins)."""
+    out: dict[int, dict] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        out[int(r["epoch"])] = r
+    return out
+
+
+def epoch_records(run_dir: Path) -> list[dict]:
+    """Per-epoch records of a run: validation (``epochs.jsonl``) merged with training (``metrics.jsonl``)."""
+    val = _read_jsonl(run_dir / "epochs.jsonl")
+    tr = _read_jsonl(run_dir / "metrics.jsonl")
+    out = []
+    for e in sorted(val):
+        r = dict(val[e])
+        t = tr.get(e, {})
+        for k in ("train_loss", "train_task_loss", "train_acc", "train_spikes", "epoch_time_s"):
+            if k in t:
+                r[k] = t[k]
+        out.append(r)
+    return out
+
+
+# ================================================================ data cache (per process)
+_DATA: dict = {}
+
+
+def sweep_data(spec: SweepSpec, cfg: ExperimentConfig, data_dir):
+    """The data bundle of ``cfg`` (validation cut to ``spec.val_subset``), cached per process."""
+    from .pipeline import Split, build_data
+
+    key = (json.dumps(cfg.to_dict()["data"], sort_keys=True, default=str), cfg.seed, str(data_dir))
+    if key not in _DATA:
+        data = build_data(cfg.data, data_dir, cfg.seed)
+        if spec.val_subset:
+            k = int(spec.val_subset)
+            data.val = Split(data.val.x[:k], data.val.y[:k])
+            data.description += f" (validation cut to {len(data.val)} by the sweep)"
+        _DATA.clear()
+        _DATA[key] = data
+    return _DATA[key]
+
+
+# ================================================================ Optuna plumbing
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
+def _retry_base():
+    import optuna
+
+    return optuna.storages.RetryHeartbeatStaleTrialCallback
+
+
+class RetryTrial:
+    """Optuna's :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`, minus the dead worker's identity.
+
+    The re-queued trial keeps params, grid id and retry history, but not the ``host``/``pid``/
+    ``error`` user attributes of the failed one (the new worker writes its own).
+    """
+
+    WORKER_ATTRS = ("host", "pid", "error", "traceback", "epochs_done")
+
+    def __init__(self, max_retry: int | None = 2) -> None:
+        self.max_retry = max_retry
+        self._cb = _retry_base()(max_retry=max_retry)
+
+    def __call__(self, study, trial) -> None:
+        import copy
+
+        t = copy.deepcopy(trial)
+        t.user_attrs = {k: v for k, v in t.user_attrs.items() if k not in self.WORKER_ATTRS}
+        t.user_attrs["retry_of"] = trial.number
+        self._cb(study, t)
+
+
+def make_storage(url: str, heartbeat: int = 20, grace: int = 120, max_retry: int = 2):
+    import optuna
+
+    kw = {}
+    if url.startswith("sqlite"):
+        kw["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    return optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=int(heartbeat),
+        grace_period=int(grace),
+        heartbeat_stale_trial_callback=RetryTrial(max_retry=max_retry),
+        **kw,
+    )
+
+
+def open_study(spec: SweepSpec, storage, create: bool = True, sampler_seed: int = 0):
+    """Create (or load) the study; refuse a database holding a different grid under the same name."""
+    import optuna
+
+    sampler = optuna.samplers.GridSampler(spec.search_space(), seed=sampler_seed)
+    if create:
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            sampler=sampler,
+            directions=["maximize", "minimize"],
+            load_if_exists=True,
+        )
+    else:
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
+    fp = spec.fingerprint()
+    old = study.user_attrs.get("spec_fingerprint")
+    if old is None and create:
+        study.set_user_attr("spec_fingerprint", fp)
+        study.set_user_attr("search_space", spec.search_space())
+        study.set_metric_names(["val_acc", "val_spikes"])
+    elif old is not None and old != fp:
+        raise ConfigError(
+            f"study {spec.name!r} in this storage was created from a different sweep spec or config "
+            f"(fingerprint {old} != {fp}); use another --out/--storage or restore the spec"
+        )
+    return study
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _retry(study, frozen, max_retry: int) -> None:
+    RetryTrial(max_retry)(study, frozen)
+
+
+def reconcile(study, max_retry: int = 2, log=print, min_age: float = 10.0) -> int:
+    """Fail trials left RUNNING by dead workers and re-queue every failure that has no retry yet.
+
+    * RUNNING trials (started more than ``min_age`` seconds ago) whose recorded pid is dead on
+      this host: failed now (no need to wait for the heartbeat grace period), then re-queued.
+    * RUNNING trials with a stale heartbeat (any host): failed and re-queued by Optuna
+      (:func:`optuna.storages.fail_stale_trials` with the storage's retry callback).
+    * FAIL trials of a grid point with no COMPLETE, RUNNING or WAITING trial (e.g. a worker
+      stopped by Ctrl-C, or a process that failed a stale trial without the callback): re-queued
+      until ``max_retry`` retries are used up.
+
+    Returns the number of trials re-queued.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    host = socket.gethostname()
+    n = 0
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ua = t.user_attrs
+        old = t.datetime_start is not None and (now - t.datetime_start).total_seconds() >= min_age
+        if old and ua.get("host") == host and "pid" in ua and not _pid_alive(int(ua["pid"])):
+            try:
+                ok = storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                ok = False
+            if ok:
+                storage.set_trial_user_attr(t._trial_id, "error", f"worker pid {ua['pid']} died")
+                _retry(study, storage.get_trial(t._trial_id), max_retry)
+                log(f"sweep: trial {t.number} ({t.params}) lost its worker (pid {ua['pid']}); re-queued")
+                n += 1
+    with contextlib.suppress(Exception):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            optuna.storages.fail_stale_trials(study)
+            n += len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+    # failures with no retry in flight
+    by_key: dict[tuple, list] = {}
+    for t in study.get_trials(deepcopy=False):
+        if "setting" in t.params:
+            by_key.setdefault((t.params["setting"], t.params.get("seed")), []).append(t)
+    for key, ts in by_key.items():
+        states = {t.state for t in ts}
+        if states & {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}:
+            continue
+        failed = [t for t in ts if t.state == TrialState.FAIL]
+        if not failed:
+            continue
+        last = max(failed, key=lambda t: t.number)
+        if len(last.system_attrs.get("retry_history", [])) < max_retry:
+            _retry(study, storage.get_trial(last._trial_id), max_retry)
+            log(f"sweep: re-queued failed trial {last.number} {key}")
+            n += 1
+    return n
+
+
+def grid_status(study, spec: SweepSpec) -> dict:
+    """Counts of grid points by state: done, running, waiting, unstarted, failed (retries used up)."""
+    from optuna.trial import TrialState
+
+    keys = {(s, seed) for s in spec.settings() for seed in spec.seeds}
+    seen: dict[tuple, set] = {}
+    waiting = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:
+            waiting += 1
+        p = t.params or t.system_attrs.get("fixed_params", {})
+        if "setting" in p:
+            seen.setdefault((p["setting"], p.get("seed")), set()).add(t.state)
+    st = {"done": 0, "running": 0, "waiting": waiting, "unstarted": 0, "failed": 0, "total": len(keys)}
+    for k in keys:
+        s = seen.get(k)
+        if not s:
+            st["unstarted"] += 1
+        elif TrialState.COMPLETE in s:
+            st["done"] += 1
+        elif TrialState.RUNNING in s:
+            st["running"] += 1
+        elif TrialState.WAITING in s:
+            pass
+        else:
+            st["failed"] += 1
+    return st
+
+
+class _Objective:
+    def __init__(self, spec: SweepSpec, out: Path, data_dir, threads: int | None, log=print) -> None:
+        self.spec, self.out, self.data_dir, self.threads, self.log = spec, Path(out), data_dir, threads, log
+
+    def __call__(self, trial):
+        import optuna
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        setting = trial.suggest_categorical("setting", self.spec.settings())
+        seed = trial.suggest_categorical("seed", list(self.spec.seeds))
+        schedule, s0 = parse_setting(setting)
+        # a grid point another worker already has (a rare race of GridSampler across processes)
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.number != trial.number and t.params.get("setting") == setting and t.params.get("seed") == seed:
+                if t.state == TrialState.COMPLETE or t.number < trial.number:
+                    trial.set_user_attr("duplicate_of", t.number)
+                    raise optuna.TrialPruned(f"grid point already taken by trial {t.number}")
+        run_dir = self.out / "trials" / run_name(schedule, s0, seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("schedule", schedule)
+        trial.set_user_attr("s0", s0)
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        with _dir_lock(run_dir):
+            try:
+                return self._train(trial, schedule, s0, seed, run_dir)
+            except KeyboardInterrupt:
+                trial.set_user_attr("error", "interrupted")
+                raise
+            except Exception as e:  # noqa: BLE001 - recorded, then Optuna marks the trial FAIL
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+                trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+                raise
+
+    def _train(self, trial, schedule, s0, seed, run_dir):
+        cfg = self.spec.trial_config(schedule, s0, seed)
+        if self.threads:
+            cfg.train.num_threads = int(self.threads)
+        data = sweep_data(self.spec, cfg, self.data_dir)
+        resume = (run_dir / "last.pt").exists()
+        if resume:
+            try:
+                load_checkpoint(run_dir / "last.pt")
+            except Exception:  # noqa: BLE001 - an unreadable checkpoint: start over
+                resume = False
+        self.log(f"sweep: trial {trial.number} {schedule} s0={s0:g} seed={seed} -> {run_dir}" + (" (resuming)" if resume else ""))
+        done: list[dict] = []
+
+        def on_epoch(rec):
+            done.append(rec)
+            trial.set_user_attr("epochs_done", rec["epoch"])
+
+        tr = EpochTrainer(cfg, run_dir, self.data_dir, data=data, resume=resume, progress=False, on_epoch=on_epoch)
+        try:
+            res = tr.fit()
+        except FloatingPointError as e:  # a diverged run is a result: keep the epochs it finished
+            trial.set_user_attr("diverged", str(e))
+            res = {"diverged": str(e)}
+        recs = epoch_records(run_dir)
+        if not recs:
+            raise RuntimeError(f"run {run_dir} finished no epoch")
+        trial.set_user_attr("epochs", recs)
+        trial.set_user_attr("result", {k: v for k, v in res.items() if isinstance(v, (int, float, str))})
+        return recs[-1]["val_acc"], recs[-1]["val_spikes"]
+
+
+@contextlib.contextmanager
+def _dir_lock(run_dir: Path):
+    """Exclusive lock of a run directory (two processes must never train into the same one)."""
+    import fcntl
+
+    f = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def worker_loop(
+    spec: SweepSpec,
+    out: Path,
+    storage_url: str,
+    *,
+    data_dir=None,
+    threads: int | None = 1,
+    worker_id: int = 0,
+    heartbeat: int = 20,
+    grace: int = 120,
+    max_retry: int = 2,
+    poll: float = 5.0,
+    log=print,
+) -> int:
+    """Run trials until every grid point is done or failed for good. Returns the trials run here."""
+    import optuna
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    storage = make_storage(storage_url, heartbeat, grace, max_retry)
+    study = open_study(spec, storage, create=False, sampler_seed=worker_id)
+    obj = _Objective(spec, out, data_dir, threads, log)
+    ran = 0
+    while True:
+        reconcile(study, max_retry, log)
+        st = grid_status(study, spec)
+        if st["waiting"] or st["unstarted"]:
+            study.optimize(obj, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            ran += 1
+            continue
+        if st["running"]:
+            time.sleep(poll)  # another worker's trial may still die and come back to the queue
+            continue
+        return ran
+
+
+# ================================================================ launcher
+def launch(
+    spec: SweepSpec,
+    out: Path,
+    *,
+    workers: int = 2,
+    storage_url: str | None = None,
+    data_dir=None,
+    threads: int | None = 1,
+    heartbeat: int = 20,
+    grace: int = 120,
+    max_retry: int = 2,
+    max_restarts: int = 10,
+    poll: float = 2.0,
+    log=print,
+) -> dict:
+    """Create/resume the study, run ``workers`` local worker processes (0: in this process) until
+    the grid is done, then select, test and report. Returns the results dict."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage_url or default_storage(out)
+    storage = make_storage(url, heartbeat, grace, max_retry)
+    study = open_study(spec, storage, create=True)
+    (out / "sweep_spec.yaml").write_text(
+        yaml.safe_dump({**{k: getattr(spec, k) for k in SweepSpec.KEYS if k != "config"}, "config": str(spec.config)}, sort_keys=False)
+    )
+    reconcile(study, max_retry, log)
+    log(f"sweep {spec.name}: {spec.n_points()} grid points, storage {url}, {workers} worker(s); status {grid_status(study, spec)}")
+    if workers <= 0:
+        worker_loop(spec, out, url, data_dir=data_dir, threads=threads, heartbeat=heartbeat, grace=grace, max_retry=max_retry, log=log)
+    else:
+        _run_local_workers(spec, out, url, workers, data_dir, threads, heartbeat, grace, max_retry, max_restarts, poll, log)
+    st = grid_status(study, spec)
+    log(f"sweep {spec.name}: trials finished; status {st}")
+    return finalize(spec, out, study, data_dir=data_dir, log=log)
+
+
+def _worker_cmd(spec: SweepSpec, out, url, i, data_dir, threads, heartbeat, grace, max_retry) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "sparsespike.sweep", str(spec.source or spec.config), "--worker",
+        "--out", str(out), "--storage", url, "--worker-id", str(i), "--heartbeat", str(heartbeat),
+        "--grace", str(grace), "--max-retry", str(max_retry),
+    ]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if data_dir:
+        cmd += ["--data-dir", str(data_dir)]
+    return cmd
+
+
+def _run_local_workers(spec, out, url, workers, data_dir, threads, heartbeat, grace, max_retry, max_restarts, poll, log):
+    storage = make_storage(url, heartbeat, grace, max_retry)
+    study = open_study(spec, storage, create=False)
+    logs = out / "workers"
+    logs.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+    procs: dict[int, subprocess.Popen] = {}
+    handles = []
+
+    def spawn(i):
+        fh = open(logs / f"worker{i}.log", "a")
+        handles.append(fh)
+        p = subprocess.Popen(
+            _worker_cmd(spec, out, url, i, data_dir, threads, heartbeat, grace, max_retry),
+            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        (logs / f"worker{i}.pid").write_text(str(p.pid))
+        log(f"sweep: worker {i} started (pid {p.pid}, log {logs / f'worker{i}.log'})")
+        return p
+
+    for i in range(workers):
+        procs[i] = spawn(i)
+    restarts = 0
+    try:
+        while True:
+            time.sleep(poll)
+            for i, p in list(procs.items()):
+                rc = p.poll()
+                if rc is None:
+                    continue
+                del procs[i]
+                if rc != 0:
+                    log(f"sweep: worker {i} (pid {p.pid}) exited with {rc}")
+            reconcile(study, max_retry, log)
+            st = grid_status(study, spec)
+            work = st["waiting"] or st["unstarted"]
+            if len(procs) < workers and work and restarts < max_restarts:
+                for i in range(workers):
+                    if i not in procs and restarts < max_restarts:
+                        procs[i] = spawn(i)
+                        restarts += 1
+            if not procs and (restarts >= max_restarts or not (work or st["running"])):
+                break
+    except KeyboardInterrupt:
+        log("sweep: interrupted; stopping workers (run the same command again to resume)")
+        for p in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGINT)
+        for p in procs.values():
+            p.wait()
+        raise
+    finally:
+        for fh in handles:
+            fh.close()
+
+
+# ================================================================ selection
+def collect(study) -> tuple[list[dict], list[dict]]:
+    """``(rows, failed)``: one row per (trial, epoch) of every COMPLETE trial; failed grid points."""
+    from optuna.trial import TrialState
+
+    rows, failed = [], []
+    best: dict[tuple, object] = {}
+    for t in study.get_trials(deepcopy=False):
+        if "setting" not in t.params:
+            continue
+        key = (t.params["setting"], t.params["seed"])
+        if t.state == TrialState.COMPLETE:
+            if key not in best or t.number < best[key].number:
+                best[key] = t
+    for key, t in best.items():
+        schedule, s0 = parse_setting(key[0])
+        for r in t.user_attrs.get("epochs", []):
+            rows.append({"method": schedule, "s0": s0, "seed": key[1], "trial": t.number, "run_dir": t.user_attrs.get("run_dir"), **r})
+    done = set(best)
+    for t in study.get_trials(deepcopy=False):
+        if "setting" in t.params and t.state == TrialState.FAIL:
+            key = (t.params["setting"], t.params["seed"])
+            if key not in done:
+                failed.append({"trial": t.number, "setting": key[0], "seed": key[1], "error": t.user_attrs.get("error")})
+    return rows, failed
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean over seeds per (method, s0, epoch) of the validation numbers."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["s0"], r["epoch"]), []).append(r)
+    out = []
+    for (m, s0, e), rs in sorted(groups.items(), key=lambda kv: (_method_order(kv[0][0]), kv[0][1], kv[0][2])):
+        out.append(
+            {
+                "method": m,
+                "s0": s0,
+                "epoch": e,
+                "seeds": sorted(r["seed"] for r in rs),
+                "val_acc": sum(r["val_acc"] for r in rs) / len(rs),
+                "val_spikes": sum(r["val_spikes"] for r in rs) / len(rs),
+                "train_spikes": _mean([r.get("train_spikes") for r in rs]),
+                "runs": [(r["seed"], r["run_dir"]) for r in rs],
+            }
+        )
+    return out
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _method_order(m: str) -> int:
+    return 0 if m == BASELINE else 1 + SCHEDULE_NAMES.index(m) if m in SCHEDULE_NAMES else 99
+
+
+def select(points: list[dict], tolerance: float = 0.01, eps: float = 1e-9) -> dict:
+    """The Table 1 / Table 2 choice per method from aggregated validation points (see module doc).
+
+    Returns ``{"reference_val_acc", "table1": {method: point|None}, "table2": {...}}``.
+    """
+    base = [p for p in points if p["method"] == BASELINE]
+    if not base:
+        raise ConfigError("selection needs the CE-only baseline (schedule 'baseline') among the results")
+    ref = max(p["val_acc"] for p in base)
+    methods = sorted({p["method"] for p in points}, key=_method_order)
+    out = {"reference_val_acc": ref, "tolerance": tolerance}
+    for table, floor in (("table1", ref - eps), ("table2", ref - tolerance - eps)):
+        chosen = {}
+        for m in methods:
+            ok = [p for p in points if p["method"] == m and p["val_acc"] >= floor]
+            chosen[m] = min(ok, key=lambda p: (p["val_spikes"], -p["s0"], p["epoch"])) if ok else None
+        out[table] = chosen
+    return out
+
+
+# ================================================================ test evaluation of the chosen points
+def evaluate_checkpoint(spec: SweepSpec, schedule: str, s0: float, seed: int, run_dir: Path, epoch: int, data_dir=None) -> dict:
+    """Test accuracy and metrics of ``run_dir``'s weights after ``epoch``."""
+    cfg = spec.trial_config(schedule, s0, seed)
+    data = sweep_data(spec, cfg, data_dir)
+    tr = EpochTrainer(cfg, run_dir, data_dir, data=data, progress=False)
+    ck = load_checkpoint(Path(run_dir) / "epochs" / f"epoch_{epoch:03d}.pt")
+    tr.model.load_state_dict(ck["model"])
+    res = tr.evaluate(data.test, metrics=True)
+    m = res["metrics"]
+    return {"test_acc": res["acc"], "test_spikes": m["spike_count"], "test_synops": m["synops"], "test_ns": m["ns"], "test_samples": m["samples"]}
+
+
+def finalize(spec: SweepSpec, out: Path, study=None, *, data_dir=None, storage_url: str | None = None, log=print) -> dict:
+    """Select on validation, evaluate the selected checkpoints on test, write the report files."""
+    from . import report
+
+    out = Path(out)
+    if study is None:
+        study = open_study(spec, make_storage(storage_url or default_storage(out)), create=False)
+    rows, failed = collect(study)
+    if not rows:
+        raise ConfigError(f"sweep {spec.name}: no finished trial to report")
+    points = aggregate(rows)
+    sel = select(points, spec.tolerance)
+    cache_p = out / "test_cache.json"
+    cache = json.loads(cache_p.read_text()) if cache_p.exists() else {}
+    tables = {}
+    for table in ("table1", "table2"):
+        tab = []
+        for m, p in sel[table].items():
+            if p is None:
+                tab.append({"method": m, "s0": None, "epochs": None})
+                continue
+            tests = []
+            for seed, run_dir in p["runs"]:
+                key = f"{run_dir}|{p['epoch']}"
+                if key not in cache:
+                    log(f"sweep: testing {m} s0={p['s0']:g} seed={seed} epoch {p['epoch']}")
+                    cache[key] = evaluate_checkpoint(spec, m, p["s0"], seed, Path(run_dir), p["epoch"], data_dir)
+                    cache_p.write_text(json.dumps(cache, indent=1))
+                tests.append(cache[key])
+            row = {
+                "method": m,
+                "s0": p["s0"],
+                "epochs": p["epoch"],
+                "val_acc": p["val_acc"],
+                "val_spikes": p["val_spikes"],
+                "test_acc": sum(t["test_acc"] for t in tests) / len(tests),
+                "test_spikes": sum(t["test_spikes"] for t in tests) / len(tests),
+                "test_synops": sum(t["test_synops"] for t in tests) / len(tests),
+                "seeds": p["seeds"],
+            }
+            tab.append(row)
+        tables[table] = tab
+    report.add_reductions(tables)
+    results = {
+        "name": spec.name,
+        "spec": {k: (str(getattr(spec, k)) if k == "config" else getattr(spec, k)) for k in SweepSpec.KEYS},
+        "reference_val_acc": sel["reference_val_acc"],
+        "tolerance": spec.tolerance,
+        "tables": tables,
+        "points": [{k: v for k, v in p.items() if k != "runs"} for p in points],
+        "rows": rows,
+        "failed": failed,
+        "n_trials": len({(r["method"], r["s0"], r["seed"]) for r in rows}),
+    }
+    (out / "sweep_results.json").write_text(json.dumps(results, indent=1, default=str))
+    files = report.write_report(results, out)
+    results["files"] = {k: str(v) for k, v in files.items()}
+    log((out / "tables.md").read_text())
+    return results
+
+
+# ================================================================ CLI
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``sweep`` to the ``sparsespike`` command line (``subparsers`` of :func:`cli.build_parser`)."""
+    s = subparsers.add_parser(
+        "sweep",
+        help="Allred et al. s0 search per schedule on Optuna (Tables 1 and 2)",
+        description=__doc__.split("\n\n")[0],
+    )
+    s.add_argument("spec", help="sweep spec YAML (or a built-in name, e.g. allred_fmnist_sweep)")
+    s.add_argument("--out", help="sweep directory (default runs/<name>)")
+    s.add_argument("--workers", type=int, default=2, help="local worker processes (0: run in this process)")
+    s.add_argument("--storage", help="Optuna RDB URL (default sqlite:///<out>/study.db)")
+    s.add_argument("--data-dir")
+    s.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    s.add_argument("--heartbeat", type=int, default=20, help="trial heartbeat interval, s")
+    s.add_argument("--grace", type=int, default=120, help="a trial with no heartbeat for this long is failed and retried")
+    s.add_argument("--max-retry", type=int, default=2, help="retries of a failed or lost trial")
+    s.add_argument("--worker", action="store_true", help="only run trials (another machine/process joining a sweep)")
+    s.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
+    s.add_argument("--report-only", action="store_true", help="no training: select, test and write the tables")
+    s.set_defaults(func=cmd_sweep)
+    return s
+
+
+def cmd_sweep(args) -> int:
+    spec = SweepSpec.load(args.spec)
+    out = Path(args.out or Path("runs") / spec.name)
+    url = args.storage or default_storage(out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        out.mkdir(parents=True, exist_ok=True)
+        n = worker_loop(
+            spec, out, url, data_dir=args.data_dir, threads=args.threads, worker_id=args.worker_id,
+            heartbeat=args.heartbeat, grace=args.grace, max_retry=args.max_retry,
+        )
+        print(f"sweep worker {args.worker_id}: ran {n} trial(s); nothing left to run")
+        return 0
+    if args.report_only:
+        finalize(spec, out, data_dir=args.data_dir, storage_url=url)
+        return 0
+    launch(
+        spec, out, workers=args.workers, storage_url=url, data_dir=args.data_dir, threads=args.threads,
+        heartbeat=args.heartbeat, grace=args.grace, max_retry=args.max_retry,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import SparseSpikeError
+
+    p = argparse.ArgumentParser(prog="python -m sparsespike.sweep")
+    sub = p.add_subparsers(dest="cmd")
+    add_sweep_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "sweep":
+        argv = ["sweep", *argv]
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except SparseSpikeError as e:
+        print(f"sparsespike sweep: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
