@@ -12,7 +12,9 @@ from sparsespike.kernels.synapse import synaptic_linear
 from sparsespike.neurons import LIFParams, lif_sequence_loop
 from sparsespike.surrogate import FastSigmoid, Rectangle, Triangle
 
-SURROGATES = [FastSigmoid(10.0), FastSigmoid(100.0), Triangle(1.0), Triangle(0.5, 2.0), Rectangle(1.0), Rectangle(0.5, 1.0)]
+SURROGATES = [
+    FastSigmoid(10.0), FastSigmoid(100.0), Triangle(1.0), Triangle(0.5, 2.0), Rectangle(1.0), Rectangle(0.5, 1.0)
+]
 
 
 def _check(p: LIFParams, T: int, B: int, N: int, seed: int, impl: str, dtype=torch.float64, tol=1e-9):

@@ -61,7 +61,6 @@ def cmd_train(args) -> int:
     if args.seed is not None:
         ov["seed"] = args.seed
     cfg = load_config(args.config, ov)
-    engine = getattr(cfg, "engine", None)
     out = Path(args.out or Path("runs") / f"{cfg.name}_seed{cfg.seed}")
     res = Trainer(cfg, out, args.data_dir, resume=args.resume, progress=not args.quiet).fit()
     m = res["metrics"]
@@ -69,7 +68,31 @@ def cmd_train(args) -> int:
         f"[{cfg.name}] test accuracy {100 * res['test_acc']:.2f} % | spikes/sample {m['spike_count']:.1f} | "
         f"SynOps {m['synops']:.4g} | dense FLOPs {m['dense_flops']:.4g} | results in {out}"
     )
-    del engine
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Test accuracy and metrics of a run's best (or last) checkpoint, e.g. of an interrupted run."""
+    from .config import ExperimentConfig, from_dict
+    from .train import Trainer, load_checkpoint
+
+    run = Path(args.run)
+    info_p = run / "run.json"
+    if not info_p.exists():
+        raise SystemExit(f"no run.json in {run}")
+    cfg = from_dict(ExperimentConfig, json.loads(info_p.read_text())["config"])
+    tr = Trainer(cfg, run, args.data_dir, progress=False)
+    ck = run / ("last.pt" if args.last else "best.pt")
+    state = load_checkpoint(ck)
+    tr.model.load_state_dict(state["model"])
+    res = tr.evaluate(tr.data.test, metrics=True)
+    epochs = len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else None
+    out = {"name": cfg.name, "seed": cfg.seed, "checkpoint": ck.name, "checkpoint_epoch": state.get("epoch"),
+           "epochs_logged": epochs, "test_acc": res["acc"], "metrics": res["metrics"]}
+    (run / f"evaluate_{ck.stem}.json").write_text(json.dumps(out, indent=2))
+    m = res["metrics"]
+    print(f"[{cfg.name}] {ck.name} (epoch {state.get('epoch')}, {epochs} epochs logged): test accuracy "
+          f"{100 * res['acc']:.2f} % | spikes/sample {m['spike_count']:.1f} | SynOps {m['synops']:.4g}")
     return 0
 
 
@@ -131,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (dotted)")
     t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="test accuracy and metrics of a run's best checkpoint")
+    ev.add_argument("run")
+    ev.add_argument("--data-dir")
+    ev.add_argument("--last", action="store_true", help="use last.pt instead of best.pt")
+    ev.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="print the metrics table of a finished run")
     r.add_argument("run")

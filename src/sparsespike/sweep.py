@@ -174,6 +174,13 @@ class SweepSpec:
             source=source,
         )
 
+    def write(self, path: Path) -> Path:
+        """A self-contained copy (absolute config path): what worker processes load."""
+        d = {k: getattr(self, k) for k in self.KEYS}
+        d["config"] = str(Path(self.config).resolve())
+        Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+        return Path(path)
+
     # -- the grid
     def settings(self) -> list[str]:
         """Grid values of the categorical parameter ``setting``: ``"schedule:s0"``, baseline first."""
@@ -191,7 +198,9 @@ class SweepSpec:
 
     def fingerprint(self) -> str:
         d = {k: getattr(self, k) for k in self.KEYS if k != "config"}
-        d["config"] = Path(self.config).read_text()
+        cfg = load_config(self.config).to_dict()
+        cfg.pop("notes", None)  # comments may change; the experiment may not
+        d["config"] = cfg
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- one run
@@ -412,11 +421,15 @@ def make_storage(url: str, heartbeat: int = 20, grace: int = 120, max_retry: int
     )
 
 
-def open_study(spec: SweepSpec, storage, create: bool = True, sampler_seed: int = 0):
-    """Create (or load) the study; refuse a database holding a different grid under the same name."""
+def open_study(spec: SweepSpec, storage, create: bool = True):
+    """Create (or load) the study; refuse a database holding a different grid under the same name.
+
+    Every process must use the same GridSampler seed: the sampler shuffles the grid with it, and
+    ``grid_id`` (stored in the trials) must name the same point in every worker.
+    """
     import optuna
 
-    sampler = optuna.samplers.GridSampler(spec.search_space(), seed=sampler_seed)
+    sampler = optuna.samplers.GridSampler(spec.search_space(), seed=0)
     if create:
         study = optuna.create_study(
             study_name=spec.name,
@@ -480,11 +493,11 @@ def reconcile(study, max_retry: int = 2, log=print, min_age: float = 10.0) -> in
         old = t.datetime_start is not None and (now - t.datetime_start).total_seconds() >= min_age
         if old and ua.get("host") == host and "pid" in ua and not _pid_alive(int(ua["pid"])):
             try:
+                storage.set_trial_user_attr(t._trial_id, "error", f"worker pid {ua['pid']} died")
                 ok = storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
-                ok = False
+                ok = False  # another process got there first
             if ok:
-                storage.set_trial_user_attr(t._trial_id, "error", f"worker pid {ua['pid']} died")
                 _retry(study, storage.get_trial(t._trial_id), max_retry)
                 log(f"sweep: trial {t.number} ({t.params}) lost its worker (pid {ua['pid']}); re-queued")
                 n += 1
@@ -648,7 +661,7 @@ def worker_loop(
     if threads:
         torch.set_num_threads(int(threads))
     storage = make_storage(storage_url, heartbeat, grace, max_retry)
-    study = open_study(spec, storage, create=False, sampler_seed=worker_id)
+    study = open_study(spec, storage, create=False)
     obj = _Objective(spec, out, data_dir, threads, log)
     ran = 0
     while True:
@@ -687,9 +700,7 @@ def launch(
     url = storage_url or default_storage(out)
     storage = make_storage(url, heartbeat, grace, max_retry)
     study = open_study(spec, storage, create=True)
-    (out / "sweep_spec.yaml").write_text(
-        yaml.safe_dump({**{k: getattr(spec, k) for k in SweepSpec.KEYS if k != "config"}, "config": str(spec.config)}, sort_keys=False)
-    )
+    spec.write(out / "sweep_spec.yaml")
     reconcile(study, max_retry, log)
     log(f"sweep {spec.name}: {spec.n_points()} grid points, storage {url}, {workers} worker(s); status {grid_status(study, spec)}")
     if workers <= 0:
@@ -703,7 +714,7 @@ def launch(
 
 def _worker_cmd(spec: SweepSpec, out, url, i, data_dir, threads, heartbeat, grace, max_retry) -> list[str]:
     cmd = [
-        sys.executable, "-m", "sparsespike.sweep", str(spec.source or spec.config), "--worker",
+        sys.executable, "-m", "sparsespike.sweep", str(Path(out) / "sweep_spec.yaml"), "--worker",
         "--out", str(out), "--storage", url, "--worker-id", str(i), "--heartbeat", str(heartbeat),
         "--grace", str(grace), "--max-retry", str(max_retry),
     ]

@@ -216,6 +216,33 @@ def make_schedule(opt, spec: dict | None, epochs: int):
     raise ConfigError(f"unknown lr_schedule {name!r}; use exponential, cosine or step")
 
 
+# ---------------------------------------------------------------- data parallel
+def init_distributed() -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1): gloo on CPU, NCCL on GPU.
+
+    Returns ``(rank, world_size)``; ``(0, 1)`` when not distributed.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_sum(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 # ---------------------------------------------------------------- trainer
 class Trainer:
     """Train ``cfg`` into ``out_dir``. ``fit()`` returns the results dict (also in results.json)."""
@@ -233,8 +260,10 @@ class Trainer:
         regularizers: list[Regularizer] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.rank, self.world = init_distributed()
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.resume = resume
         self.progress = progress
         if cfg.train.num_threads:
@@ -258,6 +287,9 @@ class Trainer:
         self.phases = cfg.phases()
         self.extra_regs = regularizers or []
         self.history: list[dict] = []
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.model)
 
     # -- one epoch
     def _phase_terms(self, ph: PhaseConfig):
@@ -291,13 +323,19 @@ class Trainer:
         )
         for b, (xb, yb) in enumerate(bar):
             x = self.data.encode(xb, gen)
+            n_global = len(yb)
+            if self.world > 1:
+                # every rank encodes the same global batch (same random draws) and takes its shard
+                lo = self.rank * n_global // self.world
+                hi = (self.rank + 1) * n_global // self.world
+                x, yb = x[:, lo:hi], yb[lo:hi]
             if self.gated:
                 from .sparsity.connectivity import resample_gates
 
                 resample_gates(self.model)
             if mon is not None:
                 mon.reset()
-            out = self.model(x)
+            out = self.net(x)
             task = loss_fn(out, yb)
             loss = task
             if terms:
@@ -309,7 +347,12 @@ class Trainer:
                     f"non-finite loss {float(loss)} at epoch {global_epoch + 1}, batch {b}; lower the learning rate"
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.world > 1:
+                # DDP averages gradients over ranks; weight each shard so the result is the
+                # gradient of the global-batch mean even when shards differ in size
+                (loss * (len(yb) * self.world / n_global)).backward()
+            else:
+                loss.backward()
             if self.cfg.train.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             opt.step()
@@ -333,6 +376,9 @@ class Trainer:
             bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         if mon is not None:
             mon.remove()
+        seen, tot_loss, tot_task, correct, spikes = _all_reduce_sum(
+            [seen, tot_loss, tot_task, correct, spikes], self.world
+        )
         rec = dict(
             train_loss=tot_loss / seen,
             train_task_loss=tot_task / seen,
@@ -381,6 +427,8 @@ class Trainer:
         }
 
     def _write_run_json(self, resumed_from: int | None) -> None:
+        if self.rank != 0:
+            return
         info = {
             "name": self.cfg.name,
             "config": self.cfg.to_dict(),
@@ -392,6 +440,7 @@ class Trainer:
             "data": self.data.description,
             "resumed_from_epoch": resumed_from,
             "model": str(self.model),
+            "world_size": self.world,
         }
         (self.out / "run.json").write_text(json.dumps(info, indent=2, default=str))
 
@@ -408,7 +457,7 @@ class Trainer:
             start_phase, start_epoch = int(ckpt["phase"]), int(ckpt["epoch_in_phase"])
             global_epoch, best = int(ckpt["global_epoch"]), dict(ckpt["best"])
             self.history = json.loads(ckpt["history"])
-        elif (self.out / "metrics.jsonl").exists():
+        elif self.rank == 0 and (self.out / "metrics.jsonl").exists():
             (self.out / "metrics.jsonl").unlink()
         self._write_run_json(global_epoch if ckpt else None)
         t_start = time.perf_counter()
@@ -440,23 +489,31 @@ class Trainer:
                 if sched is not None:
                     sched.step()
                 global_epoch += 1
-                if val["acc"] > best["val_acc"]:
-                    best = {"val_acc": val["acc"], "epoch": global_epoch}
-                    atomic_save({"model": self.model.state_dict(), "epoch": global_epoch}, self.out / "best.pt")
                 self.history.append(rec)
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                nxt = (pi, e + 1) if e + 1 < ph.epochs else (pi + 1, 0)
-                atomic_save(self._state(nxt[0], nxt[1], global_epoch, opt, sched, best), last)
+                improved = val["acc"] > best["val_acc"]
+                if improved:
+                    best = {"val_acc": val["acc"], "epoch": global_epoch}
+                if self.rank == 0:  # metrics and checkpoints are written by rank 0 only
+                    if improved:
+                        atomic_save({"model": self.model.state_dict(), "epoch": global_epoch}, self.out / "best.pt")
+                    with open(self.out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    nxt = (pi, e + 1) if e + 1 < ph.epochs else (pi + 1, 0)
+                    atomic_save(self._state(nxt[0], nxt[1], global_epoch, opt, sched, best), last)
                 msg = (
                     f"[{self.cfg.name}] epoch {global_epoch} ({ph.name}) loss {rec['train_loss']:.4f} "
                     f"train acc {rec['train_acc']:.4f} val acc {val['acc']:.4f} ({train_time:.1f}s)"
                 )
-                tqdm.write(msg)
+                if self.rank == 0:
+                    tqdm.write(msg)
             ckpt = None
         return self._finish(best, time.perf_counter() - t_start)
 
     def _finish(self, best: dict, train_time: float) -> dict:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 has written best.pt
         final = self.evaluate(self.data.test, metrics=True)
         res = {
             "name": self.cfg.name,
@@ -476,6 +533,8 @@ class Trainer:
         else:
             res["test_acc"] = final["acc"]
             res["metrics"] = final["metrics"]
+        if self.rank != 0:
+            return res
         (self.out / "results.json").write_text(json.dumps(res, indent=2))
         try:
             from .plots import plot_curves

@@ -162,12 +162,12 @@ def run(repeats: int = 5, threads: int | None = None, out: str | Path = "benchma
         except ImportError as e:
             rows.append({"name": name, "skipped": f"not installed ({e.name})"})
             continue
-        state = {}
+        state: dict = {}
 
-        def fwd():
+        def fwd(model=model, state=state):
             state["loss"] = nn.functional.cross_entropy(model(x), y)
 
-        def bwd():
+        def bwd(model=model, state=state):
             model.zero_grad(set_to_none=True)
             state["loss"].backward()
 

@@ -68,6 +68,9 @@ def kernels() -> SimpleNamespace:
 
 
 def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
+    # builtins only (tl.full, not the @jit helper tl.zeros; tl.reduce with the standard sum
+    # combiner, which the interpreter recognises, instead of the @jit tl.sum), so the interpreter
+    # also works when triton was imported before TRITON_INTERPRET was set
     @triton.jit
     def lif_fwd(
         x_ptr,
@@ -94,8 +97,8 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLK + tl.arange(0, BLK)
         msk = offs < M
-        u = tl.zeros([BLK], dtype=tl.float32)
-        cur = tl.zeros([BLK], dtype=tl.float32)
+        u = tl.full([BLK], 0.0, tl.float32)
+        cur = tl.full([BLK], 0.0, tl.float32)
         for t in range(T):
             base = t * M.to(tl.int64)
             xv = tl.load(x_ptr + base + offs, mask=msk, other=0.0).to(tl.float32)
@@ -151,8 +154,8 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLK + tl.arange(0, BLK)
         msk = offs < M
-        gu = tl.zeros([BLK], dtype=tl.float32)
-        gi = tl.zeros([BLK], dtype=tl.float32)
+        gu = tl.full([BLK], 0.0, tl.float32)
+        gi = tl.full([BLK], 0.0, tl.float32)
         for k in range(T):
             base = (T - 1 - k) * M.to(tl.int64)
             gsv = tl.load(gs_ptr + base + offs, mask=msk, other=0.0).to(tl.float32)
@@ -177,7 +180,7 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLK + tl.arange(0, BLK)
         msk = offs < M
-        acc = tl.zeros([BLK], dtype=tl.float32)
+        acc = tl.full([BLK], 0.0, tl.float32)
         for k in range(T):
             if REVERSE:
                 t = T - 1 - k
@@ -196,7 +199,7 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
         km = koffs < K
         start = tl.load(jptr_ptr + j)
         end = tl.load(jptr_ptr + j + 1)
-        acc = tl.zeros([BK], dtype=tl.float32)
+        acc = tl.full([BK], 0.0, tl.float32)
         for a in range(start, end):
             row = tl.load(row_ptr + a)
             ev = tl.load(e_ptr + a).to(tl.float32)
@@ -211,14 +214,14 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
         pm = poffs < P
         row = tl.load(row_ptr + poffs, mask=pm, other=0)
         col = tl.load(col_ptr + poffs, mask=pm, other=0)
-        acc = tl.zeros([BP], dtype=tl.float32)
+        acc = tl.full([BP], 0.0, tl.float32)
         for n0 in range(0, N, BN):
             n = n0 + tl.arange(0, BN)
             nm = n < N
             m2 = pm[:, None] & nm[None, :]
             dv = tl.load(delta_ptr + row[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
             wv = tl.load(wt_ptr + col[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc += tl.sum(dv * wv, axis=1)
+            acc += tl.reduce(dv * wv, 1, tl.standard._sum_combine)
         tl.store(out_ptr + poffs, acc.to(out_ptr.dtype.element_ty), mask=pm)
 
     return SimpleNamespace(

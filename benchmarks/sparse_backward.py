@@ -1,0 +1,630 @@
+"""Sparse spiking gradient descent (Perez-Nieves & Goodman 2021) vs dense BPTT, on CPU.
+
+Side by side in one run, for a 784 -> H -> H -> 10 network on latency-encoded Fashion-MNIST
+(T = 100 steps, batch 256, the paper's encoding), weights scaled into the paper's "trained"
+regime (activity ~1 %: the weight scale is calibrated per hidden size so that both layers have
+1-2 % active entries at B_th = 0.2):
+
+* **hidden layer 2** forward and backward (the paper's protocol, METHODS 1(c): the layer is run
+  on a detached copy of layer 1's spikes and back-propagated with the true dL/dS2 of the
+  network), and the **whole backward pass** of the network;
+* methods: ``sparse`` (ours, S3GD), ``dense`` (ours, numba BPTT), ``autograd_loop`` (plain
+  per-step autograd, the paper's ``SNNLayerOrig`` baseline), and snnTorch / SpikingJelly / Norse
+  when importable;
+* hidden sizes 200..1000 (Fig. 4C) and a B_th half-width sweep 0.05..0.95 (Fig. 5; the paper's
+  "B_th = 0.95" is half-width 0.05).
+
+Timing: every repetition runs all methods one after the other (interleaved, so load changes on
+a shared machine hit all of them), after warm-up; medians and minima are reported, ratios are
+of medians. Memory: torch's CPU allocator events (``torch.profiler`` with ``profile_memory``)
+are replayed in time order; **backward peak** = the highest net bytes allocated during the
+backward call (the paper's ``max_memory_allocated - memory_allocated_before``), **held** = bytes
+still allocated after the forward (saved state + output). Memory saved (eq. 14) =
+``100 (dense - sparse) / dense`` of the backward peak; the same with held + backward peak is
+also given. The numba kernels allocate only O(N + K) scratch per thread outside torch.
+
+Usage::
+
+    python benchmarks/sparse_backward.py            # full run (several minutes on 1 core)
+    python benchmarks/sparse_backward.py --quick    # small smoke run
+
+or ``from benchmarks.sparse_backward import run; run(hidden=(200,), reps=5)``.
+Writes ``sparse_backward.json``, ``sparse_backward.md`` and two PNGs into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PEERS = ("snntorch", "spikingjelly", "norse")
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def load_input(batch: int, T: int, data_dir: str | None, seed: int = 0):
+    """Latency-encoded Fashion-MNIST test images ``[T, B, 784]`` and labels (Perez-Nieves 1(b))."""
+    from sparsespike.data.encoding import firing_time_raster
+    from sparsespike.data.idx import load_fashion_mnist
+
+    roots = [data_dir] if data_dir else []
+    roots += [os.environ.get("SPARSESPIKE_DATA"), str(Path(__file__).resolve().parents[2] / "shared" / "data")]
+    for r in [r for r in roots if r] + [None]:
+        try:
+            imgs, labels = load_fashion_mnist(root=r, train=False)
+            break
+        except Exception:  # noqa: BLE001 - try the next root
+            continue
+    else:
+        raise FileNotFoundError("Fashion-MNIST not found; pass --data-dir (folder holding fashion-mnist/)")
+    g = torch.Generator().manual_seed(seed)
+    sel = torch.randperm(imgs.shape[0], generator=g)[:batch]
+    x = firing_time_raster(imgs[sel].reshape(batch, -1), T).float()
+    return x, labels[sel]
+
+
+# ---------------------------------------------------------------------------------------- layers
+
+
+class Net:
+    """Weights of the 784 -> H -> H -> 10 network and a builder for each method's layers."""
+
+    def __init__(self, H: int, beta: float, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.H, self.beta = H, beta
+        std = 20 * (1 - beta)  # Perez-Nieves init N(0, 20(1-alpha)/sqrt(fan_in)), METHODS 1(b)
+        self.base1 = torch.randn(H, 784, generator=g) * std / math.sqrt(784)
+        self.base2 = torch.randn(H, H, generator=g) * std / math.sqrt(H)
+        self.w3 = torch.randn(10, H, generator=g) / math.sqrt(H)
+        self.scale = 1.0
+
+    @property
+    def w1(self):
+        return self.base1 * self.scale
+
+    @property
+    def w2(self):
+        return self.base2 * self.scale
+
+    def params(self, b_th: float = 0.2):
+        from sparsespike.neurons import LIFParams
+        from sparsespike.surrogate import FastSigmoid
+
+        return LIFParams(beta=self.beta, threshold=1.0, surrogate=FastSigmoid(100.0))
+
+    def layer(self, method: str, which: int, b_th: float):
+        """A callable ``x[T,B,K] -> S[T,B,N]`` holding its weight (``.weight``) for ``method``."""
+        w = self.w1 if which == 1 else self.w2
+        N, K = w.shape
+        p = self.params()
+        if method in ("sparse", "dense"):
+            from sparsespike.layers import SpikingLinear
+
+            m = SpikingLinear(K, N, p, backward=method, b_th=b_th)
+            with torch.no_grad():
+                m.weight.copy_(w)
+            return m
+        if method == "autograd_loop":
+            from sparsespike.neurons import lif_sequence_loop
+
+            class Loop(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.weight = nn.Parameter(w.clone())
+
+                def forward(self, x):  # SNNLayerOrig: one matmul for all T, then a step loop
+                    return lif_sequence_loop(x @ self.weight.t(), p)[0]
+
+            return Loop()
+        if method == "snntorch":
+            import snntorch as snn
+            from snntorch import surrogate
+
+            class Snn(nn.Module):
+                def __init__(self, beta):
+                    super().__init__()
+                    self.fc = nn.Linear(K, N, bias=False)
+                    with torch.no_grad():
+                        self.fc.weight.copy_(w)
+                    self.weight = self.fc.weight
+                    self.lif = snn.Leaky(beta=beta, threshold=1.0, spike_grad=surrogate.fast_sigmoid(slope=100),
+                                         reset_mechanism="subtract")  # fmt: skip
+
+                def forward(self, x):
+                    cur = self.fc(x)
+                    mem = self.lif.init_leaky()
+                    out = []
+                    for t in range(x.shape[0]):
+                        s, mem = self.lif(cur[t], mem)
+                        out.append(s)
+                    return torch.stack(out)
+
+            return Snn(self.beta)
+        if method == "spikingjelly":
+            from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+            class SJ(nn.Module):
+                def __init__(self, beta):
+                    super().__init__()
+                    self.fc = layer.Linear(K, N, bias=False, step_mode="m")
+                    with torch.no_grad():
+                        self.fc.weight.copy_(w)
+                    self.weight = self.fc.weight
+                    # decay_input=False, v_reset=None: H = (1 - 1/tau) V + X, subtractive reset
+                    self.lif = neuron.LIFNode(tau=1.0 / (1.0 - beta), decay_input=False, v_threshold=1.0,
+                                              v_reset=None, detach_reset=True, step_mode="m",
+                                              surrogate_function=surrogate.Sigmoid())  # fmt: skip
+
+                def forward(self, x):
+                    functional.reset_net(self)
+                    return self.lif(self.fc(x))
+
+            return SJ(self.beta)
+        if method == "norse":
+            import norse.torch as nt
+
+            class Norse(nn.Module):
+                def __init__(self, beta):
+                    super().__init__()
+                    dt = 1e-3
+                    # v <- v + dt*tau_inv*(-v + i) = beta v + (1-beta) i: scale W by 1/(1-beta)
+                    self.fc = nn.Linear(K, N, bias=False)
+                    with torch.no_grad():
+                        self.fc.weight.copy_(w / (1.0 - beta))
+                    self.weight = self.fc.weight
+                    bp = nt.LIFBoxParameters(tau_mem_inv=torch.tensor((1.0 - beta) / dt), v_th=torch.tensor(1.0),
+                                             method="super", alpha=torch.tensor(100.0))  # fmt: skip
+                    self.cell = nt.LIFBoxCell(p=bp, dt=dt)
+
+                def forward(self, x):
+                    cur = self.fc(x)
+                    state = None
+                    out = []
+                    for t in range(x.shape[0]):
+                        s, state = self.cell(cur[t], state)
+                        out.append(s)
+                    return torch.stack(out)
+
+            return Norse(self.beta)
+        raise ValueError(method)
+
+    def readout(self):
+        from sparsespike.layers import LeakyReadout
+
+        r = LeakyReadout(self.H, 10, beta=math.exp(-1 / 10), mode="max")
+        with torch.no_grad():
+            r.weight.copy_(self.w3)
+        return r
+
+
+def available_methods(peers: bool = True) -> tuple[list[str], dict[str, str]]:
+    methods = ["sparse", "dense", "autograd_loop"]
+    skipped = {}
+    if peers:
+        for name in PEERS:
+            try:
+                __import__(name)
+                methods.append(name)
+            except Exception as e:  # noqa: BLE001
+                skipped[name] = f"not importable: {type(e).__name__}: {e}"
+    return methods, skipped
+
+
+def calibrate(net: Net, x: torch.Tensor, b_th: float, target=(1.0, 2.0)) -> dict:
+    """Choose the weight scale whose layer activities fall in ``target`` % (closest to the middle)."""
+    from sparsespike.layers import SpikingLinear
+
+    mid = sum(target) / 2
+    best = None
+    for scale in (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0):
+        net.scale = scale
+        l1, l2 = net.layer("sparse", 1, b_th), net.layer("sparse", 2, b_th)
+        with torch.no_grad():
+            s1 = l1(x)
+            s2 = l2(s1)
+        a1, a2 = l1.activity(), l2.activity()
+        score = abs(a1 - mid) + abs(a2 - mid)
+        row = {"scale": scale, "act1": a1, "act2": a2, "spikes1_pct": 100 * float(s1.mean()), "spikes2_pct": 100 * float(s2.mean())}
+        if best is None or score < best[0]:
+            best = (score, row)
+    net.scale = best[1]["scale"]
+    return best[1]
+
+
+# --------------------------------------------------------------------------------------- measure
+
+
+def _mem_events(fn) -> tuple[int, int]:
+    """(peak, final) net bytes allocated by torch's CPU allocator while ``fn()`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    evs = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    evs.sort(key=lambda e: e.start_ns())
+    run = peak = 0
+    for e in evs:
+        if not str(e.device_type()).endswith("CPU"):
+            continue
+        run += e.nbytes()
+        peak = max(peak, run)
+    return peak, run
+
+
+def _stats(ts: list[float]) -> dict:
+    return {"median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts), "n": len(ts)}
+
+
+def layer2_bench(net: Net, methods, x, y, b_th, reps, warmup, memory=True) -> dict:
+    """Forward/backward time of hidden layer 2 (detached input, true dL/dS2) for every method."""
+    from sparsespike.kernels.sparse import share_active_set
+
+    l1 = net.layer("sparse", 1, b_th)
+    l2s = net.layer("sparse", 2, b_th)
+    ro = net.readout()
+    with torch.no_grad():
+        s1 = l1(x)
+    s1r = s1.detach().requires_grad_()
+    share_active_set(s1, s1r)
+    s2 = l2s(s1r)
+    s2d = s2.detach().requires_grad_()
+    loss = nn.functional.cross_entropy(ro(s2d), y)
+    (G2,) = torch.autograd.grad(loss, s2d)
+    act2 = l2s.activity()
+    layers = {m: net.layer(m, 2, b_th) for m in methods}
+    inp = s1.detach().requires_grad_()
+    share_active_set(s1, inp)
+    res = {m: {"fwd": [], "bwd": []} for m in methods}
+    for r in range(warmup + reps):
+        for m in methods:
+            lay = layers[m]
+            inp.grad = None
+            lay.weight.grad = None
+            t0 = time.perf_counter()
+            out = lay(inp)
+            t1 = time.perf_counter()
+            out.backward(G2)
+            t2 = time.perf_counter()
+            del out
+            if r >= warmup:
+                res[m]["fwd"].append(t1 - t0)
+                res[m]["bwd"].append(t2 - t1)
+    rows = {}
+    for m in methods:
+        rows[m] = {"forward": _stats(res[m]["fwd"]), "backward": _stats(res[m]["bwd"])}
+        if memory:
+            lay = layers[m]
+            holder = {}
+
+            def fwd(lay=lay, holder=holder):
+                holder["out"] = lay(inp)
+
+            def bwd(holder=holder, lay=lay):
+                inp.grad = None
+                lay.weight.grad = None
+                holder["out"].backward(G2)
+
+            inp.grad = None
+            _, held = _mem_events(fwd)
+            peak_b, _ = _mem_events(bwd)
+            holder.clear()
+            inp.grad = None
+            rows[m]["held_bytes"] = held
+            rows[m]["bwd_peak_bytes"] = peak_b
+    return {"activity2_pct": act2, "methods": rows}
+
+
+def whole_bench(net: Net, methods, x, y, b_th, reps, warmup) -> dict:
+    """Time of ``loss.backward()`` through layer 1, layer 2 and the readout, per method."""
+    nets = {}
+    for m in methods:
+        nets[m] = (net.layer(m, 1, b_th), net.layer(m, 2, b_th), net.readout())
+    res = {m: {"fwd": [], "bwd": []} for m in methods}
+    for r in range(warmup + reps):
+        for m in methods:
+            a, b, ro = nets[m]
+            for mod in (a, b, ro):
+                mod.weight.grad = None
+            t0 = time.perf_counter()
+            loss = nn.functional.cross_entropy(ro(b(a(x))), y)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            del loss
+            if r >= warmup:
+                res[m]["fwd"].append(t1 - t0)
+                res[m]["bwd"].append(t2 - t1)
+    return {m: {"forward": _stats(res[m]["fwd"]), "backward": _stats(res[m]["bwd"])} for m in methods}
+
+
+def _ratios(rows: dict, key: str = "backward") -> dict:
+    sp = rows["sparse"][key]["median_ms"]
+    out = {f"{m}_over_sparse": rows[m][key]["median_ms"] / sp for m in rows if m != "sparse"}
+    peers = [m for m in rows if m in PEERS]
+    if peers:
+        best = min(peers, key=lambda m: rows[m][key]["median_ms"])
+        out["fastest_peer"] = best
+        out["fastest_peer_over_sparse"] = rows[best][key]["median_ms"] / sp
+    return out
+
+
+def _mem_saved(rows: dict, ref: str = "dense") -> dict:
+    if "bwd_peak_bytes" not in rows.get("sparse", {}):
+        return {}
+    d, s = rows[ref], rows["sparse"]
+    return {
+        "bwd_peak_saved_pct": 100 * (d["bwd_peak_bytes"] - s["bwd_peak_bytes"]) / max(1, d["bwd_peak_bytes"]),
+        "held_plus_bwd_saved_pct": 100
+        * ((d["held_bytes"] + d["bwd_peak_bytes"]) - (s["held_bytes"] + s["bwd_peak_bytes"]))
+        / max(1, d["held_bytes"] + d["bwd_peak_bytes"]),
+    }
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+def run(
+    hidden=(200, 400, 600, 800, 1000),
+    batch: int = 256,
+    T: int = 100,
+    b_th: float = 0.2,
+    bth_sweep=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
+    bth_hidden: int = 400,
+    reps: int = 5,
+    sweep_reps: int = 3,
+    warmup: int = 2,
+    threads: int = 1,
+    peers: bool = True,
+    whole_sizes=(200,),
+    data_dir: str | None = None,
+    out: str | Path | None = "benchmarks/results",
+    verbose: bool = True,
+) -> dict:
+    """Run the benchmark; returns the result dict (also written to ``out`` unless ``None``)."""
+    import numba
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.manual_seed(0)
+    beta = math.exp(-1 / 10)  # tau_mem = 10 ms, dt = 1 ms
+    x, y = load_input(batch, T, data_dir)
+    methods, skipped = available_methods(peers)
+    say = print if verbose else (lambda *a, **k: None)
+    say(f"input: F-MNIST latency code, T={T}, batch={batch}, density {100 * float(x.mean()):.3f} %; methods {methods}")
+    result = {
+        "config": {"batch": batch, "T": T, "b_th_half_width": b_th, "threads": threads, "reps": reps,
+                   "sweep_reps": sweep_reps, "warmup": warmup, "beta": beta, "surrogate": "fast sigmoid, scale 100",
+                   "input_density_pct": 100 * float(x.mean()), "bth_hidden": bth_hidden},
+        "env": {"torch": torch.__version__, "numba": numba.__version__, "python": platform.python_version(),
+                "cpu": platform.processor() or platform.machine(), "load_avg_start": _load()},
+        "skipped": skipped,
+        "hidden": [],
+        "bth_sweep": [],
+    }  # fmt: skip
+    for H in hidden:
+        net = Net(H, beta)
+        cal = calibrate(net, x, b_th)
+        r = reps if H == hidden[0] else sweep_reps
+        lb = layer2_bench(net, methods, x, y, b_th, r, warmup if H == hidden[0] else 1)
+        row = {"H": H, "calibration": cal, "layer2": lb, "layer2_ratios": _ratios(lb["methods"]),
+               "layer2_forward_ratios": _ratios(lb["methods"], "forward"), "memory": _mem_saved(lb["methods"])}  # fmt: skip
+        if H in whole_sizes:
+            wb = whole_bench(net, methods, x, y, b_th, r, 1)
+            row["whole"] = wb
+            row["whole_ratios"] = _ratios(wb)
+        result["hidden"].append(row)
+        m = lb["methods"]
+        say(
+            f"H={H:5d} act {cal['act1']:.2f}/{lb['activity2_pct']:.2f} %  layer-2 bwd ms: "
+            + ", ".join(f"{k} {v['backward']['median_ms']:.2f}" for k, v in m.items())
+            + f"  | dense/sparse x{row['layer2_ratios']['dense_over_sparse']:.1f}"
+            + f", loop/sparse x{row['layer2_ratios']['autograd_loop_over_sparse']:.1f}"
+            + (f", best peer/sparse x{row['layer2_ratios']['fastest_peer_over_sparse']:.1f}" if "fastest_peer" in row["layer2_ratios"] else "")
+            + f"  mem saved {row['memory'].get('bwd_peak_saved_pct', float('nan')):.1f} %"
+        )  # fmt: skip
+        if "whole" in row:
+            say("        whole backward ms: " + ", ".join(f"{k} {v['backward']['median_ms']:.1f}" for k, v in row["whole"].items()))
+    if bth_sweep:
+        net = Net(bth_hidden, beta)
+        cal = calibrate(net, x, b_th)
+        for hw in bth_sweep:
+            lb = layer2_bench(net, ["sparse", "dense"], x, y, hw, sweep_reps, 1)
+            row = {"half_width": hw, "paper_b_th": 1.0 - hw, "activity2_pct": lb["activity2_pct"],
+                   "layer2": lb, "speedup": _ratios(lb["methods"])["dense_over_sparse"], "memory": _mem_saved(lb["methods"])}  # fmt: skip
+            result["bth_sweep"].append(row)
+            say(f"B_th half-width {hw:.2f} (paper b_th {1 - hw:.2f}): activity {row['activity2_pct']:.2f} %, "
+                f"speedup x{row['speedup']:.1f}, mem saved {row['memory'].get('bwd_peak_saved_pct', float('nan')):.1f} %")  # fmt: skip
+        result["bth_calibration"] = cal
+    result["env"]["load_avg_end"] = _load()
+    if out is not None:
+        write(result, Path(out))
+    return result
+
+
+def _load():
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def markdown(res: dict) -> str:
+    c = res["config"]
+    lines = [
+        "# Sparse backward (S3GD) vs dense BPTT on CPU",
+        "",
+        f"784-H-H-10, F-MNIST latency code (T={c['T']}, batch {c['batch']}, input density "
+        f"{c['input_density_pct']:.2f} %), B_th half-width {c['b_th_half_width']}, fast-sigmoid(100), "
+        f"{c['threads']} thread(s), median of {c['reps']} (first size) / {c['sweep_reps']} runs after warm-up; "
+        f"load average at start/end: {res['env']['load_avg_start']} / {res['env']['load_avg_end']}.",
+        "",
+        "## Hidden layer 2: backward time (ms, median) and ratios to sparse",
+        "",
+    ]
+    rows = res["hidden"]
+    if rows:
+        methods = list(rows[0]["layer2"]["methods"].keys())
+        lines.append("| H | act. L1/L2 % | " + " | ".join(methods) + " | dense/sparse | loop/sparse | best peer/sparse | mem saved (bwd peak) | mem saved (held+bwd) |")
+        lines.append("|---" * (len(methods) + 7) + "|")
+        for r in rows:
+            m = r["layer2"]["methods"]
+            ra = r["layer2_ratios"]
+            peer = f"{ra['fastest_peer_over_sparse']:.0f}x ({ra['fastest_peer']})" if "fastest_peer" in ra else "n/a"
+            lines.append(
+                f"| {r['H']} | {r['calibration']['act1']:.2f}/{r['layer2']['activity2_pct']:.2f} | "
+                + " | ".join(f"{m[k]['backward']['median_ms']:.2f}" for k in methods)
+                + f" | {ra['dense_over_sparse']:.1f}x | {ra['autograd_loop_over_sparse']:.0f}x | {peer} | "
+                + f"{r['memory'].get('bwd_peak_saved_pct', float('nan')):.1f} % | {r['memory'].get('held_plus_bwd_saved_pct', float('nan')):.1f} % |"
+            )  # fmt: skip
+        lines += ["", "Forward time of hidden layer 2 (ms, median):", ""]
+        lines.append("| H | " + " | ".join(methods) + " |")
+        lines.append("|---" * (len(methods) + 1) + "|")
+        for r in rows:
+            m = r["layer2"]["methods"]
+            lines.append(f"| {r['H']} | " + " | ".join(f"{m[k]['forward']['median_ms']:.2f}" for k in methods) + " |")
+        lines += ["", "Memory of hidden layer 2 (MiB): held after forward / peak during backward:", ""]
+        lines.append("| H | " + " | ".join(methods) + " |")
+        lines.append("|---" * (len(methods) + 1) + "|")
+        for r in rows:
+            m = r["layer2"]["methods"]
+            lines.append(
+                f"| {r['H']} | "
+                + " | ".join(f"{m[k].get('held_bytes', 0) / 2**20:.1f} / {m[k].get('bwd_peak_bytes', 0) / 2**20:.2f}" for k in methods)
+                + " |"
+            )  # fmt: skip
+        for r in rows:
+            if "whole" in r:
+                w = r["whole"]
+                lines += ["", f"## Whole network backward (H={r['H']}): ms, median", ""]
+                lines.append("| method | forward | backward | backward / sparse |")
+                lines.append("|---|---|---|---|")
+                sp = w["sparse"]["backward"]["median_ms"]
+                for k, v in w.items():
+                    lines.append(f"| {k} | {v['forward']['median_ms']:.1f} | {v['backward']['median_ms']:.1f} | {v['backward']['median_ms'] / sp:.1f}x |")
+    if res["bth_sweep"]:
+        lines += ["", f"## B_th sweep, hidden {c.get('bth_hidden')} (Fig. 5)", ""]
+        lines.append("| half-width | paper b_th | activity L2 % | sparse bwd ms | dense bwd ms | speedup | mem saved (bwd peak) |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in res["bth_sweep"]:
+            m = r["layer2"]["methods"]
+            lines.append(
+                f"| {r['half_width']:.2f} | {r['paper_b_th']:.2f} | {r['activity2_pct']:.2f} | {m['sparse']['backward']['median_ms']:.2f} | "
+                f"{m['dense']['backward']['median_ms']:.2f} | {r['speedup']:.1f}x | {r['memory'].get('bwd_peak_saved_pct', float('nan')):.1f} % |"
+            )  # fmt: skip
+    if res["skipped"]:
+        lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in res["skipped"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def plots(res: dict, out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001
+        return []
+    files = []
+    rows = res["hidden"]
+    if rows:
+        Hs = [r["H"] for r in rows]
+        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+        for m in rows[0]["layer2"]["methods"]:
+            ax[0].plot(Hs, [r["layer2"]["methods"][m]["backward"]["median_ms"] for r in rows], "o-", label=m)
+        ax[0].set_yscale("log")
+        ax[0].set_xlabel("hidden neurons")
+        ax[0].set_ylabel("layer-2 backward (ms)")
+        ax[0].legend(fontsize=8)
+        ax[1].plot(Hs, [r["layer2_ratios"]["dense_over_sparse"] for r in rows], "o-", label="vs dense (ours)")
+        ax[1].plot(Hs, [r["layer2_ratios"]["autograd_loop_over_sparse"] for r in rows], "s-", label="vs autograd loop")
+        if "fastest_peer" in rows[0]["layer2_ratios"]:
+            ax[1].plot(Hs, [r["layer2_ratios"]["fastest_peer_over_sparse"] for r in rows], "^-", label="vs fastest peer")
+        ax[1].set_yscale("log")
+        ax[1].set_xlabel("hidden neurons")
+        ax[1].set_ylabel("backward speedup (x)")
+        ax[1].legend(fontsize=8)
+        ax[2].plot(Hs, [r["memory"].get("bwd_peak_saved_pct", float("nan")) for r in rows], "o-", label="backward peak")
+        ax[2].plot(Hs, [r["memory"].get("held_plus_bwd_saved_pct", float("nan")) for r in rows], "s-", label="held + backward")
+        ax[2].set_ylim(0, 100)
+        ax[2].set_xlabel("hidden neurons")
+        ax[2].set_ylabel("memory saved vs dense (%)")
+        ax[2].legend(fontsize=8)
+        fig.suptitle("S3GD on CPU, hidden layer 2 (cf. Perez-Nieves & Goodman Fig. 4C)")
+        fig.tight_layout()
+        f = out / "sparse_backward_hidden.png"
+        fig.savefig(f, dpi=110)
+        plt.close(fig)
+        files.append(str(f))
+    sw = res["bth_sweep"]
+    if sw:
+        hw = [r["half_width"] for r in sw]
+        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+        ax[0].plot(hw, [r["activity2_pct"] for r in sw], "o-")
+        ax[0].set_ylabel("layer-2 activity (%)")
+        ax[1].plot(hw, [r["speedup"] for r in sw], "o-")
+        ax[1].set_yscale("log")
+        ax[1].set_ylabel("backward speedup vs dense (x)")
+        ax[2].plot(hw, [r["memory"].get("bwd_peak_saved_pct", float("nan")) for r in sw], "o-")
+        ax[2].set_ylim(0, 100)
+        ax[2].set_ylabel("memory saved (%)")
+        for a in ax:
+            a.set_xlabel("B_th half-width (paper's b_th = 1 - half-width)")
+        fig.suptitle("B_th sweep (cf. Fig. 5C)")
+        fig.tight_layout()
+        f = out / "sparse_backward_bth.png"
+        fig.savefig(f, dpi=110)
+        plt.close(fig)
+        files.append(str(f))
+    return files
+
+
+def write(res: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    res["plots"] = plots(res, out)
+    (out / "sparse_backward.json").write_text(json.dumps(res, indent=1, default=str))
+    (out / "sparse_backward.md").write_text(markdown(res))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", type=int, nargs="+", default=[200, 400, 600, 800, 1000])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--T", type=int, default=100)
+    ap.add_argument("--b-th", type=float, default=0.2, help="active-window half-width")
+    ap.add_argument("--bth-sweep", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    ap.add_argument("--bth-hidden", type=int, default=400)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--sweep-reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--whole", type=int, nargs="*", default=[200], help="hidden sizes to time the whole backward at")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--quick", action="store_true", help="H=200 only, batch 64, short sweep")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.hidden, a.batch, a.bth_sweep, a.reps, a.sweep_reps, a.warmup = [200], 64, [0.05, 0.2, 0.5], 3, 2, 1
+    run(hidden=tuple(a.hidden), batch=a.batch, T=a.T, b_th=a.b_th, bth_sweep=tuple(a.bth_sweep), bth_hidden=a.bth_hidden,
+        reps=a.reps, sweep_reps=a.sweep_reps, warmup=a.warmup, threads=a.threads, peers=not a.no_peers,
+        whole_sizes=tuple(a.whole), data_dir=a.data_dir, out=a.out)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

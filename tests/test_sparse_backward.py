@@ -1,0 +1,535 @@
+"""Sparse spiking gradient descent (Perez-Nieves & Goodman 2021): correctness of the sparse backward.
+
+References are plain autograd through the per-step loop :func:`sparsespike.neurons.lif_sequence_loop`
+with the surrogate masked to the window (``MaskedSurrogate``, eq. 8). Everything runs in float64
+so that sparse and dense agree to round-off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparsespike.kernels import sparse_cpu as kc
+from sparsespike.kernels.sparse import (
+    ActiveSet,
+    MaskedSurrogate,
+    active_set,
+    attach_active_set,
+    lif_recurrence_masked,
+    share_active_set,
+    sparse_spiking_linear,
+    spike_list,
+)
+from sparsespike.neurons import LIFParams, lif_sequence_loop
+from sparsespike.surrogate import FastSigmoid, Rectangle, Triangle
+
+DT = torch.float64
+HUGE = 1e9  # every neuron active
+SET = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+surrogates = st.sampled_from([FastSigmoid(100.0), FastSigmoid(2.0), Triangle(1.0, 0.8), Rectangle(1.5, 1.0)])
+
+
+def ref_layer(x, W, bias, p: LIFParams, b_th: float):
+    """Per-step autograd reference: ``(S, V)`` with the masked surrogate."""
+    pm = p.replace(surrogate=MaskedSurrogate(p.surrogate, b_th))
+    cur = x @ W.t()
+    if bias is not None:
+        cur = cur + bias
+    return lif_sequence_loop(cur, pm)
+
+
+def make(seed, T, B, K, N, density, scale, binary=True, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    if binary:
+        x = (torch.rand(T, B, K, generator=g, dtype=DT) < density).to(DT)
+    else:
+        x = torch.rand(T, B, K, generator=g, dtype=DT) * (torch.rand(T, B, K, generator=g, dtype=DT) < density)
+    W = (torch.randn(N, K, generator=g, dtype=DT) * scale).requires_grad_()
+    b = (torch.randn(N, generator=g, dtype=DT) * 0.2).requires_grad_() if bias else None
+    gs = torch.randn(T, B, N, generator=g, dtype=DT)
+    return x, W, b, gs
+
+
+def grads(out, inputs, gs):
+    inputs = [i for i in inputs if i is not None]
+    gr = torch.autograd.grad(out, inputs, gs, allow_unused=True, retain_graph=True)
+    return [g.to_dense() if (g is not None and g.is_sparse) else g for g in gr]
+
+
+def close(a, b, tol=1e-10):
+    assert a.shape == b.shape
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    assert err <= tol * (1 + b.abs().max().item() if b.numel() else 1), err
+
+
+# ---------------------------------------------------------------------------------------- (a)
+
+
+@SET
+@given(
+    seed=st.integers(0, 10_000),
+    T=st.integers(1, 12),
+    B=st.integers(1, 4),
+    K=st.integers(1, 9),
+    N=st.integers(1, 7),
+    density=st.floats(0.05, 0.6),
+    beta=st.floats(0.5, 1.0),
+    sur=surrogates,
+    reset=st.sampled_from(["subtract", "zero"]),
+    alpha=st.sampled_from([None, 0.6]),
+    binary=st.booleans(),
+)
+def test_all_active_equals_dense_loop(seed, T, B, K, N, density, beta, sur, reset, alpha, binary):
+    """(a) B_th covering every V: sparse dW, db, dx equal per-step autograd (any neuron setting)."""
+    x, W, b, gs = make(seed, T, B, K, N, density, 1.2, binary=binary)
+    x.requires_grad_()
+    p = LIFParams(beta=beta, alpha=alpha, reset=reset, surrogate=sur)
+    st_ = {}
+    S = sparse_spiking_linear(x, W, b, p, HUGE, st_)
+    R, _ = ref_layer(x, W, b, p, HUGE)
+    assert torch.equal(S, R)
+    for a, r in zip(grads(S, [x, W, b], gs), grads(R, [x, W, b], gs)):
+        close(a, r)
+    assert st_["n_active"] == st_["n_total"] == T * B * N
+    assert st_["backend"] == ("numba" if (reset == "subtract" and alpha is None) else "fallback")
+
+
+def test_all_active_equals_dense_recurrence_path():
+    """(a) also against the library's dense numba path (LIFRecurrence + synaptic input)."""
+    from sparsespike.kernels import lif_recurrence
+    from sparsespike.kernels.synapse import synaptic_linear
+
+    x, W, b, gs = make(3, 20, 3, 12, 9, 0.2, 0.8)
+    p = LIFParams(beta=0.9)
+    S = sparse_spiking_linear(x, W, b, p, HUGE)
+    D = lif_recurrence(synaptic_linear(x, W, b), p)
+    assert torch.equal(S, D)
+    for a, r in zip(grads(S, [W, b], gs), grads(D, [W, b], gs)):
+        close(a, r)
+
+
+@SET
+@given(
+    seed=st.integers(0, 10_000),
+    T=st.integers(1, 10),
+    B=st.integers(1, 3),
+    sizes=st.tuples(st.integers(1, 8), st.integers(1, 7), st.integers(1, 6)),
+    sur=surrogates,
+)
+def test_all_active_two_layers_sparse_input_grad(seed, T, B, sizes, sur):
+    """(a) chained sparse layers: the COO input gradient at an all-active set is the full one."""
+    K, H, N = sizes
+    x, W1, _, _ = make(seed, T, B, K, H, 0.4, 1.0, bias=False)
+    g = torch.Generator().manual_seed(seed + 1)
+    W2 = (torch.randn(N, H, generator=g, dtype=DT) * 1.0).requires_grad_()
+    gs = torch.randn(T, B, N, generator=g, dtype=DT)
+    p = LIFParams(beta=0.8, surrogate=sur)
+    S1 = sparse_spiking_linear(x, W1, None, p, HUGE)
+    S2 = sparse_spiking_linear(S1, W2, None, p, HUGE)
+    gS1 = torch.autograd.grad(S2, S1, gs, retain_graph=True)[0]
+    assert gS1.is_sparse
+    R1, _ = ref_layer(x, W1, None, p, HUGE)
+    R2, _ = ref_layer(R1, W2, None, p, HUGE)
+    close(gS1.to_dense(), torch.autograd.grad(R2, R1, gs, retain_graph=True)[0])
+    for a, r in zip(grads(S2, [W1, W2], gs), grads(R2, [W1, W2], gs)):
+        close(a, r)
+
+
+# ---------------------------------------------------------------------------------------- (b)
+
+
+@SET
+@given(
+    seed=st.integers(0, 10_000),
+    T=st.integers(2, 14),
+    B=st.integers(1, 4),
+    sizes=st.tuples(st.integers(1, 9), st.integers(1, 8), st.integers(1, 6)),
+    b_th=st.floats(0.02, 0.8),
+    beta=st.floats(0.6, 0.99),
+    sur=surrogates,
+    bias=st.booleans(),
+)
+def test_window_equals_masked_dense(seed, T, B, sizes, b_th, beta, sur, bias):
+    """(b) finite B_th: gradients equal dense BPTT with g masked to |V-thr| < B_th (eq. 8);
+    the input gradient is additionally masked to the previous layer's active set (eq. 12)."""
+    K, H, N = sizes
+    x, W1, b1, _ = make(seed, T, B, K, H, 0.35, 1.0, bias=bias)
+    g = torch.Generator().manual_seed(seed + 7)
+    W2 = (torch.randn(N, H, generator=g, dtype=DT) * 1.0).requires_grad_()
+    gs = torch.randn(T, B, N, generator=g, dtype=DT)
+    p = LIFParams(beta=beta, surrogate=sur)
+    S1 = sparse_spiking_linear(x, W1, b1, p, b_th)
+    S2 = sparse_spiking_linear(S1, W2, None, p, b_th)
+    R1, V1 = ref_layer(x, W1, b1, p, b_th)
+    R2, _ = ref_layer(R1, W2, None, p, b_th)
+    assert torch.equal(S1, R1) and torch.equal(S2, R2)
+    m1 = (V1 - p.threshold).abs() < b_th
+    assert torch.equal(active_set(S1).mask(), m1)
+    gS1 = torch.autograd.grad(S2, S1, gs, retain_graph=True)[0].to_dense()
+    rS1 = torch.autograd.grad(R2, R1, gs, retain_graph=True)[0]
+    close(gS1, rS1 * m1)
+    for a, r in zip(grads(S2, [W1, b1, W2], gs), grads(R2, [W1, b1, W2], gs)):
+        close(a, r)
+
+
+@pytest.mark.parametrize("setting", [dict(reset="zero"), dict(alpha=0.7), dict(detach_reset=False)])
+def test_window_fallback_neurons(setting):
+    """(b) neuron settings off the fast path: masked dense recurrence, same gradients."""
+    x, W, b, gs = make(11, 15, 3, 8, 6, 0.3, 1.0)
+    x.requires_grad_()
+    p = LIFParams(beta=0.85, **setting)
+    st_ = {}
+    S = sparse_spiking_linear(x, W, b, p, 0.3, st_)
+    R, V = ref_layer(x, W, b, p, 0.3)
+    assert st_["backend"] == "fallback"
+    assert st_["n_active"] == int(((V - 1).abs() < 0.3).sum())
+    assert torch.equal(S, R)
+    for a, r in zip(grads(S, [x, W, b], gs), grads(R, [x, W, b], gs)):
+        close(a, r)
+    # the fallback also exposes its active set, and masks an input gradient to the input's set
+    assert torch.equal(active_set(S).mask(), (V - 1).abs() < 0.3)
+    xs = x.detach().clone().requires_grad_()
+    m = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    attach_active_set(xs, m)
+    S = sparse_spiking_linear(xs, W, b, p, 0.3)
+    gx = torch.autograd.grad(S, xs, gs)[0]
+    assert gx.is_sparse
+    close(gx.to_dense(), torch.autograd.grad(R, x, gs)[0] * m)
+
+
+@pytest.mark.parametrize("impl", ["numba", "torch"])
+@pytest.mark.parametrize("setting", [dict(), dict(reset="zero"), dict(alpha=0.6), dict(detach_reset=False)])
+def test_lif_recurrence_masked(impl, setting):
+    """``lif_recurrence_masked`` alone: masked-surrogate gradients, activity count, any shape."""
+    g = torch.Generator().manual_seed(5)
+    cur = (torch.randn(12, 2, 3, 4, generator=g, dtype=DT) * 0.8 + 0.3).requires_grad_()
+    gs = torch.randn(cur.shape, generator=g, dtype=DT)
+    p = LIFParams(beta=0.9, surrogate=Triangle(1.0), **setting)
+    st_ = {}
+    S = lif_recurrence_masked(cur, p, 0.25, st_, impl=impl)
+    pm = p.replace(surrogate=MaskedSurrogate(p.surrogate, 0.25))
+    R, V = lif_sequence_loop(cur, pm)
+    assert torch.equal(S, R)
+    close(torch.autograd.grad(S, cur, gs)[0], torch.autograd.grad(R, cur, gs)[0])
+    assert st_["n_active"] == int(((V - 1).abs() < 0.25).sum()) and st_["n_total"] == cur.numel()
+
+
+def test_custom_surrogate_fast_path():
+    """A user surrogate (only ``grad``) still runs the compiled sparse path (g evaluated in torch)."""
+
+    class Atan:
+        def grad(self, x):
+            return 1.0 / (1.0 + (3.0 * x) ** 2)
+
+    x, W, b, gs = make(2, 10, 2, 6, 5, 0.4, 1.0)
+    p = LIFParams(beta=0.9, surrogate=Atan())
+    st_ = {}
+    S = sparse_spiking_linear(x, W, b, p, 0.4, st_)
+    assert st_["backend"] == "numba"
+    R, _ = ref_layer(x, W, b, p, 0.4)
+    for a, r in zip(grads(S, [W, b], gs), grads(R, [W, b], gs)):
+        close(a, r)
+
+
+def test_layers_use_sparse_functions():
+    """``SpikingLinear(backward="sparse")`` gives the masked-dense gradients."""
+    from sparsespike.layers import SpikingLinear
+
+    torch.manual_seed(0)
+    l1 = SpikingLinear(10, 8, LIFParams(beta=0.9), backward="sparse", b_th=0.3).double()
+    l2 = SpikingLinear(8, 5, LIFParams(beta=0.9), backward="sparse", b_th=0.3).double()
+    with torch.no_grad():
+        l1.weight.mul_(3)
+        l2.weight.mul_(3)
+    x = (torch.rand(16, 3, 10) < 0.3).to(DT)
+    gs = torch.randn(16, 3, 5, dtype=DT)
+    s2 = l2(l1(x))
+    a = torch.autograd.grad(s2, [l1.weight, l2.weight], gs)
+    R1, _ = ref_layer(x, l1.weight, None, l1.neuron, 0.3)
+    R2, _ = ref_layer(R1, l2.weight, None, l2.neuron, 0.3)
+    r = torch.autograd.grad(R2, [l1.weight, l2.weight], gs)
+    for u, v in zip(a, r):
+        close(u, v)
+    assert 0 < l1.activity() < 100
+
+
+# ---------------------------------------------------------------------------------------- (c)
+
+
+def brute_delta(e_dense: torch.Tensor, beta: float) -> torch.Tensor:
+    """``delta[t] = sum_{k >= t} beta**(k-t) e[k]`` (no-delay form of Perez-Nieves eq. 6)."""
+    T = e_dense.shape[0]
+    out = torch.zeros_like(e_dense)
+    for t in range(T):
+        for k in range(t, T):
+            out[t] += beta ** (k - t) * e_dense[k]
+    return out
+
+
+@SET
+@given(
+    seed=st.integers(0, 10_000),
+    T=st.integers(1, 15),
+    B=st.integers(1, 3),
+    N=st.integers(1, 6),
+    p_act=st.floats(0.0, 1.0),
+    p_in=st.floats(0.0, 1.0),
+    beta=st.floats(0.3, 1.0),
+)
+def test_delta_recurrence_vs_brute_force(seed, T, B, N, p_act, p_in, beta):
+    """(c) Prop. 1 (lazy decays between events) vs the brute-force sum, at arbitrary needed entries."""
+    g = torch.Generator().manual_seed(seed)
+    amask = torch.rand(T, B, N, generator=g) < p_act
+    act = ActiveSet.from_mask(amask)
+    e = torch.randn(act.n, generator=g, dtype=DT)
+    e_dense = torch.zeros(T, B, N, dtype=DT)
+    e_dense.reshape(-1)[act.flat_index()] = e
+    want = brute_delta(e_dense, beta)
+    # dense kernel
+    out = torch.empty(T, B, N, dtype=DT)
+    kc.delta_dense(act.ptr.numpy(), act.idx.numpy(), e.numpy(), beta, out.numpy())
+    close(out, want, 1e-12)
+    # sparse walk with W = I: dx at the needed entries is delta there
+    need = ActiveSet.from_mask(torch.rand(T, B, N, generator=g) < p_in)
+    powb = torch.tensor([beta**n for n in range(T + 1)], dtype=DT)
+    geo = torch.cumsum(powb[:T], 0)
+    dx = torch.zeros(need.n, dtype=DT)
+    wt = torch.eye(N, dtype=DT)
+    empty = torch.zeros(B + 1, dtype=torch.int64)
+    kc.sparse_backward(
+        1, T, N, N, act.ptr.numpy(), act.idx.numpy(), e.numpy(), empty.numpy(),
+        np.empty(0, np.int32), np.empty(0), False, wt.numpy(), need.ptr.numpy(), need.idx.numpy(),
+        powb.numpy(), geo.numpy(), False, False, True, np.zeros((1, 1, 1)), np.zeros((1, 1)), dx.numpy(),
+    )  # fmt: skip
+    close(dx, need.gather(want), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------- (d)
+
+
+@SET
+@given(seed=st.integers(0, 10_000), b_th=st.floats(0.01, 2.0), T=st.integers(1, 20), N=st.integers(1, 40))
+def test_activity_count_matches_mask(seed, b_th, T, N):
+    """(d) n_active equals nonzero(|V - thr| < B_th); the attached active set is that mask."""
+    x, W, b, _ = make(seed, T, 3, 11, N, 0.3, 1.0)
+    p = LIFParams(beta=0.9)
+    st_ = {}
+    S = sparse_spiking_linear(x, W, b, p, b_th, st_)
+    _, V = ref_layer(x, W, b, p, b_th)
+    mask = (V - p.threshold).abs() < b_th
+    assert st_["n_active"] == int(torch.count_nonzero(mask))
+    assert st_["n_total"] == T * 3 * N
+    aset = active_set(S)
+    assert torch.equal(aset.mask(), mask)
+    coo = aset.coo_indices()
+    assert coo.shape == (3, int(mask.sum()))
+    dense = torch.zeros(mask.shape, dtype=torch.bool)
+    dense[coo[0], coo[1], coo[2]] = True
+    assert torch.equal(dense, mask)
+
+
+def test_spike_list_and_from_mask_roundtrip():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(7, 4, 9, generator=g) < 0.3).float()
+    sl = spike_list(x)
+    assert sl.vals is None and sl.n == int(x.count_nonzero())
+    assert torch.equal(sl.mask(), x != 0)
+    xv = x * torch.rand(x.shape, generator=g)
+    slv = spike_list(xv)
+    assert slv.vals is not None and torch.equal(slv.gather(xv), slv.vals)
+
+
+# ---------------------------------------------------------------------------------------- (e)
+
+
+def test_no_active_entries_gives_zero_gradients():
+    """(e) nothing in the window: zero dW, db and input gradient (sparse and dense-fallback)."""
+    x, W, b, gs = make(0, 10, 3, 6, 5, 0.3, 1.0)
+    p = LIFParams(beta=0.9)
+    st_ = {}
+    xs = x.clone().requires_grad_()
+    S = sparse_spiking_linear(xs, W, b, p, 1e-12, st_)
+    assert st_["n_active"] == 0
+    gx, gW, gb = torch.autograd.grad(S, [xs, W, b], gs)
+    assert gW.abs().max() == 0 and gb.abs().max() == 0 and gx.abs().max() == 0
+    x2 = x.clone().requires_grad_()
+    attach_active_set(x2, torch.ones(x.shape, dtype=torch.bool))
+    S = sparse_spiking_linear(x2, W, b, p, 1e-12)
+    gx = torch.autograd.grad(S, x2, gs)[0]
+    assert gx.is_sparse and gx.to_dense().abs().max() == 0
+
+
+def test_empty_batch_element_and_edge_shapes():
+    """(e) a batch element without input spikes or activity; T=1; B=0; N=1."""
+    x, W, b, gs = make(4, 12, 3, 7, 5, 0.3, 1.0, bias=False)
+    x[:, 1] = 0
+    S = sparse_spiking_linear(x, W, None, LIFParams(beta=0.9), 0.5)
+    R, _ = ref_layer(x, W, None, LIFParams(beta=0.9), 0.5)
+    close(grads(S, [W], gs)[0], grads(R, [W], gs)[0])
+    assert S[:, 1].abs().max() == 0
+    for T, B, K, N in [(1, 2, 3, 4), (5, 0, 3, 4), (4, 2, 3, 1), (3, 1, 1, 1)]:
+        x, W, b, gs = make(1, T, B, K, N, 0.5, 2.0)
+        x.requires_grad_()
+        S = sparse_spiking_linear(x, W, b, LIFParams(beta=0.9), HUGE)
+        R, _ = ref_layer(x, W, b, LIFParams(beta=0.9), HUGE)
+        for a, r in zip(grads(S, [x, W, b], gs), grads(R, [x, W, b], gs)):
+            close(a, r)
+
+
+def test_capacity_overflow_rerun():
+    """The forward's compact buffers grow when a batch element is far more active than the hint."""
+    x, W, b, gs = make(9, 30, 4, 10, 50, 0.3, 0.5)
+    x[:, 2] = 1.0  # one very busy batch element
+    S = sparse_spiking_linear(x, W, b, LIFParams(beta=0.9), 0.05)  # sets a small hint
+    x2 = x.clone()
+    S = sparse_spiking_linear(x2, W, b, LIFParams(beta=0.9), 5.0)
+    _, V = ref_layer(x2, W, b, LIFParams(beta=0.9), 5.0)
+    assert torch.equal(active_set(S).mask(), (V - 1).abs() < 5.0)
+    R, _ = ref_layer(x2, W, b, LIFParams(beta=0.9), 5.0)
+    for a, r in zip(grads(S, [W, b], gs), grads(R, [W, b], gs)):
+        close(a, r)
+
+
+def test_stale_active_set_ignored_after_inplace_change():
+    x, W, b, gs = make(0, 6, 2, 5, 4, 0.3, 1.0)
+    S = sparse_spiking_linear(x, W, b, LIFParams(), 0.3)
+    assert active_set(S) is not None
+    S.detach().mul_(1.0)  # shares the version counter
+    assert active_set(S) is None
+    S2 = sparse_spiking_linear(x, W, b, LIFParams(), 0.3)
+    d = S2.detach().requires_grad_()
+    share_active_set(S2, d)
+    assert active_set(d) is active_set(S2)
+
+
+# ---------------------------------------------------------------------------------------- (f)
+
+
+def test_saved_state_shrinks_with_activity():
+    """(f) bytes kept for backward fall with activity and are far below the dense path's."""
+    torch.manual_seed(0)
+    T, B, K, N = 60, 8, 100, 80
+    x = (torch.rand(T, B, K) < 0.02).float()
+    W = (torch.randn(N, K) * 0.6).requires_grad_()
+    sizes, acts, ns = [], [], []
+    for b_th in [0.02, 0.1, 0.3, 1.0, HUGE]:
+        st_ = {}
+        S = sparse_spiking_linear(x, W, None, LIFParams(beta=0.9), b_th, st_)
+        # what the autograd node really holds
+        fn = S.grad_fn
+        held = fn.active.nbytes + fn.g.numel() * fn.g.element_size() + fn.spikes_in.nbytes
+        assert held == st_["saved_bytes"]
+        sizes.append(st_["saved_bytes"])
+        acts.append(st_["n_active"] / st_["n_total"])
+        ns.append(st_["n_active"])
+    assert all(a < b for a, b in zip(sizes, sizes[1:])) and all(a <= b for a, b in zip(acts, acts[1:]))
+    dense_saved = T * B * N * 4  # the dense path keeps the surrogate g[T, B, N] (float32)
+    assert acts[1] < 0.05 and sizes[1] < 0.15 * dense_saved
+    # per active entry: int32 index + float32 g; plus per-b offsets and the input spike list
+    inp = spike_list(x).nbytes
+    assert sizes[1] == 8 * ns[1] + 8 * (B + 1) + inp
+
+
+# ---------------------------------------------------------------------------------------- triton
+
+
+def _triton_or_skip():
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"triton not importable: {e}")
+
+
+@pytest.fixture
+def triton_interpret(monkeypatch):
+    _triton_or_skip()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from sparsespike.kernels import triton_gpu
+
+    return triton_gpu
+
+
+def test_triton_sparse_linear_matches_numba(triton_interpret):
+    """Triton kernels (``TRITON_INTERPRET=1`` on CPU tensors) give the numba gradients."""
+    torch.manual_seed(1)
+    T, B, K, H, N = 8, 2, 6, 5, 4
+    x = (torch.rand(T, B, K) < 0.3).float()
+    W1 = (torch.randn(H, K) * 0.9).requires_grad_()
+    W2 = (torch.randn(N, H) * 0.9).requires_grad_()
+    b2 = (torch.randn(N) * 0.1).requires_grad_()
+    gs = torch.randn(T, B, N)
+    p = LIFParams(beta=0.85)
+    res = {}
+    for impl in ["numba", "triton"]:
+        S1 = sparse_spiking_linear(x, W1, None, p, 0.4, impl=impl)
+        S2 = sparse_spiking_linear(S1, W2, b2, p, 0.4, impl=impl)
+        res[impl] = [S1, S2] + grads(S2, [S1], gs) + grads(S2, [W1, W2, b2], gs)
+    for a, b in zip(res["numba"], res["triton"]):
+        close(a, b, 1e-5)
+    # dense input-gradient fallback (input without an active set)
+    xs = x.clone().requires_grad_()
+    a = grads(sparse_spiking_linear(xs, W1, None, p, 0.4, impl="triton"), [xs], torch.ones(T, B, H))[0]
+    r = grads(sparse_spiking_linear(xs, W1, None, p, 0.4, impl="numba"), [xs], torch.ones(T, B, H))[0]
+    close(a, r, 1e-5)
+
+
+@pytest.mark.parametrize("setting", [dict(), dict(reset="zero"), dict(alpha=0.6), dict(detach_reset=False)])
+def test_triton_masked_recurrence(triton_interpret, setting):
+    g = torch.Generator().manual_seed(2)
+    cur = (torch.randn(9, 2, 5, generator=g) * 0.8 + 0.3).requires_grad_()
+    gs = torch.randn(cur.shape, generator=g)
+    p = LIFParams(beta=0.9, **setting)
+    out = {}
+    for impl in ["triton", "torch"]:
+        st_ = {}
+        S = lif_recurrence_masked(cur, p, 0.3, st_, impl=impl)
+        out[impl] = (S, torch.autograd.grad(S, cur, gs)[0], st_["n_active"])
+    assert torch.equal(out["triton"][0], out["torch"][0])
+    close(out["triton"][1], out["torch"][1], 1e-5)
+    assert out["triton"][2] == out["torch"][2]
+
+
+def test_triton_kernels_compile_for_sm90(monkeypatch):
+    """The kernels lower to PTX (no GPU needed: ptxas ships with triton)."""
+    _triton_or_skip()
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from sparsespike.kernels import triton_gpu
+
+    k = triton_gpu.kernels()
+    try:
+        src = ASTSource(
+            fn=k.dx_active,
+            signature={"row_ptr": "*i64", "col_ptr": "*i64", "delta_ptr": "*fp32", "wt_ptr": "*fp32",
+                       "out_ptr": "*fp32", "P": "i32", "N": "i32", "BP": "constexpr", "BN": "constexpr"},
+            constexprs={"BP": 32, "BN": 64},
+        )  # fmt: skip
+        out = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+    except Exception as e:  # noqa: BLE001 - no ptxas/llvm backend on this machine
+        pytest.skip(f"triton cannot compile offline here: {type(e).__name__}: {e}")
+    assert "ld.global" in out.asm["ptx"]
+
+
+def test_importable_without_triton(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    import sparsespike.kernels.triton_gpu as tg
+
+    mod = importlib.reload(tg)
+    try:
+        assert mod.HAS_TRITON is False and mod.available() is False
+    finally:
+        monkeypatch.undo()
+        importlib.reload(tg)
+
