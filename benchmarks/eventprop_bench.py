@@ -131,9 +131,7 @@ def main(argv=None):
         },
         "batch": args.batch,
         "spike_sweep": spike_sweep(x, y, scales, repeats),
-        "time_scale": time_scale(
-            x, y, [1.0, 3.0, 10.0] if not args.quick else [1.0, 10.0], repeats
-        ),
+        "time_scale": time_scale(x, y, [1.0, 3.0, 10.0] if not args.quick else [1.0, 10.0], repeats),
     }
     sw = res["spike_sweep"]
     sp = np.array([r["spikes_per_sample"] for r in sw])

@@ -221,28 +221,45 @@ def available_methods(peers: bool = True) -> tuple[list[str], dict[str, str]]:
     return methods, skipped
 
 
-def calibrate(net: Net, x: torch.Tensor, b_th: float, target=(1.0, 2.0)) -> dict:
-    """Choose the weight scale whose layer activities fall in ``target`` % (closest to the middle)."""
-    from sparsespike.layers import SpikingLinear
+def calibrate(net: Net, x: torch.Tensor, b_th: float, act_target: float = 1.0, max_spikes_pct: float = 2.0) -> dict:
+    """Weight scale of the "trained" regime: layer activity closest to ``act_target`` % with spike
+    densities at most ``max_spikes_pct`` % (the paper's F-MNIST nets: activity 1.06/0.87 %, and the
+    upper activity regulariser f_up = 1 allows about one spike per neuron per sample, i.e. 1 %)."""
+    from sparsespike.layers import SpikingLinear  # noqa: F401 - imported for the layers below
 
-    mid = sum(target) / 2
-    best = None
-    for scale in (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0):
+    grid = []
+    for scale in (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0):
         net.scale = scale
         l1, l2 = net.layer("sparse", 1, b_th), net.layer("sparse", 2, b_th)
         with torch.no_grad():
             s1 = l1(x)
             s2 = l2(s1)
-        a1, a2 = l1.activity(), l2.activity()
-        score = abs(a1 - mid) + abs(a2 - mid)
-        row = {"scale": scale, "act1": a1, "act2": a2, "spikes1_pct": 100 * float(s1.mean()), "spikes2_pct": 100 * float(s2.mean())}
-        if best is None or score < best[0]:
-            best = (score, row)
-    net.scale = best[1]["scale"]
-    return best[1]
+        grid.append({"scale": scale, "act1": l1.activity(), "act2": l2.activity(),
+                     "spikes1_pct": 100 * float(s1.mean()), "spikes2_pct": 100 * float(s2.mean())})  # fmt: skip
+    ok = [g for g in grid if max(g["spikes1_pct"], g["spikes2_pct"]) <= max_spikes_pct] or grid[:1]
+    best = min(ok, key=lambda g: abs(g["act1"] - act_target) + abs(g["act2"] - act_target))
+    net.scale = best["scale"]
+    return dict(best, grid=grid)
 
 
 # --------------------------------------------------------------------------------------- measure
+
+
+class _quiet_stderr:
+    """Silence the profiler's C++ start/stop lines (written to fd 2)."""
+
+    def __enter__(self):
+        import sys
+
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self.null, 2)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        os.close(self.null)
 
 
 def _mem_events(fn) -> tuple[int, int]:
@@ -250,7 +267,7 @@ def _mem_events(fn) -> tuple[int, int]:
     from torch.profiler import ProfilerActivity, profile
 
     gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     evs = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     evs.sort(key=lambda e: e.start_ns())

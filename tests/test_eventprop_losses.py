@@ -74,9 +74,7 @@ def test_cs_as_values_and_gradients_by_hand():
     vals = [1.0, 2.0, T, 3.0, 1.5, 2.5]
     assert float(a) == pytest.approx(sum(math.expm1(v / TAU1) for v in vals) / 6)
     a.backward()
-    g = np.array(
-        [[math.exp(v / TAU1) / TAU1 / 6 for v in row] for row in ([1, 2, T], [3, 1.5, 2.5])]
-    )
+    g = np.array([[math.exp(v / TAU1) / TAU1 / 6 for v in row] for row in ([1, 2, T], [3, 1.5, 2.5])])
     g[0, 2] = 0.0  # silent: constant
     np.testing.assert_allclose(t.grad.numpy(), g, rtol=1e-12)
 

@@ -297,16 +297,14 @@ def test_delta_recurrence_vs_brute_force(seed, T, B, N, p_act, p_in, beta):
     # sparse walk with W = I: dx at the needed entries is delta there
     need = ActiveSet.from_mask(torch.rand(T, B, N, generator=g) < p_in)
     powb = torch.tensor([beta**n for n in range(T + 1)], dtype=DT)
-    geo = torch.cumsum(powb[:T], 0)
     dx = torch.zeros(need.n, dtype=DT)
-    wt = torch.eye(N, dtype=DT)
-    empty = torch.zeros(B + 1, dtype=torch.int64)
-    kc.sparse_backward(
-        1, T, N, N, act.ptr.numpy(), act.idx.numpy(), e.numpy(), empty.numpy(),
-        np.empty(0, np.int32), np.empty(0), False, wt.numpy(), need.ptr.numpy(), need.idx.numpy(),
-        powb.numpy(), geo.numpy(), False, False, True, np.zeros((1, 1, 1)), np.zeros((1, 1)), dx.numpy(),
-    )  # fmt: skip
-    close(dx, need.gather(want), 1e-12)
+    for nchunk, nb in [(1, N), (2, 1), (3, 2)]:
+        dx.zero_()
+        kc.input_grad_active(
+            nchunk, nb, T, N, N, act.ptr.numpy(), act.idx.numpy(), e.numpy(), torch.eye(N, dtype=DT).numpy(),
+            need.ptr.numpy(), need.idx.numpy(), powb.numpy(), dx.numpy(),
+        )  # fmt: skip
+        close(dx, need.gather(want), 1e-12)
 
 
 # ---------------------------------------------------------------------------------------- (d)

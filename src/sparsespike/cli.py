@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("which", choices=["peers", "sparse-backward", "eventprop", "pruned-inference"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
+
+    from .export import add_export_parser  # light: torch is imported only when it runs
+
+    add_export_parser(sub)
     return p
 
 

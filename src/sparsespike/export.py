@@ -74,22 +74,18 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-from torch import nn
 
 from .errors import SparseSpikeError
-from .layers import (
-    LeakyReadout,
-    SeqFlatten,
-    SeqPool2d,
-    SpikeCountReadout,
-    SpikingConv2d,
-    SpikingLinear,
-)
-from .neurons import LIFParams, Reset
+
+if TYPE_CHECKING:  # torch and the layers are imported where used: `sparsespike --help` stays fast
+    import torch
+    from torch import nn
+
+    from .layers import SpikingConv2d
+    from .neurons import LIFParams
 
 Mapping = Literal["euler", "exp"]
 MAPPINGS: tuple[str, ...] = ("euler", "exp")
@@ -218,10 +214,12 @@ def _node(nir: ModuleType, type_name: str, metadata: dict | None = None, **kw) -
 
 
 def _np32(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float32).numpy().copy()
+    return t.detach().cpu().float().numpy().copy()
 
 
 def _flat_modules(model: nn.Module) -> list[nn.Module]:
+    from torch import nn
+
     if isinstance(model, nn.Sequential):
         out: list[nn.Module] = []
         for m in model:
@@ -336,6 +334,16 @@ def export_nir(
     reduction over time of :class:`LeakyReadout` (``mode``) and :class:`SpikeCountReadout` is
     recorded in the graph metadata (``readout_mode``, ``count_readout``).
     """
+    from .layers import (
+        LeakyReadout,
+        SeqFlatten,
+        SeqPool2d,
+        SpikeCountReadout,
+        SpikingConv2d,
+        SpikingLinear,
+    )
+    from .neurons import Reset
+
     nir = require_nir()
     _check_mapping(mapping)
     if subtract_reset not in ("warn", "error", "ignore"):
@@ -380,13 +388,13 @@ def export_nir(
             if len(shape) != 3 or shape[0] != conv.in_channels:
                 raise ExportError(f"{where}: expects [{conv.in_channels}, H, W] inputs, gets {shape}")
             w = conv.weight
-            bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+            bias = _np32(conv.bias) if conv.bias is not None else np.zeros(conv.out_channels, np.float32)
             hw = (shape[1], shape[2])
             add(f"conv{i}", _node(
-                nir, "Conv2d", {"sparsespike_module": "SpikingConv2d"},
+                nir, "Conv2d", {"sparsespike_module": "SpikingConv2d", "bias": int(conv.bias is not None)},
                 input_shape=hw, weight=_np32(w), stride=_pair(conv.stride),
                 padding=conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
-                dilation=_pair(conv.dilation), groups=int(conv.groups), bias=_np32(bias),
+                dilation=_pair(conv.dilation), groups=int(conv.groups), bias=bias,
             ))  # fmt: skip
             shape = (conv.out_channels, *_conv_out(hw, conv))
             add(f"lif{i}", _neuron_node(nir, m.neuron, "SpikingConv2d", shape, dt, mapping, lif_as_cubalif))
@@ -462,8 +470,8 @@ def _version() -> str:
 def _affine(nir: ModuleType, weight: torch.Tensor, bias: torch.Tensor | None, always_affine: bool):
     if bias is None and not always_affine:
         return nir.Linear(weight=_np32(weight))
-    b = bias if bias is not None else torch.zeros(weight.shape[0])
-    return nir.Affine(weight=_np32(weight), bias=_np32(b))
+    b = _np32(bias) if bias is not None else np.zeros(weight.shape[0], np.float32)
+    return nir.Affine(weight=_np32(weight), bias=b)
 
 
 def _neuron_node(nir, p: LIFParams, module: str, shape, dt, mapping, lif_as_cubalif=False):
@@ -691,6 +699,11 @@ def import_nir(
     graph metadata, else ``"max"``; a ``count_readout`` in the metadata appends a
     :class:`SpikeCountReadout`.
     """
+    import torch
+    from torch import nn
+
+    from .layers import LeakyReadout, SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingLinear
+
     nir = require_nir()
     if isinstance(graph, (str, os.PathLike)):
         graph = read_nir(graph)
@@ -736,7 +749,7 @@ def import_nir(
                 if weight.ndim != 2 or weight.shape[1] != shape[0]:
                     raise ExportError(f"node {name!r}: weight {weight.shape} does not take {shape[0]} inputs")
                 n_out = weight.shape[0]
-                has_bias = bias is not None and bool(np.any(bias != 0))
+                has_bias = bias is not None  # Affine: keep the (maybe zero) bias
                 if nt in ("LI", "I"):
                     if i + 2 != len(chain):
                         raise ExportError(f"node {nname!r}: a leaky readout ({nt}) must be last")
@@ -800,6 +813,8 @@ def import_nir(
 
 
 def _lif_params(name: str, params: dict) -> LIFParams:
+    from .neurons import LIFParams
+
     try:
         return LIFParams(
             beta=params["beta"], alpha=params["alpha"], threshold=params["threshold"],
@@ -810,6 +825,8 @@ def _lif_params(name: str, params: dict) -> LIFParams:
 
 
 def _fold(weight: torch.Tensor, bias: torch.Tensor | None, scale: np.ndarray) -> None:
+    import torch
+
     s = torch.from_numpy(np.asarray(scale, dtype=np.float64))
     with torch.no_grad():
         shape = (-1,) + (1,) * (weight.dim() - 1)
@@ -819,6 +836,10 @@ def _fold(weight: torch.Tensor, bias: torch.Tensor | None, scale: np.ndarray) ->
 
 
 def _conv_from_nir(name, node, weight, bias, params, shape, common) -> SpikingConv2d:
+    import torch
+
+    from .layers import SpikingConv2d
+
     if int(np.asarray(node.groups)) != 1:
         raise ExportError(f"node {name!r}: grouped convolutions are not supported")
     dil = _pair(np.asarray(node.dilation).reshape(-1).tolist() * 2)
@@ -836,7 +857,7 @@ def _conv_from_nir(name, node, weight, bias, params, shape, common) -> SpikingCo
     stride = _pair(np.asarray(node.stride).reshape(-1).tolist() * 2)
     stride = stride[0] if stride[0] == stride[1] else stride
     k = kh if kh == kw else (kh, kw)
-    has_bias = bool(np.any(bias != 0))
+    has_bias = bool(np.any(bias != 0)) or bool(_metadata(node).get("bias", False))
     m = SpikingConv2d(c_in, c_out, k, _lif_params(name, params), stride=stride, padding=pad,
                       bias=has_bias, **common)  # fmt: skip
     with torch.no_grad():
@@ -868,7 +889,11 @@ def simulate_nir(
 
     Returns every node's output over time, ``{name: ndarray [T, B, ...]}`` (``"output"`` etc.).
     """
+    import torch
+
     nir = require_nir()
+    if isinstance(graph, (str, os.PathLike)):
+        graph = read_nir(graph)
     dt, mapping = _graph_settings(graph, dt, mapping)
     xs = torch.as_tensor(np.asarray(x), dtype=torch.float64)
     if xs.dim() < 2:
@@ -902,10 +927,13 @@ def simulate_nir(
 
 
 def _t(a: Any) -> torch.Tensor:
+    import torch
+
     return torch.as_tensor(np.asarray(a, dtype=np.float64))
 
 
 def _sim_node(name, node, u, st, dt, mapping, reset_mode) -> torch.Tensor:
+    import torch
     import torch.nn.functional as F
 
     t = _tname(node)

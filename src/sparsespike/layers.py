@@ -273,14 +273,36 @@ class LeakyReadout(nn.Module):
         return f"{self.in_features}, {self.out_features}, beta={self.beta}, mode={self.mode!r}"
 
 
+class _LeakyIntegrate(torch.autograd.Function):
+    """``V[t] = beta V[t-1] + I[t]``; backward ``dI[t] = dV[t] + beta dI[t+1]`` in one sweep."""
+
+    @staticmethod
+    def forward(ctx, current: torch.Tensor, beta: float) -> torch.Tensor:  # type: ignore[override]
+        v = torch.empty_like(current)
+        acc = torch.zeros_like(current[0])
+        for t in range(current.shape[0]):
+            acc = acc.mul_(beta).add_(current[t])
+            v[t] = acc
+        ctx.beta = beta
+        return v
+
+    @staticmethod
+    def backward(ctx, gv: torch.Tensor):  # type: ignore[override]
+        gi = torch.empty_like(gv)
+        acc = torch.zeros_like(gv[0])
+        for t in range(gv.shape[0] - 1, -1, -1):
+            acc = acc.mul_(ctx.beta).add_(gv[t])
+            gi[t] = acc
+        return gi, None
+
+
 def leaky_integrate(current: torch.Tensor, beta: float) -> torch.Tensor:
-    """``V[t] = beta V[t-1] + current[t]`` over time-major ``current``, differentiable."""
-    out = []
-    v = torch.zeros_like(current[0])
-    for t in range(current.shape[0]):
-        v = beta * v + current[t]
-        out.append(v)
-    return torch.stack(out)
+    """``V[t] = beta V[t-1] + current[t]`` over time-major ``current``, differentiable.
+
+    One autograd node for the whole sequence (a Python loop of indexed steps would make the
+    backward allocate a full-size gradient per step: O(T^2) memory traffic).
+    """
+    return _LeakyIntegrate.apply(current, float(beta))
 
 
 class SpikeCountReadout(nn.Module):

@@ -10,7 +10,7 @@ Encodings (``data.encoding.name``):
 * ``latency``: one spike per value, linear in the value (``T``, ``direction``, ``bias_spike``
   adds an always-on input spiking at step 0, as Yin-Yang needs).
 * ``rate``: Bernoulli rate coding (``T``), redrawn every batch (Yin et al., STBP).
-* ``raster``: the data already are spike rasters (N-MNIST, SHD).
+* ``raster``: the data already are spike rasters (N-MNIST, SHD, ``tonic-*``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def make_encoder(enc: dict, kind: str) -> tuple[Callable, int]:
             return E.rate_raster((_images_unit(x) * gain).clamp(0, 1), T, generator=g)
     elif name == "raster":
         if kind != "raster":
-            raise ConfigError("encoding 'raster' needs an event dataset (nmnist-small, shd)")
+            raise ConfigError(
+                "encoding 'raster' needs an event dataset (nmnist-small, shd, tonic-*)"
+            )
 
         def f(x, g=None):
             return x.transpose(0, 1).to(torch.float32)
@@ -156,9 +158,27 @@ def build_data(cfg: DataConfig, data_dir: str | Path | None, seed: int) -> DataB
         test = Split(shd_rasters(ev, T=T, **rk), y)
         train, val = _split(full, cfg, seed, train_val_split)
         shape, n_classes, kind = (700,), 20, "raster"
+    elif ds.startswith("tonic-"):
+        from .data.tonic_data import TONIC_DATASETS, TONIC_OPTION_KEYS, load_tonic_split
+
+        name = ds[len("tonic-") :]
+        if name not in TONIC_DATASETS:
+            raise ConfigError(
+                f"unknown dataset {ds!r}; tonic datasets: "
+                + ", ".join(f"tonic-{n}" for n in TONIC_DATASETS)
+            )
+        spec = TONIC_DATASETS[name]
+        enc.setdefault("T", spec.T)
+        T = int(enc["T"])
+        tk = {k: enc.pop(k) for k in list(enc) if k in TONIC_OPTION_KEYS}
+        full = Split(*load_tonic_split(name, root, "train", T=T, **tk))
+        test = Split(*load_tonic_split(name, root, "test", T=T, **tk))
+        train, val = _split(full, cfg, seed, train_val_split)
+        shape, n_classes, kind = tuple(full.x.shape[2:]), spec.n_classes, "raster"
     else:
         raise ConfigError(
-            f"unknown dataset {ds!r}; use yinyang, mnist, fashion-mnist, cifar10, nmnist-small or shd"
+            f"unknown dataset {ds!r}; use yinyang, mnist, fashion-mnist, cifar10, nmnist-small, "
+            "shd, tonic-nmnist, tonic-shd or tonic-dvsgesture"
         )
     if cfg.train_subset:
         train = Split(train.x[: cfg.train_subset], train.y[: cfg.train_subset])

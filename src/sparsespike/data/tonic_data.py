@@ -120,20 +120,38 @@ def tonic_input_shape(
     return (p, h, w) if spatial else (p * h * w,)
 
 
+def _has(events: np.ndarray, field: str) -> bool:
+    fields = events.dtype.fields or {}
+    return field in fields  # names and titles (AEDAT4 events title 'p' the field 'on')
+
+
+def plain_events(events: np.ndarray) -> np.ndarray:
+    """Tonic-style events with plain fields ``x``, [``y``], ``t`` (int64), ``p`` (int64).
+
+    Readers differ in field order, dtypes and titles (``tonic.io.read_aedat4`` gives
+    ``t, x, y, on`` with ``p`` a title); ``ToFrame`` needs the names.
+    """
+    missing = [f for f in ("x", "t", "p") if not _has(events, f)]
+    if missing:
+        raise DataError(f"events lack fields {missing}; have {events.dtype.names}")
+    keys = ["x", "y", "t", "p"] if _has(events, "y") else ["x", "t", "p"]
+    out = np.empty(events.shape[0], dtype=[(k, np.int64) for k in keys])
+    for k in keys:
+        out[k] = np.asarray(events[k]).astype(np.int64)
+    return out
+
+
 def events_from_tonic(events: np.ndarray) -> np.ndarray:
     """Tonic's structured events (fields ``x``, [``y``], ``t``, ``p``) as our :data:`EVENT_DTYPE`.
 
     1-D sensors (SHD: ``x`` is the channel) get ``y = 0``; polarity becomes 0/1.
     """
-    names = events.dtype.names or ()
-    missing = [f for f in ("x", "t", "p") if f not in names]
-    if missing:
-        raise DataError(f"tonic events lack fields {missing}; have {names}")
-    out = np.empty(events.shape[0], dtype=EVENT_DTYPE)
-    out["x"] = events["x"]
-    out["y"] = events["y"] if "y" in names else 0
-    out["p"] = np.asarray(events["p"]).astype(np.int8)
-    out["t"] = events["t"]
+    ev = plain_events(events)
+    out = np.empty(ev.shape[0], dtype=EVENT_DTYPE)
+    out["x"] = ev["x"]
+    out["y"] = ev["y"] if "y" in (ev.dtype.names or ()) else 0
+    out["p"] = ev["p"].astype(np.int8)
+    out["t"] = ev["t"]
     return out
 
 
@@ -161,7 +179,7 @@ def tonic_to_raster(
     n_units = w * h * p
     if binning == "floor":
         tonic = require_tonic()
-        ev = events.copy()  # ToFrame writes p = 0 in place for single-polarity sensors
+        ev = plain_events(events)  # a copy: ToFrame writes p = 0 in place on 1-polarity sensors
         if len(ev) and np.any(np.diff(ev["t"]) < 0):
             ev = ev[np.argsort(ev["t"], kind="stable")]
         frame = tonic.transforms.ToFrame(
@@ -180,6 +198,10 @@ def tonic_to_raster(
     elif binning == "round":
         ev = events_from_tonic(events)
         x, y, pol = (ev[k].astype(np.int64) for k in ("x", "y", "p"))
+        if p == 1 and pol.size:  # one polarity channel (SHD's p = 1): as ToFrame does
+            if np.unique(pol).size > 1:
+                raise DataError("single-polarity sensor, but the events have both polarities")
+            pol = np.zeros_like(pol)
         bad = (x < 0) | (x >= w) | (y < 0) | (y >= h) | (pol < 0) | (pol >= p)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -344,6 +366,7 @@ __all__ = [
     "TonicSpec",
     "downsampled_size",
     "events_from_tonic",
+    "plain_events",
     "load_tonic_split",
     "require_tonic",
     "tonic_input_shape",

@@ -22,9 +22,7 @@ def _as_float_tensor(x, name: str) -> torch.Tensor:
     return t
 
 
-def encode_yinyang(
-    features, t_min: float = 0.0, t_max: float = 20.0, bias_time: float | None = 0.0
-) -> torch.Tensor:
+def encode_yinyang(features, t_min: float = 0.0, t_max: float = 20.0, bias_time: float | None = 0.0) -> torch.Tensor:
     """Yin-Yang points to 5 input spike times.
 
     ``t = t_min + v (t_max - t_min)`` for ``v`` in ``(x, y, 1-x, 1-y)``, plus a bias spike at

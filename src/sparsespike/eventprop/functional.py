@@ -73,22 +73,27 @@ class _EventPropFunction(torch.autograd.Function):
         ctx.x_shape = x.shape
         ctx.dtypes = [w.dtype for w in weights]
         ctx.in_dtype = input_times.dtype
+        ctx.devices = [w.device for w in weights]
+        ctx.in_device = input_times.device
         record["counts"] = [torch.from_numpy(sp.counts) for _, sp in layers]
         record["n_capped"] = [sp.n_capped for _, sp in layers]
-        outs = tuple(torch.from_numpy(sp.times.copy()) for _, sp in layers)
+        # the simulator runs on the CPU; results go back to the input's device
+        dev = input_times.device
+        outs = tuple(torch.from_numpy(sp.times.copy()).to(dev) for _, sp in layers)
         return outs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grad_times):
         dl_dt = [None if g is None else g.detach().cpu().numpy() for g in grad_times]
-        grads, g_in = adjoint_network(
-            ctx.layers, ctx.Ws, dl_dt, ctx.x_shape, ctx.params, ctx.options
+        grads, g_in = adjoint_network(ctx.layers, ctx.Ws, dl_dt, ctx.x_shape, ctx.params, ctx.options)
+        gWs = tuple(
+            torch.from_numpy(g).to(device=dv, dtype=dt)
+            for g, dt, dv in zip(grads, ctx.dtypes, ctx.devices, strict=True)
         )
-        gWs = tuple(torch.from_numpy(g).to(dt) for g, dt in zip(grads, ctx.dtypes, strict=True))
         g_x = None
         if ctx.needs_input_grad[3]:
-            g_x = torch.from_numpy(g_in.reshape(ctx.in_shape)).to(ctx.in_dtype)
+            g_x = torch.from_numpy(g_in.reshape(ctx.in_shape)).to(ctx.in_device, ctx.in_dtype)
         return (None, None, None, g_x, *gWs)
 
 
@@ -130,9 +135,7 @@ def event_forward(
         if not isinstance(w, torch.Tensor) or w.dim() != 2:
             raise SpikeInputError(f"weights[{l}] must be a 2-D tensor [N_out, N_in]")
         if n_prev is not None and w.shape[1] != n_prev:
-            raise SpikeInputError(
-                f"weights[{l}] has shape {tuple(w.shape)}, expected [N_out, {n_prev}]"
-            )
+            raise SpikeInputError(f"weights[{l}] has shape {tuple(w.shape)}, expected [N_out, {n_prev}]")
         n_prev = w.shape[0]
     record: dict = {}
     times = _EventPropFunction.apply(params, options, record, input_times, *weights)

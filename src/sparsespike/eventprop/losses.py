@@ -77,15 +77,12 @@ def _check(first: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Ten
         raise SpikeInputError("first-spike times contain NaN")
     if labels is not None:
         if labels.dim() != 1 or labels.shape[0] != first.shape[0]:
-            raise SpikeInputError(
-                f"labels must be [B] with B={first.shape[0]}, got shape {tuple(labels.shape)}"
-            )
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise SpikeInputError(f"labels must be [B] with B={first.shape[0]}, got shape {tuple(labels.shape)}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
             raise SpikeInputError(f"labels must be an integer tensor, got {labels.dtype}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= first.shape[1]):
             raise SpikeInputError(
-                f"labels must lie in [0, {first.shape[1] - 1}], got range "
-                f"[{int(labels.min())}, {int(labels.max())}]"
+                f"labels must lie in [0, {first.shape[1] - 1}], got range [{int(labels.min())}, {int(labels.max())}]"
             )
     return first
 
@@ -103,7 +100,7 @@ def ce_loss(
     Gradient: ``(1 - p_T)/tau_0`` wrt the target's first spike, ``-p_a/tau_0`` wrt the others.
     """
     first = _finite_or(_check(first_spike_times(first), labels), silent_time)
-    return torch.nn.functional.cross_entropy(-first / tau0, labels)
+    return torch.nn.functional.cross_entropy(-first / tau0, labels.long())
 
 
 def cs_loss(
@@ -111,7 +108,7 @@ def cs_loss(
 ) -> torch.Tensor:
     """Classification spike term ``mean_b[exp(t_{b,1(T)}/tau_1) - 1]`` (Fontanini eq. 10)."""
     first = _finite_or(_check(first_spike_times(first), labels), silent_time)
-    t_target = first.gather(1, labels[:, None])[:, 0]
+    t_target = first.gather(1, labels.long()[:, None])[:, 0]
     return torch.expm1(t_target / tau1).mean()
 
 
@@ -121,9 +118,7 @@ def as_loss(first: torch.Tensor, tau1: float = TAU1, silent_time: float = T_WIND
     return torch.expm1(first / tau1).mean()
 
 
-def sp_loss(
-    times: EventOutput | torch.Tensor | Sequence[torch.Tensor], per_neuron: bool = False
-) -> torch.Tensor:
+def sp_loss(times: EventOutput | torch.Tensor | Sequence[torch.Tensor], per_neuron: bool = False) -> torch.Tensor:
     """Spike penalty ``1/N_b sum_b sum_a sum_{p>=2} 1/(t_p - t_1)`` (Fontanini eq. 12), in 1/ms.
 
     ``times``: an :class:`EventOutput` (all layers are used), one ``[B, N, S]`` tensor, or a
@@ -242,6 +237,7 @@ def predict(first: torch.Tensor) -> torch.Tensor:
 def correct(first: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``[B]`` bool: the target spikes and strictly before every other output neuron."""
     first = _check(first_spike_times(first).detach(), labels)
+    labels = labels.long()
     t_target = first.gather(1, labels[:, None])
     others = first.clone()
     others.scatter_(1, labels[:, None], float("inf"))

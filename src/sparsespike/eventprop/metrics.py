@@ -63,9 +63,7 @@ class BatchStats:
             "n_s_per_layer": ns_layer,
             "n_s": sum(self.spikes) / (n * max(total_neurons, 1)),
             "spikes_per_sample": sum(self.spikes) / n,
-            "silent_neurons_per_layer": [
-                int((~a).sum()) if a is not None else 0 for a in self.active
-            ],
+            "silent_neurons_per_layer": [int((~a).sum()) if a is not None else 0 for a in self.active],
             "silent_frac_per_sample_per_layer": [s / n for s in self.silent_frac_sum],
             "latency_ms": self.latency_sum / self.latency_n if self.latency_n else float("nan"),
             "no_output_frac": 1.0 - self.latency_n / n,

@@ -92,10 +92,7 @@ class EventNetwork(torch.nn.Module):
         self.params = params if params is not None else LIFParams()
         self.solver = solver if solver is not None else SolverOptions()
         self.weights = torch.nn.ParameterList(
-            [
-                torch.nn.Parameter(torch.empty(sizes[l + 1], sizes[l], dtype=dtype))
-                for l in range(n_layers)
-            ]
+            [torch.nn.Parameter(torch.empty(sizes[l + 1], sizes[l], dtype=dtype)) for l in range(n_layers)]
         )
         self.reset_parameters(generator)
 

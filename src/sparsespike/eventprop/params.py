@@ -62,9 +62,7 @@ class LIFParams:
         k = self.tau_s / (self.tau_m - self.tau_s)
         # single input of weight w at t = 0: V = w R k (e^{-t/tau_m} - e^{-t/tau_s})
         d_peak = math.log(self.tau_m / self.tau_s) / (1.0 / self.tau_s - 1.0 / self.tau_m)
-        peak_per_w = (
-            self.r_m * k * (math.exp(-d_peak / self.tau_m) - math.exp(-d_peak / self.tau_s))
-        )
+        peak_per_w = self.r_m * k * (math.exp(-d_peak / self.tau_m) - math.exp(-d_peak / self.tau_s))
         return self.threshold / peak_per_w
 
 
@@ -100,13 +98,9 @@ class SolverOptions:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.max_spikes, int) and self.max_spikes >= 1):
-            raise ConfigError(
-                f"SolverOptions.max_spikes must be an int >= 1, got {self.max_spikes!r}"
-            )
+            raise ConfigError(f"SolverOptions.max_spikes must be an int >= 1, got {self.max_spikes!r}")
         if self.on_overflow not in ON_OVERFLOW:
-            raise ConfigError(
-                f"SolverOptions.on_overflow must be one of {ON_OVERFLOW}, got {self.on_overflow!r}"
-            )
+            raise ConfigError(f"SolverOptions.on_overflow must be one of {ON_OVERFLOW}, got {self.on_overflow!r}")
         for name in ("peak_tol", "root_xtol", "grazing_eps"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):

@@ -308,9 +308,7 @@ def check_input_times(times: np.ndarray, name: str = "input_times") -> np.ndarra
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3:
-        raise SpikeInputError(
-            f"{name} must have shape [batch, neurons] or [batch, neurons, spikes], got {arr.shape}"
-        )
+        raise SpikeInputError(f"{name} must have shape [batch, neurons] or [batch, neurons, spikes], got {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     if np.isnan(arr).any():
         raise SpikeInputError(f"{name} contains NaN spike times (use +inf for 'no spike')")
@@ -356,8 +354,7 @@ def simulate_layer(
         used = events.neuron[events.neuron >= 0]
         if used.size and int(used.max()) >= W.shape[1]:
             raise SpikeInputError(
-                f"{layer_name}: input neuron index {int(used.max())} out of range for weight "
-                f"with {W.shape[1]} inputs"
+                f"{layer_name}: input neuron index {int(used.max())} out of range for weight with {W.shape[1]} inputs"
             )
     if not np.isfinite(W).all():
         raise SpikeInputError(f"{layer_name}: weight contains NaN or inf")
@@ -412,9 +409,7 @@ def simulate_network(
     for l, W in enumerate(weights):
         W = np.asarray(W)
         if W.ndim != 2 or W.shape[1] != n_prev:
-            raise SpikeInputError(
-                f"weights[{l}] has shape {tuple(W.shape)}, expected [N_out, {n_prev}]"
-            )
+            raise SpikeInputError(f"weights[{l}] has shape {tuple(W.shape)}, expected [N_out, {n_prev}]")
         ev = merge_events(prev)
         sp = simulate_layer(ev, W, params, options, layer_name=f"layer {l + 1}")
         out.append((ev, sp))

@@ -198,9 +198,7 @@ def augment_images(images: torch.Tensor, gen: torch.Generator, shift: float = 0.
     c, s = torch.cos(ang), torch.sin(ang)
     theta = torch.stack([torch.stack([c, -s, tx], 1), torch.stack([s, c, ty], 1)], 1)
     grid = torch.nn.functional.affine_grid(theta, (B, 1, *x.shape[1:]), align_corners=False)
-    out = torch.nn.functional.grid_sample(
-        x[:, None], grid, align_corners=False, padding_mode="zeros"
-    )
+    out = torch.nn.functional.grid_sample(x[:, None], grid, align_corners=False, padding_mode="zeros")
     return out[:, 0].clamp(0.0, 1.0)
 
 
@@ -261,12 +259,8 @@ def train_eventprop(config: str | os.PathLike | dict | EventPropConfig, **overri
         init = MNIST_INIT_RANGES
     else:
         init = default_init_ranges(n_layers)
-    params = LIFParams(
-        tau_m=cfg.tau_m, tau_s=cfg.tau_s, threshold=cfg.threshold, t_window=cfg.t_window
-    )
-    solver = SolverOptions(
-        max_spikes=cfg.max_spikes, on_overflow="ignore", grazing_eps=cfg.grazing_eps
-    )
+    params = LIFParams(tau_m=cfg.tau_m, tau_s=cfg.tau_s, threshold=cfg.threshold, t_window=cfg.t_window)
+    solver = SolverOptions(max_spikes=cfg.max_spikes, on_overflow="ignore", grazing_eps=cfg.grazing_eps)
     net = EventNetwork(cfg.sizes, init, params, solver, generator=gen)
 
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
@@ -291,9 +285,7 @@ def train_eventprop(config: str | os.PathLike | dict | EventPropConfig, **overri
     for ph_i, ph in enumerate(cfg.phases):
         loss_fn = make_loss(ph.loss, ph.alpha, ph.eta, tau0=cfg.tau0, tau1=cfg.tau1,
                             silent_time=cfg.t_window, sp_per_neuron=cfg.sp_per_neuron)  # fmt: skip
-        opt = torch.optim.Adam(
-            net.parameters(), lr=ph.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps
-        )
+        opt = torch.optim.Adam(net.parameters(), lr=ph.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.lr_decay)
         for ep in range(ph.epochs):
             t0 = time.perf_counter()
@@ -321,9 +313,7 @@ def train_eventprop(config: str | os.PathLike | dict | EventPropConfig, **overri
                     opt.step()
                 stats.update(out, y, parts)
                 if bar is not None and (i // cfg.batch_size) % 20 == 0:
-                    bar.set_postfix(
-                        loss=f"{parts['total']:.3f}", acc=f"{stats.n_correct / stats.n:.3f}"
-                    )
+                    bar.set_postfix(loss=f"{parts['total']:.3f}", acc=f"{stats.n_correct / stats.n:.3f}")
             if bar is not None:
                 bar.close()
             lr_used = opt.param_groups[0]["lr"]

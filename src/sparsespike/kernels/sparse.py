@@ -257,6 +257,9 @@ def _num_chunks(B: int) -> int:
     return max(1, min(numba.get_num_threads(), B))
 
 
+
+
+
 def _fast_path_ok(x: torch.Tensor, W: torch.Tensor, bias, p: LIFParams) -> bool:
     return (
         p.reset is Reset.SUBTRACT
@@ -366,6 +369,17 @@ def _sparse_forward_numba(x, W, bias, p: LIFParams, b_th: float, spikes_in: Acti
     return S, active, d, spikes_out, wt
 
 
+_BLOCK_BYTES = 256 * 1024  # a block of W / dW kept in L2 by the backward kernels
+
+
+def _block(cols: int, rows: int, itemsize: int, parts: int) -> int:
+    """Columns per block so that ``rows x block`` fits ``_BLOCK_BYTES``, and at least ``parts`` blocks."""
+    b = max(64, (_BLOCK_BYTES // max(1, rows * itemsize)) // 16 * 16)
+    if parts > 1:
+        b = min(b, -(-cols // parts))
+    return max(1, min(b, cols))
+
+
 def _sparse_backward_numba(ctx, e: torch.Tensor):
     """Weight, bias and input gradients from the compact ``e`` (CPU)."""
     act: ActiveSet = ctx.active
@@ -375,53 +389,39 @@ def _sparse_backward_numba(ctx, e: torch.Tensor):
     need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
     prev: ActiveSet | None = ctx.prev if need_dx else None
     sparse_dx = need_dx and prev is not None
-    nchunk = _num_chunks(B)
+    threads = numba.get_num_threads()
     powb, geo = _decay_tables(ctx.beta, T, dtype)
-    dw_ws = torch.zeros(nchunk, N, K, dtype=dtype) if need_dw else torch.zeros(1, 1, 1, dtype=dtype)
-    db_ws = torch.zeros(nchunk, N, dtype=dtype) if need_db else torch.zeros(1, 1, dtype=dtype)
-    dx_vals = torch.zeros(prev.n if sparse_dx else 0, dtype=dtype)
-    sp: ActiveSet | None = ctx.spikes_in
-    empty_i64 = torch.zeros(B + 1, dtype=torch.int64)
-    empty_i32 = torch.empty(0, dtype=torch.int32)
-    sp_ptr = sp.ptr if sp is not None else empty_i64
-    sp_idx = sp.idx if sp is not None else empty_i32
-    sp_val = sp.vals if (sp is not None and sp.vals is not None) else torch.empty(0, dtype=dtype)
-    wt = ctx.wt if sparse_dx else torch.empty(0, 1, dtype=dtype)
-    if B and act.n and (need_dw or need_db or sparse_dx):
-        kc.sparse_backward(
-            nchunk,
-            T,
-            N,
-            K,
-            act.ptr.numpy(),
-            act.idx.numpy(),
-            e.numpy(),
-            sp_ptr.numpy(),
-            sp_idx.numpy(),
-            sp_val.numpy(),
-            sp is not None and sp.vals is not None,
-            wt.numpy(),
-            prev.ptr.numpy() if sparse_dx else empty_i64.numpy(),
-            prev.idx.numpy() if sparse_dx else empty_i32.numpy(),
-            powb.numpy(),
-            geo.numpy(),
-            bool(need_dw and sp is not None),
-            bool(need_db),
-            bool(sparse_dx),
-            dw_ws.numpy(),
-            db_ws.numpy(),
-            dx_vals.numpy(),
-        )
-    dW = (dw_ws[0] if nchunk == 1 else dw_ws.sum(0)) if need_dw else None
-    db = (db_ws[0] if nchunk == 1 else db_ws.sum(0)) if need_db else None
+    isz = e.element_size()
+    dW = torch.zeros(N, K, dtype=dtype) if need_dw else None
+    db = torch.zeros(N, dtype=dtype) if need_db else None
+    work = B and act.n
+    if work and (need_dw or need_db):
+        sp: ActiveSet = ctx.spikes_in if need_dw else ActiveSet(T, B, K, torch.zeros(B + 1, dtype=torch.int64), torch.empty(0, dtype=torch.int32))
+        kb = _block(K, N, isz, threads) if need_dw else max(K, 1)
+        sp_val = sp.vals if sp.vals is not None else torch.empty(0, dtype=dtype)
+        kc.weight_grad_active(
+            -(-K // kb) if need_dw else 1, kb, T, N, K,
+            act.ptr.numpy(), act.idx.numpy(), e.numpy(),
+            sp.ptr.numpy(), sp.idx.numpy(), sp_val.numpy(), sp.vals is not None,
+            powb.numpy(), geo.numpy(), bool(need_dw), bool(need_db),
+            (dW if need_dw else torch.zeros(1, 1, dtype=dtype)).numpy(),
+            (db if need_db else torch.zeros(1, dtype=dtype)).numpy(),
+        )  # fmt: skip
     dx = None
     if sparse_dx:
+        dx_vals = torch.zeros(prev.n, dtype=dtype)
+        if work and prev.n:
+            kc.input_grad_active(
+                max(1, min(threads, B)), _block(N, K, isz, 1), T, N, K,
+                act.ptr.numpy(), act.idx.numpy(), e.numpy(), ctx.wt.numpy(),
+                prev.ptr.numpy(), prev.idx.numpy(), powb.numpy(), dx_vals.numpy(),
+            )  # fmt: skip
         dx = torch.sparse_coo_tensor(
             prev.coo_indices(), dx_vals, (T, B, K), is_coalesced=False, check_invariants=False
         )
     elif need_dx:  # input carries no active set: dense fallback dx = delta @ W
         delta = torch.empty(T, B, N, dtype=dtype)
-        if B and act.n:
+        if work:
             kc.delta_dense(act.ptr.numpy(), act.idx.numpy(), e.numpy(), float(ctx.beta), delta.numpy())
         else:
             delta.zero_()

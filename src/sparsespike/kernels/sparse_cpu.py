@@ -8,15 +8,16 @@ Compact formats (all per batch element ``b``, "b-major"):
 * **spike list** of an input with ``K`` features: the same ``ptr``/``idx`` (``t*K + i``) over the
   non-zeros, plus their values when the input is not binary.
 
-Kernels (``prange`` over batch elements, so threads never write the same location except the
-weight gradient, which gets one workspace per thread chunk, summed afterwards):
+Kernels (``prange`` over batch elements or over blocks of weight columns, so threads never
+write the same location):
 
 * :func:`fused_forward` -- synaptic input from the spike list + LIF recurrence (subtractive,
   detached reset, no synaptic current) in one pass; writes ``S`` and records the active entries
   and the output spikes. The dense membrane and the dense synaptic current are never stored.
-* :func:`sparse_backward` -- eqs. 9-10 (weight gradient from active entries x input trace, the
-  trace rebuilt on the fly from the spike list) and eqs. 11-12 (input gradient at the previous
-  layer's active entries only, with the Prop. 1 recurrence carried backwards in time).
+* :func:`weight_grad_active` -- eqs. 9-10: weight gradient from active entries x input trace,
+  the trace rebuilt on the fly from the spike list; blocks of input columns in parallel.
+* :func:`input_grad_active` -- eqs. 11-12: input gradient at the previous layer's active
+  entries only, the Prop. 1 recurrence carried backwards in time; batch chunks in parallel.
 * :func:`lif_forward_masked` -- dense ``[T, M]`` recurrence with the surrogate masked to the
   window (all neuron settings), for :func:`sparsespike.kernels.sparse.lif_recurrence_masked`.
 
@@ -271,104 +272,98 @@ def _scale(v, f):
 
 
 @njit(parallel=True, cache=True, fastmath=FM)
-def sparse_backward(
-    nchunk,
-    T,
-    N,
-    K,
-    a_ptr,
-    a_idx,
-    e,
-    sp_ptr,
-    sp_idx,
-    sp_val,
-    has_val,
-    wt,
-    p_ptr,
-    p_idx,
-    powb,
-    geo,
-    need_dw,
-    need_db,
-    need_dx,
-    dw_ws,
-    db_ws,
-    dx_vals,
+def weight_grad_active(
+    nblk, kb, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, geo, need_dw, need_db, dw, db
 ):
-    """Sparse weight, bias and input gradients from the active entries only.
+    """Eqs. 9-10 (eq. 9's ``S_i[t]`` read as ``S_i[k]``, METHODS 1(d)) from the active entries only.
 
-    With ``e[b,k,j] = dL/dS * g`` at active entries (zero elsewhere, eq. 8):
-
-    * eqs. 9-10 (eq. 9's ``S_i[t]`` read as ``S_i[k]``, METHODS 1(d)):
-      ``dW[j, i] += e[b,k,j] * trace[b,k,i]``, ``trace[b,k,i] = sum_{t<=k} beta**(k-t) x[b,t,i]``;
-      the trace is rebuilt walking forwards through the spike list (no stored trace).
-    * bias: ``db[j] += e[b,k,j] * sum_{t<=k} beta**(k-t)`` (``geo[k]``).
-    * eqs. 11-12: walking backwards in time, ``delta[b,t,:] = e[b,t,:] + beta*delta[b,t+1,:]``
-      (Prop. 1, decays applied lazily between events); at each entry ``(b,t,i)`` active in the
-      previous layer ``dx = sum_j W[j, i] delta[b,t,j]``.
-
-    Thread chunk ``c`` owns batch elements ``[c*B/nchunk, (c+1)*B/nchunk)`` and accumulates into
-    ``dw_ws[c]``/``db_ws[c]``; ``dx_vals`` (one per previous-layer active entry) must be zeroed.
+    ``dW[j, i] += e[b,k,j] * trace[b,k,i]`` with ``trace[b,k,i] = sum_{t<=k} beta**(k-t) x[b,t,i]``
+    rebuilt walking forwards through the spike list (no stored trace), and the bias gradient
+    ``db[j] += e[b,k,j] * geo[k]`` (``geo[k] = sum_{m<=k} beta**m``). Program ``c`` owns input
+    columns ``[c*kb, (c+1)*kb)`` of ``dw`` (cache blocking: a block of ``dW`` stays in L2; no two
+    programs write the same entry, so no reduction). ``dw``/``db`` must be zeroed.
     """
     B = a_ptr.shape[0] - 1
     one = e.dtype.type(1)
     zero = e.dtype.type(0)
-    for c in prange(nchunk):
-        b0 = c * B // nchunk
-        b1 = (c + 1) * B // nchunk
-        tr = np.zeros(K, dtype=e.dtype)
-        D = np.zeros(N, dtype=e.dtype)
-        for b in range(b0, b1):
+    for c in prange(nblk):
+        k0 = c * kb
+        k1 = min(K, k0 + kb)
+        nk = k1 - k0
+        tr = np.zeros(max(nk, 1), dtype=e.dtype)
+        for b in range(B):
             a0 = a_ptr[b]
             a1 = a_ptr[b + 1]
             if a1 == a0:
                 continue
-            # ---- forward walk: input trace x active entries -> dW, db (eqs. 9-10)
-            if need_dw or need_db:
-                for k in range(K):
-                    tr[k] = zero
-                t_last = -1
-                seen = False
-                p = sp_ptr[b]
-                pe = sp_ptr[b + 1]
-                a = a0
-                while a < a1:
-                    ta = a_idx[a] // N
-                    lim = (ta + 1) * K
-                    while p < pe and sp_idx[p] < lim:
-                        ts = sp_idx[p] // K
+            for k in range(nk):
+                tr[k] = zero
+            t_last = -1
+            seen = False
+            p = sp_ptr[b]
+            pe = sp_ptr[b + 1]
+            a = a0
+            while a < a1:
+                ta = a_idx[a] // N
+                lim = (ta + 1) * K
+                while p < pe and sp_idx[p] < lim:
+                    f = sp_idx[p]
+                    ts = f // K
+                    i = f - ts * K
+                    if i >= k0 and i < k1:
                         if ts != t_last:
                             if seen:
                                 _scale(tr, powb[ts - t_last])
                             t_last = ts
-                        if has_val:
-                            tr[sp_idx[p] - ts * K] += sp_val[p]
-                        else:
-                            tr[sp_idx[p] - ts * K] += one
+                        tr[i - k0] += sp_val[p] if has_val else one
                         seen = True
-                        p += 1
-                    if seen and t_last != ta:
-                        _scale(tr, powb[ta - t_last])
-                        t_last = ta
-                    alim = (ta + 1) * N
-                    while a < a1 and a_idx[a] < alim:
-                        ev = e[a]
-                        if ev != zero:
-                            j = a_idx[a] - ta * N
-                            if need_db:
-                                db_ws[c, j] += ev * geo[ta]
-                            if need_dw and seen:
-                                row = dw_ws[c, j]
-                                for k in range(K):
-                                    row[k] += ev * tr[k]
-                        a += 1
-            # ---- backward walk: Prop. 1 recurrence, input gradient at active inputs (eq. 12)
-            if need_dx:
+                    p += 1
+                if seen and t_last != ta:
+                    _scale(tr, powb[ta - t_last])
+                    t_last = ta
+                alim = (ta + 1) * N
+                while a < a1 and a_idx[a] < alim:
+                    ev = e[a]
+                    if ev != zero:
+                        j = a_idx[a] - ta * N
+                        if need_db and c == 0:
+                            db[j] += ev * geo[ta]
+                        if need_dw and seen:
+                            row = dw[j]
+                            for k in range(nk):
+                                row[k0 + k] += ev * tr[k]
+                    a += 1
+
+
+@njit(parallel=True, cache=True, fastmath=FM)
+def input_grad_active(nchunk, nb, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx, powb, dx_vals):
+    """Eqs. 11-12: the input gradient only at the previous layer's active entries.
+
+    Walking backwards in time, ``delta[b,t,:] = e[b,t,:] + beta*delta[b,t+1,:]`` (Prop. 1, decays
+    applied lazily across steps without events); at every needed entry ``(b,t,i)``,
+    ``dx += sum_j W[j, i] delta[b,t,j]``. Output neurons are processed in blocks of ``nb`` (the
+    block of ``W^T`` stays in cache); batch chunks run in parallel and write disjoint entries of
+    ``dx_vals`` (zeroed by the caller).
+    """
+    B = a_ptr.shape[0] - 1
+    zero = e.dtype.type(0)
+    nnb = (N + nb - 1) // nb
+    for q_blk in range(nnb):
+        n0 = q_blk * nb
+        n1 = min(N, n0 + nb)
+        nn = n1 - n0
+        for c in prange(nchunk):
+            b0 = c * B // nchunk
+            b1 = (c + 1) * B // nchunk
+            D = np.zeros(max(nn, 1), dtype=e.dtype)
+            for b in range(b0, b1):
+                a0 = a_ptr[b]
+                a1 = a_ptr[b + 1]
                 q0 = p_ptr[b]
                 q = p_ptr[b + 1] - 1
-                if q < q0:
+                if a1 == a0 or q < q0:
                     continue
-                for j in range(N):
+                for j in range(nn):
                     D[j] = zero
                 any_d = False
                 t_last = T
@@ -377,12 +372,15 @@ def sparse_backward(
                     tq = p_idx[q] // K
                     lo = tq * N
                     while a >= a0 and a_idx[a] >= lo:
-                        ta = a_idx[a] // N
-                        if any_d and ta != t_last:
-                            _scale(D, powb[t_last - ta])
-                        t_last = ta
-                        D[a_idx[a] - ta * N] += e[a]
-                        any_d = True
+                        f = a_idx[a]
+                        ta = f // N
+                        j = f - ta * N
+                        if j >= n0 and j < n1:
+                            if any_d and ta != t_last:
+                                _scale(D, powb[t_last - ta])
+                            t_last = ta
+                            D[j - n0] += e[a]
+                            any_d = True
                         a -= 1
                     qlo = tq * K
                     if not any_d:
@@ -395,9 +393,9 @@ def sparse_backward(
                     while q >= q0 and p_idx[q] >= qlo:
                         i = p_idx[q] - qlo
                         acc = zero
-                        for j in range(N):
-                            acc += wt[i, j] * D[j]
-                        dx_vals[q] = acc
+                        for j in range(nn):
+                            acc += wt[i, n0 + j] * D[j]
+                        dx_vals[q] += acc
                         q -= 1
 
 
