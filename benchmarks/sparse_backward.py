@@ -138,8 +138,12 @@ class Net:
                     with torch.no_grad():
                         self.fc.weight.copy_(w)
                     self.weight = self.fc.weight
-                    self.lif = snn.Leaky(beta=beta, threshold=1.0, spike_grad=surrogate.fast_sigmoid(slope=100),
-                                         reset_mechanism="subtract")  # fmt: skip
+                    self.lif = snn.Leaky(
+                        beta=beta,
+                        threshold=1.0,
+                        spike_grad=surrogate.fast_sigmoid(slope=100),
+                        reset_mechanism="subtract",
+                    )
 
                 def forward(self, x):
                     cur = self.fc(x)
@@ -162,9 +166,15 @@ class Net:
                         self.fc.weight.copy_(w)
                     self.weight = self.fc.weight
                     # decay_input=False, v_reset=None: H = (1 - 1/tau) V + X, subtractive reset
-                    self.lif = neuron.LIFNode(tau=1.0 / (1.0 - beta), decay_input=False, v_threshold=1.0,
-                                              v_reset=None, detach_reset=True, step_mode="m",
-                                              surrogate_function=surrogate.Sigmoid())  # fmt: skip
+                    self.lif = neuron.LIFNode(
+                        tau=1.0 / (1.0 - beta),
+                        decay_input=False,
+                        v_threshold=1.0,
+                        v_reset=None,
+                        detach_reset=True,
+                        step_mode="m",
+                        surrogate_function=surrogate.Sigmoid(),
+                    )
 
                 def forward(self, x):
                     functional.reset_net(self)
@@ -183,8 +193,12 @@ class Net:
                     with torch.no_grad():
                         self.fc.weight.copy_(w / (1.0 - beta))
                     self.weight = self.fc.weight
-                    bp = nt.LIFBoxParameters(tau_mem_inv=torch.tensor((1.0 - beta) / dt), v_th=torch.tensor(1.0),
-                                             method="super", alpha=torch.tensor(100.0))  # fmt: skip
+                    bp = nt.LIFBoxParameters(
+                        tau_mem_inv=torch.tensor((1.0 - beta) / dt),
+                        v_th=torch.tensor(1.0),
+                        method="super",
+                        alpha=torch.tensor(100.0),
+                    )
                     self.cell = nt.LIFBoxCell(p=bp, dt=dt)
 
                 def forward(self, x):
@@ -234,8 +248,15 @@ def calibrate(net: Net, x: torch.Tensor, b_th: float, act_target: float = 1.0, m
         with torch.no_grad():
             s1 = l1(x)
             s2 = l2(s1)
-        grid.append({"scale": scale, "act1": l1.activity(), "act2": l2.activity(),
-                     "spikes1_pct": 100 * float(s1.mean()), "spikes2_pct": 100 * float(s2.mean())})  # fmt: skip
+        grid.append(
+            {
+                "scale": scale,
+                "act1": l1.activity(),
+                "act2": l2.activity(),
+                "spikes1_pct": 100 * float(s1.mean()),
+                "spikes2_pct": 100 * float(s2.mean()),
+            }
+        )
     ok = [g for g in grid if max(g["spikes1_pct"], g["spikes2_pct"]) <= max_spikes_pct] or grid[:1]
     best = min(ok, key=lambda g: abs(g["act1"] - act_target) + abs(g["act2"] - act_target))
     net.scale = best["scale"]
@@ -280,8 +301,25 @@ def _mem_events(fn) -> tuple[int, int]:
     return peak, run
 
 
-def _stats(ts: list[float]) -> dict:
-    return {"median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts), "n": len(ts)}
+def _stats(ts: list[tuple[float, float]]) -> dict:
+    """Wall-clock and process-CPU-time statistics of ``(wall, cpu)`` samples (ms)."""
+    wall = [w for w, _ in ts]
+    cpu = [c for _, c in ts]
+    return {
+        "median_ms": 1e3 * statistics.median(wall),
+        "min_ms": 1e3 * min(wall),
+        "cpu_median_ms": 1e3 * statistics.median(cpu),
+        "cpu_min_ms": 1e3 * min(cpu),
+        "n": len(ts),
+    }
+
+
+def _clock():
+    return time.perf_counter(), time.process_time()
+
+
+def _since(a, b):
+    return b[0] - a[0], b[1] - a[1]
 
 
 def layer2_bench(net: Net, methods, x, y, b_th, reps, warmup, memory=True) -> dict:
@@ -309,15 +347,15 @@ def layer2_bench(net: Net, methods, x, y, b_th, reps, warmup, memory=True) -> di
             lay = layers[m]
             inp.grad = None
             lay.weight.grad = None
-            t0 = time.perf_counter()
+            t0 = _clock()
             out = lay(inp)
-            t1 = time.perf_counter()
+            t1 = _clock()
             out.backward(G2)
-            t2 = time.perf_counter()
+            t2 = _clock()
             del out
             if r >= warmup:
-                res[m]["fwd"].append(t1 - t0)
-                res[m]["bwd"].append(t2 - t1)
+                res[m]["fwd"].append(_since(t0, t1))
+                res[m]["bwd"].append(_since(t1, t2))
     rows = {}
     for m in methods:
         rows[m] = {"forward": _stats(res[m]["fwd"]), "backward": _stats(res[m]["bwd"])}
@@ -354,26 +392,27 @@ def whole_bench(net: Net, methods, x, y, b_th, reps, warmup) -> dict:
             a, b, ro = nets[m]
             for mod in (a, b, ro):
                 mod.weight.grad = None
-            t0 = time.perf_counter()
+            t0 = _clock()
             loss = nn.functional.cross_entropy(ro(b(a(x))), y)
-            t1 = time.perf_counter()
+            t1 = _clock()
             loss.backward()
-            t2 = time.perf_counter()
+            t2 = _clock()
             del loss
             if r >= warmup:
-                res[m]["fwd"].append(t1 - t0)
-                res[m]["bwd"].append(t2 - t1)
+                res[m]["fwd"].append(_since(t0, t1))
+                res[m]["bwd"].append(_since(t1, t2))
     return {m: {"forward": _stats(res[m]["fwd"]), "backward": _stats(res[m]["bwd"])} for m in methods}
 
 
-def _ratios(rows: dict, key: str = "backward") -> dict:
-    sp = rows["sparse"][key]["median_ms"]
-    out = {f"{m}_over_sparse": rows[m][key]["median_ms"] / sp for m in rows if m != "sparse"}
+def _ratios(rows: dict, key: str = "backward", stat: str = "median_ms") -> dict:
+    """Time of each method / time of ``sparse`` (medians; ``stat="cpu_median_ms"`` for CPU time)."""
+    sp = rows["sparse"][key][stat]
+    out = {f"{m}_over_sparse": rows[m][key][stat] / sp for m in rows if m != "sparse"}
     peers = [m for m in rows if m in PEERS]
     if peers:
-        best = min(peers, key=lambda m: rows[m][key]["median_ms"])
+        best = min(peers, key=lambda m: rows[m][key][stat])
         out["fastest_peer"] = best
-        out["fastest_peer_over_sparse"] = rows[best][key]["median_ms"] / sp
+        out["fastest_peer_over_sparse"] = rows[best][key][stat] / sp
     return out
 
 
@@ -421,26 +460,49 @@ def run(
     say = print if verbose else (lambda *a, **k: None)
     say(f"input: F-MNIST latency code, T={T}, batch={batch}, density {100 * float(x.mean()):.3f} %; methods {methods}")
     result = {
-        "config": {"batch": batch, "T": T, "b_th_half_width": b_th, "threads": threads, "reps": reps,
-                   "sweep_reps": sweep_reps, "warmup": warmup, "beta": beta, "surrogate": "fast sigmoid, scale 100",
-                   "input_density_pct": 100 * float(x.mean()), "bth_hidden": bth_hidden},
-        "env": {"torch": torch.__version__, "numba": numba.__version__, "python": platform.python_version(),
-                "cpu": platform.processor() or platform.machine(), "load_avg_start": _load()},
+        "config": {
+            "batch": batch,
+            "T": T,
+            "b_th_half_width": b_th,
+            "threads": threads,
+            "reps": reps,
+            "sweep_reps": sweep_reps,
+            "warmup": warmup,
+            "beta": beta,
+            "surrogate": "fast sigmoid, scale 100",
+            "input_density_pct": 100 * float(x.mean()),
+            "bth_hidden": bth_hidden,
+        },
+        "env": {
+            "torch": torch.__version__,
+            "numba": numba.__version__,
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "load_avg_start": _load(),
+        },
         "skipped": skipped,
         "hidden": [],
         "bth_sweep": [],
-    }  # fmt: skip
+    }
     for H in hidden:
         net = Net(H, beta)
         cal = calibrate(net, x, b_th)
         r = reps if H == hidden[0] else sweep_reps
         lb = layer2_bench(net, methods, x, y, b_th, r, warmup if H == hidden[0] else 1)
-        row = {"H": H, "calibration": cal, "layer2": lb, "layer2_ratios": _ratios(lb["methods"]),
-               "layer2_forward_ratios": _ratios(lb["methods"], "forward"), "memory": _mem_saved(lb["methods"])}  # fmt: skip
+        row = {
+            "H": H,
+            "calibration": cal,
+            "layer2": lb,
+            "layer2_ratios": _ratios(lb["methods"]),
+            "layer2_ratios_cpu": _ratios(lb["methods"], stat="cpu_median_ms"),
+            "layer2_forward_ratios": _ratios(lb["methods"], "forward"),
+            "memory": _mem_saved(lb["methods"]),
+        }
         if H in whole_sizes:
             wb = whole_bench(net, methods, x, y, b_th, r, 1)
             row["whole"] = wb
             row["whole_ratios"] = _ratios(wb)
+            row["whole_ratios_cpu"] = _ratios(wb, stat="cpu_median_ms")
         result["hidden"].append(row)
         m = lb["methods"]
         say(
@@ -448,26 +510,46 @@ def run(
             + ", ".join(f"{k} {v['backward']['median_ms']:.2f}" for k, v in m.items())
             + f"  | dense/sparse x{row['layer2_ratios']['dense_over_sparse']:.1f}"
             + f", loop/sparse x{row['layer2_ratios']['autograd_loop_over_sparse']:.1f}"
-            + (f", best peer/sparse x{row['layer2_ratios']['fastest_peer_over_sparse']:.1f}" if "fastest_peer" in row["layer2_ratios"] else "")
+            + (
+                f", best peer/sparse x{row['layer2_ratios']['fastest_peer_over_sparse']:.1f}"
+                if "fastest_peer" in row["layer2_ratios"]
+                else ""
+            )
             + f"  mem saved {row['memory'].get('bwd_peak_saved_pct', float('nan')):.1f} %"
-        )  # fmt: skip
+        )
         if "whole" in row:
-            say("        whole backward ms: " + ", ".join(f"{k} {v['backward']['median_ms']:.1f}" for k, v in row["whole"].items()))
+            say(
+                "        whole backward ms: "
+                + ", ".join(f"{k} {v['backward']['median_ms']:.1f}" for k, v in row["whole"].items())
+            )
     if bth_sweep:
         net = Net(bth_hidden, beta)
         cal = calibrate(net, x, b_th)
         for hw in bth_sweep:
             lb = layer2_bench(net, ["sparse", "dense"], x, y, hw, sweep_reps, 1)
-            row = {"half_width": hw, "paper_b_th": 1.0 - hw, "activity2_pct": lb["activity2_pct"],
-                   "layer2": lb, "speedup": _ratios(lb["methods"])["dense_over_sparse"], "memory": _mem_saved(lb["methods"])}  # fmt: skip
+            row = {
+                "half_width": hw,
+                "paper_b_th": 1.0 - hw,
+                "activity2_pct": lb["activity2_pct"],
+                "layer2": lb,
+                "speedup": _ratios(lb["methods"])["dense_over_sparse"],
+                "speedup_cpu": _ratios(lb["methods"], stat="cpu_median_ms")["dense_over_sparse"],
+                "memory": _mem_saved(lb["methods"]),
+            }
             result["bth_sweep"].append(row)
-            say(f"B_th half-width {hw:.2f} (paper b_th {1 - hw:.2f}): activity {row['activity2_pct']:.2f} %, "
-                f"speedup x{row['speedup']:.1f}, mem saved {row['memory'].get('bwd_peak_saved_pct', float('nan')):.1f} %")  # fmt: skip
+            say(
+                f"B_th half-width {hw:.2f} (paper b_th {1 - hw:.2f}): activity {row['activity2_pct']:.2f} %, "
+                f"speedup x{row['speedup']:.1f}, mem saved {_saved(row, 'bwd_peak_saved_pct'):.1f} %"
+            )
         result["bth_calibration"] = cal
     result["env"]["load_avg_end"] = _load()
     if out is not None:
         write(result, Path(out))
     return result
+
+
+def _saved(row: dict, key: str) -> float:
+    return row["memory"].get(key, float("nan"))
 
 
 def _load():
@@ -482,67 +564,110 @@ def _load():
 
 def markdown(res: dict) -> str:
     c = res["config"]
+    la, lb_ = res["env"]["load_avg_start"], res["env"]["load_avg_end"]
+    fmt_load = lambda v: "n/a" if not v else f"{v[0]:.1f}"  # noqa: E731
     lines = [
         "# Sparse backward (S3GD) vs dense BPTT on CPU",
         "",
         f"784-H-H-10, F-MNIST latency code (T={c['T']}, batch {c['batch']}, input density "
-        f"{c['input_density_pct']:.2f} %), B_th half-width {c['b_th_half_width']}, fast-sigmoid(100), "
-        f"{c['threads']} thread(s), median of {c['reps']} (first size) / {c['sweep_reps']} runs after warm-up; "
-        f"load average at start/end: {res['env']['load_avg_start']} / {res['env']['load_avg_end']}.",
+        f"{c['input_density_pct']:.2f} %), B_th half-width {c['b_th_half_width']}, fast sigmoid (100), "
+        f"{c['threads']} thread(s); median of {c['reps']} runs (first size) / {c['sweep_reps']} (others) after "
+        f"warm-up, methods interleaved. 1-min load average at start / end: {fmt_load(la)} / {fmt_load(lb_)} "
+        "(shared machine; CPU-time ratios, from `time.process_time`, are the less load-sensitive figure).",
         "",
-        "## Hidden layer 2: backward time (ms, median) and ratios to sparse",
+        "## Hidden layer 2: backward time (ms, wall-clock median) and ratios to sparse",
         "",
     ]
     rows = res["hidden"]
+
+    def rat(r, key):
+        w = r["layer2_ratios"].get(key)
+        cp = r["layer2_ratios_cpu"].get(key)
+        return "n/a" if w is None else f"{w:.1f}x ({cp:.1f}x)"
+
     if rows:
         methods = list(rows[0]["layer2"]["methods"].keys())
-        lines.append("| H | act. L1/L2 % | " + " | ".join(methods) + " | dense/sparse | loop/sparse | best peer/sparse | mem saved (bwd peak) | mem saved (held+bwd) |")
+        lines.append(
+            "| H | act. L1/L2 % | "
+            + " | ".join(methods)
+            + " | dense/sparse wall (CPU) | loop/sparse | fastest peer/sparse"
+            + " | mem saved, bwd peak | mem saved, held+bwd |"
+        )
         lines.append("|---" * (len(methods) + 7) + "|")
         for r in rows:
             m = r["layer2"]["methods"]
             ra = r["layer2_ratios"]
-            peer = f"{ra['fastest_peer_over_sparse']:.0f}x ({ra['fastest_peer']})" if "fastest_peer" in ra else "n/a"
+            peer = f"{rat(r, 'fastest_peer_over_sparse')} {ra['fastest_peer']}" if "fastest_peer" in ra else "n/a"
             lines.append(
                 f"| {r['H']} | {r['calibration']['act1']:.2f}/{r['layer2']['activity2_pct']:.2f} | "
                 + " | ".join(f"{m[k]['backward']['median_ms']:.2f}" for k in methods)
-                + f" | {ra['dense_over_sparse']:.1f}x | {ra['autograd_loop_over_sparse']:.0f}x | {peer} | "
-                + f"{r['memory'].get('bwd_peak_saved_pct', float('nan')):.1f} % | {r['memory'].get('held_plus_bwd_saved_pct', float('nan')):.1f} % |"
-            )  # fmt: skip
-        lines += ["", "Forward time of hidden layer 2 (ms, median):", ""]
+                + f" | {rat(r, 'dense_over_sparse')} | {rat(r, 'autograd_loop_over_sparse')} | {peer} | "
+                + f"{_saved(r, 'bwd_peak_saved_pct'):.1f} % | {_saved(r, 'held_plus_bwd_saved_pct'):.1f} % |"
+            )
+        lines += ["", "Same, process CPU time (ms, median):", ""]
+        lines.append("| H | " + " | ".join(methods) + " |")
+        lines.append("|---" * (len(methods) + 1) + "|")
+        for r in rows:
+            m = r["layer2"]["methods"]
+            lines.append(
+                f"| {r['H']} | " + " | ".join(f"{m[k]['backward']['cpu_median_ms']:.2f}" for k in methods) + " |"
+            )
+        lines += ["", "Forward time of hidden layer 2 (ms, wall-clock median):", ""]
         lines.append("| H | " + " | ".join(methods) + " |")
         lines.append("|---" * (len(methods) + 1) + "|")
         for r in rows:
             m = r["layer2"]["methods"]
             lines.append(f"| {r['H']} | " + " | ".join(f"{m[k]['forward']['median_ms']:.2f}" for k in methods) + " |")
-        lines += ["", "Memory of hidden layer 2 (MiB): held after forward / peak during backward:", ""]
+        lines += [
+            "",
+            "Memory of hidden layer 2 (MiB): held after forward (saved state + output spikes) / "
+            "peak allocated during backward:",
+            "",
+        ]
         lines.append("| H | " + " | ".join(methods) + " |")
         lines.append("|---" * (len(methods) + 1) + "|")
         for r in rows:
             m = r["layer2"]["methods"]
             lines.append(
                 f"| {r['H']} | "
-                + " | ".join(f"{m[k].get('held_bytes', 0) / 2**20:.1f} / {m[k].get('bwd_peak_bytes', 0) / 2**20:.2f}" for k in methods)
+                + " | ".join(
+                    f"{m[k].get('held_bytes', 0) / 2**20:.1f} / {m[k].get('bwd_peak_bytes', 0) / 2**20:.2f}"
+                    for k in methods
+                )
                 + " |"
-            )  # fmt: skip
+            )
         for r in rows:
             if "whole" in r:
                 w = r["whole"]
-                lines += ["", f"## Whole network backward (H={r['H']}): ms, median", ""]
-                lines.append("| method | forward | backward | backward / sparse |")
-                lines.append("|---|---|---|---|")
-                sp = w["sparse"]["backward"]["median_ms"]
+                lines += ["", f"## Whole network (H={r['H']}): forward and `loss.backward()` (ms, median)", ""]
+                lines.append("| method | forward | backward | backward CPU | backward / sparse wall (CPU) |")
+                lines.append("|---|---|---|---|---|")
+                sp, spc = w["sparse"]["backward"]["median_ms"], w["sparse"]["backward"]["cpu_median_ms"]
                 for k, v in w.items():
-                    lines.append(f"| {k} | {v['forward']['median_ms']:.1f} | {v['backward']['median_ms']:.1f} | {v['backward']['median_ms'] / sp:.1f}x |")
+                    b = v["backward"]
+                    lines.append(
+                        f"| {k} | {v['forward']['median_ms']:.1f} | {b['median_ms']:.1f} | {b['cpu_median_ms']:.1f} | "
+                        f"{b['median_ms'] / sp:.1f}x ({b['cpu_median_ms'] / spc:.1f}x) |"
+                    )
     if res["bth_sweep"]:
-        lines += ["", f"## B_th sweep, hidden {c.get('bth_hidden')} (Fig. 5)", ""]
-        lines.append("| half-width | paper b_th | activity L2 % | sparse bwd ms | dense bwd ms | speedup | mem saved (bwd peak) |")
+        lines += [
+            "",
+            f"## B_th sweep, hidden {c.get('bth_hidden')} (cf. Fig. 5; the paper's b_th = 1 - half-width)",
+            "",
+        ]
+        lines.append(
+            "| half-width | paper b_th | activity L2 % | sparse bwd ms | dense bwd ms | speedup wall (CPU)"
+            " | mem saved, bwd peak |"
+        )
         lines.append("|---|---|---|---|---|---|---|")
         for r in res["bth_sweep"]:
             m = r["layer2"]["methods"]
             lines.append(
-                f"| {r['half_width']:.2f} | {r['paper_b_th']:.2f} | {r['activity2_pct']:.2f} | {m['sparse']['backward']['median_ms']:.2f} | "
-                f"{m['dense']['backward']['median_ms']:.2f} | {r['speedup']:.1f}x | {r['memory'].get('bwd_peak_saved_pct', float('nan')):.1f} % |"
-            )  # fmt: skip
+                f"| {r['half_width']:.2f} | {r['paper_b_th']:.2f} | {r['activity2_pct']:.2f} | "
+                f"{m['sparse']['backward']['median_ms']:.2f} | "
+                f"{m['dense']['backward']['median_ms']:.2f} | {r['speedup']:.1f}x ({r['speedup_cpu']:.1f}x) | "
+                f"{r['memory'].get('bwd_peak_saved_pct', float('nan')):.1f} % |"
+            )
     if res["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in res["skipped"].items())]
     return "\n".join(lines) + "\n"
@@ -570,13 +695,17 @@ def plots(res: dict, out: Path) -> list[str]:
         ax[1].plot(Hs, [r["layer2_ratios"]["dense_over_sparse"] for r in rows], "o-", label="vs dense (ours)")
         ax[1].plot(Hs, [r["layer2_ratios"]["autograd_loop_over_sparse"] for r in rows], "s-", label="vs autograd loop")
         if "fastest_peer" in rows[0]["layer2_ratios"]:
-            ax[1].plot(Hs, [r["layer2_ratios"]["fastest_peer_over_sparse"] for r in rows], "^-", label="vs fastest peer")
+            ax[1].plot(
+                Hs, [r["layer2_ratios"]["fastest_peer_over_sparse"] for r in rows], "^-", label="vs fastest peer"
+            )
         ax[1].set_yscale("log")
         ax[1].set_xlabel("hidden neurons")
         ax[1].set_ylabel("backward speedup (x)")
         ax[1].legend(fontsize=8)
         ax[2].plot(Hs, [r["memory"].get("bwd_peak_saved_pct", float("nan")) for r in rows], "o-", label="backward peak")
-        ax[2].plot(Hs, [r["memory"].get("held_plus_bwd_saved_pct", float("nan")) for r in rows], "s-", label="held + backward")
+        ax[2].plot(
+            Hs, [r["memory"].get("held_plus_bwd_saved_pct", float("nan")) for r in rows], "s-", label="held + backward"
+        )
         ax[2].set_ylim(0, 100)
         ax[2].set_xlabel("hidden neurons")
         ax[2].set_ylabel("memory saved vs dense (%)")
@@ -623,7 +752,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--T", type=int, default=100)
     ap.add_argument("--b-th", type=float, default=0.2, help="active-window half-width")
-    ap.add_argument("--bth-sweep", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    ap.add_argument(
+        "--bth-sweep", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    )
     ap.add_argument("--bth-hidden", type=int, default=400)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sweep-reps", type=int, default=3)
@@ -637,9 +768,22 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.quick:
         a.hidden, a.batch, a.bth_sweep, a.reps, a.sweep_reps, a.warmup = [200], 64, [0.05, 0.2, 0.5], 3, 2, 1
-    run(hidden=tuple(a.hidden), batch=a.batch, T=a.T, b_th=a.b_th, bth_sweep=tuple(a.bth_sweep), bth_hidden=a.bth_hidden,
-        reps=a.reps, sweep_reps=a.sweep_reps, warmup=a.warmup, threads=a.threads, peers=not a.no_peers,
-        whole_sizes=tuple(a.whole), data_dir=a.data_dir, out=a.out)  # fmt: skip
+    run(
+        hidden=tuple(a.hidden),
+        batch=a.batch,
+        T=a.T,
+        b_th=a.b_th,
+        bth_sweep=tuple(a.bth_sweep),
+        bth_hidden=a.bth_hidden,
+        reps=a.reps,
+        sweep_reps=a.sweep_reps,
+        warmup=a.warmup,
+        threads=a.threads,
+        peers=not a.no_peers,
+        whole_sizes=tuple(a.whole),
+        data_dir=a.data_dir,
+        out=a.out,
+    )
     return 0
 
 

@@ -115,7 +115,9 @@ def _ctx(monitor, epoch, n_epochs, batch=0, n_batches=4, model=None):
 def _tiny_net(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
     p = LIFParams(beta=0.9, alpha=0.8, threshold=1.0, reset="zero", surrogate=Triangle(1.0))
-    net = nn.Sequential(SpikingLinear(6, 12, p, weight_scale=4.0), SpikingLinear(12, 8, p, weight_scale=4.0), LeakyReadout(8, 3))
+    net = nn.Sequential(
+        SpikingLinear(6, 12, p, weight_scale=4.0), SpikingLinear(12, 8, p, weight_scale=4.0), LeakyReadout(8, 3)
+    )
     return net.to(dtype)
 
 

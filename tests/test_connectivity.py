@@ -212,25 +212,33 @@ def test_fixed_seed_gives_reproducible_masks():
         return out
 
     a, b, c = masks(7), masks(7), masks(8)
-    assert all(torch.equal(x, y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
-    assert not all(torch.equal(x, y) for ra, rc in zip(a, c) for x, y in zip(ra, rc))
+    assert all(torch.equal(x, y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+    assert not all(torch.equal(x, y) for ra, rc in zip(a, c, strict=True) for x, y in zip(ra, rc, strict=True))
 
 
 # -- any model; pruning ---------------------------------------------------------------------------
 def _plain_cnn():
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 2 * 2, 10),
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 2 * 2, 10),
     )
 
 
 def _spiking_cnn(dtype=torch.float64):
-    p = LIFParams(beta=0.3, threshold=0.5, reset="zero", detach_reset=False,
-                  surrogate=Rectangle(1.0, 1.0))
+    p = LIFParams(beta=0.3, threshold=0.5, reset="zero", detach_reset=False, surrogate=Rectangle(1.0, 1.0))
     net = nn.Sequential(
-        SpikingConv2d(2, 6, 3, p, padding=1, bias=True), SeqPool2d(2, "avg"),
-        SpikingConv2d(6, 8, 3, p, padding=1), SeqFlatten(), SpikingLinear(8 * 4 * 4, 20, p, bias=True),
-        SpikingLinear(20, 5, p), SpikeCountReadout(),
+        SpikingConv2d(2, 6, 3, p, padding=1, bias=True),
+        SeqPool2d(2, "avg"),
+        SpikingConv2d(6, 8, 3, p, padding=1),
+        SeqFlatten(),
+        SpikingLinear(8 * 4 * 4, 20, p, bias=True),
+        SpikingLinear(20, 5, p),
+        SpikeCountReadout(),
     ).to(dtype)
     with torch.no_grad():
         for m in net.modules():
@@ -282,11 +290,15 @@ def test_pruned_model_equals_gated_model_in_eval(which):
     assert 0.2 < rep["total"]["density"] < 0.8
     pruned = prune(copy.deepcopy(net))
     assert not gated_weights(pruned) and not gates(pruned)
-    assert all(isinstance(m.weight, nn.Parameter) for m in pruned.modules() if hasattr(m, "weight") and isinstance(getattr(m, "weight"), torch.Tensor) and not isinstance(m, SpikingConv2d))
+    assert all(
+        isinstance(m.weight, nn.Parameter)
+        for m in pruned.modules()
+        if isinstance(getattr(m, "weight", None), torch.Tensor) and not isinstance(m, SpikingConv2d)
+    )
     assert torch.equal(pruned(x), ref)
     rep2 = sparsity_report(pruned)
     assert rep2["total"]["nonzero"] == rep["total"]["nonzero"]
-    assert all(r1["nonzero"] == r2["nonzero"] for r1, r2 in zip(rep["layers"], rep2["layers"]))
+    assert all(r1["nonzero"] == r2["nonzero"] for r1, r2 in zip(rep["layers"], rep2["layers"], strict=True))
     # the pruned state dict loads into a fresh un-gated model
     fresh = _plain_cnn().double() if which == "plain" else _spiking_cnn()
     fresh.load_state_dict(pruned.state_dict())
@@ -402,8 +414,7 @@ def test_sparse_inference_equals_dense_spiking(kernels):
     _set_random_log_alpha(net, 1)
     pruned = prune(net.eval())
     x = (torch.rand(6, 3, 2, 8, 8) < 0.3).double()
-    fast = sparse_inference_model(pruned, example_input=x if kernels == "auto" else None,
-                                  kernels=kernels)
+    fast = sparse_inference_model(pruned, example_input=x if kernels == "auto" else None, kernels=kernels)
     assert torch.equal(fast(x), pruned(x))
     rep = kernel_report(fast)
     assert len(rep) == 4
@@ -421,8 +432,7 @@ def test_sparse_inference_equals_dense_plain(kernels):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.weight.mul_((torch.rand_like(m.weight) < 0.3).double())
     x = torch.relu(torch.randn(5, 1, 8, 8, dtype=torch.float64))
-    fast = sparse_inference_model(net, example_input=x if kernels == "auto" else None,
-                                  kernels=kernels)
+    fast = sparse_inference_model(net, example_input=x if kernels == "auto" else None, kernels=kernels)
     assert torch.allclose(fast(x), net(x), atol=1e-12)
     # gates still attached are baked in first
     gated = _plain_cnn().double()
@@ -446,3 +456,21 @@ def test_count_ops_flops_agree_with_metrics_module():
     # average-pooled, inputs as non-spiking MACs instead)
     first = [r for r in rep.layers if r["synops"] or r["dense_flops"]][0]
     assert ops["layers"][0]["synops"] == pytest.approx(first["synops"], rel=1e-9)
+
+
+@pytest.mark.parametrize("reset,alpha", [("zero", None), ("subtract", None), ("subtract", 0.8)])
+def test_lif_inference_bit_identical_to_training_kernel(reset, alpha):
+    from sparsespike.kernels import lif_recurrence
+    from sparsespike.sparse_inference import lif_inference
+
+    p = LIFParams(beta=0.3, alpha=alpha, threshold=0.5, reset=reset, surrogate=Rectangle(1.0, 1.0))
+    x = torch.randn(20, 7, 33) * 0.7
+    assert torch.equal(lif_inference(x, p), lif_recurrence(x, p, impl="numba"))
+
+
+def test_sparse_inference_float32_dense_kernels_identical():
+    torch.manual_seed(0)
+    net = _spiking_cnn(torch.float32).eval()
+    x = (torch.rand(6, 3, 2, 8, 8) < 0.3).float()
+    assert torch.equal(sparse_inference_model(net, kernels="dense")(x), net(x))
+    assert torch.equal(sparse_inference_model(net, kernels="dense", fast_recurrence=False)(x), net(x))

@@ -7,7 +7,6 @@ so that sparse and dense agree to round-off.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +16,7 @@ from sparsespike.kernels import sparse_cpu as kc
 from sparsespike.kernels.sparse import (
     ActiveSet,
     MaskedSurrogate,
+    _decay_tables,
     active_set,
     attach_active_set,
     lif_recurrence_masked,
@@ -93,7 +93,7 @@ def test_all_active_equals_dense_loop(seed, T, B, K, N, density, beta, sur, rese
     S = sparse_spiking_linear(x, W, b, p, HUGE, st_)
     R, _ = ref_layer(x, W, b, p, HUGE)
     assert torch.equal(S, R)
-    for a, r in zip(grads(S, [x, W, b], gs), grads(R, [x, W, b], gs)):
+    for a, r in zip(grads(S, [x, W, b], gs), grads(R, [x, W, b], gs), strict=True):
         close(a, r)
     assert st_["n_active"] == st_["n_total"] == T * B * N
     assert st_["backend"] == ("numba" if (reset == "subtract" and alpha is None) else "fallback")
@@ -109,7 +109,7 @@ def test_all_active_equals_dense_recurrence_path():
     S = sparse_spiking_linear(x, W, b, p, HUGE)
     D = lif_recurrence(synaptic_linear(x, W, b), p)
     assert torch.equal(S, D)
-    for a, r in zip(grads(S, [W, b], gs), grads(D, [W, b], gs)):
+    for a, r in zip(grads(S, [W, b], gs), grads(D, [W, b], gs), strict=True):
         close(a, r)
 
 
@@ -136,7 +136,7 @@ def test_all_active_two_layers_sparse_input_grad(seed, T, B, sizes, sur):
     R1, _ = ref_layer(x, W1, None, p, HUGE)
     R2, _ = ref_layer(R1, W2, None, p, HUGE)
     close(gS1.to_dense(), torch.autograd.grad(R2, R1, gs, retain_graph=True)[0])
-    for a, r in zip(grads(S2, [W1, W2], gs), grads(R2, [W1, W2], gs)):
+    for a, r in zip(grads(S2, [W1, W2], gs), grads(R2, [W1, W2], gs), strict=True):
         close(a, r)
 
 
@@ -173,7 +173,7 @@ def test_window_equals_masked_dense(seed, T, B, sizes, b_th, beta, sur, bias):
     gS1 = torch.autograd.grad(S2, S1, gs, retain_graph=True)[0].to_dense()
     rS1 = torch.autograd.grad(R2, R1, gs, retain_graph=True)[0]
     close(gS1, rS1 * m1)
-    for a, r in zip(grads(S2, [W1, b1, W2], gs), grads(R2, [W1, b1, W2], gs)):
+    for a, r in zip(grads(S2, [W1, b1, W2], gs), grads(R2, [W1, b1, W2], gs), strict=True):
         close(a, r)
 
 
@@ -189,7 +189,7 @@ def test_window_fallback_neurons(setting):
     assert st_["backend"] == "fallback"
     assert st_["n_active"] == int(((V - 1).abs() < 0.3).sum())
     assert torch.equal(S, R)
-    for a, r in zip(grads(S, [x, W, b], gs), grads(R, [x, W, b], gs)):
+    for a, r in zip(grads(S, [x, W, b], gs), grads(R, [x, W, b], gs), strict=True):
         close(a, r)
     # the fallback also exposes its active set, and masks an input gradient to the input's set
     assert torch.equal(active_set(S).mask(), (V - 1).abs() < 0.3)
@@ -232,7 +232,7 @@ def test_custom_surrogate_fast_path():
     S = sparse_spiking_linear(x, W, b, p, 0.4, st_)
     assert st_["backend"] == "numba"
     R, _ = ref_layer(x, W, b, p, 0.4)
-    for a, r in zip(grads(S, [W, b], gs), grads(R, [W, b], gs)):
+    for a, r in zip(grads(S, [W, b], gs), grads(R, [W, b], gs), strict=True):
         close(a, r)
 
 
@@ -253,7 +253,7 @@ def test_layers_use_sparse_functions():
     R1, _ = ref_layer(x, l1.weight, None, l1.neuron, 0.3)
     R2, _ = ref_layer(R1, l2.weight, None, l2.neuron, 0.3)
     r = torch.autograd.grad(R2, [l1.weight, l2.weight], gs)
-    for u, v in zip(a, r):
+    for u, v in zip(a, r, strict=True):
         close(u, v)
     assert 0 < l1.activity() < 100
 
@@ -296,15 +296,88 @@ def test_delta_recurrence_vs_brute_force(seed, T, B, N, p_act, p_in, beta):
     close(out, want, 1e-12)
     # sparse walk with W = I: dx at the needed entries is delta there
     need = ActiveSet.from_mask(torch.rand(T, B, N, generator=g) < p_in)
-    powb = torch.tensor([beta**n for n in range(T + 1)], dtype=DT)
+    powb, _, ipow, L = _decay_tables(beta, T, DT)
     dx = torch.zeros(need.n, dtype=DT)
-    for nchunk, nb in [(1, N), (2, 1), (3, 2)]:
+    for nchunk, nb, span in [(1, N, L), (2, 1, L), (3, 2, 1), (1, N, 2)]:
         dx.zero_()
         kc.input_grad_active(
-            nchunk, nb, T, N, N, act.ptr.numpy(), act.idx.numpy(), e.numpy(), torch.eye(N, dtype=DT).numpy(),
-            need.ptr.numpy(), need.idx.numpy(), powb.numpy(), dx.numpy(),
-        )  # fmt: skip
+            nchunk,
+            nb,
+            T,
+            N,
+            N,
+            act.ptr.numpy(),
+            act.idx.numpy(),
+            e.numpy(),
+            torch.eye(N, dtype=DT).numpy(),
+            need.ptr.numpy(),
+            need.idx.numpy(),
+            powb.numpy(),
+            ipow.numpy(),
+            min(span, L),
+            dx.numpy(),
+        )
         close(dx, need.gather(want), 1e-12)
+
+
+@SET
+@given(
+    seed=st.integers(0, 10_000),
+    T=st.integers(1, 15),
+    B=st.integers(1, 3),
+    N=st.integers(1, 5),
+    K=st.integers(1, 7),
+    p_act=st.floats(0.0, 1.0),
+    p_in=st.floats(0.0, 1.0),
+    beta=st.floats(0.3, 1.0),
+    analog=st.booleans(),
+)
+def test_trace_walk_vs_brute_force(seed, T, B, N, K, p_act, p_in, beta, analog):
+    """(c) eqs. 9-10 walk (rescaled trace accumulator, any column blocks) vs brute-force traces."""
+    g = torch.Generator().manual_seed(seed)
+    act = ActiveSet.from_mask(torch.rand(T, B, N, generator=g) < p_act)
+    e = torch.randn(act.n, generator=g, dtype=DT)
+    x = (torch.rand(T, B, K, generator=g) < p_in).to(DT)
+    if analog:
+        x = x * torch.randn(T, B, K, generator=g, dtype=DT)
+    sl = spike_list(x)
+    tr = torch.zeros_like(x)
+    for t in range(T):
+        tr[t] = x[t] + (beta * tr[t - 1] if t else 0)
+    e_dense = torch.zeros(T, B, N, dtype=DT)
+    e_dense.reshape(-1)[act.flat_index()] = e
+    want_w = torch.einsum("tbj,tbi->ji", e_dense, tr)
+    geo = torch.tensor([sum(beta**m for m in range(k + 1)) for k in range(T)], dtype=DT)
+    want_b = torch.einsum("tbj,t->j", e_dense, geo)
+    powb, geo_t, ipow, L = _decay_tables(beta, T, DT)
+    vals = sl.vals if sl.vals is not None else torch.empty(0, dtype=DT)
+    for kb, span in [(K, L), (1, L), (2, 1), (3, 2)]:
+        dw = torch.zeros(N, K, dtype=DT)
+        db = torch.zeros(N, dtype=DT)
+        kc.weight_grad_active(
+            -(-K // kb),
+            kb,
+            T,
+            N,
+            K,
+            act.ptr.numpy(),
+            act.idx.numpy(),
+            e.numpy(),
+            sl.ptr.numpy(),
+            sl.idx.numpy(),
+            vals.numpy(),
+            sl.vals is not None,
+            powb.numpy(),
+            ipow.numpy(),
+            min(span, L),
+            geo_t.numpy(),
+            True,
+            True,
+            dw.numpy(),
+            db.numpy(),
+        )
+        close(dw, want_w, 1e-12)
+        close(db, want_b, 1e-12)
 
 
 # ---------------------------------------------------------------------------------------- (d)
@@ -375,7 +448,7 @@ def test_empty_batch_element_and_edge_shapes():
         x.requires_grad_()
         S = sparse_spiking_linear(x, W, b, LIFParams(beta=0.9), HUGE)
         R, _ = ref_layer(x, W, b, LIFParams(beta=0.9), HUGE)
-        for a, r in zip(grads(S, [x, W, b], gs), grads(R, [x, W, b], gs)):
+        for a, r in zip(grads(S, [x, W, b], gs), grads(R, [x, W, b], gs), strict=True):
             close(a, r)
 
 
@@ -389,7 +462,7 @@ def test_capacity_overflow_rerun():
     _, V = ref_layer(x2, W, b, LIFParams(beta=0.9), 5.0)
     assert torch.equal(active_set(S).mask(), (V - 1).abs() < 5.0)
     R, _ = ref_layer(x2, W, b, LIFParams(beta=0.9), 5.0)
-    for a, r in zip(grads(S, [W, b], gs), grads(R, [W, b], gs)):
+    for a, r in zip(grads(S, [W, b], gs), grads(R, [W, b], gs), strict=True):
         close(a, r)
 
 
@@ -425,7 +498,8 @@ def test_saved_state_shrinks_with_activity():
         sizes.append(st_["saved_bytes"])
         acts.append(st_["n_active"] / st_["n_total"])
         ns.append(st_["n_active"])
-    assert all(a < b for a, b in zip(sizes, sizes[1:])) and all(a <= b for a, b in zip(acts, acts[1:]))
+    assert all(a < b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    assert all(a <= b for a, b in zip(acts[:-1], acts[1:], strict=True))
     dense_saved = T * B * N * 4  # the dense path keeps the surrogate g[T, B, N] (float32)
     assert acts[1] < 0.05 and sizes[1] < 0.15 * dense_saved
     # per active entry: int32 index + float32 g; plus per-b offsets and the input spike list
@@ -467,7 +541,7 @@ def test_triton_sparse_linear_matches_numba(triton_interpret):
         S1 = sparse_spiking_linear(x, W1, None, p, 0.4, impl=impl)
         S2 = sparse_spiking_linear(S1, W2, b2, p, 0.4, impl=impl)
         res[impl] = [S1, S2] + grads(S2, [S1], gs) + grads(S2, [W1, W2, b2], gs)
-    for a, b in zip(res["numba"], res["triton"]):
+    for a, b in zip(res["numba"], res["triton"], strict=True):
         close(a, b, 1e-5)
     # dense input-gradient fallback (input without an active set)
     xs = x.clone().requires_grad_()
@@ -496,6 +570,7 @@ def test_triton_kernels_compile_for_sm90(monkeypatch):
     """The kernels lower to PTX (no GPU needed: ptxas ships with triton)."""
     _triton_or_skip()
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -506,10 +581,19 @@ def test_triton_kernels_compile_for_sm90(monkeypatch):
     try:
         src = ASTSource(
             fn=k.dx_active,
-            signature={"row_ptr": "*i64", "col_ptr": "*i64", "delta_ptr": "*fp32", "wt_ptr": "*fp32",
-                       "out_ptr": "*fp32", "P": "i32", "N": "i32", "BP": "constexpr", "BN": "constexpr"},
+            signature={
+                "row_ptr": "*i64",
+                "col_ptr": "*i64",
+                "delta_ptr": "*fp32",
+                "wt_ptr": "*fp32",
+                "out_ptr": "*fp32",
+                "P": "i32",
+                "N": "i32",
+                "BP": "constexpr",
+                "BN": "constexpr",
+            },
             constexprs={"BP": 32, "BN": 64},
-        )  # fmt: skip
+        )
         out = triton.compile(src, target=GPUTarget("cuda", 90, 32))
     except Exception as e:  # noqa: BLE001 - no ptxas/llvm backend on this machine
         pytest.skip(f"triton cannot compile offline here: {type(e).__name__}: {e}")
@@ -530,4 +614,3 @@ def test_importable_without_triton(monkeypatch):
     finally:
         monkeypatch.undo()
         importlib.reload(tg)
-

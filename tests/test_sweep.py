@@ -77,7 +77,11 @@ def test_select_table1_and_table2():
 
 
 def test_select_ties_prefer_larger_s0_then_fewer_epochs():
-    pts = _pts("baseline", 0.0, [0.7], [100]) + _pts("constant", 1e-4, [0.7, 0.7], [50, 50]) + _pts("constant", 3e-4, [0.7, 0.7], [50, 50])
+    pts = (
+        _pts("baseline", 0.0, [0.7], [100])
+        + _pts("constant", 1e-4, [0.7, 0.7], [50, 50])
+        + _pts("constant", 3e-4, [0.7, 0.7], [50, 50])
+    )
     c = select(pts)["table1"]["constant"]
     assert (c["s0"], c["epoch"]) == (3e-4, 1)
 
@@ -219,7 +223,18 @@ def test_killed_worker_process_trial_is_retried_and_resumed(tmp_path, data_dir):
 
     spec_path.write_text(yaml.safe_dump(spec_d))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "sparsespike.sweep", str(spec_path), "--out", str(out), "--workers", "1", "--data-dir", str(data_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sparsespike.sweep",
+        str(spec_path),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--data-dir",
+        str(data_dir),
+    ]
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     spec = SweepSpec.load(spec_path)
     killed = None
@@ -239,10 +254,56 @@ def test_killed_worker_process_trial_is_retried_and_resumed(tmp_path, data_dir):
                 break
     assert killed is not None, "no trial reached epoch 1 in time"
     log, _ = launcher.communicate(timeout=600)
-    assert launcher.returncode == 0, log
+    wl = "".join(p.read_text()[-3000:] for p in (out / "workers").glob("*.log"))
+    assert launcher.returncode == 0, log[-3000:] + wl
     study = open_study(spec, make_storage(default_storage(out)), create=False)
     assert study.get_trials()[killed.number].state == TrialState.FAIL
     retried = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed.number]
     assert retried and retried[-1].state == TrialState.COMPLETE
     assert grid_status(study, spec)["done"] == spec.n_points()
-    assert "re-queued" in log and "(resuming)" in "".join(p.read_text() for p in (out / "workers").glob("*.log"))
+    wlogs = "".join(p.read_text() for p in (out / "workers").glob("*.log"))
+    assert "re-queued" in log + wlogs and "(resuming)" in wlogs
+
+
+def test_report_files_from_results(tmp_path):
+    rows = [
+        {"method": m, "s0": s0, "seed": 0, "trial": i, "epoch": e, "val_acc": a, "val_spikes": sp, "run_dir": "x"}
+        for i, (m, s0, a0, sp0) in enumerate([("baseline", 0.0, 0.70, 1000.0), ("constant", 1e-4, 0.71, 300.0)])
+        for e, a, sp in [(1, a0 - 0.05, sp0 * 1.2), (2, a0, sp0)]
+    ]
+    t1 = [
+        {
+            "method": "baseline",
+            "s0": 0.0,
+            "epochs": 2,
+            "val_acc": 0.7,
+            "val_spikes": 1000.0,
+            "test_acc": 0.69,
+            "test_spikes": 1000.0,
+            "test_synops": 1.0,
+        },
+        {
+            "method": "constant",
+            "s0": 1e-4,
+            "epochs": 2,
+            "val_acc": 0.71,
+            "val_spikes": 300.0,
+            "test_acc": 0.7,
+            "test_spikes": 290.0,
+            "test_synops": 1.0,
+        },
+        {"method": "linear", "s0": None, "epochs": None},
+    ]
+    t2 = [dict(r) for r in t1]
+    t2[0]["test_spikes"] = 900.0
+    tables = {"table1": t1, "table2": t2}
+    report.add_reductions(tables)
+    assert t1[1]["reduction_pct"] == pytest.approx(71.0)
+    assert t2[1]["reduction_pct"] == pytest.approx(100 * (1 - 290 / 900))
+    assert t2[1]["reduction_vs_t1_pct"] == pytest.approx(71.0)
+    res = {"name": "demo", "reference_val_acc": 0.7, "tolerance": 0.01, "tables": tables, "rows": rows, "failed": []}
+    files = report.write_report(res, tmp_path)
+    md = files["markdown"].read_text()
+    assert "Table 1" in md and "no admissible setting" in md and "71.0 %" in md
+    assert (tmp_path / "accuracy_vs_spikes.png").stat().st_size > 1000
+    assert (tmp_path / "table2.csv").read_text().splitlines()[0].startswith("method,s0,epochs")

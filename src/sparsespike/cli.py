@@ -111,26 +111,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+BENCHES = {
+    "peers": "bptt_vs_peers.py",
+    "sparse-backward": "sparse_backward.py",
+    "eventprop": "eventprop_bench.py",
+    "pruned-inference": "pruned_inference.py",
+}
+
+
 def cmd_bench(args) -> int:
-    name = args.which
-    extra = args.rest or []
-    if name == "peers":
+    """Run a benchmark script of ``benchmarks/`` (in a clone of the repository) with its own flags."""
+    import runpy
+
+    if args.which == "peers":
         from .bench import peers
 
-        return peers.main(extra)
-    if name == "sparse-backward":
-        from .bench import sparse_backward
-
-        return sparse_backward.main(extra)
-    if name == "eventprop":
-        from .bench import eventprop
-
-        return eventprop.main(extra)
-    if name == "pruned-inference":
-        from .bench import pruned_inference
-
-        return pruned_inference.main(extra)
-    raise SystemExit(f"unknown benchmark {name!r}")
+        return peers.main(args.rest or [])
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / BENCHES[args.which]
+    if not script.exists():
+        raise SystemExit(f"benchmark script {script} not found: benchmarks run from a clone of the repository")
+    old = sys.argv
+    sys.argv = [str(script), *(args.rest or [])]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = old
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,9 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="benchmarks: peers | sparse-backward | eventprop | pruned-inference")
-    b.add_argument("which", choices=["peers", "sparse-backward", "eventprop", "pruned-inference"])
+    b.add_argument("which", choices=sorted(BENCHES))
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
+
+    from .sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
 
     from .export import add_export_parser  # light: torch is imported only when it runs
 

@@ -69,7 +69,7 @@ def reduction(spikes: float | None, baseline: float | None) -> float | None:
 def add_reductions(tables: dict) -> None:
     """Add ``reduction_pct`` (vs the table's own baseline) and ``reduction_vs_t1_pct`` (vs Table 1's)."""
     t1_base = _baseline_spikes(tables.get("table1", []))
-    for name, rows in tables.items():
+    for rows in tables.values():
         own = _baseline_spikes(rows)
         for r in rows:
             r["reduction_pct"] = reduction(r.get("test_spikes"), own)
@@ -89,7 +89,10 @@ def _fmt(x, spec: str, missing: str = "—") -> str:
 
 def table_markdown(rows: list[dict], both_baselines: bool = False) -> str:
     """One table in the paper's layout (plus validation columns)."""
-    head = "| Loss function | σ0 | Train. epochs | Val. acc. | Val. spikes | Test acc. | Avg. spike count | Reduction vs baseline |"
+    head = (
+        "| Loss function | σ0 | Train. epochs | Val. acc. | Val. spikes | Test acc. | Avg. spike count "
+        "| Reduction vs baseline |"
+    )
     sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
     if both_baselines:
         head += " Reduction vs Table 1 baseline |"
@@ -115,12 +118,14 @@ def paper_markdown(table: str) -> str:
     base1 = PAPER["table1"]["baseline"][3]
     own = PAPER[table]["baseline"][3]
     lines = [
-        "| Loss function | σ0 | Train. epochs | Test acc. | Avg. spike count | Reduction vs baseline | Reduction vs Table 1 baseline |",
+        "| Loss function | σ0 | Train. epochs | Test acc. | Avg. spike count | Reduction vs baseline "
+        "| Reduction vs Table 1 baseline |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m, (s0, ep, acc, spk) in PAPER[table].items():
         lines.append(
-            f"| {METHOD_LABELS[m]} | {s0:g} | {ep} | {acc:.2f} % | {spk:,} | {reduction(spk, own):.1f} % | {reduction(spk, base1):.1f} % |"
+            f"| {METHOD_LABELS[m]} | {s0:g} | {ep} | {acc:.2f} % | {spk:,} | {reduction(spk, own):.1f} % "
+            f"| {reduction(spk, base1):.1f} % |"
         )
     return "\n".join(lines)
 
@@ -129,7 +134,10 @@ def summary_lines(results: dict) -> list[str]:
     """The headline numbers: best reduction of each table, against each baseline."""
     out = []
     t = results["tables"]
-    for name, title in (("table1", "iso-accuracy (Table 1)"), ("table2", f"≤ {100 * results['tolerance']:g} point accuracy loss (Table 2)")):
+    for name, title in (
+        ("table1", "iso-accuracy (Table 1)"),
+        ("table2", f"≤ {100 * results['tolerance']:g} point accuracy loss (Table 2)"),
+    ):
         rows = [r for r in t.get(name, []) if r["method"] != "baseline" and r.get("reduction_pct") is not None]
         if not rows:
             out.append(f"- {title}: no schedule admissible")
@@ -212,12 +220,16 @@ def plot_accuracy_vs_spikes(results: dict, path: Path) -> Path:
     for r in results["rows"]:
         runs.setdefault((r["method"], r["s0"], r["seed"]), []).append(r)
     labelled = set()
-    for (m, s0, seed), rs in sorted(runs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+    for (m, _s0, _seed), rs in sorted(runs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
         rs = sorted(rs, key=lambda r: r["epoch"])
         c = COLORS.get(m, "gray")
         ax.plot([r["val_spikes"] for r in rs], [100 * r["val_acc"] for r in rs], "-", color=c, alpha=0.25, lw=0.8)
         ax.scatter(
-            [r["val_spikes"] for r in rs], [100 * r["val_acc"] for r in rs], s=10, color=c, alpha=0.6,
+            [r["val_spikes"] for r in rs],
+            [100 * r["val_acc"] for r in rs],
+            s=10,
+            color=c,
+            alpha=0.6,
             label=None if m in labelled else METHOD_LABELS.get(m, m),
         )
         labelled.add(m)
@@ -229,9 +241,14 @@ def plot_accuracy_vs_spikes(results: dict, path: Path) -> Path:
             if r.get("s0") is None:
                 continue
             ax.scatter(
-                [r["val_spikes"]], [100 * r["val_acc"]], marker=marker, s=140 if marker == "*" else 60,
+                [r["val_spikes"]],
+                [100 * r["val_acc"]],
+                marker=marker,
+                s=140 if marker == "*" else 60,
                 facecolor="none" if marker == "D" else COLORS.get(r["method"], "gray"),
-                edgecolor=COLORS.get(r["method"], "gray"), linewidths=1.5, zorder=5,
+                edgecolor=COLORS.get(r["method"], "gray"),
+                linewidths=1.5,
+                zorder=5,
             )
     ax.scatter([], [], marker="*", s=140, color="gray", label="chosen, Table 1")
     ax.scatter([], [], marker="D", s=60, facecolor="none", edgecolor="gray", label="chosen, Table 2")
@@ -249,11 +266,17 @@ def plot_accuracy_vs_spikes(results: dict, path: Path) -> Path:
             if r.get("s0") is None:
                 continue
             ax.scatter(
-                [r["test_spikes"]], [100 * r["test_acc"]], marker=marker, s=140 if marker == "*" else 60,
+                [r["test_spikes"]],
+                [100 * r["test_acc"]],
+                marker=marker,
+                s=140 if marker == "*" else 60,
                 facecolor="none" if marker == "D" else COLORS.get(r["method"], "gray"),
-                edgecolor=COLORS.get(r["method"], "gray"), linewidths=1.5,
+                edgecolor=COLORS.get(r["method"], "gray"),
+                linewidths=1.5,
             )
-            ax.annotate(f"{r['method']}\nσ0 {r['s0']:g}, {r['epochs']} ep", (r["test_spikes"], 100 * r["test_acc"]), fontsize=6)
+            ax.annotate(
+                f"{r['method']}\nσ0 {r['s0']:g}, {r['epochs']} ep", (r["test_spikes"], 100 * r["test_acc"]), fontsize=6
+            )
     ax.set_xscale("log")
     ax.set_xlabel("test spike count (spikes / sample)")
     ax.set_ylabel("test accuracy (%)")
@@ -271,15 +294,37 @@ def write_report(results: dict, out: Path) -> dict[str, Path]:
     files = {"markdown": out / "tables.md"}
     files["markdown"].write_text(markdown(results))
     cols = [
-        "method", "s0", "epochs", "val_acc", "val_spikes", "test_acc", "test_spikes", "test_synops",
-        "reduction_pct", "reduction_vs_t1_pct",
+        "method",
+        "s0",
+        "epochs",
+        "val_acc",
+        "val_spikes",
+        "test_acc",
+        "test_spikes",
+        "test_synops",
+        "reduction_pct",
+        "reduction_vs_t1_pct",
     ]
     for t in ("table1", "table2"):
         files[t] = write_csv(results["tables"][t], out / f"{t}.csv", cols)
     files["epochs"] = write_csv(
-        results["rows"], out / "all_epochs.csv",
-        ["method", "s0", "seed", "trial", "epoch", "val_acc", "val_loss", "val_spikes", "val_synops",
-         "train_acc", "train_loss", "train_spikes", "epoch_time_s"],
+        results["rows"],
+        out / "all_epochs.csv",
+        [
+            "method",
+            "s0",
+            "seed",
+            "trial",
+            "epoch",
+            "val_acc",
+            "val_loss",
+            "val_spikes",
+            "val_synops",
+            "train_acc",
+            "train_loss",
+            "train_spikes",
+            "epoch_time_s",
+        ],
     )
     try:
         files["plot"] = plot_accuracy_vs_spikes(results, out / "accuracy_vs_spikes.png")

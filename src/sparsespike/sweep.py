@@ -80,12 +80,12 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from .config import ExperimentConfig, load_config
 from .errors import ConfigError
-from .train import Trainer, atomic_save, load_checkpoint
+
+# torch and the Trainer are imported lazily, so that ``sparsespike --help`` stays fast
 
 BASELINE = "baseline"
 SCHEDULE_NAMES = ("constant", "linear", "quadratic", "alternating", "alternating_linear")
@@ -109,8 +109,16 @@ class SweepSpec:
     source: Path | None = None
 
     KEYS = (
-        "name", "config", "schedules", "set", "val_fraction", "val_subset", "seeds", "tolerance",
-        "per_batch", "normalized",
+        "name",
+        "config",
+        "schedules",
+        "set",
+        "val_fraction",
+        "val_subset",
+        "seeds",
+        "tolerance",
+        "per_batch",
+        "normalized",
     )
 
     @classmethod
@@ -148,9 +156,7 @@ class SweepSpec:
         scheds: dict[str, list[float]] = {}
         for name, grid in (raw["schedules"] or {}).items():
             if name not in SCHEDULE_NAMES and name != BASELINE:
-                raise ConfigError(
-                    f"sweep spec: unknown schedule {name!r}; use {', '.join(SCHEDULE_NAMES)}"
-                )
+                raise ConfigError(f"sweep spec: unknown schedule {name!r}; use {', '.join(SCHEDULE_NAMES)}")
             if name == BASELINE:
                 continue
             vals = [float(v) for v in (grid if isinstance(grid, (list, tuple)) else [grid])]
@@ -252,73 +258,94 @@ def run_name(schedule: str, s0: float, seed: int) -> str:
 
 
 # ================================================================ trainer with per-epoch records
-class EpochTrainer(Trainer):
-    """A :class:`~sparsespike.train.Trainer` that, after every epoch, also
+_EPOCH_TRAINER = None
 
-    * measures the validation spike count (``evaluate(val, metrics=True)``),
-    * writes ``epochs.jsonl`` (epoch, val acc/loss, val spikes, SynOps, <N_S>) and
-      ``epochs/epoch_NNN.pt`` (the weights after that epoch),
 
-    and skips the test-set evaluation at the end (the sweep tests only the selected checkpoints).
-    """
+def _epoch_trainer_cls():
+    """:class:`EpochTrainer`, defined on first use (it subclasses the torch-importing Trainer)."""
+    global _EPOCH_TRAINER
+    if _EPOCH_TRAINER is not None:
+        return _EPOCH_TRAINER
+    from .train import Trainer, atomic_save
 
-    def __init__(self, *args, on_epoch=None, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.on_epoch = on_epoch
-        self._fitting = False
+    class EpochTrainer(Trainer):
+        """A :class:`~sparsespike.train.Trainer` that, after every epoch, also
 
-    def fit(self) -> dict:
-        if not self.resume:
-            (self.out / "epochs.jsonl").unlink(missing_ok=True)
-            ck = self.out / "epochs"
-            if ck.is_dir():
-                for f in ck.glob("epoch_*.pt"):
-                    f.unlink()
-        self._fitting = True
-        try:
-            return super().fit()
-        finally:
+        * measures the validation spike count (``evaluate(val, metrics=True)``),
+        * writes ``epochs.jsonl`` (epoch, val acc/loss, val spikes, SynOps, <N_S>) and
+          ``epochs/epoch_NNN.pt`` (the weights after that epoch),
+
+        and skips the test-set evaluation at the end (the sweep tests only the selected checkpoints).
+        """
+
+        def __init__(self, *args, on_epoch=None, **kw) -> None:
+            super().__init__(*args, **kw)
+            self.on_epoch = on_epoch
             self._fitting = False
 
-    def evaluate(self, split, seed_offset: int = 10**6, metrics: bool = False) -> dict:
-        if not (self._fitting and split is self.data.val and not metrics):
-            return super().evaluate(split, seed_offset, metrics)
-        res = super().evaluate(split, seed_offset, metrics=True)
-        epoch = len(self.history) + 1  # the Trainer appends this epoch's record after evaluating
-        m = res["metrics"]
-        rec = {
-            "epoch": epoch,
-            "val_acc": res["acc"],
-            "val_loss": res["loss"],
-            "val_spikes": m["spike_count"],
-            "val_synops": m["synops"],
-            "val_ns": m["ns"],
-        }
-        (self.out / "epochs").mkdir(exist_ok=True)
-        atomic_save({"model": self.model.state_dict(), "epoch": epoch}, self.out / "epochs" / f"epoch_{epoch:03d}.pt")
-        with open(self.out / "epochs.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.on_epoch is not None:
-            self.on_epoch(rec)
-        return res
+        def fit(self) -> dict:
+            if not self.resume:
+                (self.out / "epochs.jsonl").unlink(missing_ok=True)
+                ck = self.out / "epochs"
+                if ck.is_dir():
+                    for f in ck.glob("epoch_*.pt"):
+                        f.unlink()
+            self._fitting = True
+            try:
+                return super().fit()
+            finally:
+                self._fitting = False
 
-    def _finish(self, best: dict, train_time: float) -> dict:
-        res = {
-            "name": self.cfg.name,
-            "seed": self.cfg.seed,
-            "epochs": len(self.history),
-            "best_val_acc": best["val_acc"],
-            "best_epoch": best["epoch"],
-            "train_time_s": train_time,
-        }
-        (self.out / "results.json").write_text(json.dumps(res, indent=2))
-        try:
-            from .plots import plot_curves
+        def evaluate(self, split, seed_offset: int = 10**6, metrics: bool = False) -> dict:
+            if not (self._fitting and split is self.data.val and not metrics):
+                return super().evaluate(split, seed_offset, metrics)
+            res = super().evaluate(split, seed_offset, metrics=True)
+            epoch = len(self.history) + 1  # the Trainer appends this epoch's record after evaluating
+            m = res["metrics"]
+            rec = {
+                "epoch": epoch,
+                "val_acc": res["acc"],
+                "val_loss": res["loss"],
+                "val_spikes": m["spike_count"],
+                "val_synops": m["synops"],
+                "val_ns": m["ns"],
+            }
+            (self.out / "epochs").mkdir(exist_ok=True)
+            atomic_save(
+                {"model": self.model.state_dict(), "epoch": epoch}, self.out / "epochs" / f"epoch_{epoch:03d}.pt"
+            )
+            with open(self.out / "epochs.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if self.on_epoch is not None:
+                self.on_epoch(rec)
+            return res
 
-            res["curves"] = str(plot_curves(self.history, self.out / "curves.png", self.cfg.name))
-        except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
-            res["curves_error"] = str(e)
-        return res
+        def _finish(self, best: dict, train_time: float) -> dict:
+            res = {
+                "name": self.cfg.name,
+                "seed": self.cfg.seed,
+                "epochs": len(self.history),
+                "best_val_acc": best["val_acc"],
+                "best_epoch": best["epoch"],
+                "train_time_s": train_time,
+            }
+            (self.out / "results.json").write_text(json.dumps(res, indent=2))
+            try:
+                from .plots import plot_curves
+
+                res["curves"] = str(plot_curves(self.history, self.out / "curves.png", self.cfg.name))
+            except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
+                res["curves_error"] = str(e)
+            return res
+
+    _EPOCH_TRAINER = EpochTrainer
+    return EpochTrainer
+
+
+def __getattr__(name):
+    if name == "EpochTrainer":
+        return _epoch_trainer_cls()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _read_jsonl(path: Path) -> dict[int, dict]:
@@ -583,16 +610,20 @@ class _Objective:
         trial.set_user_attr("schedule", schedule)
         trial.set_user_attr("s0", s0)
         if self.threads:
+            import torch
+
             torch.set_num_threads(int(self.threads))
         with _dir_lock(run_dir):
             try:
                 return self._train(trial, schedule, s0, seed, run_dir)
             except KeyboardInterrupt:
-                trial.set_user_attr("error", "interrupted")
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr("error", "interrupted")
                 raise
             except Exception as e:  # noqa: BLE001 - recorded, then Optuna marks the trial FAIL
-                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-                trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+                    trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
                 raise
 
     def _train(self, trial, schedule, s0, seed, run_dir):
@@ -600,20 +631,27 @@ class _Objective:
         if self.threads:
             cfg.train.num_threads = int(self.threads)
         data = sweep_data(self.spec, cfg, self.data_dir)
+        from .train import load_checkpoint
+
         resume = (run_dir / "last.pt").exists()
         if resume:
             try:
                 load_checkpoint(run_dir / "last.pt")
             except Exception:  # noqa: BLE001 - an unreadable checkpoint: start over
                 resume = False
-        self.log(f"sweep: trial {trial.number} {schedule} s0={s0:g} seed={seed} -> {run_dir}" + (" (resuming)" if resume else ""))
+        self.log(
+            f"sweep: trial {trial.number} {schedule} s0={s0:g} seed={seed} -> {run_dir}"
+            + (" (resuming)" if resume else "")
+        )
         done: list[dict] = []
 
         def on_epoch(rec):
             done.append(rec)
             trial.set_user_attr("epochs_done", rec["epoch"])
 
-        tr = EpochTrainer(cfg, run_dir, self.data_dir, data=data, resume=resume, progress=False, on_epoch=on_epoch)
+        tr = _epoch_trainer_cls()(
+            cfg, run_dir, self.data_dir, data=data, resume=resume, progress=False, on_epoch=on_epoch
+        )
         try:
             res = tr.fit()
         except FloatingPointError as e:  # a diverged run is a result: keep the epochs it finished
@@ -622,8 +660,16 @@ class _Objective:
         recs = epoch_records(run_dir)
         if not recs:
             raise RuntimeError(f"run {run_dir} finished no epoch")
-        trial.set_user_attr("epochs", recs)
-        trial.set_user_attr("result", {k: v for k, v in res.items() if isinstance(v, (int, float, str))})
+        import optuna
+
+        try:
+            trial.set_user_attr("epochs", recs)
+            trial.set_user_attr("result", {k: v for k, v in res.items() if isinstance(v, (int, float, str))})
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # another process failed this trial (e.g. this worker was paused past the heartbeat grace
+            # period) and re-queued it; the retry resumes from this run's checkpoints at no cost
+            self.log(f"sweep: trial {trial.number} was failed by another process; its retry will reuse {run_dir}")
+            raise optuna.TrialPruned("superseded by its retry") from None
         return recs[-1]["val_acc"], recs[-1]["val_spikes"]
 
 
@@ -656,7 +702,7 @@ def worker_loop(
     log=print,
 ) -> int:
     """Run trials until every grid point is done or failed for good. Returns the trials run here."""
-    import optuna
+    import torch
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -664,11 +710,16 @@ def worker_loop(
     study = open_study(spec, storage, create=False)
     obj = _Objective(spec, out, data_dir, threads, log)
     ran = 0
+    # (a worker paused longer than the grace period, e.g. by SIGSTOP, finds its trial failed and
+    # re-queued when it wakes up; it finishes the run, the retry then resumes from the checkpoints)
     while True:
         reconcile(study, max_retry, log)
         st = grid_status(study, spec)
         if st["waiting"] or st["unstarted"]:
-            study.optimize(obj, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            try:
+                study.optimize(obj, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            except Exception as e:  # noqa: BLE001 - e.g. our trial was failed meanwhile (stale heartbeat)
+                log(f"sweep: worker {worker_id}: trial bookkeeping failed ({type(e).__name__}: {e}); continuing")
             ran += 1
             continue
         if st["running"]:
@@ -702,11 +753,24 @@ def launch(
     study = open_study(spec, storage, create=True)
     spec.write(out / "sweep_spec.yaml")
     reconcile(study, max_retry, log)
-    log(f"sweep {spec.name}: {spec.n_points()} grid points, storage {url}, {workers} worker(s); status {grid_status(study, spec)}")
+    st = grid_status(study, spec)
+    log(f"sweep {spec.name}: {spec.n_points()} grid points, storage {url}, {workers} worker(s); status {st}")
     if workers <= 0:
-        worker_loop(spec, out, url, data_dir=data_dir, threads=threads, heartbeat=heartbeat, grace=grace, max_retry=max_retry, log=log)
+        worker_loop(
+            spec,
+            out,
+            url,
+            data_dir=data_dir,
+            threads=threads,
+            heartbeat=heartbeat,
+            grace=grace,
+            max_retry=max_retry,
+            log=log,
+        )
     else:
-        _run_local_workers(spec, out, url, workers, data_dir, threads, heartbeat, grace, max_retry, max_restarts, poll, log)
+        _run_local_workers(
+            spec, out, url, workers, data_dir, threads, heartbeat, grace, max_retry, max_restarts, poll, log
+        )
     st = grid_status(study, spec)
     log(f"sweep {spec.name}: trials finished; status {st}")
     return finalize(spec, out, study, data_dir=data_dir, log=log)
@@ -714,9 +778,23 @@ def launch(
 
 def _worker_cmd(spec: SweepSpec, out, url, i, data_dir, threads, heartbeat, grace, max_retry) -> list[str]:
     cmd = [
-        sys.executable, "-m", "sparsespike.sweep", str(Path(out) / "sweep_spec.yaml"), "--worker",
-        "--out", str(out), "--storage", url, "--worker-id", str(i), "--heartbeat", str(heartbeat),
-        "--grace", str(grace), "--max-retry", str(max_retry),
+        sys.executable,
+        "-m",
+        "sparsespike.sweep",
+        str(Path(out) / "sweep_spec.yaml"),
+        "--worker",
+        "--out",
+        str(out),
+        "--storage",
+        url,
+        "--worker-id",
+        str(i),
+        "--heartbeat",
+        str(heartbeat),
+        "--grace",
+        str(grace),
+        "--max-retry",
+        str(max_retry),
     ]
     if threads:
         cmd += ["--threads", str(threads)]
@@ -725,7 +803,9 @@ def _worker_cmd(spec: SweepSpec, out, url, i, data_dir, threads, heartbeat, grac
     return cmd
 
 
-def _run_local_workers(spec, out, url, workers, data_dir, threads, heartbeat, grace, max_retry, max_restarts, poll, log):
+def _run_local_workers(
+    spec, out, url, workers, data_dir, threads, heartbeat, grace, max_retry, max_restarts, poll, log
+):
     storage = make_storage(url, heartbeat, grace, max_retry)
     study = open_study(spec, storage, create=False)
     logs = out / "workers"
@@ -741,7 +821,10 @@ def _run_local_workers(spec, out, url, workers, data_dir, threads, heartbeat, gr
         handles.append(fh)
         p = subprocess.Popen(
             _worker_cmd(spec, out, url, i, data_dir, threads, heartbeat, grace, max_retry),
-            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         (logs / f"worker{i}.pid").write_text(str(p.pid))
         log(f"sweep: worker {i} started (pid {p.pid}, log {logs / f'worker{i}.log'})")
@@ -800,13 +883,24 @@ def collect(study) -> tuple[list[dict], list[dict]]:
     for key, t in best.items():
         schedule, s0 = parse_setting(key[0])
         for r in t.user_attrs.get("epochs", []):
-            rows.append({"method": schedule, "s0": s0, "seed": key[1], "trial": t.number, "run_dir": t.user_attrs.get("run_dir"), **r})
+            rows.append(
+                {
+                    "method": schedule,
+                    "s0": s0,
+                    "seed": key[1],
+                    "trial": t.number,
+                    "run_dir": t.user_attrs.get("run_dir"),
+                    **r,
+                }
+            )
     done = set(best)
     for t in study.get_trials(deepcopy=False):
         if "setting" in t.params and t.state == TrialState.FAIL:
             key = (t.params["setting"], t.params["seed"])
             if key not in done:
-                failed.append({"trial": t.number, "setting": key[0], "seed": key[1], "error": t.user_attrs.get("error")})
+                failed.append(
+                    {"trial": t.number, "setting": key[0], "seed": key[1], "error": t.user_attrs.get("error")}
+                )
     return rows, failed
 
 
@@ -862,19 +956,31 @@ def select(points: list[dict], tolerance: float = 0.01, eps: float = 1e-9) -> di
 
 
 # ================================================================ test evaluation of the chosen points
-def evaluate_checkpoint(spec: SweepSpec, schedule: str, s0: float, seed: int, run_dir: Path, epoch: int, data_dir=None) -> dict:
+def evaluate_checkpoint(
+    spec: SweepSpec, schedule: str, s0: float, seed: int, run_dir: Path, epoch: int, data_dir=None
+) -> dict:
     """Test accuracy and metrics of ``run_dir``'s weights after ``epoch``."""
+    from .train import load_checkpoint
+
     cfg = spec.trial_config(schedule, s0, seed)
     data = sweep_data(spec, cfg, data_dir)
-    tr = EpochTrainer(cfg, run_dir, data_dir, data=data, progress=False)
+    tr = _epoch_trainer_cls()(cfg, run_dir, data_dir, data=data, progress=False)
     ck = load_checkpoint(Path(run_dir) / "epochs" / f"epoch_{epoch:03d}.pt")
     tr.model.load_state_dict(ck["model"])
     res = tr.evaluate(data.test, metrics=True)
     m = res["metrics"]
-    return {"test_acc": res["acc"], "test_spikes": m["spike_count"], "test_synops": m["synops"], "test_ns": m["ns"], "test_samples": m["samples"]}
+    return {
+        "test_acc": res["acc"],
+        "test_spikes": m["spike_count"],
+        "test_synops": m["synops"],
+        "test_ns": m["ns"],
+        "test_samples": m["samples"],
+    }
 
 
-def finalize(spec: SweepSpec, out: Path, study=None, *, data_dir=None, storage_url: str | None = None, log=print) -> dict:
+def finalize(
+    spec: SweepSpec, out: Path, study=None, *, data_dir=None, storage_url: str | None = None, log=print
+) -> dict:
     """Select on validation, evaluate the selected checkpoints on test, write the report files."""
     from . import report
 
@@ -950,7 +1056,9 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--data-dir")
     s.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     s.add_argument("--heartbeat", type=int, default=20, help="trial heartbeat interval, s")
-    s.add_argument("--grace", type=int, default=120, help="a trial with no heartbeat for this long is failed and retried")
+    s.add_argument(
+        "--grace", type=int, default=120, help="a trial with no heartbeat for this long is failed and retried"
+    )
     s.add_argument("--max-retry", type=int, default=2, help="retries of a failed or lost trial")
     s.add_argument("--worker", action="store_true", help="only run trials (another machine/process joining a sweep)")
     s.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
@@ -963,13 +1071,26 @@ def cmd_sweep(args) -> int:
     spec = SweepSpec.load(args.spec)
     out = Path(args.out or Path("runs") / spec.name)
     url = args.storage or default_storage(out)
+    import warnings
+
+    import optuna
+    import torch
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
         out.mkdir(parents=True, exist_ok=True)
         n = worker_loop(
-            spec, out, url, data_dir=args.data_dir, threads=args.threads, worker_id=args.worker_id,
-            heartbeat=args.heartbeat, grace=args.grace, max_retry=args.max_retry,
+            spec,
+            out,
+            url,
+            data_dir=args.data_dir,
+            threads=args.threads,
+            worker_id=args.worker_id,
+            heartbeat=args.heartbeat,
+            grace=args.grace,
+            max_retry=args.max_retry,
         )
         print(f"sweep worker {args.worker_id}: ran {n} trial(s); nothing left to run")
         return 0
@@ -977,8 +1098,15 @@ def cmd_sweep(args) -> int:
         finalize(spec, out, data_dir=args.data_dir, storage_url=url)
         return 0
     launch(
-        spec, out, workers=args.workers, storage_url=url, data_dir=args.data_dir, threads=args.threads,
-        heartbeat=args.heartbeat, grace=args.grace, max_retry=args.max_retry,
+        spec,
+        out,
+        workers=args.workers,
+        storage_url=url,
+        data_dir=args.data_dir,
+        threads=args.threads,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
+        max_retry=args.max_retry,
     )
     return 0
 

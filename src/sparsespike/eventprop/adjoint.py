@@ -44,7 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from .params import DEFAULT_PARAMS, DEFAULT_SOLVER, LIFParams, SolverOptions
-from .simulate import EventList, LayerSpikes, gap_decays
+from .simulate import EventList, LayerSpikes, gap_decays, kernel_threads
 
 __all__ = ["adjoint_layer", "scatter_event_errors", "adjoint_network"]
 
@@ -132,14 +132,15 @@ def adjoint_layer(
     grad_b = np.zeros((B, W.shape[0], W.shape[1]))
     err_in = np.zeros((B, K))
     p = params
-    dm, ds = gap_decays(events, params)
-    _adjoint_layer_kernel(
-        events.times, events.neuron, events.count, dm, ds, W,
-        spikes.times, spikes.currents, spikes.counts, err,
-        float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
-        float(options.grazing_eps),
-        grad_b, err_in,
-    )  # fmt: skip
+    with kernel_threads(B * W.shape[0] * K):
+        dm, ds = gap_decays(events, params)
+        _adjoint_layer_kernel(
+            events.times, events.neuron, events.count, dm, ds, W,
+            spikes.times, spikes.currents, spikes.counts, err,
+            float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
+            float(options.grazing_eps),
+            grad_b, err_in,
+        )  # fmt: skip
     return grad_b.sum(axis=0), err_in
 
 

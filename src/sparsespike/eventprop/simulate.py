@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numba
@@ -59,6 +60,25 @@ __all__ = [
     "simulate_network",
     "membrane_potential",
 ]
+
+
+#: Below this many (sample x neuron x event) steps a kernel runs on one thread: launching the
+#: numba thread pool costs more than it saves on small batches (and far more on a loaded machine).
+PARALLEL_MIN_WORK = 100_000
+
+
+@contextmanager
+def kernel_threads(work: int):
+    """Run the enclosed numba kernels single-threaded when ``work`` is small."""
+    n = numba.get_num_threads()
+    if n > 1 and work < PARALLEL_MIN_WORK:
+        numba.set_num_threads(1)
+        try:
+            yield
+        finally:
+            numba.set_num_threads(n)
+    else:
+        yield
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,13 +343,14 @@ def merge_events(times: np.ndarray) -> EventList:
     times = np.ascontiguousarray(times, dtype=np.float64)
     B = times.shape[0]
     counts = np.zeros(B, dtype=np.int64)
-    _count_finite(times, counts)
-    K = int(counts.max()) if B else 0
-    K = max(K, 1)
-    ev_t = np.full((B, K), np.inf)
-    ev_n = np.full((B, K), -1, dtype=np.int64)
-    ev_p = np.full((B, K), -1, dtype=np.int64)
-    _merge_kernel(times, counts, ev_t, ev_n, ev_p)
+    with kernel_threads(times.size):
+        _count_finite(times, counts)
+        K = int(counts.max()) if B else 0
+        K = max(K, 1)
+        ev_t = np.full((B, K), np.inf)
+        ev_n = np.full((B, K), -1, dtype=np.int64)
+        ev_p = np.full((B, K), -1, dtype=np.int64)
+        _merge_kernel(times, counts, ev_t, ev_n, ev_p)
     return EventList(ev_t, ev_n, ev_p, counts)
 
 
@@ -364,13 +385,14 @@ def simulate_layer(
     out_c = np.zeros((B, N), dtype=np.int64)
     capped = np.zeros((B, N), dtype=np.int8)
     p = params
-    dm, ds = gap_decays(events, params)
-    _forward_layer_kernel(
-        events.times, events.neuron, events.count, dm, ds, W,
-        float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
-        float(options.peak_tol), float(options.root_xtol),
-        out_t, out_i, out_c, capped,
-    )  # fmt: skip
+    with kernel_threads(B * N * (events.times.shape[1] + 1)):
+        dm, ds = gap_decays(events, params)
+        _forward_layer_kernel(
+            events.times, events.neuron, events.count, dm, ds, W,
+            float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
+            float(options.peak_tol), float(options.root_xtol),
+            out_t, out_i, out_c, capped,
+        )  # fmt: skip
     n_capped = int(capped.sum())
     if n_capped:
         msg = (

@@ -363,10 +363,12 @@ def sparse_backward(ctx, e: torch.Tensor):
         torch.cumsum(torch.bincount(j, minlength=N), 0, out=jptr[1:])
         dW = torch.empty(N, K, dtype=dtype, device=dev)
         if N and K:
-            k.dw_active[(N, _cdiv(K, BLOCK_K))](jptr, row[order].contiguous(), e[order].contiguous(), tr, dW, K, BK=BLOCK_K)
+            k.dw_active[(N, _cdiv(K, BLOCK_K))](
+                jptr, row[order].contiguous(), e[order].contiguous(), tr, dW, K, BK=BLOCK_K
+            )
         del tr
     if need_db:
-        _, geo = _decay_tables(ctx.beta, T, dtype, dev)
+        _, geo, _, _ = _decay_tables(ctx.beta, T, dtype, dev)
         db = torch.zeros(N, dtype=dtype, device=dev).index_add_(0, j, e * geo[t])
     if need_dx:
         delta = torch.zeros(T * B * N, dtype=dtype, device=dev)
@@ -381,7 +383,9 @@ def sparse_backward(ctx, e: torch.Tensor):
             pcol = (pf - pt * K).contiguous()
             vals = torch.empty(prev.n, dtype=dtype, device=dev)
             if prev.n:
-                k.dx_active[(_cdiv(prev.n, BLOCK_P),)](prow, pcol, delta, ctx.wt, vals, prev.n, N, BP=BLOCK_P, BN=BLOCK_N)
+                k.dx_active[(_cdiv(prev.n, BLOCK_P),)](
+                    prow, pcol, delta, ctx.wt, vals, prev.n, N, BP=BLOCK_P, BN=BLOCK_N
+                )
             dx = torch.sparse_coo_tensor(
                 prev.coo_indices(), vals, (T, B, K), is_coalesced=False, check_invariants=False
             )

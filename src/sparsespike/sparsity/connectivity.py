@@ -83,7 +83,6 @@ LOG_ALPHA_MIN = math.log(0.01)  # reference constrain_parameters()
 LOG_ALPHA_MAX = math.log(100.0)
 
 
-
 def _make_generator(seed: int | torch.Generator | None) -> torch.Generator | None:
     if seed is None or isinstance(seed, torch.Generator):
         return seed
@@ -311,8 +310,17 @@ def add_l0_gates(
         if _hc_gate(m, tensor_name) is not None:
             continue
         gate = HardConcreteGate(
-            w.shape, init_mean=init_mean, init_std=init_std, beta=beta, gamma=gamma, zeta=zeta,
-            eps=eps, lam=lam, generator=gen, dtype=w.dtype, device=w.device,
+            w.shape,
+            init_mean=init_mean,
+            init_std=init_std,
+            beta=beta,
+            gamma=gamma,
+            zeta=zeta,
+            eps=eps,
+            lam=lam,
+            generator=gen,
+            dtype=w.dtype,
+            device=w.device,
         )
         parametrize.register_parametrization(m, tensor_name, gate)
         created.append(GatedWeight(name, m, tensor_name, gate))
@@ -353,9 +361,7 @@ def expected_l0(model: nn.Module) -> torch.Tensor:
     return l0_penalty(model, lam=1.0)
 
 
-def constrain_gates(
-    model: nn.Module, lo: float = LOG_ALPHA_MIN, hi: float = LOG_ALPHA_MAX
-) -> None:
+def constrain_gates(model: nn.Module, lo: float = LOG_ALPHA_MIN, hi: float = LOG_ALPHA_MAX) -> None:
     """Clamp every ``log_alpha`` to ``[ln 0.01, ln 100]`` (call after each optimiser step;
     Louizos reference ``constrain_parameters``, optional)."""
     for g in gates(model):
@@ -458,8 +464,7 @@ def format_sparsity_report(rep: dict) -> str:
     lines = [f"{'layer':<24}{'shape':<20}{'non-zero':>12}{'density':>10}"]
     for r in rep["layers"]:
         lines.append(
-            f"{r['name'] or '<root>':<24}{str(tuple(r['shape'])):<20}"
-            f"{r['nonzero']:>12d}{100 * r['density']:>9.2f}%"
+            f"{r['name'] or '<root>':<24}{str(tuple(r['shape'])):<20}{r['nonzero']:>12d}{100 * r['density']:>9.2f}%"
         )
     t = rep["total"]
     lines.append(f"{'total':<44}{t['nonzero']:>12d}{100 * t['density']:>9.2f}%")
@@ -531,6 +536,7 @@ def count_ops(
                 st["flops_dense"] += 2.0 * rows * float(nzw.numel())
                 xs = (xin != 0).to(torch.float64).reshape(-1, xin.shape[-1])
                 st["synops"] += float((xs.sum(0) * nzw.sum(0)).sum())
+
         return hook
 
     for name, m in model.named_modules():

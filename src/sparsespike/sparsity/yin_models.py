@@ -177,11 +177,7 @@ def build_network(
             pad = k // 2 if pad == "same" else (0 if pad == "valid" else int(pad))
             stride = int(spec.get("stride", 1))
             co = int(spec["out_channels"])
-            mods.append(
-                SpikingConv2d(
-                    c, co, k, neuron, stride=stride, padding=pad, bias=spec.get("bias", bias)
-                )
-            )
+            mods.append(SpikingConv2d(c, co, k, neuron, stride=stride, padding=pad, bias=spec.get("bias", bias)))
             c, h, w = co, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
         elif kind == "pool":
             k = int(spec["kernel_size"])
@@ -241,12 +237,12 @@ def build_yin_network(
         detach_reset,
     )
     shape, layers = parse_structure(structure or YIN_STRUCTURES[name])
-    return build_network(shape, layers, neuron, padding=padding, pool=pool, bias=bias, init=init,
-                         init_gain=init_gain)
+    return build_network(shape, layers, neuron, padding=padding, pool=pool, bias=bias, init=init, init_gain=init_gain)
 
 
-def vote_mse_loss(votes: torch.Tensor, labels: torch.Tensor, n_classes: int | None = None,
-                  reduction: str = "sum") -> torch.Tensor:
+def vote_mse_loss(
+    votes: torch.Tensor, labels: torch.Tensor, n_classes: int | None = None, reduction: str = "sum"
+) -> torch.Tensor:
     """Yin eq. 5: ``|y - (1/T) sum_t M o^{t,N}|^2`` with one-hot ``y`` and ``M = I``.
 
     ``votes`` are the time-averaged output spikes ``[B, n_classes]``. ``reduction="sum"`` sums
@@ -345,7 +341,8 @@ def train_yin(config: dict) -> dict:
     ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
     (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
     (``T``), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
-    ``init_std``, ``constrain``), ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``, ``batch_size``, ``weight_decay``),
+    ``init_std``, ``constrain``), ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``,
+    ``batch_size``, ``weight_decay``),
     ``epochs``, ``eval_every``, ``out_dir``.
 
     Returns a dict with the per-epoch history, final test accuracy (gated model in eval mode and
@@ -379,17 +376,26 @@ def train_yin(config: dict) -> dict:
     else:
         shape, layers = parse_structure(mcfg.get("structure", YIN_STRUCTURES[name]))
     model = build_network(
-        shape, layers, neuron, padding=mcfg.get("padding", "same"), pool=mcfg.get("pool", "avg"),
-        bias=mcfg.get("bias", True), init=mcfg.get("init", "stbp"),
+        shape,
+        layers,
+        neuron,
+        padding=mcfg.get("padding", "same"),
+        pool=mcfg.get("pool", "avg"),
+        bias=mcfg.get("bias", True),
+        init=mcfg.get("init", "stbp"),
         init_gain=float(mcfg.get("init_gain", 1.0)),
     )
     ccfg = cfg.get("connectivity", {}) or {}
     use_l0 = bool(ccfg.get("l0", False))
     if use_l0:
         add_l0_gates(
-            model, lam=float(ccfg.get("lam", LAMBDA)), init_mean=float(ccfg.get("init_mean", 1.0)),
-            init_std=float(ccfg.get("init_std", 0.01)), seed=seed + 1,
-            beta=float(ccfg.get("beta", 2.0 / 3.0)), gamma=float(ccfg.get("gamma", -0.1)),
+            model,
+            lam=float(ccfg.get("lam", LAMBDA)),
+            init_mean=float(ccfg.get("init_mean", 1.0)),
+            init_std=float(ccfg.get("init_std", 0.01)),
+            seed=seed + 1,
+            beta=float(ccfg.get("beta", 2.0 / 3.0)),
+            gamma=float(ccfg.get("gamma", -0.1)),
             zeta=float(ccfg.get("zeta", 1.1)),
         )
     xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed)
@@ -399,8 +405,7 @@ def train_yin(config: dict) -> dict:
     gate_ids = {id(p) for p in gate_parameters(model)}
     groups = [{"params": [p for p in model.parameters() if id(p) not in gate_ids]}]
     if gate_ids:  # log_alpha: own learning rate (default: lr), never weight decay
-        groups.append({"params": gate_parameters(model), "weight_decay": 0.0,
-                       "lr": float(ocfg.get("gate_lr") or lr)})
+        groups.append({"params": gate_parameters(model), "weight_decay": 0.0, "lr": float(ocfg.get("gate_lr") or lr)})
     opt = torch.optim.Adam(groups, lr=lr, weight_decay=float(ocfg.get("weight_decay", 0.0)))
     reduction = cfg.get("loss", {}).get("reduction", "sum")
     epochs = int(cfg.get("epochs", 1))
@@ -450,8 +455,7 @@ def train_yin(config: dict) -> dict:
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
         if cfg.get("verbose", True):
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-                  flush=True)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     train_time = time.perf_counter() - t_start
     probe = encode(xte[:20], torch.Generator().manual_seed(7))
     acc_gated = history[-1]["test_acc"]
