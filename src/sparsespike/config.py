@@ -67,6 +67,7 @@ class TrainConfig:
 
 @dataclass
 class ExperimentConfig:
+    engine: str = "time-stepped"
     name: str = "experiment"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
