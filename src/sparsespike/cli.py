@@ -105,7 +105,10 @@ def cmd_train(args) -> int:
         ov["seed"] = args.seed
     cfg = load_config(args.config, ov)
     out = Path(args.out or Path("runs") / f"{cfg.name}_seed{cfg.seed}")
-    res = Trainer(cfg, out, args.data_dir, resume=args.resume, progress=not args.quiet).fit()
+    tr = Trainer(cfg, out, args.data_dir, resume=args.resume, progress=not args.quiet)
+    res = tr.fit()
+    if tr.rank != 0:
+        return 0
     m = res["metrics"]
     print(
         f"[{cfg.name}] test accuracy {100 * res['test_acc']:.2f} % | spikes/sample {m['spike_count']:.1f} | "
