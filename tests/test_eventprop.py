@@ -311,7 +311,8 @@ def test_inputs_after_window_and_infinite_inputs_are_ignored():
 def test_network_module_forward_backward():
     net = EventNetwork([5, 8, 3], generator=torch.Generator().manual_seed(0))
     assert net.weights[0].dtype == torch.float64
-    assert float(net.weights[0].min()) >= 1.0 and float(net.weights[0].max()) <= 3.0
+    w0 = net.weights[0].detach()
+    assert float(w0.min()) >= 1.0 and float(w0.max()) <= 3.0
     x = torch.rand(4, 5, dtype=torch.float64) * 20
     out = net(x)
     assert len(out.times) == 2 and out.first_spikes.shape == (4, 3)

@@ -42,7 +42,7 @@ def test_ce_value_and_gradient_by_hand():
     def nll(z, k):
         return -(z[k] - math.log(sum(math.exp(v) for v in z)))
 
-    assert float(loss) == pytest.approx((nll(z0, 0) + nll(z1, 2)) / 2, rel=1e-12)
+    assert loss.item() == pytest.approx((nll(z0, 0) + nll(z1, 2)) / 2, rel=1e-12)
     loss.backward()
     p0 = np.exp(z0) / np.exp(z0).sum()
     p1 = np.exp(z1) / np.exp(z1).sum()
@@ -62,7 +62,7 @@ def test_cs_as_values_and_gradients_by_hand():
     t = _first()
     y = torch.tensor([1, 0])
     cs = cs_loss(t, y)
-    assert float(cs) == pytest.approx((math.expm1(2.0 / TAU1) + math.expm1(3.0 / TAU1)) / 2)
+    assert cs.item() == pytest.approx((math.expm1(2.0 / TAU1) + math.expm1(3.0 / TAU1)) / 2)
     cs.backward()
     g = np.zeros((2, 3))
     g[0, 1] = math.exp(2.0 / TAU1) / TAU1 / 2
@@ -72,7 +72,7 @@ def test_cs_as_values_and_gradients_by_hand():
     t = _first()
     a = as_loss(t)
     vals = [1.0, 2.0, T, 3.0, 1.5, 2.5]
-    assert float(a) == pytest.approx(sum(math.expm1(v / TAU1) for v in vals) / 6)
+    assert a.item() == pytest.approx(sum(math.expm1(v / TAU1) for v in vals) / 6)
     a.backward()
     g = np.array([[math.exp(v / TAU1) / TAU1 / 6 for v in row] for row in ([1, 2, T], [3, 1.5, 2.5])])
     g[0, 2] = 0.0  # silent: constant
@@ -97,7 +97,7 @@ def test_sp_value_and_gradient_by_hand():
     lb = torch.tensor([[[2.0, 6.0]], [[1.0, INF]]], dtype=torch.float64, requires_grad=True)
     sp = sp_loss([la, lb])
     want = ((1 / 1 + 1 / 3 + 1 / 4) + (1 / 0.5)) / 2
-    assert float(sp) == pytest.approx(want, rel=1e-12)
+    assert sp.item() == pytest.approx(want, rel=1e-12)
     sp.backward()
     ga = np.zeros((2, 2, 3))
     ga[0, 0] = [1 + 1 / 9, -1.0, -1 / 9]
@@ -106,7 +106,7 @@ def test_sp_value_and_gradient_by_hand():
     gb[0, 0] = [1 / 16, -1 / 16]
     np.testing.assert_allclose(la.grad.numpy(), ga / 2, rtol=1e-12)
     np.testing.assert_allclose(lb.grad.numpy(), gb / 2, rtol=1e-12)
-    assert float(sp_loss([la, lb], per_neuron=True)) == pytest.approx(want / 3, rel=1e-12)
+    assert sp_loss([la, lb], per_neuron=True).item() == pytest.approx(want / 3, rel=1e-12)
     # a layer in which nobody spikes twice adds nothing
     assert float(sp_loss(torch.tensor([[[1.0], [INF]]], dtype=torch.float64))) == 0.0
 

@@ -7,6 +7,8 @@ so that sparse and dense agree to round-off.
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -258,6 +260,28 @@ def test_layers_use_sparse_functions():
     assert 0 < l1.activity() < 100
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_splits_agree(threads):
+    """One thread (e read inside the weight walk) and several (column blocks) give the same result."""
+    x, W1, b1, _ = make(21, 18, 5, 9, 7, 0.3, 1.2)
+    g = torch.Generator().manual_seed(22)
+    W2 = (torch.randn(4, 7, generator=g, dtype=DT) * 1.2).requires_grad_()
+    gs = torch.randn(18, 5, 4, generator=g, dtype=DT)
+    p = LIFParams(beta=0.9)
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        S1 = sparse_spiking_linear(x, W1, b1, p, 0.4)
+        S2 = sparse_spiking_linear(S1, W2, None, p, 0.4)
+        got = grads(S2, [W1, b1, W2], gs)
+    finally:
+        numba.set_num_threads(old)
+    R1, _ = ref_layer(x, W1, b1, p, 0.4)
+    R2, _ = ref_layer(R1, W2, None, p, 0.4)
+    for a, r in zip(got, grads(R2, [W1, b1, W2], gs), strict=True):
+        close(a, r)
+
+
 # ---------------------------------------------------------------------------------------- (c)
 
 
@@ -375,6 +399,9 @@ def test_trace_walk_vs_brute_force(seed, T, B, N, K, p_act, p_in, beta, analog):
             True,
             dw.numpy(),
             db.numpy(),
+            False,
+            np.zeros((1, 1, 1)),
+            np.zeros(1),
         )
         close(dw, want_w, 1e-12)
         close(db, want_b, 1e-12)

@@ -394,12 +394,13 @@ def _block(cols: int, rows: int, itemsize: int, parts: int) -> int:
     return max(1, min(b, cols))
 
 
-def _sparse_backward_numba(ctx, e: torch.Tensor):
-    """Weight, bias and input gradients from the compact ``e`` (CPU)."""
+def _sparse_backward_numba(ctx, gs: torch.Tensor):
+    """Weight, bias and input gradients on CPU from the incoming ``dL/dS`` (dense or COO)."""
     act: ActiveSet = ctx.active
     T, B, N = act.shape
     K = ctx.K
-    dtype = e.dtype
+    g = ctx.g
+    dtype = g.dtype
     need_dx, need_dw, need_db = (
         ctx.needs_input_grad[0],
         ctx.needs_input_grad[1],
@@ -409,20 +410,30 @@ def _sparse_backward_numba(ctx, e: torch.Tensor):
     sparse_dx = need_dx and prev is not None
     threads = numba.get_num_threads()
     powb, geo, ipow, L = _decay_tables(ctx.beta, T, dtype)
-    isz = e.element_size()
+    isz = g.element_size()
     dW = torch.zeros(N, K, dtype=dtype) if need_dw else None
     db = torch.zeros(N, dtype=dtype) if need_db else None
     work = B and act.n
+    kb = _block(K, N, isz, threads) if need_dw else max(K, 1)
+    nblk = -(-K // kb) if need_dw else 1
+    # e = dL/dS * g at the active entries: read inside the weight-gradient walk when it runs as
+    # one block on a dense gradient (its cache misses then overlap the arithmetic), else gathered
+    fuse = bool(work and (need_dw or need_db) and nblk == 1 and not gs.is_sparse and gs.dtype == dtype)
+    if fuse:
+        gs = gs.contiguous()
+        e = torch.empty(act.n, dtype=dtype)
+    else:
+        e = (_compact_grad(gs, act) * g).to(dtype).contiguous()
+        gs = torch.zeros(1, 1, 1, dtype=dtype)
     if work and (need_dw or need_db):
         sp: ActiveSet = (
             ctx.spikes_in
             if need_dw
             else ActiveSet(T, B, K, torch.zeros(B + 1, dtype=torch.int64), torch.empty(0, dtype=torch.int32))
         )
-        kb = _block(K, N, isz, threads) if need_dw else max(K, 1)
         sp_val = sp.vals if sp.vals is not None else torch.empty(0, dtype=dtype)
         kc.weight_grad_active(
-            -(-K // kb) if need_dw else 1,
+            nblk,
             kb,
             T,
             N,
@@ -442,6 +453,9 @@ def _sparse_backward_numba(ctx, e: torch.Tensor):
             bool(need_db),
             (dW if need_dw else torch.zeros(1, 1, dtype=dtype)).numpy(),
             (db if need_db else torch.zeros(1, dtype=dtype)).numpy(),
+            fuse,
+            gs.numpy(),
+            g.numpy(),
         )
     dx = None
     if sparse_dx:
@@ -536,14 +550,12 @@ class SparseSpikingLinearFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gs):  # type: ignore[override]
         act: ActiveSet = ctx.active
-        gsv = _compact_grad(gs, act)
-        e = gsv * ctx.g
         if ctx.backend == "triton":
             from . import triton_gpu
 
-            dx, dW, db = triton_gpu.sparse_backward(ctx, e)
+            dx, dW, db = triton_gpu.sparse_backward(ctx, _compact_grad(gs, act) * ctx.g)
         else:
-            dx, dW, db = _sparse_backward_numba(ctx, e.contiguous())
+            dx, dW, db = _sparse_backward_numba(ctx, gs)
         return dx, dW, db, None, None, None, None, None
 
 

@@ -356,8 +356,9 @@ def _scale(v, f):
 
 @njit(cache=True, fastmath=FM)
 def _weight_grad_part(
-    k0, k1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dw, db
-):
+    k0, k1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dw, db,
+    fuse_e, gs, g,
+):  # fmt: skip
     B = a_ptr.shape[0] - 1
     zero = e.dtype.type(0)
     nk = k1 - k0
@@ -395,9 +396,13 @@ def _weight_grad_part(
                 p += 1
             alim = (ta + 1) * N
             while a < a1 and a_idx[a] < alim:
-                ev = e[a]
+                j = a_idx[a] - ta * N
+                if fuse_e:  # e = dL/dS * g read here: the cache misses overlap the arithmetic
+                    ev = gs[ta, b, j] * g[a]
+                    e[a] = ev
+                else:
+                    ev = e[a]
                 if ev != zero:
-                    j = a_idx[a] - ta * N
                     if need_db:
                         db[j] += ev * geo[ta]
                     if need_dw and tb >= 0:
@@ -410,8 +415,9 @@ def _weight_grad_part(
 
 @njit(parallel=True, cache=True)
 def weight_grad_active(
-    nblk, kb, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dw, db
-):
+    nblk, kb, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dw, db,
+    fuse_e, gs, g,
+):  # fmt: skip
     """Eqs. 9-10 (eq. 9's ``S_i[t]`` read as ``S_i[k]``, METHODS 1(d)) from the active entries only.
 
     ``dW[j, i] += e[b,k,j] * trace[b,k,i]`` with ``trace[b,k,i] = sum_{t<=k} beta**(k-t) x[b,t,i]``
@@ -420,13 +426,15 @@ def weight_grad_active(
     ``c`` owns input columns ``[c*kb, (c+1)*kb)`` of ``dw``: no two threads write the same entry,
     so there is no reduction. ``dw``/``db`` must be zeroed. ``powb[n] = beta**n`` (n <= T),
     ``ipow[n] = beta**-n`` (n <= L), ``L`` the longest span before the accumulator is rescaled.
+    With ``fuse_e`` (one block only) ``e[a] = gs[t, b, j] * g[a]`` is computed and stored on the
+    way from the dense incoming gradient ``gs[T, B, N]``; otherwise ``e`` is given.
     """
     for c in prange(nblk):
         k0 = c * kb
         k1 = min(K, k0 + kb)
         _weight_grad_part(
             k0, k1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw,
-            need_db and c == 0, dw, db,
+            need_db and c == 0, dw, db, fuse_e and c == 0, gs, g,
         )  # fmt: skip
 
 
