@@ -63,6 +63,7 @@ class TrainConfig:
     select_best: bool = True
     num_threads: int | None = None
     measure_every: int = 0  # >0: record per-layer activity % every N batches (Fig. 3A)
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
 
 
 @dataclass

@@ -32,7 +32,7 @@ E_MAC_PJ = 4.6
 # ---------------------------------------------------------------- pure counting functions
 def linear_fanout(weight: torch.Tensor) -> torch.Tensor:
     """Non-zero outgoing synapses of each input unit of a linear layer ``W[out, in]``: ``[in]``."""
-    return (weight != 0).sum(0).to(torch.float64)
+    return (weight.detach() != 0).sum(0).to("cpu", torch.float64)
 
 
 def conv_fanout(
@@ -49,7 +49,7 @@ def conv_fanout(
     field uses input ``(c, y, x)`` through a non-zero weight: the transposed convolution of an
     all-ones output with the non-zero mask of ``weight``. Its sum is the layer's exact MAC count.
     """
-    mask = (weight != 0).to(torch.float64)
+    mask = (weight.detach() != 0).to("cpu", torch.float64)
     h, w = in_hw
     with torch.no_grad():
         out_hw = nn.functional.conv2d(
@@ -226,11 +226,11 @@ class MetricsRecorder:
                     fan = conv_fanout(
                         w, tuple(chw[1:]), inner.stride, inner.padding, inner.dilation, inner.groups
                     )
-                    xs = x.reshape(frames, *chw).sum(0)
+                    xs = x.reshape(frames, *chw).sum(0).cpu()
                 else:
                     frames = x.numel() // x.shape[-1]
                     fan = linear_fanout(w)
-                    xs = x.reshape(frames, x.shape[-1]).sum(0)
+                    xs = x.reshape(frames, x.shape[-1]).sum(0).cpu()
                 macs = float(fan.sum()) * frames
                 rec.dense_macs += macs
                 if binary:

@@ -153,7 +153,7 @@ def load_checkpoint(path: Path) -> dict:
     from .errors import DataError
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves it
     except Exception as e:  # noqa: BLE001
         raise DataError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
 
@@ -284,12 +284,19 @@ class Trainer:
 
             add_l0_gates(self.model, **{k: v for k, v in cfg.model.gates.items() if k != "lam"})
             self.gated = True
+        dev = cfg.train.device
+        if dev == "auto":
+            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(dev)
+        self.model.to(self.device)
         self.phases = cfg.phases()
         self.extra_regs = regularizers or []
         self.history: list[dict] = []
         self.net: nn.Module = self.model
         if self.world > 1:
-            self.net = nn.parallel.DistributedDataParallel(self.model)
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
 
     # -- one epoch
     def _phase_terms(self, ph: PhaseConfig):
@@ -322,7 +329,8 @@ class Trainer:
             disable=None if self.progress is None else not self.progress,
         )
         for b, (xb, yb) in enumerate(bar):
-            x = self.data.encode(xb, gen)
+            x = self.data.encode(xb, gen).to(self.device, non_blocking=True)
+            yb = yb.to(self.device)
             n_global = len(yb)
             if self.world > 1:
                 # every rank encodes the same global batch (same random draws) and takes its shard
@@ -400,7 +408,8 @@ class Trainer:
         n = 0
         try:
             for xb, yb in batches(split, self.cfg.data.eval_batch_size):
-                out = self.model(self.data.encode(xb, gen))
+                yb = yb.to(self.device)
+                out = self.model(self.data.encode(xb, gen).to(self.device))
                 tot += float(loss_fn(out, yb)) * len(yb)
                 correct += float((out.argmax(-1) == yb).sum())
                 n += len(yb)
