@@ -610,7 +610,7 @@ def sparse_spiking_linear(
         if meta is not None and x.requires_grad and torch.is_grad_enabled():
             xin = MaskGradToActive.apply(x, meta.active)
         cur = synaptic_linear(xin, W, bias)
-        s = lif_recurrence_masked(cur, p, b_th, stats)
+        s = lif_recurrence_masked(cur, p, b_th, stats, impl="torch" if impl in ("torch", "fallback") else "auto")
         stats["backend"] = "fallback"
         return s
     out: dict = {}
@@ -777,9 +777,12 @@ class MaskedLIFRecurrence(torch.autograd.Function):
 
 
 def _recurrence_impl(x: torch.Tensor, p: LIFParams, impl: str) -> str:
+    compiled_ok = x.dtype in _FLOATS and _kernel_surrogate(p) is not None
+    if impl in ("numba", "triton"):  # a custom surrogate or dtype the kernels lack: torch loop
+        return impl if compiled_ok else "torch"
     if impl != "auto":
-        return impl
-    if x.dtype in _FLOATS and _kernel_surrogate(p) is not None:
+        return "torch"
+    if compiled_ok:
         if x.device.type == "cpu":
             return "numba"
         if x.device.type == "cuda":
