@@ -54,7 +54,7 @@ import torch
 
 from ..neurons import LIFParams, Reset
 from . import sparse_cpu as kc
-from .recurrence import backward_torch
+from .recurrence import _kernel_surrogate, backward_torch
 
 ATTR = "_sparsespike_meta"
 _FLOATS = (torch.float32, torch.float64)
@@ -688,14 +688,6 @@ def _masked_forward_torch(x: torch.Tensor, p: LIFParams, b_th: float, want_mask:
             if R is not None:
                 R[t] = 1 - p.threshold * g
     return S, G, R, Mk, n_active
-
-
-def _kernel_surrogate(p: LIFParams):
-    code = getattr(p.surrogate, "kernel_code", None)
-    if code is None:
-        return None
-    p0, p1 = p.surrogate.kernel_params
-    return int(code), float(p0), float(p1)
 
 
 class MaskedLIFRecurrence(torch.autograd.Function):
