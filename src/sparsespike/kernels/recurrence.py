@@ -52,8 +52,14 @@ def choose_impl(x: torch.Tensor, p: LIFParams, impl: str = "auto") -> str:
     return "torch"
 
 
-def forward_torch(x: torch.Tensor, p: LIFParams, b_th: float):
-    """Pure-torch forward over ``x[T, M]``: ``(S, g, r or None, n_active)``."""
+def forward_torch(
+    x: torch.Tensor, p: LIFParams, b_th: float, masked: bool = False, mask_out: torch.Tensor | None = None
+):
+    """Pure-torch forward over ``x[T, M]``: ``(S, g, r or None, n_active)``.
+
+    ``masked=True`` zeroes the surrogate outside the active window ``|V - thr| < b_th``
+    (Perez-Nieves eq. 8); ``mask_out`` (``[T, M]``) receives the active mask.
+    """
     T = x.shape[0]
     u = torch.zeros_like(x[0])
     cur = torch.zeros_like(x[0])
@@ -69,9 +75,14 @@ def forward_torch(x: torch.Tensor, p: LIFParams, b_th: float):
             v = p.beta * u + x[t]
         d = v - p.threshold
         s = (d > 0).to(x.dtype)
+        act = d.abs() < b_th
         g = p.surrogate.grad(d)
+        if masked:
+            g = g * act.to(x.dtype)
         S[t], G[t] = s, g
-        n_active += int((d.abs() < b_th).sum())
+        if mask_out is not None:
+            mask_out[t] = act
+        n_active += int(act.sum())
         if p.reset is Reset.ZERO:
             u = v * (1 - s)
             if R is not None:

@@ -54,7 +54,7 @@ import torch
 
 from ..neurons import LIFParams, Reset
 from . import sparse_cpu as kc
-from .recurrence import _kernel_surrogate, backward_torch
+from .recurrence import _kernel_surrogate, backward_torch, forward_torch
 
 ATTR = "_sparsespike_meta"
 _FLOATS = (torch.float32, torch.float64)
@@ -657,36 +657,9 @@ class MaskedSurrogate:
 
 
 def _masked_forward_torch(x: torch.Tensor, p: LIFParams, b_th: float, want_mask: bool):
-    T = x.shape[0]
-    u = torch.zeros_like(x[0])
-    cur = torch.zeros_like(x[0])
-    S = torch.empty_like(x)
-    G = torch.empty_like(x)
-    R = None if p.detach_reset else torch.empty_like(x)
+    """The reference forward with the surrogate masked to the window: ``(S, G, R, mask, n_active)``."""
     Mk = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if want_mask else None
-    n_active = 0
-    for t in range(T):
-        if p.alpha is not None:
-            cur = p.alpha * cur + x[t]
-            v = p.beta * u + cur
-        else:
-            v = p.beta * u + x[t]
-        d = v - p.threshold
-        s = (d > 0).to(x.dtype)
-        act = d.abs() < b_th
-        g = p.surrogate.grad(d) * act.to(x.dtype)
-        S[t], G[t] = s, g
-        if Mk is not None:
-            Mk[t] = act
-        n_active += int(act.sum())
-        if p.reset is Reset.ZERO:
-            u = v * (1 - s)
-            if R is not None:
-                R[t] = (1 - s) - v * g
-        else:
-            u = v - p.threshold * s
-            if R is not None:
-                R[t] = 1 - p.threshold * g
+    S, G, R, n_active = forward_torch(x, p, b_th, masked=True, mask_out=Mk)
     return S, G, R, Mk, n_active
 
 

@@ -132,11 +132,6 @@ class EventLinear(torch.autograd.Function):
         return gs, gw, None
 
 
-def is_binary(x: torch.Tensor) -> bool:
-    """True when every entry of ``x`` is 0 or 1."""
-    return bool(((x == 0) | (x == 1)).all())
-
-
 def synaptic_linear(
     s: torch.Tensor,
     w: torch.Tensor,
