@@ -162,6 +162,7 @@ BENCHES = {
     "sparse-backward": "sparse_backward.py",
     "eventprop": "eventprop_bench.py",
     "pruned-inference": "pruned_inference.py",
+    "grad-cosine": None,  # sparsespike.bench.grad_fidelity (installed module)
 }
 
 
@@ -173,6 +174,10 @@ def cmd_bench(args) -> int:
         from .bench import peers
 
         return peers.main(args.rest or [])
+    if args.which == "grad-cosine":
+        from .bench import grad_fidelity
+
+        return grad_fidelity.main(args.rest or [])
     script = Path(__file__).resolve().parents[2] / "benchmarks" / BENCHES[args.which]
     if not script.exists():
         raise SystemExit(f"benchmark script {script} not found: benchmarks run from a clone of the repository")
@@ -219,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run")
     r.set_defaults(func=cmd_report)
 
-    b = sub.add_parser("bench", help="benchmarks: peers | sparse-backward | eventprop | pruned-inference")
+    b = sub.add_parser("bench", help="benchmarks: peers | sparse-backward | grad-cosine | eventprop | pruned-inference")
     b.add_argument("which", choices=sorted(BENCHES))
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
