@@ -78,3 +78,54 @@ def test_augment_rejects_bad_input() -> None:
         random_affine(torch.zeros(2, 28, 28), max_shift=1.5)
     with pytest.raises(SpikeInputError):
         affine_transform(torch.zeros(2, 28, 28), torch.zeros(3), torch.zeros(2, 2))
+
+
+def test_config_augment_wired_into_training_batches() -> None:
+    """``data.augment`` shifts/rotates training images (seeded), and bad specs are named."""
+    from sparsespike.errors import ConfigError
+    from sparsespike.pipeline import make_augment
+
+    assert make_augment(None, "mnist") is None
+    aug = make_augment({"name": "affine", "max_shift": 0.1, "max_rotation": 20}, "mnist")
+    img = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
+    img[:, :, 10:18, 12:16] = 255
+    a = aug(img, torch.Generator().manual_seed(0))
+    b = aug(img, torch.Generator().manual_seed(0))
+    assert a.dtype == torch.uint8 and a.shape == img.shape
+    assert torch.equal(a, b) and not torch.equal(a, img)
+    for spec, ds, msg in [({"name": "mixup"}, "mnist", "unknown data.augment name"),
+                          ({"max_shift": 0.1}, "yinyang", "image datasets"),
+                          ({"shift": 0.1}, "mnist", "unknown data.augment keys"),
+                          ({"max_shift": 1.5}, "mnist", "max_shift")]:
+        with pytest.raises(ConfigError, match=msg):
+            make_augment(spec, ds)
+
+
+def test_trainer_applies_augment(tmp_path) -> None:
+    """The trainer passes every training batch (and only those) through ``data.augment``."""
+    from sparsespike import pipeline
+    from sparsespike.config import ExperimentConfig, from_dict
+    from sparsespike.pipeline import Split
+    from sparsespike.train import Trainer
+
+    seen = []
+
+    def fake_data():
+        g = torch.Generator().manual_seed(0)
+        x = (torch.rand(40, 1, 28, 28, generator=g) * 255).to(torch.uint8)
+        y = torch.randint(0, 10, (40,), generator=g)
+        enc, T = pipeline.make_encoder({"name": "latency", "T": 5}, "static")
+
+        def aug(xb, gen):
+            seen.append(len(xb))
+            return xb
+
+        return pipeline.DataBundle(Split(x[:30], y[:30]), Split(x[30:], y[30:]), Split(x[30:], y[30:]),
+                                   (1, 28, 28), 10, T, enc, "fake", aug)
+
+    cfg = from_dict(ExperimentConfig, {"name": "aug", "data": {"batch_size": 10},
+                                       "model": {"layers": [{"type": "flatten"}, {"type": "linear", "out": 8},
+                                                            {"type": "readout", "out": 10}]},
+                                       "train": {"epochs": 1}})
+    Trainer(cfg, tmp_path, None, progress=False, data=fake_data()).fit()
+    assert seen == [10, 10, 10]

@@ -47,6 +47,8 @@ class DataBundle:
     T: int
     encode: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
     description: str = ""
+    #: training-batch augmentation ``(images, generator) -> images`` (``data.augment``), or None
+    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
 
 
 def _images_unit(x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +188,43 @@ def build_data(cfg: DataConfig, data_dir: str | Path | None, seed: int) -> DataB
         test = Split(test.x[: cfg.test_subset], test.y[: cfg.test_subset])
     encode, T = make_encoder(enc, kind)
     desc = f"{ds}: train {len(train)}, validation {len(val)}, test {len(test)}; T = {T}"
-    return DataBundle(train, val, test, shape, n_classes, T, encode, desc)
+    aug = make_augment(cfg.augment, ds)
+    if aug is not None:
+        desc += f"; augment {cfg.augment}"
+    return DataBundle(train, val, test, shape, n_classes, T, encode, desc, aug)
+
+
+IMAGE_DATASETS = ("mnist", "fashion-mnist", "cifar10")
+
+
+def make_augment(spec: dict | None, dataset: str):
+    """Training augmentation from ``data.augment``: ``{name: affine, max_shift, max_rotation}``.
+
+    Random shifts (fraction of the image size) and rotations (degrees) per image, drawn from the
+    epoch's generator so that resumed runs see the same images (:func:`~sparsespike.data.augment.random_affine`).
+    Only for image datasets, before spike encoding.
+    """
+    if not spec:
+        return None
+    spec = dict(spec)
+    name = spec.pop("name", "affine")
+    if name != "affine":
+        raise ConfigError(f"unknown data.augment name {name!r}; use 'affine'")
+    if dataset not in IMAGE_DATASETS:
+        raise ConfigError(f"data.augment works on image datasets ({', '.join(IMAGE_DATASETS)}), not {dataset!r}")
+    unknown = set(spec) - {"max_shift", "max_rotation"}
+    if unknown:
+        raise ConfigError(f"unknown data.augment keys {sorted(unknown)}; use max_shift, max_rotation")
+    from .data.augment import random_affine
+
+    shift, rot = float(spec.get("max_shift", 0.1)), float(spec.get("max_rotation", 20.0))
+    if not (0.0 <= shift < 1.0 and 0.0 <= rot <= 180.0):
+        raise ConfigError(f"data.augment needs 0 <= max_shift < 1 and 0 <= max_rotation <= 180, got {shift}, {rot}")
+
+    def augment(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return random_affine(x, shift, rot, generator=gen)
+
+    return augment
 
 
 def _split(full: Split, cfg: DataConfig, seed: int, train_val_split) -> tuple[Split, Split]:

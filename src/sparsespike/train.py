@@ -329,6 +329,8 @@ class Trainer:
             disable=None if self.progress is None else not self.progress,
         )
         for b, (xb, yb) in enumerate(bar):
+            if self.data.augment is not None:
+                xb = self.data.augment(xb, gen)
             x = self.data.encode(xb, gen).to(self.device, non_blocking=True)
             yb = yb.to(self.device)
             n_global = len(yb)
