@@ -41,7 +41,18 @@ def main(argv=None) -> dict:
         for ph, e in zip(base.phases, args.epochs, strict=True):
             ph.epochs = e
     runs = []
+    done: dict[int, dict] = {}
+    if args.out and args.out.exists():  # resume: keep the seeds a previous (killed) run finished
+        prev = json.loads(args.out.read_text())
+        if prev.get("summary", {}).get("config") == args.config and prev["summary"].get("epochs") == [
+            p.epochs for p in base.phases
+        ]:
+            done = {r["seed"]: r for r in prev["runs"]}
     for seed in args.seeds:
+        if seed in done:
+            runs.append(done[seed])
+            print(f"seed {seed}: kept from {args.out}", flush=True)
+            continue
         t0 = time.perf_counter()
         r = train_eventprop(base, seed=seed, progress=args.progress)
         fin = r["final"]
@@ -78,24 +89,37 @@ def main(argv=None) -> dict:
             f"{r['timing']['train_s_per_epoch']:.2f} s/epoch)",
             flush=True,
         )
+        if args.out:  # after every seed, so that a killed sweep loses at most one run
+            _write(args.out, _summary(args, base, overrides, runs), runs)
+    summary = _summary(args, base, overrides, runs)
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        _write(args.out, summary, runs)
+    return summary
+
+
+def _write(path: Path, summary: dict, runs: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
+    tmp.replace(path)
+
+
+def _summary(args, base, overrides, runs) -> dict:
     accs = [r["test_accuracy"] for r in runs]
     nss = [r["test_n_s"] for r in runs]
-    summary = {
+    return {
         "config": args.config,
         "epochs": [p.epochs for p in base.phases],
         "overrides": overrides,
-        "seeds": args.seeds,
+        "seeds": [r["seed"] for r in runs],
         "median_test_accuracy": statistics.median(accs),
         "mean_test_accuracy": statistics.fmean(accs),
         "std_test_accuracy": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
         "median_test_n_s": statistics.median(nss),
         "mean_test_n_s": statistics.fmean(nss),
+        "std_test_n_s": statistics.pstdev(nss) if len(nss) > 1 else 0.0,
     }
-    print(json.dumps(summary, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
-    return summary
 
 
 if __name__ == "__main__":
