@@ -107,3 +107,24 @@ def test_regularizer_sees_spikes_and_epoch(tmp_path, data_dir):
     Trainer(cfg, tmp_path / "r", data_dir, progress=False, regularizers=[reg]).fit()
     assert {e for e, _, _ in seen} == {0, 1} and all(n == 2 for _, n, _ in seen)
     assert all(c > 0 for _, _, c in seen)
+
+
+def test_compare_runs_table(tmp_path) -> None:
+    """`sparsespike compare` tabulates finished runs; mean epoch time and activity from the log."""
+    import json
+
+    from sparsespike.cli import compare_runs
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({
+        "name": "x", "epochs": 2, "test_acc": 0.9, "test_acc_last": 0.85, "train_time_s": 12.0,
+        "metrics": {"spike_count": 10.0, "synops": 1234.0}}))
+    (run / "run.json").write_text(json.dumps({"config": {"model": {"backward": "sparse"}}}))
+    (run / "metrics.jsonl").write_text(
+        json.dumps({"epoch_time_s": 4.0, "activity_pct": {"0": 1.0, "1": 2.0}}) + "\n"
+        + json.dumps({"epoch_time_s": 6.0, "activity_pct": {"0": 3.0, "1": 4.0}}) + "\n")
+    row = compare_runs([run]).splitlines()[2]
+    assert row == "| x | sparse | 2 | 90.00 % | 85.00 % | 10.0 | 1,234 | 5.0 | 12 | 2.00 / 3.00 |"
+    with pytest.raises(SystemExit, match="no results.json"):
+        compare_runs([tmp_path])

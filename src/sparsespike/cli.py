@@ -157,6 +157,41 @@ def cmd_report(args) -> int:
     return 0
 
 
+def compare_runs(runs: list[Path]) -> str:
+    """Markdown table of finished runs side by side (test accuracy, spikes, SynOps, times, activity)."""
+    head = ("| run | backward | epochs | test acc. (best val) | test acc. (last) | spikes / sample | SynOps / sample | "
+            "mean epoch s | train s | mean activity % per layer |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for run in runs:
+        res_p = run / "results.json"
+        if not res_p.exists():
+            raise SystemExit(f"no results.json in {run} (unfinished run? use `sparsespike evaluate`)")
+        res = json.loads(res_p.read_text())
+        cfg = json.loads((run / "run.json").read_text())["config"] if (run / "run.json").exists() else {}
+        log_p = run / "metrics.jsonl"
+        log = [json.loads(s) for s in log_p.read_text().splitlines()] if log_p.exists() else []
+        ep_t = [r["epoch_time_s"] for r in log if "epoch_time_s" in r]
+        acts: dict[str, list[float]] = {}
+        for r in log:
+            for k, v in (r.get("activity_pct") or {}).items():
+                acts.setdefault(k, []).append(v)
+        act = " / ".join(f"{sum(v) / len(v):.2f}" for v in acts.values()) or "-"
+        m = res.get("metrics") or res.get("metrics_last") or {}
+        lines.append(
+            f"| {res['name']} | {cfg.get('model', {}).get('backward', '-')} | {res.get('epochs', len(log))} | "
+            f"{100 * res.get('test_acc', res.get('test_acc_last', float('nan'))):.2f} % | "
+            f"{100 * res.get('test_acc_last', float('nan')):.2f} % | {m.get('spike_count', float('nan')):.1f} | "
+            f"{m.get('synops', float('nan')):,.0f} | {(sum(ep_t) / len(ep_t)) if ep_t else float('nan'):.1f} | "
+            f"{res.get('train_time_s', float('nan')):.0f} | {act} |"
+        )
+    return "\n".join(lines)
+
+
+def cmd_compare(args) -> int:
+    print(compare_runs([Path(r) for r in args.runs]))
+    return 0
+
+
 BENCHES = {
     "peers": "bptt_vs_peers.py",
     "sparse-backward": "sparse_backward.py",
@@ -223,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="print the metrics table of a finished run")
     r.add_argument("run")
     r.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("compare", help="finished runs side by side as a markdown table")
+    c.add_argument("runs", nargs="+")
+    c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="benchmarks: peers | sparse-backward | grad-cosine | eventprop | pruned-inference")
     b.add_argument("which", choices=sorted(BENCHES))
