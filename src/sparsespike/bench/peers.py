@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .timing import median_time, peak_memory
+from .timing import peak_memory
 
 T, B, N_IN, N_H, N_OUT, RATE, BETA, ALPHA = 100, 64, 700, 256, 20, 0.02, 0.95, 0.8
 
@@ -156,41 +158,51 @@ def run(repeats: int = 5, threads: int | None = None, out: str | Path = "benchma
     x = (torch.rand(T, B, N_IN, generator=torch.Generator().manual_seed(1)) < RATE).float()
     y = torch.randint(0, N_OUT, (B,), generator=torch.Generator().manual_seed(2))
     rows = []
+    cands = []  # (name, model, state)
     for name, make in _candidates(w):
         try:
             model = make()
         except ImportError as e:
             rows.append({"name": name, "skipped": f"not installed ({e.name})"})
             continue
-        state: dict = {}
+        cands.append((name, model, {}))
 
-        def fwd(model=model, state=state):
-            state["loss"] = nn.functional.cross_entropy(model(x), y)
+    def fwd(model, state):
+        state["loss"] = nn.functional.cross_entropy(model(x), y)
 
-        def bwd(model=model, state=state):
-            model.zero_grad(set_to_none=True)
-            state["loss"].backward()
+    def bwd(model, state):
+        model.zero_grad(set_to_none=True)
+        state["loss"].backward()
 
-        def both():
-            fwd()
-            bwd()
-
-        both()  # warm-up, JIT
-        t_f = median_time(fwd, repeats, warmup=1)
-        ts_b = []
-        for _ in range(repeats):
-            fwd()
+    for _, model, state in cands:  # warm-up (JIT, caches)
+        for _ in range(2):
+            fwd(model, state)
+            bwd(model, state)
+    # implementations interleaved within every repetition, so that load drifts on a shared
+    # machine hit all of them alike; medians of wall-clock and of process CPU time
+    t_f: dict[str, list[float]] = {n: [] for n, _, _ in cands}
+    t_b: dict[str, list[float]] = {n: [] for n, _, _ in cands}
+    c_fb: dict[str, list[float]] = {n: [] for n, _, _ in cands}
+    for _ in range(repeats):
+        for name, model, state in cands:
+            c0 = time.process_time()
             t0 = time.perf_counter()
-            bwd()
-            ts_b.append(time.perf_counter() - t0)
-        ts_b.sort()
-        t_b = ts_b[len(ts_b) // 2]
-        mem = peak_memory(both)
+            fwd(model, state)
+            t1 = time.perf_counter()
+            bwd(model, state)
+            t2 = time.perf_counter()
+            c_fb[name].append(time.process_time() - c0)
+            t_f[name].append(t1 - t0)
+            t_b[name].append(t2 - t1)
+    for name, model, state in cands:
+        mem = peak_memory(lambda model=model, state=state: (fwd(model, state), bwd(model, state)))
         with torch.no_grad():
             logits = model(x)
-        rows.append({"name": name, "forward_s": t_f, "backward_s": t_b, "total_s": t_f + t_b,
+        f, b = statistics.median(t_f[name]), statistics.median(t_b[name])
+        rows.append({"name": name, "forward_s": f, "backward_s": b, "total_s": f + b,
+                     "cpu_total_s": statistics.median(c_fb[name]),
                      "peak_mem_MiB": mem / 2**20, "logit_checksum": float(logits.abs().sum())})
-        print(f"{name:45s} fwd {1e3 * t_f:8.1f} ms  bwd {1e3 * t_b:8.1f} ms  peak {mem / 2**20:7.1f} MiB", flush=True)
+        print(f"{name:45s} fwd {1e3 * f:8.1f} ms  bwd {1e3 * b:8.1f} ms  peak {mem / 2**20:7.1f} MiB", flush=True)
     ours = next(r for r in rows if r["name"].startswith("sparsespike (dense"))
     ours_a = next(r for r in rows if r["name"].startswith("sparsespike, current"))
     peers = [r for r in rows if "skipped" not in r and not r["name"].startswith(("sparsespike", "plain"))]
@@ -209,6 +221,8 @@ def run(repeats: int = 5, threads: int | None = None, out: str | Path = "benchma
         "rows": rows,
         "fastest_peer": fastest["name"] if fastest else None,
         "speedup_vs_fastest_peer": (fastest["total_s"] / ours["total_s"]) if fastest else None,
+        "cpu_speedup_vs_fastest_peer": (fastest["cpu_total_s"] / ours["cpu_total_s"]) if fastest else None,
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,22 +234,25 @@ def run(repeats: int = 5, threads: int | None = None, out: str | Path = "benchma
 
 def to_markdown(res: dict) -> str:
     lines = [
-        f"Network {res['network']}; {res['threads']} threads, torch {res['torch']}; median of {res['repeats']}.",
+        f"Network {res['network']}; {res['threads']} threads, torch {res['torch']}; median of {res['repeats']} "
+        f"repetitions, implementations interleaved; 1-min load average {res.get('load_avg_1min') or 0:.1f}.",
         "",
-        "| implementation | forward ms | backward ms | fwd+bwd ms | peak MiB | ours faster by |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| implementation | forward ms | backward ms | fwd+bwd ms | fwd+bwd CPU ms | peak MiB | ours faster by |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
         if "skipped" in r:
-            lines.append(f"| {r['name']} | {r['skipped']} | | | | |")
+            lines.append(f"| {r['name']} | {r['skipped']} | | | | | |")
             continue
         lines.append(
             f"| {r['name']} | {1e3 * r['forward_s']:.1f} | {1e3 * r['backward_s']:.1f} | "
-            f"{1e3 * r['total_s']:.1f} | {r['peak_mem_MiB']:.1f} | {r['speedup_ours_vs_this']:.2f}x |"
+            f"{1e3 * r['total_s']:.1f} | {1e3 * r['cpu_total_s']:.1f} | {r['peak_mem_MiB']:.1f} | "
+            f"{r['speedup_ours_vs_this']:.2f}x |"
         )
     if res.get("fastest_peer"):
         lines += ["", f"Fastest peer: {res['fastest_peer']}; sparsespike fwd+bwd is "
-                  f"{res['speedup_vs_fastest_peer']:.2f}x faster."]
+                  f"{res['speedup_vs_fastest_peer']:.2f}x faster (wall-clock medians; "
+                  f"{res['cpu_speedup_vs_fastest_peer']:.2f}x in process CPU time)."]
     return "\n".join(lines) + "\n"
 
 
