@@ -3,34 +3,54 @@
 After :func:`sparsespike.sparsity.connectivity.prune` a network has exact zeros in its weights,
 but dense kernels (MKL/oneDNN matmul and convolution) still touch every weight. This module
 swaps each Linear/Conv layer for a module that only visits non-zero weights, choosing per layer
-among kernels (all numba, CPU):
+among kernels (numba + a little LLVM IR, CPU):
 
 Linear layers, ``y = x W^T + b`` over ``x[R, K]`` (``R`` = all time steps x batch):
 
 * ``"dense"`` -- the original op (for spiking layers :func:`~sparsespike.kernels.synapse.synaptic_linear`,
   which is already event-driven over binary inputs with dense weight columns).
-* ``"csr"`` -- weight-sparse SpMM: ``W`` in CSR, every non-zero weight adds ``w * x[:, i]`` to
-  output row ``j`` of ``y^T`` (a contiguous axpy over ``R``); work = ``nnz(W) x R`` = FLOPs / 2.
+* ``"csr"`` -- weight-sparse SpMM ``y^T = W x^T`` with ``W`` in CSR and ``x^T`` dense: each output
+  row ``j`` is computed in register tiles of up to 8 SIMD vectors (128 float32 lanes of ``R``) that
+  stay in registers while all non-zeros of row ``j`` are accumulated (one broadcast weight and one
+  vector load per vector FMA, no store until the row tile is done; the register-tiled SpMM of
+  Elsen, Dukhan, Gale & Simonyan, "Fast Sparse ConvNets", CVPR 2020, sec. 4); work = ``nnz(W) x R``.
 * ``"event"`` -- event-driven and weight-sparse: every non-zero input ``x[r, i]`` adds
   ``x[r, i] * w`` through the non-zero weights of column ``i`` (``W`` in CSC); work = SynOps.
 
-Conv2d layers (stride 1, dilation 1, groups 1, zero padding; others stay dense), on the
-"flat padded plane" layout: input planes are zero-padded to ``Hp x Wp`` and flattened, so the
-kernel tap ``(dy, dx)`` is a constant offset ``dy*Wp + dx`` and the output is computed on
-``Ho x Wp`` (the ``Wp - Wo`` extra columns are discarded):
+Conv2d layers (stride 1, dilation 1, groups 1, integer zero padding; others stay dense) use the
+"flat padded plane" (Georganas et al., "Anatomy of high-performance deep learning convolutions on
+SIMD architectures", SC'18, direct convolution): every input plane is zero-padded and flattened
+with row stride ``Wq = max(W + pw, Wo)`` -- the right padding of a row *is* the left padding of the
+next one, so 5x5 "same" convolutions on 14x14 planes use rows of 16 -- and kernel tap
+``(dy, dx)`` becomes the constant offset ``dy*Wq + dx``: output ``q = yo*Wq + xo`` reads input
+``q + dy*Wq + dx`` (columns ``xo >= Wo`` are computed and discarded).
 
-* ``"dense"`` -- ``torch.nn.functional.conv2d``;
-* ``"taps"`` -- weight-sparse direct convolution: each non-zero tap ``(co, ci, dy, dx)`` adds the
-  shifted input plane ``ci`` times ``w`` to output plane ``co`` (one contiguous axpy of length
-  ``Ho*Wp``); work = ``nnz(W) x Ho x Wp`` per frame;
+* ``"dense"`` -- ``torch.nn.functional.conv2d`` (oneDNN);
+* ``"taps"`` -- weight-sparse direct convolution: for output channel ``co`` every non-zero tap
+  ``(ci, dy, dx, w)`` is one FMA of ``w`` with the input plane ``ci`` shifted by its offset, done on
+  register tiles of the output plane (as ``csr``: tap list = CSR row, the shifted plane = the dense
+  operand); work = ``nnz(W) x Ho x Wq`` per frame;
 * ``"event"`` -- event-driven scatter: each non-zero input pixel of channel ``ci`` adds
   ``v * w`` at ``q - offset`` for every non-zero tap of ``ci``; work = SynOps.
 
-``kernels="auto"`` with an ``example_input`` times every candidate on the input the layer
-actually sees (captured by hooks on one forward) and keeps the fastest; without an example it
-uses weight-density rules. Outputs equal the dense model's up to floating-point summation order
-(bit-identical spikes in float64; in float32 a membrane within ~1e-7 of threshold can flip).
-Inference only: the sparse modules run under ``no_grad``.
+For our spiking conv layers the conv kernels are fused with the LIF recurrence and a following
+:class:`~sparsespike.layers.SeqPool2d`: each worker takes one sample ``b`` and runs ``t = 0..T-1``
+frame by frame -- convolve the frame into an L1/L2-resident plane buffer, update the membrane
+(float64 state, same arithmetic as the training kernel), pool the spikes, write only the pooled
+spikes. The conv output never goes to memory. With the ``"dense"`` kernel the oneDNN output of all
+frames is run through the same fused LIF + pool kernel, so dense and sparse twins share every
+non-synaptic cost.
+
+``kernels="auto"`` with an ``example_input`` times every candidate on the input the layer actually
+sees (captured by hooks on one forward) and keeps the fastest; spiking conv layers are timed as a
+whole (conv + LIF + pool). Without an example it uses weight-density rules. Outputs equal the dense
+model's up to floating-point summation order (bit-identical spikes in float64; in float32 a
+membrane within ~1e-7 of threshold can flip). Inference only: the sparse modules run under
+``no_grad``.
+
+The LIF recurrence (README convention; Yin et al. eqs. 3-4 for ``reset="zero"``):
+``I[t] = alpha I[t-1] + x[t]`` (``I = x`` without a synaptic current), ``V[t] = beta U[t-1] + I[t]``,
+``S[t] = H(V[t] - thr)``, ``U[t] = V[t] - S[t] thr`` (subtract) or ``V[t] (1 - S[t])`` (zero).
 
 Example::
 
@@ -55,62 +75,267 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from torch import nn
 
 from .errors import SpikeInputError
 from .kernels import lif_recurrence
 from .kernels.synapse import synaptic_linear
-from .layers import LeakyReadout, SpikingConv2d, SpikingLinear, check_time_major, leaky_integrate
+from .layers import LeakyReadout, SeqPool2d, SpikingConv2d, SpikingLinear, check_time_major, leaky_integrate
 
 # ------------------------------------------------------------------------------------------------
-# numba kernels
+# register-tile FMA (LLVM IR through a numba intrinsic)
 # ------------------------------------------------------------------------------------------------
-_RBLOCK = 512  # column block of the CSR SpMM (keeps the output block in L1)
+_VEC_BYTES = 64  # one 512-bit vector; LLVM splits it on machines with narrower SIMD
+_MAX_NV = 8  # at most 8 accumulator vectors per tile (+ broadcast + loads fit 16/32 registers)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
-def _spmm_csr(indptr, indices, data, xt, out_t):
-    """``out_t[j, :] = sum_p data[p] * xt[indices[p], :]`` over row ``j`` of a CSR ``W[N, K]``.
+def _make_tile(nv: int):
+    """Intrinsic ``tile(xp, toff, tw, t0, t1, base, out, obase, init)``:
 
-    Columns are processed in blocks of ``_RBLOCK`` (the output block stays in L1) and eight
-    non-zeros at a time (one output load/store per eight FMAs); slices keep the inner loop free
-    of negative-index checks so that LLVM vectorises it.
+    ``out[obase : obase + nv*lanes] = init + sum_{t0 <= t < t1} tw[t] * xp[toff[t] + base : ... + nv*lanes]``
+
+    with ``nv`` SIMD accumulators (``lanes`` = 16 float32 or 8 float64) that stay in registers
+    for the whole sum: per term one scalar broadcast and ``nv`` unaligned vector loads + FMAs
+    (``llvm.fma``), one store per vector at the end. numba/LLVM do not produce this from a Python
+    loop (a slice-based loop reloads and stores the output every few terms and needs runtime
+    alias checks), hence the explicit IR. 1-D arrays of one float dtype, ``toff`` int64; no
+    bounds checks -- callers guarantee ``toff[t] + base + nv*lanes <= len(xp)``.
     """
-    N = out_t.shape[0]
-    R = out_t.shape[1]
-    nb = (R + _RBLOCK - 1) // _RBLOCK
+
+    @intrinsic
+    def tile(typingctx, xp, toff, tw, t0, t1, base, out, obase, init):
+        arrays = (xp, toff, tw, out)
+        if not all(isinstance(a, types.Array) and a.ndim == 1 for a in arrays):
+            return None
+        if xp.dtype not in (types.float32, types.float64) or tw.dtype != xp.dtype or out.dtype != xp.dtype:
+            return None
+        if toff.dtype != types.int64:
+            return None
+        sig = types.void(xp, toff, tw, t0, t1, base, out, obase, init)
+
+        def codegen(context, builder, signature, args):
+            xa, oa, wa, t0v, t1v, basev, outa, obasev, initv = args
+            at = signature.args
+            xptr = context.make_array(at[0])(context, builder, xa).data
+            offptr = context.make_array(at[1])(context, builder, oa).data
+            wptr = context.make_array(at[2])(context, builder, wa).data
+            outptr = context.make_array(at[6])(context, builder, outa).data
+            dt = at[0].dtype
+            bits = dt.bitwidth
+            lanes = _VEC_BYTES * 8 // bits
+            ety = context.get_value_type(dt)
+            vty = ir.VectorType(ety, lanes)
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            undef = ir.Constant(vty, ir.Undefined)
+            zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+
+            def splat(v):
+                return builder.shuffle_vector(builder.insert_element(undef, v, ir.Constant(i32, 0)), undef, zeros)
+
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{bits}"
+            )
+            init = context.cast(builder, initv, at[8], dt)
+            accs = [cgutils.alloca_once_value(builder, splat(init)) for _ in range(nv)]
+            t0c = context.cast(builder, t0v, at[3], types.int64)
+            t1c = context.cast(builder, t1v, at[4], types.int64)
+            basec = context.cast(builder, basev, at[5], types.int64)
+            obasec = context.cast(builder, obasev, at[7], types.int64)
+            align = bits // 8
+            with cgutils.for_range(builder, builder.sub(t1c, t0c)) as loop:
+                t = builder.add(t0c, loop.index)
+                off = builder.add(builder.load(builder.gep(offptr, [t])), basec)
+                wv = splat(builder.load(builder.gep(wptr, [t])))
+                p = builder.gep(xptr, [off])
+                for j in range(nv):
+                    pj = builder.bitcast(builder.gep(p, [ir.Constant(i64, j * lanes)]), vty.as_pointer())
+                    xv = builder.load(pj, align=align, typ=vty)
+                    builder.store(builder.call(fma, [wv, xv, builder.load(accs[j])]), accs[j])
+            po = builder.gep(outptr, [obasec])
+            for j in range(nv):
+                pj = builder.bitcast(builder.gep(po, [ir.Constant(i64, j * lanes)]), vty.as_pointer())
+                builder.store(builder.load(accs[j]), pj, align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile1, _tile2, _tile3, _tile4, _tile5, _tile6, _tile7, _tile8 = (_make_tile(n) for n in range(1, _MAX_NV + 1))
+
+
+@njit(cache=True)
+def _tile(nv, xp, toff, tw, t0, t1, base, out, obase, init):
+    """Dispatch to the ``nv``-vector register tile (``1 <= nv <= 8``)."""
+    if nv >= 8:
+        _tile8(xp, toff, tw, t0, t1, base, out, obase, init)
+    elif nv == 7:
+        _tile7(xp, toff, tw, t0, t1, base, out, obase, init)
+    elif nv == 6:
+        _tile6(xp, toff, tw, t0, t1, base, out, obase, init)
+    elif nv == 5:
+        _tile5(xp, toff, tw, t0, t1, base, out, obase, init)
+    elif nv == 4:
+        _tile4(xp, toff, tw, t0, t1, base, out, obase, init)
+    elif nv == 3:
+        _tile3(xp, toff, tw, t0, t1, base, out, obase, init)
+    elif nv == 2:
+        _tile2(xp, toff, tw, t0, t1, base, out, obase, init)
+    else:
+        _tile1(xp, toff, tw, t0, t1, base, out, obase, init)
+
+
+def _make_axpy(nv: int):
+    """Intrinsic ``axpy(a, src, sbase, out, obase)``: ``out[obase + j] += a * src[sbase + j]`` for
+    ``j < nv*lanes``, as ``nv`` unaligned vector load/FMA/stores (``llvm.fma``); no bounds checks."""
+
+    @intrinsic
+    def axpy(typingctx, a, src, sbase, out, obase):
+        if not (isinstance(src, types.Array) and isinstance(out, types.Array) and src.ndim == 1 and out.ndim == 1):
+            return None
+        if src.dtype not in (types.float32, types.float64) or out.dtype != src.dtype:
+            return None
+        sig = types.void(a, src, sbase, out, obase)
+
+        def codegen(context, builder, signature, args):
+            av, sa, sb, oa, ob = args
+            at = signature.args
+            sptr = context.make_array(at[1])(context, builder, sa).data
+            optr = context.make_array(at[3])(context, builder, oa).data
+            dt = at[1].dtype
+            bits = dt.bitwidth
+            lanes = _VEC_BYTES * 8 // bits
+            vty = ir.VectorType(context.get_value_type(dt), lanes)
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            undef = ir.Constant(vty, ir.Undefined)
+            zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+            aval = context.cast(builder, av, at[0], dt)
+            avec = builder.shuffle_vector(builder.insert_element(undef, aval, ir.Constant(i32, 0)), undef, zeros)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{bits}"
+            )
+            ps = builder.gep(sptr, [context.cast(builder, sb, at[2], types.int64)])
+            po = builder.gep(optr, [context.cast(builder, ob, at[4], types.int64)])
+            align = bits // 8
+            for j in range(nv):
+                k = ir.Constant(i64, j * lanes)
+                sj = builder.bitcast(builder.gep(ps, [k]), vty.as_pointer())
+                oj = builder.bitcast(builder.gep(po, [k]), vty.as_pointer())
+                xv = builder.load(sj, align=align, typ=vty)
+                ov = builder.load(oj, align=align, typ=vty)
+                builder.store(builder.call(fma, [avec, xv, ov]), oj, align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return axpy
+
+
+_axpy1, _axpy2, _axpy4, _axpy8 = (_make_axpy(n) for n in (1, 2, 4, 8))
+
+
+@njit(cache=True)
+def _axpy(nv, a, src, sbase, out, obase):
+    """``out[obase : obase + nv*lanes] += a * src[sbase : ...]`` in chunks of 8/4/2/1 vectors."""
+    lanes = 64 // src.itemsize
+    k = 0
+    while nv - k >= 8:
+        _axpy8(a, src, sbase + k * lanes, out, obase + k * lanes)
+        k += 8
+    if nv - k >= 4:
+        _axpy4(a, src, sbase + k * lanes, out, obase + k * lanes)
+        k += 4
+    if nv - k >= 2:
+        _axpy2(a, src, sbase + k * lanes, out, obase + k * lanes)
+        k += 2
+    if nv - k >= 1:
+        _axpy1(a, src, sbase + k * lanes, out, obase + k * lanes)
+
+
+@njit(cache=True)
+def _aligned_empty(n, like):
+    """``np.empty(n)`` of ``like``'s dtype whose data starts on a 64-byte (cache line) boundary."""
+    lanes = 64 // like.itemsize
+    raw = np.empty(n + lanes, dtype=like.dtype)
+    off = ((-raw.ctypes.data) % 64) // like.itemsize
+    return raw[off : off + n]
+
+
+def _lanes(dtype: torch.dtype) -> int:
+    return _VEC_BYTES // torch.empty((), dtype=dtype).element_size()
+
+
+def _choose_tiles(n: int, lanes: int) -> tuple[int, int]:
+    """``(nv, padded length)`` for a row of ``n`` elements: tiles of ``nv`` vectors of ``lanes``.
+
+    Cost model ``n_tiles * (nv + 2.5)``: each tile pays ``nv`` vector FMAs per term plus about
+    2.5 FMAs' worth of per-term overhead (index/weight loads, broadcast, loop); measured on
+    Zen 4, 4-vector tiles reach ~75 % of the rate of 7-8-vector tiles.
+    """
+    nz = max(1, -(-n // lanes))
+    best = None
+    for nv in range(1, _MAX_NV + 1):
+        ntile = -(-nz // nv)
+        cost = ntile * (nv + 2.5)
+        if best is None or cost < best[0] - 1e-9 or (abs(cost - best[0]) <= 1e-9 and nv > best[1]):
+            best = (cost, nv, ntile)
+    return best[1], best[2] * best[1] * lanes
+
+
+# ------------------------------------------------------------------------------------------------
+# linear kernels
+# ------------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def _spmm_tiles(indptr, toff, data, xt, bias, out_t, Rp, nv, lanes):
+    """``out_t[j, r] = bias[j] + sum_p data[p] * xt[indices[p], r]`` on flat ``[., Rp]`` buffers.
+
+    ``toff[p] = indices[p] * Rp``; rows ``j`` x register tiles of ``nv*lanes`` columns in parallel.
+    """
+    N = indptr.shape[0] - 1
+    TL = nv * lanes
+    nb = Rp // TL
     for jb in prange(N * nb):
         j = jb // nb
-        r0 = (jb % nb) * _RBLOCK
-        r1 = min(R, r0 + _RBLOCK)
-        n = r1 - r0
-        o = out_t[j, r0:r1]
-        o[:] = 0.0
-        p = indptr[j]
-        p1 = indptr[j + 1]
-        while p + 8 <= p1:
-            s0 = xt[indices[p], r0:r1]
-            s1 = xt[indices[p + 1], r0:r1]
-            s2 = xt[indices[p + 2], r0:r1]
-            s3 = xt[indices[p + 3], r0:r1]
-            s4 = xt[indices[p + 4], r0:r1]
-            s5 = xt[indices[p + 5], r0:r1]
-            s6 = xt[indices[p + 6], r0:r1]
-            s7 = xt[indices[p + 7], r0:r1]
-            w0, w1, w2, w3 = data[p], data[p + 1], data[p + 2], data[p + 3]
-            w4, w5, w6, w7 = data[p + 4], data[p + 5], data[p + 6], data[p + 7]
-            for r in range(n):
-                o[r] += (w0 * s0[r] + w1 * s1[r] + w2 * s2[r] + w3 * s3[r]) + (
-                    w4 * s4[r] + w5 * s5[r] + w6 * s6[r] + w7 * s7[r]
-                )
-            p += 8
-        while p < p1:
-            s0 = xt[indices[p], r0:r1]
-            w0 = data[p]
-            for r in range(n):
-                o[r] += w0 * s0[r]
-            p += 1
+        r0 = (jb % nb) * TL
+        _tile(nv, xt, toff, data, indptr[j], indptr[j + 1], r0, out_t, j * Rp + r0, bias[j])
+
+
+_EV_ROWS = 16  # rows per worker item of the event-tile kernel
+
+
+@njit(parallel=True, cache=True)
+def _event_tiles(x, wt, Np, nv, lanes, out):
+    """``out[r, :] = sum_{i: x[r,i] != 0} x[r, i] * Wt[i, :] + Wt[K, :]`` (``Wt = [W^T; bias]``, flat ``[K+1, Np]``).
+
+    Event-driven over the input (work = non-zero inputs x ``Np``, whatever the weight density)
+    but vectorised over the outputs: the non-zeros of row ``r`` are gathered into a list
+    (branch-free compaction) and each register tile of ``nv*lanes`` outputs accumulates them in
+    registers (:func:`_make_tile`). The bias is the extra input ``K`` with value 1.
+    """
+    R, K = x.shape
+    TL = nv * lanes
+    nblk = (R + _EV_ROWS - 1) // _EV_ROWS
+    for blk in prange(nblk):
+        idx = np.empty(K + 1, dtype=np.int64)
+        val = np.empty(K + 1, dtype=x.dtype)
+        for r in range(blk * _EV_ROWS, min(R, (blk + 1) * _EV_ROWS)):
+            xr = x[r]
+            n = 0
+            for i in range(K):
+                v = xr[i]
+                idx[n] = i * Np
+                val[n] = v
+                n += 1 if v != 0.0 else 0
+            idx[n] = K * Np
+            val[n] = 1.0
+            n += 1
+            for j0 in range(0, Np, TL):
+                _tile(nv, wt, idx, val, 0, n, j0, out, r * Np + j0, 0.0)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -130,69 +355,317 @@ def _event_csc(x, colptr, rowidx, data, out):
                     o[rowidx[p]] += v * data[p]
 
 
-@njit(parallel=True, cache=True, fastmath=True)
-def _conv_taps(xp, co_ptr, t_ci, t_off, t_w, out):
-    """Weight-sparse direct conv on flat padded planes: ``out[n, co, l] = sum_t w_t xp[n, ci_t, off_t + l]``.
+# ------------------------------------------------------------------------------------------------
+# conv kernels, fused with LIF and pooling
+# ------------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _lif_step(cur, u, isyn, spk, n, a, beta, thr, z, use_isyn):
+    """One LIF step for ``n`` neurons: synaptic input ``cur``, state ``u`` (float64; ``isyn`` the
+    synaptic current if ``use_isyn``), spikes to ``spk``. The arithmetic of
+    :func:`sparsespike.kernels.cpu.lif_forward` (no fast-math), specialised per reset: for
+    ``zero`` ``u = v - s*(v + 0*thr)`` is ``0`` or ``v``, for ``subtract`` ``v - thr`` or ``v`` --
+    equal values (up to the sign of a zero), so the spikes are bit-identical."""
+    if use_isyn:
+        for k in range(n):
+            c = a * isyn[k] + cur[k]
+            isyn[k] = c
+            v = beta * u[k] + c
+            s = 1.0 if v - thr > 0.0 else 0.0
+            u[k] = v - s * (z * v + (1.0 - z) * thr)
+            spk[k] = s
+    elif z == 1.0:  # zero reset: u = v - s*(v + 0*thr), i.e. 0 or v (up to the sign of a zero)
+        for k in range(n):
+            v = beta * u[k] + cur[k]
+            fire = v - thr > 0.0
+            u[k] = 0.0 if fire else v
+            spk[k] = 1.0 if fire else 0.0
+    else:  # subtract reset: u = v - s*(0*v + thr)
+        for k in range(n):
+            v = beta * u[k] + cur[k]
+            fire = v - thr > 0.0
+            u[k] = v - thr if fire else v
+            spk[k] = 1.0 if fire else 0.0
 
-    Eight taps per pass over the output plane; slices keep the inner loop vectorisable.
+
+@njit(cache=True)
+def _lif_pool_frame(cur, u, isyn, spk, a, beta, thr, z, use_isyn, Cout, Lp, Wq, Ho, Wo, mode, pk, pool_max, out, t, b):
+    """LIF step for one frame held in ``cur[Cout*Lp]`` (planes of row stride ``Wq``), then emit.
+
+    The update runs over the whole padded buffer (garbage columns included: they are finite and
+    never leave it) so that it is one contiguous, vectorisable loop; float64 state and no
+    fast-math, i.e. the arithmetic of :func:`sparsespike.kernels.cpu.lif_forward` (bit-identical
+    spikes). ``mode`` 1 writes the spikes to ``out[t, b, co, y, x]``; mode 2 writes their
+    ``pk x pk`` average (``pool_max``: maximum), floor mode, stride ``pk`` -- ``sum / pk^2`` as
+    ``torch.nn.functional.avg_pool2d`` computes it, exact for binary spikes.
     """
-    N, Cout, L = out.shape
-    for n in prange(N):
-        xn = xp[n]
+    _lif_step(cur, u, isyn, spk, Cout * Lp, a, beta, thr, z, use_isyn)
+    if mode == 1:
+        ob = out[t, b].reshape(Cout * Ho * Wo)
         for co in range(Cout):
-            o = out[n, co]
-            o[:] = 0.0
-            t = co_ptr[co]
-            t1 = co_ptr[co + 1]
-            while t + 8 <= t1:
-                s0 = xn[t_ci[t], t_off[t] : t_off[t] + L]
-                s1 = xn[t_ci[t + 1], t_off[t + 1] : t_off[t + 1] + L]
-                s2 = xn[t_ci[t + 2], t_off[t + 2] : t_off[t + 2] + L]
-                s3 = xn[t_ci[t + 3], t_off[t + 3] : t_off[t + 3] + L]
-                s4 = xn[t_ci[t + 4], t_off[t + 4] : t_off[t + 4] + L]
-                s5 = xn[t_ci[t + 5], t_off[t + 5] : t_off[t + 5] + L]
-                s6 = xn[t_ci[t + 6], t_off[t + 6] : t_off[t + 6] + L]
-                s7 = xn[t_ci[t + 7], t_off[t + 7] : t_off[t + 7] + L]
-                w0, w1, w2, w3 = t_w[t], t_w[t + 1], t_w[t + 2], t_w[t + 3]
-                w4, w5, w6, w7 = t_w[t + 4], t_w[t + 5], t_w[t + 6], t_w[t + 7]
-                for q in range(L):
-                    o[q] += (w0 * s0[q] + w1 * s1[q] + w2 * s2[q] + w3 * s3[q]) + (
-                        w4 * s4[q] + w5 * s5[q] + w6 * s6[q] + w7 * s7[q]
-                    )
-                t += 8
-            while t < t1:
-                s0 = xn[t_ci[t], t_off[t] : t_off[t] + L]
-                w0 = t_w[t]
-                for q in range(L):
-                    o[q] += w0 * s0[q]
-                t += 1
+            for y in range(Ho):
+                r = co * Lp + y * Wq
+                o = (co * Ho + y) * Wo
+                for xo in range(Wo):
+                    ob[o + xo] = spk[r + xo]
+        return
+    Hq = Ho // pk
+    Wr = Wo // pk
+    div = pk * pk
+    ob = out[t, b].reshape(Cout * Hq * Wr)
+    if pk == 2:  # counts are exact, and /4 == *0.25 exactly
+        for co in range(Cout):
+            for py in range(Hq):
+                r = co * Lp + 2 * py * Wq
+                o = (co * Hq + py) * Wr
+                s0 = spk[r : r + 2 * Wr]
+                s1 = spk[r + Wq : r + Wq + 2 * Wr]
+                d = ob[o : o + Wr]
+                if pool_max:
+                    for px in range(Wr):
+                        d[px] = max(max(s0[2 * px], s0[2 * px + 1]), max(s1[2 * px], s1[2 * px + 1]))
+                else:
+                    for px in range(Wr):
+                        d[px] = ((s0[2 * px] + s0[2 * px + 1]) + (s1[2 * px] + s1[2 * px + 1])) * 0.25
+        return
+    for co in range(Cout):
+        for py in range(Hq):
+            r = co * Lp + py * pk * Wq
+            o = (co * Hq + py) * Wr
+            for px in range(Wr):
+                q = r + px * pk
+                acc = spk[q]
+                for i in range(pk):
+                    for j in range(pk):
+                        if i == 0 and j == 0:
+                            continue
+                        if pool_max:
+                            acc = max(acc, spk[q + i * Wq + j])
+                        else:
+                            acc += spk[q + i * Wq + j]
+                ob[o + px] = acc if pool_max else acc / div
 
 
-@njit(parallel=True, cache=True, fastmath=True)
-def _conv_events(x, pad, Wp, ci_ptr, t_co, t_off, t_w, out):
-    """Event-driven conv: every non-zero input pixel scatters through the non-zero taps of its channel."""
-    N, Cin, H, W = x.shape
-    L = out.shape[2]
-    Cout = out.shape[1]
-    for n in prange(N):
-        for co in range(Cout):
-            for q in range(L):
-                out[n, co, q] = 0.0
-        for ci in range(Cin):
-            t0 = ci_ptr[ci]
-            t1 = ci_ptr[ci + 1]
-            if t0 == t1:
+@njit(parallel=True, cache=True)
+def _conv_frames(
+    x, kind, ph, pw, Wq, S, Lp, nv, lanes, Ho, Wo,
+    co_ptr, t_ci, t_off, t_w, ci_ptr, e_co, e_off, e_w, bias,
+    mode, beta, alpha, thr, reset_zero, pk, pool_max, out,
+):  # fmt: skip
+    """Sparse 2-D convolution of the frames ``x[T, B, Cin, H, W]``, optionally fused with LIF + pooling.
+
+    One worker per sample ``b`` runs ``t = 0..T-1``: the frame is copied into a zero-padded flat
+    buffer (``Cin`` planes of stride ``S``, row stride ``Wq``), convolved into ``cur[Cout, Lp]``
+    (``kind`` 0: register-tiled taps, per output channel the CSR list ``t_off``/``t_w`` of
+    ``ci*S + dy*Wq + dx`` offsets; ``kind`` 1: event scatter, per input channel the list
+    ``e_co``/``e_off``/``e_w``), then ``mode`` 0 writes the conv output ``out[t, b, co, y, x]``,
+    modes 1/2 run :func:`_lif_pool_frame` (state kept per ``b`` across ``t``).
+    """
+    T, B, Cin, H, W = x.shape
+    Cout = co_ptr.shape[0] - 1
+    TL = nv * lanes
+    Lv = Ho * Wq
+    a = alpha if alpha >= 0.0 else 0.0
+    use_isyn = alpha >= 0.0
+    z = 1.0 if reset_zero else 0.0
+    for b in prange(B):
+        xp = _aligned_empty(Cin * S, x)
+        xp[:] = 0.0
+        cur = _aligned_empty(Cout * Lp, x)
+        nst = Cout * Lp if mode != 0 else 1
+        u = np.zeros(nst)
+        isyn = np.zeros(nst if use_isyn else 1)
+        spk = np.empty(nst, dtype=x.dtype)
+        for t in range(T):
+            xf = x[t, b].reshape(Cin * H * W)
+            if kind == 0:
+                for ci in range(Cin):
+                    for y in range(H):
+                        row = ci * S + (ph + y) * Wq + pw
+                        src = (ci * H + y) * W
+                        for xx in range(W):
+                            xp[row + xx] = xf[src + xx]
+                for co in range(Cout):
+                    for q0 in range(0, Lp, TL):
+                        _tile(nv, xp, t_off, t_w, co_ptr[co], co_ptr[co + 1], q0, cur, co * Lp + q0, bias[co])
+            else:
+                cur[:] = 0.0
+                for ci in range(Cin):
+                    e0 = ci_ptr[ci]
+                    e1 = ci_ptr[ci + 1]
+                    if e0 == e1:
+                        continue
+                    for y in range(H):
+                        base = (ph + y) * Wq + pw
+                        src = (ci * H + y) * W
+                        for xx in range(W):
+                            v = xf[src + xx]
+                            if v != 0.0:
+                                q = base + xx
+                                for e in range(e0, e1):
+                                    o = q - e_off[e]
+                                    if o >= 0 and o < Lv:
+                                        cur[e_co[e] * Lp + o] += v * e_w[e]
+                for co in range(Cout):
+                    bv = bias[co]
+                    if bv != 0.0:
+                        for q in range(co * Lp, co * Lp + Lv):
+                            cur[q] += bv
+            if mode == 0:
+                ob = out[t, b].reshape(Cout * Ho * Wo)
+                for co in range(Cout):
+                    for y in range(Ho):
+                        r = co * Lp + y * Wq
+                        o = (co * Ho + y) * Wo
+                        for xo in range(Wo):
+                            ob[o + xo] = cur[r + xo]
+            else:
+                _lif_pool_frame(
+                    cur, u, isyn, spk, a, beta, thr, z, use_isyn, Cout, Lp, Wq, Ho, Wo, mode, pk, pool_max, out, t, b
+                )
+
+
+@njit(parallel=True, cache=True)
+def _conv_frames_vec(
+    x, ph, pw, Wq, Ho, Wo, Cout, nvc, c_ptr, c_off, c_wb, wcl, bias_cp,
+    mode, beta, alpha, thr, reset_zero, pk, pool_max, out,
+):  # fmt: skip
+    """Event-driven 2-D convolution vectorised over output channels, fused with LIF + pooling.
+
+    Channels-last accumulator ``cur[q, c]`` (``q = yo*Wq + xo`` on the flat plane, ``Cp = nvc``
+    vectors of channels): every non-zero input ``v`` at ``(ci, y, x)`` adds ``v * W[:, ci, dy, dx]``
+    (a dense vector over output channels, ``wcl[c_wb[e]:]``) at ``q - (dy*Wq + dx)`` for each
+    kernel position ``e`` of ``ci`` that has a non-zero weight (:func:`_axpy`). Work = non-zero
+    inputs x kernel positions x ``Cp``, whatever the weight density inside a position: it pays
+    for sparse inputs (binary spikes) and few channels. ``mode``/``out`` as :func:`_conv_frames`.
+    """
+    T, B, Cin, H, W = x.shape
+    lanes = 64 // x.itemsize
+    Cp = nvc * lanes
+    Lq = Ho * Wq
+    n = Lq * Cp
+    a = alpha if alpha >= 0.0 else 0.0
+    use_isyn = alpha >= 0.0
+    z = 1.0 if reset_zero else 0.0
+    Hq = Ho // pk
+    Wr = Wo // pk
+    for b in prange(B):
+        cur = _aligned_empty(n, x)
+        init = np.empty(n, dtype=x.dtype)
+        for q in range(Lq):
+            for c in range(Cp):
+                init[q * Cp + c] = bias_cp[c]
+        nst = n if mode != 0 else 1
+        u = np.zeros(nst)
+        isyn = np.zeros(nst if use_isyn else 1)
+        spk = np.empty(nst, dtype=x.dtype)
+        pooled = np.empty(Hq * Wr * Cp, dtype=x.dtype)
+        for t in range(T):
+            xf = x[t, b].reshape(Cin * H * W)
+            for k in range(n):
+                cur[k] = init[k]
+            for ci in range(Cin):
+                e0 = c_ptr[ci]
+                e1 = c_ptr[ci + 1]
+                if e0 == e1:
+                    continue
+                for y in range(H):
+                    base = (ph + y) * Wq + pw
+                    src = (ci * H + y) * W
+                    for xx in range(W):
+                        v = xf[src + xx]
+                        if v != 0.0:
+                            q = base + xx
+                            if nvc == 1:
+                                for e in range(e0, e1):
+                                    o = q - c_off[e]
+                                    if o >= 0 and o < Lq:
+                                        _axpy1(v, wcl, c_wb[e], cur, o * Cp)
+                            else:
+                                for e in range(e0, e1):
+                                    o = q - c_off[e]
+                                    if o >= 0 and o < Lq:
+                                        _axpy(nvc, v, wcl, c_wb[e], cur, o * Cp)
+            if mode == 0:
+                ob = out[t, b].reshape(Cout * Ho * Wo)
+                for co in range(Cout):
+                    for y in range(Ho):
+                        for xo in range(Wo):
+                            ob[(co * Ho + y) * Wo + xo] = cur[(y * Wq + xo) * Cp + co]
                 continue
-            for y in range(H):
-                base = (y + pad) * Wp + pad
-                for xx in range(W):
-                    v = x[n, ci, y, xx]
-                    if v != 0.0:
-                        q = base + xx
-                        for t in range(t0, t1):
-                            o = q - t_off[t]
-                            if o >= 0 and o < L:
-                                out[n, t_co[t], o] += v * t_w[t]
+            _lif_step(cur, u, isyn, spk, n, a, beta, thr, z, use_isyn)
+            if mode == 1:
+                ob = out[t, b].reshape(Cout * Ho * Wo)
+                for co in range(Cout):
+                    for y in range(Ho):
+                        for xo in range(Wo):
+                            ob[(co * Ho + y) * Wo + xo] = spk[(y * Wq + xo) * Cp + co]
+                continue
+            # pool in channels-last (vectorised over channels), then transpose the small result
+            if pk == 2:
+                for py in range(Hq):
+                    for px in range(Wr):
+                        d = (py * Wr + px) * Cp
+                        q0 = (2 * py * Wq + 2 * px) * Cp
+                        q1 = q0 + Wq * Cp
+                        s00 = spk[q0 : q0 + Cp]
+                        s01 = spk[q0 + Cp : q0 + 2 * Cp]
+                        s10 = spk[q1 : q1 + Cp]
+                        s11 = spk[q1 + Cp : q1 + 2 * Cp]
+                        dd = pooled[d : d + Cp]
+                        if pool_max:
+                            for c in range(Cp):
+                                dd[c] = max(max(s00[c], s01[c]), max(s10[c], s11[c]))
+                        else:
+                            for c in range(Cp):
+                                dd[c] = ((s00[c] + s01[c]) + (s10[c] + s11[c])) * 0.25
+            else:
+                for py in range(Hq):
+                    for px in range(Wr):
+                        d = (py * Wr + px) * Cp
+                        q = (py * pk * Wq + px * pk) * Cp
+                        for c in range(Cp):
+                            pooled[d + c] = spk[q + c]
+                        for i in range(pk):
+                            for j in range(pk):
+                                if i == 0 and j == 0:
+                                    continue
+                                qq = q + (i * Wq + j) * Cp
+                                if pool_max:
+                                    for c in range(Cp):
+                                        pooled[d + c] = max(pooled[d + c], spk[qq + c])
+                                else:
+                                    for c in range(Cp):
+                                        pooled[d + c] += spk[qq + c]
+                if not pool_max:
+                    div = pk * pk
+                    for k in range(Hq * Wr * Cp):
+                        pooled[k] = pooled[k] / div
+            ob = out[t, b].reshape(Cout * Hq * Wr)
+            HW = Hq * Wr
+            for p in range(HW):
+                src = pooled[p * Cp : p * Cp + Cout]
+                for co in range(Cout):
+                    ob[co * HW + p] = src[co]
+
+
+@njit(parallel=True, cache=True)
+def _lif_pool_frames(cur5, beta, alpha, thr, reset_zero, pk, pool_max, out):
+    """:func:`_lif_pool_frame` over a precomputed synaptic input ``cur5[T, B, C, Ho, Wo]``, one worker per ``b``."""
+    T, B, C, Ho, Wo = cur5.shape
+    M = Ho * Wo
+    a = alpha if alpha >= 0.0 else 0.0
+    use_isyn = alpha >= 0.0
+    z = 1.0 if reset_zero else 0.0
+    mode = 2 if pk > 1 else 1
+    for b in prange(B):
+        u = np.zeros(C * M)
+        isyn = np.zeros(C * M if use_isyn else 1)
+        spk = np.empty(C * M, dtype=cur5.dtype)
+        for t in range(T):
+            _lif_pool_frame(
+                cur5[t, b].ravel(), u, isyn, spk, a, beta, thr, z, use_isyn,
+                C, M, Wo, Ho, Wo, mode, pk, pool_max, out, t, b,
+            )  # fmt: skip
 
 
 _LIF_CHUNK = 512
@@ -227,6 +700,16 @@ def _lif_infer(x, beta, alpha, thr, reset_zero, out):
                 u[k] = v - s * (z * v + (1.0 - z) * thr)
 
 
+def _lif_args(p) -> tuple[float, float, float, bool]:
+    """``(beta, alpha or -1, threshold, reset_zero)`` of :class:`~sparsespike.neurons.LIFParams`."""
+    return (
+        float(p.beta),
+        -1.0 if p.alpha is None else float(p.alpha),
+        float(p.threshold),
+        getattr(p.reset, "value", p.reset) == "zero",
+    )
+
+
 def lif_inference(current: torch.Tensor, p) -> torch.Tensor:
     """Spikes of the LIF recurrence over time-major ``current[T, ...]``, inference only.
 
@@ -238,16 +721,27 @@ def lif_inference(current: torch.Tensor, p) -> torch.Tensor:
             return lif_recurrence(current, p)
     x = current.detach().reshape(current.shape[0], -1).contiguous()
     out = torch.empty_like(x)
-    reset_zero = getattr(p.reset, "value", p.reset) == "zero"
-    _lif_infer(
-        x.numpy(),
-        float(p.beta),
-        -1.0 if p.alpha is None else float(p.alpha),
-        float(p.threshold),
-        reset_zero,
-        out.numpy(),
-    )
+    _lif_infer(x.numpy(), *_lif_args(p), out.numpy())
     return out.reshape(current.shape)
+
+
+def lif_pool_inference(current: torch.Tensor, p, pool: int = 1, mode: str = "avg") -> torch.Tensor:
+    """LIF spikes of ``current[T, B, C, H, W]`` followed by ``pool x pool`` pooling of every frame.
+
+    Equals ``SeqPool2d(pool, mode)(lif_recurrence(current, p))`` exactly (spikes bit-identical,
+    pooled values are ``count / pool^2``) without writing the full spike tensor.
+    """
+    if current.dim() != 5:
+        raise SpikeInputError(f"lif_pool_inference: expected [T, B, C, H, W], got shape {tuple(current.shape)}")
+    if current.device.type != "cpu" or current.dtype not in (torch.float32, torch.float64):
+        with torch.no_grad():
+            s = lif_recurrence(current, p)
+            return s if pool == 1 else SeqPool2d(pool, mode)(s)
+    x = current.detach().contiguous()
+    T, B, C, H, W = x.shape
+    out = torch.empty(T, B, C, H // pool, W // pool, dtype=x.dtype)
+    _lif_pool_frames(x.numpy(), *_lif_args(p), int(pool), mode == "max", out.numpy())
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,22 +752,47 @@ def _csr(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     indptr = np.zeros(w.shape[0] + 1, dtype=np.int64)
     np.cumsum(nz.sum(1), out=indptr[1:])
     rows, cols = np.nonzero(nz)
-    return indptr, cols.astype(np.int32), np.ascontiguousarray(w[rows, cols])
+    return indptr, cols.astype(np.int64), np.ascontiguousarray(w[rows, cols])
 
 
-def _time_it(fn: Callable[[], object], reps: int = 3) -> float:
-    """Best-of-``reps`` process CPU time (all threads) after a warm-up call (numba compile).
+def _time_kernels(fns: dict[str, Callable[[], object]], reps: int = 3) -> dict[str, float]:
+    """Best-of-``reps`` process CPU time (s) of each candidate, measured round-robin.
 
-    CPU time rather than wall-clock so that tuning on a shared machine is not decided by what
-    other processes do; with one thread the two agree on an idle machine.
+    One untimed warm-up call each (numba compile / cache load), then ``reps`` interleaved rounds,
+    so that a change of machine load hits every candidate alike; after the first round a
+    candidate slower than 4x the fastest is dropped (its one time is kept). CPU time rather than
+    wall-clock so that tuning on a shared machine is not decided by what other processes do.
     """
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.process_time()
+    for fn in fns.values():
         fn()
-        best = min(best, time.process_time() - t0)
+    best = {k: float("inf") for k in fns}
+    live = list(fns)
+    for r in range(max(1, reps)):
+        for k in live:
+            t0 = time.process_time()
+            fns[k]()
+            best[k] = min(best[k], time.process_time() - t0)
+        if r == 0:
+            fastest = min(best.values())
+            live = [k for k in live if best[k] <= 4.0 * fastest]
     return best
+
+
+def _pick(timings: dict[str, float]) -> str:
+    """Fastest kernel; a sparse kernel must beat ``dense`` by > 5 % (timing noise)."""
+    best = min(timings, key=timings.get)
+    if "dense" in timings and timings[best] > 0.95 * timings["dense"]:
+        best = "dense"
+    return best
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    """Contiguous copy of ``a`` starting on a 64-byte boundary (aligned vector loads)."""
+    raw = np.empty(a.size + 64 // a.itemsize, dtype=a.dtype)
+    off = ((-raw.ctypes.data) % 64) // a.itemsize
+    out = raw[off : off + a.size].reshape(a.shape)
+    out[...] = a
+    return out
 
 
 class _SparseBase(nn.Module):
@@ -296,13 +815,8 @@ class _SparseBase(nn.Module):
     @torch.no_grad()
     def tune(self, x: torch.Tensor, reps: int = 3) -> str:
         """Time every kernel on ``x`` and keep the fastest (dense unless beaten by > 5 %)."""
-        self.timings = {}
-        for k in self.KERNELS:
-            self.timings[k] = _time_it(lambda k=k: self.run(x, k), reps)
-        best = min(self.timings, key=self.timings.get)
-        if "dense" in self.timings and self.timings[best] > 0.95 * self.timings["dense"]:
-            best = "dense"  # a sparse kernel must win by > 5 % (timing noise)
-        self.kernel = best
+        self.timings = _time_kernels({k: (lambda k=k: self.run(x, k)) for k in self.KERNELS}, reps)
+        self.kernel = _pick(self.timings)
         return self.kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -320,7 +834,7 @@ class SparseLinear(_SparseBase):
     binary inputs with dense weight columns), the path our spiking layers use by default.
     """
 
-    KERNELS = ("dense", "csr", "event")
+    KERNELS = ("dense", "csr", "event", "event_vec")
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, kernel: str = "auto", spiking: bool = False
@@ -331,47 +845,75 @@ class SparseLinear(_SparseBase):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.out_features, self.in_features = w.shape
         self.spiking = spiking
-        wn = w.numpy()
-        self._csr = _csr(wn)
-        self._csc = _csr(np.ascontiguousarray(wn.T))
+        self._build()
         self.nnz = int(self._csr[0][-1])
         self.density = self.nnz / max(1, w.numel())
         self._init_common(kernel)
+
+    def _build(self) -> None:
+        wn = self.weight.contiguous().numpy()
+        self._csr = _csr(wn)
+        self._csc = _csr(np.ascontiguousarray(wn.T))
+        b = np.zeros(self.out_features, dtype=wn.dtype) if self.bias is None else self.bias.numpy()
+        self._bias_np = np.ascontiguousarray(b.astype(wn.dtype))
+        self._toff: dict[int, np.ndarray] = {}
+        self._wt = None  # [W^T; bias] padded to whole register tiles, built on first use
+
+    def _wt_tiles(self) -> tuple[np.ndarray, int, int]:
+        if self._wt is None:
+            lanes = _lanes(self.weight.dtype)
+            nv, Np = _choose_tiles(self.out_features, lanes)
+            wt = np.zeros((self.in_features + 1, Np), dtype=self._bias_np.dtype)
+            wt[: self.in_features, : self.out_features] = self.weight.numpy().T
+            wt[self.in_features, : self.out_features] = self._bias_np
+            self._wt = (wt.reshape(-1), nv, Np)
+        return self._wt
 
     def default_kernel(self) -> str:
         return "csr" if self.density < 0.3 else "dense"
 
     def _apply(self, fn, *args, **kwargs):  # keep the numpy copies in step with .double() etc.
         out = super()._apply(fn, *args, **kwargs)
-        wn = self.weight.contiguous().numpy()
-        self._csr = _csr(wn)
-        self._csc = _csr(np.ascontiguousarray(wn.T))
+        self._build()
         return out
 
     def run(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if kernel == "dense":
+        if kernel == "dense" or self.weight.dtype not in (torch.float32, torch.float64):
             if self.spiking:
                 out = synaptic_linear(x2, self.weight, self.bias)
             else:
                 out = nn.functional.linear(x2, self.weight, self.bias)
             return out.reshape(*lead, self.out_features)
         x2 = x2.to(self.weight.dtype)
+        R = x2.shape[0]
         if kernel == "csr":
-            xt = x2.t().contiguous()
-            out_t = torch.empty(self.out_features, x2.shape[0], dtype=self.weight.dtype)
-            indptr, indices, data = self._csr
-            _spmm_csr(indptr, indices, data, xt.numpy(), out_t.numpy())
-            out = out_t.t()
+            lanes = _lanes(self.weight.dtype)
+            nv, Rp = _choose_tiles(R, lanes)
+            xt = torch.empty(self.in_features, Rp, dtype=x2.dtype)
+            xt[:, :R] = x2.t()
+            xt[:, R:] = 0.0
+            toff = self._toff.get(Rp)
+            if toff is None:
+                toff = self._toff[Rp] = self._csr[1] * Rp
+            out_t = torch.empty(self.out_features, Rp, dtype=x2.dtype)
+            _spmm_tiles(self._csr[0], toff, self._csr[2], xt.view(-1).numpy(), self._bias_np,
+                        out_t.view(-1).numpy(), Rp, nv, lanes)  # fmt: skip
+            out = out_t[:, :R].t()
+        elif kernel == "event_vec":
+            wt, nv, Np = self._wt_tiles()
+            buf = torch.empty(R, Np, dtype=x2.dtype)
+            _event_tiles(x2.contiguous().numpy(), wt, Np, nv, _lanes(x2.dtype), buf.view(-1).numpy())
+            out = buf[:, : self.out_features]
         elif kernel == "event":
-            out = torch.empty(x2.shape[0], self.out_features, dtype=self.weight.dtype)
+            out = torch.empty(R, self.out_features, dtype=self.weight.dtype)
             colptr, rowidx, data = self._csc
             _event_csc(x2.contiguous().numpy(), colptr, rowidx, data, out.numpy())
+            if self.bias is not None:
+                out = out + self.bias
         else:
             raise ValueError(f"unknown kernel {kernel!r}")
-        if self.bias is not None:
-            out = out + self.bias
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -381,11 +923,12 @@ class SparseLinear(_SparseBase):
 class SparseConv2d(_SparseBase):
     """2-D convolution over ``x[N, C, H, W]`` with kernels ``dense | taps | event``.
 
-    Built from an ``nn.Conv2d`` with stride 1, dilation 1, groups 1 and zero padding (anything
-    else only offers ``"dense"``).
+    Built from an ``nn.Conv2d`` with stride 1, dilation 1, groups 1 and integer zero padding in a
+    float32/float64 dtype (anything else only offers ``"dense"``). Kernels of any ``kh x kw``,
+    padding ``(ph, pw)`` of any size (module docstring for the layout).
     """
 
-    KERNELS = ("dense", "taps", "event")
+    KERNELS = ("dense", "taps", "event", "event_vec")
 
     def __init__(self, conv: nn.Conv2d, *, kernel: str = "auto") -> None:
         super().__init__()
@@ -402,76 +945,120 @@ class SparseConv2d(_SparseBase):
             and conv.groups == 1
             and conv.padding_mode == "zeros"
             and not isinstance(pad, str)
-            and pad[0] == pad[1]
-            and kh == kw
+            and w.dtype in (torch.float32, torch.float64)
         )
         if not self.supported:
             self.KERNELS = ("dense",)
-        self.pad = int(pad[0]) if not isinstance(pad, str) else 0
+        self.pad = (0, 0) if isinstance(pad, str) else (int(pad[0]), int(pad[1]))
         self.nnz = int((w != 0).sum())
         self.density = self.nnz / max(1, w.numel())
-        self._geom: dict = {}
-        self._build_taps()
+        self._geom_cache: dict = {}
         self._init_common(kernel)
-
-    def _build_taps(self) -> None:
-        self._taps_cache: dict[int, tuple] = {}
-
-    def _taps(self, Wp: int):
-        """Tap lists for plane width ``Wp``: by output channel (``taps``) and by input channel (``event``)."""
-        if Wp in self._taps_cache:
-            return self._taps_cache[Wp]
-        w = self.weight.numpy()
-        co, ci, dy, dx = np.nonzero(w)
-        vals = w[co, ci, dy, dx]
-        off = (dy * Wp + dx).astype(np.int64)
-        # by output channel (already sorted by co, then ci, dy, dx)
-        co_ptr = np.zeros(self.out_channels + 1, dtype=np.int64)
-        np.cumsum(np.bincount(co, minlength=self.out_channels), out=co_ptr[1:])
-        by_co = (co_ptr, ci.astype(np.int64), off, np.ascontiguousarray(vals))
-        # by input channel
-        order = np.lexsort((off, co, ci))
-        ci_ptr = np.zeros(self.in_channels + 1, dtype=np.int64)
-        np.cumsum(np.bincount(ci, minlength=self.in_channels), out=ci_ptr[1:])
-        by_ci = (ci_ptr, co[order].astype(np.int64), off[order], np.ascontiguousarray(vals[order]))
-        self._taps_cache[Wp] = (by_co, by_ci)
-        return by_co, by_ci
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        self._taps_cache = {}
+        self._geom_cache = {}
         return out
 
     def default_kernel(self) -> str:
         return "taps" if (self.supported and self.density < 0.5) else "dense"
+
+    def geometry(self, H: int, W: int) -> dict:
+        """Flat-plane layout and tap lists for ``H x W`` input planes (cached).
+
+        ``Wq = max(W + pw, Wo)`` (shared horizontal padding), ``Lp`` = ``Ho*Wq`` rounded up to
+        whole register tiles, ``S`` = plane stride: room for the top padding, the image, the bottom
+        padding and the reads of the last tile (``Lp + (kh-1)*Wq + kw-1``).
+        """
+        key = (H, W)
+        g = self._geom_cache.get(key)
+        if g is not None:
+            return g
+        kh, kw = self.kernel_size
+        ph, pw = self.pad
+        Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
+        lanes = _lanes(self.weight.dtype)
+        Wq = max(W + pw, Wo, 1)
+        nv, Lp = _choose_tiles(Ho * Wq, lanes)
+        need = max(Lp + (kh - 1) * Wq + kw - 1, (ph + H + ph) * Wq + pw)
+        S = -(-need // lanes) * lanes
+        wn = self.weight.numpy()
+        co, ci, dy, dx = np.nonzero(wn)
+        vals = np.ascontiguousarray(wn[co, ci, dy, dx])
+        co_ptr = np.zeros(self.out_channels + 1, dtype=np.int64)
+        np.cumsum(np.bincount(co, minlength=self.out_channels), out=co_ptr[1:])
+        off = (dy * Wq + dx).astype(np.int64)
+        order = np.lexsort((off, co, ci))  # by input channel, for the event scatter
+        ci_ptr = np.zeros(self.in_channels + 1, dtype=np.int64)
+        np.cumsum(np.bincount(ci, minlength=self.in_channels), out=ci_ptr[1:])
+        b = np.zeros(self.out_channels, dtype=wn.dtype) if self.bias is None else self.bias.numpy().astype(wn.dtype)
+        # channels-last tap columns for the vectorised event kernel: kernel positions (ci, dy, dx)
+        # with any non-zero weight, each a dense vector over output channels padded to nvc vectors
+        nvc = -(-self.out_channels // lanes)
+        Cp = nvc * lanes
+        cols = np.argwhere((wn != 0).any(axis=0))  # (ci, dy, dx), sorted by ci
+        wcl = np.zeros((len(cols), Cp), dtype=wn.dtype)
+        wcl[:, : self.out_channels] = wn[:, cols[:, 0], cols[:, 1], cols[:, 2]].T
+        c_ptr = np.zeros(self.in_channels + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cols[:, 0], minlength=self.in_channels), out=c_ptr[1:])
+        bias_cp = np.zeros(Cp, dtype=wn.dtype)
+        bias_cp[: self.out_channels] = b
+        g = {
+            "Ho": Ho, "Wo": Wo, "Wq": Wq, "Lp": Lp, "S": S, "nv": nv, "lanes": lanes,
+            "co_ptr": co_ptr, "t_ci": ci.astype(np.int64), "t_off": ci.astype(np.int64) * S + off, "t_w": vals,
+            "ci_ptr": ci_ptr, "e_co": co[order].astype(np.int64), "e_off": off[order],
+            "e_w": np.ascontiguousarray(vals[order]), "bias": np.ascontiguousarray(b),
+            "nvc": nvc, "c_ptr": c_ptr, "c_off": (cols[:, 1] * Wq + cols[:, 2]).astype(np.int64),
+            "c_wb": np.arange(len(cols), dtype=np.int64) * Cp, "wcl": _aligned_copy(wcl.reshape(-1)),
+            "bias_cp": bias_cp,
+        }  # fmt: skip
+        self._geom_cache[key] = g
+        return g
+
+    def run_frames(
+        self, x5: torch.Tensor, kernel: str, lif=None, pool: int = 1, pool_mode: str = "avg"
+    ) -> torch.Tensor:
+        """Sparse kernel (``taps``/``event``) on ``x5[T, B, Cin, H, W]``.
+
+        ``lif=None``: the convolution ``[T, B, Cout, Ho, Wo]``. With ``lif``
+        (:class:`~sparsespike.neurons.LIFParams`): the LIF spikes over ``T``, pooled by ``pool``.
+        """
+        x5 = x5.to(self.weight.dtype).contiguous()
+        T, B, C, H, W = x5.shape
+        g = self.geometry(H, W)
+        Ho, Wo = g["Ho"], g["Wo"]
+        if lif is None:
+            out = torch.empty(T, B, self.out_channels, Ho, Wo, dtype=x5.dtype)
+            mode, largs, pool = 0, (1.0, -1.0, 1.0, False), 1
+        else:
+            mode = 2 if pool > 1 else 1
+            out = torch.empty(T, B, self.out_channels, Ho // pool, Wo // pool, dtype=x5.dtype)
+            largs = _lif_args(lif)
+        if out.numel() == 0:
+            return out
+        if kernel == "event_vec":
+            _conv_frames_vec(
+                x5.numpy(), self.pad[0], self.pad[1], g["Wq"], Ho, Wo, self.out_channels, g["nvc"], g["c_ptr"],
+                g["c_off"], g["c_wb"], g["wcl"], g["bias_cp"], mode, *largs, int(pool), pool_mode == "max", out.numpy(),
+            )  # fmt: skip
+            return out
+        _conv_frames(
+            x5.numpy(), 0 if kernel == "taps" else 1, self.pad[0], self.pad[1], g["Wq"], g["S"], g["Lp"], g["nv"],
+            g["lanes"], Ho, Wo, g["co_ptr"], g["t_ci"], g["t_off"], g["t_w"], g["ci_ptr"], g["e_co"], g["e_off"],
+            g["e_w"], g["bias"], mode, *largs, int(pool), pool_mode == "max", out.numpy(),
+        )  # fmt: skip
+        return out
 
     def run(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
         if kernel == "dense" or not self.supported:
             return nn.functional.conv2d(
                 x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
             )
-        x = x.to(self.weight.dtype).contiguous()
-        N, C, H, W = x.shape
-        k, p = self.kernel_size[0], self.pad
-        Hp, Wp = H + 2 * p, W + 2 * p
-        Ho, Wo = Hp - k + 1, Wp - k + 1
-        L = Ho * Wp
-        by_co, by_ci = self._taps(Wp)
-        out = torch.empty(N, self.out_channels, L, dtype=x.dtype)
-        if kernel == "taps":
-            xp = torch.zeros(N, C, Hp * Wp + k, dtype=x.dtype)
-            xp[:, :, : Hp * Wp].view(N, C, Hp, Wp)[:, :, p : p + H, p : p + W] = x
-            co_ptr, t_ci, t_off, t_w = by_co
-            _conv_taps(xp.numpy(), co_ptr, t_ci, t_off, t_w, out.numpy())
-        elif kernel == "event":
-            ci_ptr, t_co, t_off, t_w = by_ci
-            _conv_events(x.numpy(), p, Wp, ci_ptr, t_co, t_off, t_w, out.numpy())
-        else:
+        if kernel not in ("taps", "event", "event_vec"):
             raise ValueError(f"unknown kernel {kernel!r}")
-        y = out.view(N, self.out_channels, Ho, Wp)[..., :Wo]
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y.contiguous()
+        if x.dim() == 3:
+            return self.run_frames(x[None, None], kernel)[0, 0]
+        return self.run_frames(x[None], kernel)[0]
 
     def extra_repr(self) -> str:
         return (
@@ -502,8 +1089,13 @@ class SparseSpikingLinear(nn.Module):
 
 
 class SparseSpikingConv2d(nn.Module):
-    """Inference twin of :class:`SpikingConv2d`: :class:`SparseConv2d` over all ``T*B`` frames,
-    then the LIF recurrence (:func:`lif_inference`)."""
+    """Inference twin of :class:`SpikingConv2d` (+ an optional following :class:`SeqPool2d`).
+
+    ``kernel`` ``taps``/``event``: conv, LIF and pooling fused per frame (:func:`_conv_frames`);
+    ``dense``: oneDNN over all ``T*B`` frames, then the fused LIF + pool kernel. ``pool`` is set by
+    :func:`sparse_inference_model` when a ``SeqPool2d`` follows in an ``nn.Sequential`` (which
+    is then replaced by ``nn.Identity``).
+    """
 
     emits_spikes = True
 
@@ -513,19 +1105,42 @@ class SparseSpikingConv2d(nn.Module):
         self.neuron, self.impl, self.b_th = layer.neuron, layer.impl, layer.b_th
         self.in_channels = layer.in_channels
         self.fast_recurrence = fast_recurrence
+        self.pool: tuple[int, str] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 5 or x.shape[2] != self.in_channels:
             raise SpikeInputError(
                 f"{type(self).__name__}: expected [T, B, {self.in_channels}, H, W], got shape {tuple(x.shape)}"
             )
+
+    def run(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
         T, B = x.shape[:2]
+        pk, pmode = self.pool if self.pool is not None else (1, "avg")
+        fast = self.fast_recurrence and x.device.type == "cpu"
+        if fast and kernel in ("taps", "event", "event_vec") and self.conv.supported:
+            return self.conv.run_frames(x, kernel, lif=self.neuron, pool=pk, pool_mode=pmode)
+        current = self.conv.run(x.reshape(T * B, *x.shape[2:]), kernel)
+        current = current.reshape(T, B, *current.shape[1:])
+        if fast:
+            return lif_pool_inference(current, self.neuron, pk, pmode)
+        s = lif_recurrence(current, self.neuron, impl=self.impl, b_th=self.b_th)
+        return s if self.pool is None else SeqPool2d(pk, pmode)(s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
         with torch.no_grad():
-            current = self.conv(x.reshape(T * B, *x.shape[2:]))
-            current = current.reshape(T, B, *current.shape[1:])
-            if self.fast_recurrence:
-                return lif_inference(current, self.neuron)
-            return lif_recurrence(current, self.neuron, impl=self.impl, b_th=self.b_th)
+            return self.run(x, self.conv.kernel)
+
+    @torch.no_grad()
+    def tune(self, x: torch.Tensor, reps: int = 3) -> str:
+        """Time the whole layer (conv + LIF + pool) with each conv kernel; keep the fastest."""
+        self._check(x)
+        self.conv.timings = _time_kernels({k: (lambda k=k: self.run(x, k)) for k in self.conv.KERNELS}, reps)
+        self.conv.kernel = _pick(self.conv.timings)
+        return self.conv.kernel
+
+    def extra_repr(self) -> str:
+        return f"pool={self.pool}"
 
 
 class SparseLeakyReadout(nn.Module):
@@ -569,9 +1184,43 @@ def _convert(m: nn.Module, kernel: str, fast_recurrence: bool = True) -> nn.Modu
     return None
 
 
+def _fuse_pools(m: nn.Module) -> int:
+    """Give every :class:`SparseSpikingConv2d` directly followed by a :class:`SeqPool2d` inside an
+    ``nn.Sequential`` that pooling (replacing the pool by ``nn.Identity``); returns the count."""
+    n = 0
+    for seq in [s for s in m.modules() if isinstance(s, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:], strict=False):
+            conv, pool = seq._modules[a], seq._modules[b]
+            if (
+                isinstance(conv, SparseSpikingConv2d)
+                and conv.fast_recurrence
+                and conv.pool is None
+                and type(pool) is SeqPool2d
+                and isinstance(pool.kernel_size, int)
+            ):
+                conv.pool = (int(pool.kernel_size), pool.mode)
+                seq._modules[b] = nn.Identity()
+                n += 1
+    return n
+
+
 def sparse_modules(model: nn.Module) -> list[tuple[str, _SparseBase]]:
     """The sparse-weight modules (:class:`SparseLinear`, :class:`SparseConv2d`) of ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _SparseBase)]
+
+
+def _tunable_units(model: nn.Module) -> list[nn.Module]:
+    """Modules that tune themselves: spiking convs (as a whole) and the other sparse modules."""
+    units, inner = [], set()
+    for _, mod in model.named_modules():
+        if isinstance(mod, SparseSpikingConv2d):
+            units.append(mod)
+            inner.add(id(mod.conv))
+    for _, mod in sparse_modules(model):
+        if id(mod) not in inner:
+            units.append(mod)
+    return units
 
 
 def sparse_inference_model(
@@ -583,14 +1232,15 @@ def sparse_inference_model(
     forward: Callable[[nn.Module, torch.Tensor], object] | None = None,
     reps: int = 3,
     fast_recurrence: bool = True,
+    fuse: bool = True,
 ) -> nn.Module:
     """Copy of a pruned ``model`` whose Linear/Conv2d layers run on their non-zero weights only.
 
     Args:
         model: any CPU model; L0 gates still attached are baked in first
             (:func:`~sparsespike.sparsity.connectivity.prune` on the copy). Replaced: our
-            :class:`SpikingLinear`, :class:`LeakyReadout`, and ``nn.Linear`` / ``nn.Conv2d``
-            anywhere (so :class:`SpikingConv2d` through its ``.conv``).
+            :class:`SpikingLinear`, :class:`SpikingConv2d`, :class:`LeakyReadout`, and
+            ``nn.Linear`` / ``nn.Conv2d`` anywhere.
         example_input: a representative input; with ``kernels="auto"`` every layer times its
             candidate kernels on the input it sees in one forward of this example and keeps the
             fastest (``dense`` included, so a layer never gets slower than before).
@@ -598,9 +1248,10 @@ def sparse_inference_model(
             (``"dense"``, ``"csr"``/``"taps"`` = weight-sparse, ``"event"`` = event-driven).
         inplace: convert ``model`` itself instead of a deep copy.
         forward: how to call the model on ``example_input`` (default ``model(example_input)``).
-        fast_recurrence: our spiking layers run the forward-only LIF kernel
-            :func:`lif_inference` (bit-identical spikes, no surrogate/backward bookkeeping);
-            ``False`` keeps the training kernel.
+        fast_recurrence: our spiking layers run the forward-only LIF kernels (bit-identical
+            spikes, no surrogate/backward bookkeeping); ``False`` keeps the training kernel.
+        fuse: (with ``fast_recurrence``) fold a :class:`SeqPool2d` that directly follows a
+            spiking conv in an ``nn.Sequential`` into that layer's kernel.
 
     Returns the converted model in eval mode; :func:`kernel_report` tells which kernel each layer
     uses and the timings measured.
@@ -623,19 +1274,21 @@ def sparse_inference_model(
                 syn = getattr(new, "syn", None) or getattr(new, "conv", None) or new
                 syn.set_kernel(forced if forced in syn.KERNELS else _alias(forced, syn))
             setattr(parent, cname, new)
+    if fuse and fast_recurrence:
+        _fuse_pools(m)
     if forced is None and example_input is not None:
         captured: dict[int, torch.Tensor] = {}
-        mods = [mod for _, mod in sparse_modules(m)]
-        hooks = [mod.register_forward_pre_hook(lambda mod, args: captured.setdefault(id(mod), args[0])) for mod in mods]
+        units = _tunable_units(m)
+        hooks = [u.register_forward_pre_hook(lambda mod, args: captured.setdefault(id(mod), args[0])) for u in units]
         try:
             with torch.no_grad():
                 forward(m, example_input) if forward is not None else m(example_input)
         finally:
             for h in hooks:
                 h.remove()
-        for mod in mods:
-            if id(mod) in captured:
-                mod.tune(captured[id(mod)], reps=reps)
+        for u in units:
+            if id(u) in captured:
+                u.tune(captured[id(u)], reps=reps)
     return m
 
 
@@ -646,7 +1299,11 @@ def _alias(kernel: str, syn: _SparseBase) -> str:
 
 
 def kernel_report(model: nn.Module) -> list[dict]:
-    """Per sparse layer: name, weight density, chosen kernel, and tuning times (ms) if measured."""
+    """Per sparse layer: name, weight density, chosen kernel, and tuning times (ms) if measured.
+
+    For a spiking conv layer (``<name>.conv``) the times are of the whole layer: conv, LIF and
+    the fused pooling.
+    """
     return [
         {
             "name": n,
@@ -663,6 +1320,7 @@ __all__ = [
     "SparseConv2d",
     "SparseSpikingConv2d",
     "lif_inference",
+    "lif_pool_inference",
     "SparseLeakyReadout",
     "SparseLinear",
     "SparseSpikingLinear",
