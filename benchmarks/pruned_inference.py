@@ -206,6 +206,20 @@ def run_case(label: str, pruned: nn.Module, x: torch.Tensor, reps: int, tune_rep
     return row
 
 
+def add_unpruned_reference(rows: list[dict]) -> None:
+    """For magnitude series (``<name> magnitude <d>``) that include ``d = 1``: ``vs_unpruned_best`` =
+    sparse-twin time of the un-pruned network / sparse-twin time of this one (both with tuned kernels,
+    each at its own activity; not interleaved with each other, so only indicative)."""
+    for r in rows:
+        base, sep, _ = r["case"].rpartition(" magnitude ")
+        ref = next(
+            (q for q in rows if sep and q["case"] == f"{base} magnitude 1" and q["threads"] == r["threads"]),
+            None,
+        )
+        if ref is not None:
+            r["vs_unpruned_best"] = ref["ms"]["sparse"]["cpu"] / r["ms"]["sparse"]["cpu"]
+
+
 def load_input(args) -> tuple[torch.Tensor, str]:
     if args.input is not None:
         x = torch.load(args.input, weights_only=True)
@@ -244,11 +258,14 @@ def write_table(path: Path, meta: dict, rows: list[dict]) -> str:
         "FLOPs are per sample over all T steps (2 x MACs over non-zero weights; conv taps on padding not "
         "counted). **speedup** = dense / sparse twin (process CPU time, medians); target = FLOP reduction / 2. "
         "*pruning only* = densified / sparse (same kernel set with the pruned weights set to 1e-30 instead "
-        "of 0). Times in ms (CPU time; wall-clock in brackets).",
+        "of 0: same activity, nothing to skip). *vs un-pruned, best kernels* = sparse twin of the density-1 "
+        "network of the same series / this sparse twin (each at its own activity). Times in ms (CPU time; "
+        "wall-clock in brackets).",
         "",
         "| case | threads | non-zero weights | FLOP reduction | target | library ms | dense ms | sparse ms | "
-        "densified ms | **speedup** (wall) | speedup / target | met? | vs library | pruning only | load | outputs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "densified ms | **speedup** (wall) | speedup / target | met? | vs library | pruning only | vs un-pruned, "
+        "best kernels | load | outputs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ms = r["ms"]
@@ -257,6 +274,7 @@ def write_table(path: Path, meta: dict, rows: list[dict]) -> str:
             if r["outputs_equal"]
             else f"max diff {r['max_abs_diff']:.2g}, argmax agree {100 * r['predictions_agree']:.1f}%"
         )
+        unp = f"{r['vs_unpruned_best']:.2f}x" if "vs_unpruned_best" in r else "-"
         lines.append(
             f"| {r['case']} | {r['threads']} | {100 * r['density']:.1f}% | {r['flop_reduction']:.2f}x | "
             f"{r['target_speedup']:.2f}x | {ms['library']['cpu']:.1f} ({ms['library']['wall']:.1f}) | "
@@ -264,7 +282,7 @@ def write_table(path: Path, meta: dict, rows: list[dict]) -> str:
             f"({ms['sparse']['wall']:.1f}) | {ms['densified']['cpu']:.1f} | **{r['speedup']:.2f}x** "
             f"({r['speedup_wall']:.2f}x) | {r['speedup_vs_target']:.2f} | {'yes' if r['meets_target'] else 'no'} | "
             f"{r['speedup_vs_library']:.2f}x | {r['pruning_only_speedup']:.2f}x | "
-            f"{r['load_avg'][0]:.1f}-{r['load_avg'][1]:.1f} | {eq} |"
+            f"{unp} | {r['load_avg'][0]:.1f}-{r['load_avg'][1]:.1f} | {eq} |"
         )
     lines += ["", "Per-layer kernel choice (tuning times in ms of each candidate on this input; for spiking convs "
               "the whole layer: conv + LIF + pooling):", ""]  # fmt: skip
@@ -338,6 +356,7 @@ def main(argv=None) -> None:
             magnitude_prune_(p, d)
             rows.append(run_case(f"random init, magnitude {d:g}", p, x, args.reps, args.tune_reps, args.threads))
             print(f"{rows[-1]['case']}: speedup {rows[-1]['speedup']:.2f}x", flush=True)
+    add_unpruned_reference(rows)
     meta = {
         "benchmark": "pruned_inference",
         "network": "Yin MNIST SCNN 28x28-15C5-P2-40C5-P2-300-10 (same padding, avg pool)",

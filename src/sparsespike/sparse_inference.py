@@ -2,20 +2,26 @@
 
 After :func:`sparsespike.sparsity.connectivity.prune` a network has exact zeros in its weights,
 but dense kernels (MKL/oneDNN matmul and convolution) still touch every weight. This module
-swaps each Linear/Conv layer for a module that only visits non-zero weights, choosing per layer
-among kernels (numba + a little LLVM IR, CPU):
+swaps each Linear/Conv layer for a module that only visits non-zero weights (or only non-zero
+inputs), choosing per layer among kernels (numba, with the innermost loops written as LLVM IR
+through numba intrinsics, CPU):
 
 Linear layers, ``y = x W^T + b`` over ``x[R, K]`` (``R`` = all time steps x batch):
 
 * ``"dense"`` -- the original op (for spiking layers :func:`~sparsespike.kernels.synapse.synaptic_linear`,
   which is already event-driven over binary inputs with dense weight columns).
 * ``"csr"`` -- weight-sparse SpMM ``y^T = W x^T`` with ``W`` in CSR and ``x^T`` dense: each output
-  row ``j`` is computed in register tiles of up to 8 SIMD vectors (128 float32 lanes of ``R``) that
+  row ``j`` is computed in register tiles of up to 16 SIMD vectors (256 float32 lanes of ``R``) that
   stay in registers while all non-zeros of row ``j`` are accumulated (one broadcast weight and one
   vector load per vector FMA, no store until the row tile is done; the register-tiled SpMM of
   Elsen, Dukhan, Gale & Simonyan, "Fast Sparse ConvNets", CVPR 2020, sec. 4); work = ``nnz(W) x R``.
 * ``"event"`` -- event-driven and weight-sparse: every non-zero input ``x[r, i]`` adds
-  ``x[r, i] * w`` through the non-zero weights of column ``i`` (``W`` in CSC); work = SynOps.
+  ``x[r, i] * w`` through the non-zero weights of column ``i`` (``W`` in CSC); work = SynOps,
+  scalar.
+* ``"event_vec"`` -- event-driven over the inputs, vectorised over the outputs: the non-zero
+  inputs of row ``r`` are gathered, then register tiles of ``y[r, :]`` accumulate
+  ``x[r, i] * W^T[i, :]`` (dense rows of ``W^T``); work = non-zero inputs x ``N``, whatever the
+  weight density.
 
 Conv2d layers (stride 1, dilation 1, groups 1, integer zero padding; others stay dense) use the
 "flat padded plane" (Georganas et al., "Anatomy of high-performance deep learning convolutions on
@@ -31,7 +37,11 @@ next one, so 5x5 "same" convolutions on 14x14 planes use rows of 16 -- and kerne
   register tiles of the output plane (as ``csr``: tap list = CSR row, the shifted plane = the dense
   operand); work = ``nnz(W) x Ho x Wq`` per frame;
 * ``"event"`` -- event-driven scatter: each non-zero input pixel of channel ``ci`` adds
-  ``v * w`` at ``q - offset`` for every non-zero tap of ``ci``; work = SynOps.
+  ``v * w`` at ``q - offset`` for every non-zero tap of ``ci``; work = SynOps, scalar;
+* ``"event_vec"`` -- event-driven, vectorised over output channels: channels-last accumulator,
+  each non-zero input pixel adds ``v * W[:, ci, dy, dx]`` (a dense vector of all output channels)
+  for every kernel position of ``ci`` with a non-zero weight; work = non-zero inputs x kernel
+  positions x ``Cout``. Pays for binary, sparse inputs with few channels (the first layer).
 
 For our spiking conv layers the conv kernels are fused with the LIF recurrence and a following
 :class:`~sparsespike.layers.SeqPool2d`: each worker takes one sample ``b`` and runs ``t = 0..T-1``
@@ -90,7 +100,7 @@ from .layers import LeakyReadout, SeqPool2d, SpikingConv2d, SpikingLinear, check
 # register-tile FMA (LLVM IR through a numba intrinsic)
 # ------------------------------------------------------------------------------------------------
 _VEC_BYTES = 64  # one 512-bit vector; LLVM splits it on machines with narrower SIMD
-_MAX_NV = 8  # at most 8 accumulator vectors per tile (+ broadcast + loads fit 16/32 registers)
+_MAX_NV = 16  # at most 16 accumulator vectors per tile (+ broadcast: fits AVX-512's 32 registers)
 
 
 def _make_tile(nv: int):
@@ -166,13 +176,37 @@ def _make_tile(nv: int):
     return tile
 
 
-_tile1, _tile2, _tile3, _tile4, _tile5, _tile6, _tile7, _tile8 = (_make_tile(n) for n in range(1, _MAX_NV + 1))
+_TILES = tuple(_make_tile(n) for n in range(1, _MAX_NV + 1))
+(_tile1, _tile2, _tile3, _tile4, _tile5, _tile6, _tile7, _tile8,
+ _tile9, _tile10, _tile11, _tile12, _tile13, _tile14, _tile15, _tile16) = _TILES  # fmt: skip
 
 
 @njit(cache=True)
 def _tile(nv, xp, toff, tw, t0, t1, base, out, obase, init):
-    """Dispatch to the ``nv``-vector register tile (``1 <= nv <= 8``)."""
-    if nv >= 8:
+    """Dispatch to the ``nv``-vector register tile (``1 <= nv <= 16``).
+
+    Written out branch by branch on purpose: each tile is a separate numba intrinsic with a
+    compile-time tile width, and numba cannot call an element of a tuple of distinct functions
+    by a run-time index, so a lookup table is not available inside ``@njit`` code.
+    """
+    if nv >= 9:
+        if nv >= 16:
+            _tile16(xp, toff, tw, t0, t1, base, out, obase, init)
+        elif nv == 15:
+            _tile15(xp, toff, tw, t0, t1, base, out, obase, init)
+        elif nv == 14:
+            _tile14(xp, toff, tw, t0, t1, base, out, obase, init)
+        elif nv == 13:
+            _tile13(xp, toff, tw, t0, t1, base, out, obase, init)
+        elif nv == 12:
+            _tile12(xp, toff, tw, t0, t1, base, out, obase, init)
+        elif nv == 11:
+            _tile11(xp, toff, tw, t0, t1, base, out, obase, init)
+        elif nv == 10:
+            _tile10(xp, toff, tw, t0, t1, base, out, obase, init)
+        else:
+            _tile9(xp, toff, tw, t0, t1, base, out, obase, init)
+    elif nv >= 8:
         _tile8(xp, toff, tw, t0, t1, base, out, obase, init)
     elif nv == 7:
         _tile7(xp, toff, tw, t0, t1, base, out, obase, init)
@@ -190,9 +224,14 @@ def _tile(nv, xp, toff, tw, t0, t1, base, out, obase, init):
         _tile1(xp, toff, tw, t0, t1, base, out, obase, init)
 
 
+_AXPY_BYTES = 32  # 256-bit vectors for the read-modify-write scatter: as fast as 512-bit ones on
+# Zen 4 (measured), and channel counts only need padding to a multiple of 8 float32 per half
+
+
 def _make_axpy(nv: int):
     """Intrinsic ``axpy(a, src, sbase, out, obase)``: ``out[obase + j] += a * src[sbase + j]`` for
-    ``j < nv*lanes``, as ``nv`` unaligned vector load/FMA/stores (``llvm.fma``); no bounds checks."""
+    ``j < nv*lanes`` (``lanes`` = 32 bytes), as ``nv`` unaligned vector load/FMA/stores
+    (``llvm.fma``); no bounds checks."""
 
     @intrinsic
     def axpy(typingctx, a, src, sbase, out, obase):
@@ -209,7 +248,7 @@ def _make_axpy(nv: int):
             optr = context.make_array(at[3])(context, builder, oa).data
             dt = at[1].dtype
             bits = dt.bitwidth
-            lanes = _VEC_BYTES * 8 // bits
+            lanes = _AXPY_BYTES * 8 // bits
             vty = ir.VectorType(context.get_value_type(dt), lanes)
             i32, i64 = ir.IntType(32), ir.IntType(64)
             undef = ir.Constant(vty, ir.Undefined)
@@ -239,10 +278,77 @@ def _make_axpy(nv: int):
 _axpy1, _axpy2, _axpy4, _axpy8 = (_make_axpy(n) for n in (1, 2, 4, 8))
 
 
+def _make_scatter(nv: int):
+    """Intrinsic ``scatter(v, q, off, wb, e0, e1, w, out, L, Cp)``: for every ``e0 <= e < e1`` with
+    ``0 <= q - off[e] < L``: ``out[(q - off[e])*Cp + j] += v * w[wb[e] + j]`` for ``j < nv*lanes``
+    (32-byte vectors, see ``_AXPY_BYTES``). One input event through the kernel positions of its
+    channel; a tight loop without numba's index wrap-around and register spills."""
+
+    @intrinsic
+    def scatter(typingctx, v, q, off, wb, e0, e1, w, out, L, Cp):
+        arrs = (off, wb, w, out)
+        if not all(isinstance(a, types.Array) and a.ndim == 1 for a in arrs):
+            return None
+        if off.dtype != types.int64 or wb.dtype != types.int64:
+            return None
+        if w.dtype not in (types.float32, types.float64) or out.dtype != w.dtype:
+            return None
+        sig = types.void(v, q, off, wb, e0, e1, w, out, L, Cp)
+
+        def codegen(context, builder, signature, args):
+            at = signature.args
+            i64 = ir.IntType(64)
+            i32 = ir.IntType(32)
+
+            def i(k):
+                return context.cast(builder, args[k], at[k], types.int64)
+
+            offp = context.make_array(at[2])(context, builder, args[2]).data
+            wbp = context.make_array(at[3])(context, builder, args[3]).data
+            wp = context.make_array(at[6])(context, builder, args[6]).data
+            op = context.make_array(at[7])(context, builder, args[7]).data
+            dt = at[6].dtype
+            lanes = _AXPY_BYTES * 8 // dt.bitwidth
+            vty = ir.VectorType(context.get_value_type(dt), lanes)
+            undef = ir.Constant(vty, ir.Undefined)
+            vv = context.cast(builder, args[0], at[0], dt)
+            vvec = builder.shuffle_vector(
+                builder.insert_element(undef, vv, ir.Constant(i32, 0)), undef,
+                ir.Constant(ir.VectorType(i32, lanes), [0] * lanes),
+            )  # fmt: skip
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{dt.bitwidth}"
+            )
+            q, e0, e1, L, Cp = i(1), i(4), i(5), i(8), i(9)
+            align = dt.bitwidth // 8
+            with cgutils.for_range(builder, builder.sub(e1, e0)) as loop:
+                e = builder.add(e0, loop.index)
+                o = builder.sub(q, builder.load(builder.gep(offp, [e])))
+                inside = builder.icmp_unsigned("<", o, L)  # 0 <= o < L
+                with builder.if_then(inside, likely=True):
+                    ps = builder.gep(wp, [builder.load(builder.gep(wbp, [e]))])
+                    po = builder.gep(op, [builder.mul(o, Cp)])
+                    for j in range(nv):
+                        k = ir.Constant(i64, j * lanes)
+                        sj = builder.bitcast(builder.gep(ps, [k]), vty.as_pointer())
+                        oj = builder.bitcast(builder.gep(po, [k]), vty.as_pointer())
+                        xv = builder.load(sj, align=align, typ=vty)
+                        ov = builder.load(oj, align=align, typ=vty)
+                        builder.store(builder.call(fma, [vvec, xv, ov]), oj, align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return scatter
+
+
+_scatter2, _scatter4, _scatter6, _scatter8 = (_make_scatter(n) for n in (2, 4, 6, 8))
+
+
 @njit(cache=True)
 def _axpy(nv, a, src, sbase, out, obase):
-    """``out[obase : obase + nv*lanes] += a * src[sbase : ...]`` in chunks of 8/4/2/1 vectors."""
-    lanes = 64 // src.itemsize
+    """``out[obase : obase + nv*lanes] += a * src[sbase : ...]`` in chunks of 8/4/2/1 32-byte vectors."""
+    lanes = 32 // src.itemsize
     k = 0
     while nv - k >= 8:
         _axpy8(a, src, sbase + k * lanes, out, obase + k * lanes)
@@ -264,6 +370,53 @@ def _aligned_empty(n, like):
     raw = np.empty(n + lanes, dtype=like.dtype)
     off = ((-raw.ctypes.data) % 64) // like.itemsize
     return raw[off : off + n]
+
+
+def _make_pool4(use_max: bool):
+    """Intrinsic ``pool4(src, q0, q1, q2, q3, dst, d)``: one 64-byte vector
+    ``dst[d + j] = ((src[q0+j] + src[q1+j]) + (src[q2+j] + src[q3+j])) * 0.25`` (or the maximum):
+    2x2 pooling of channels-last spikes, exact for 0/1 values."""
+
+    @intrinsic
+    def pool4(typingctx, src, q0, q1, q2, q3, dst, d):
+        if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == 1 and dst.ndim == 1):
+            return None
+        if src.dtype not in (types.float32, types.float64) or dst.dtype != src.dtype:
+            return None
+        sig = types.void(src, q0, q1, q2, q3, dst, d)
+
+        def codegen(context, builder, signature, args):
+            at = signature.args
+            sptr = context.make_array(at[0])(context, builder, args[0]).data
+            dptr = context.make_array(at[5])(context, builder, args[5]).data
+            dt = at[0].dtype
+            lanes = _VEC_BYTES * 8 // dt.bitwidth
+            vty = ir.VectorType(context.get_value_type(dt), lanes)
+            align = dt.bitwidth // 8
+
+            def load(i):
+                q = context.cast(builder, args[i], at[i], types.int64)
+                return builder.load(builder.bitcast(builder.gep(sptr, [q]), vty.as_pointer()), align=align, typ=vty)
+
+            a, b, c, e = (load(i) for i in (1, 2, 3, 4))
+            if use_max:
+                fmax = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(vty, [vty, vty]), f"llvm.maxnum.v{lanes}f{dt.bitwidth}"
+                )
+                r = builder.call(fmax, [builder.call(fmax, [a, b]), builder.call(fmax, [c, e])])
+            else:
+                quarter = ir.Constant(vty, [0.25] * lanes)
+                r = builder.fmul(builder.fadd(builder.fadd(a, b), builder.fadd(c, e)), quarter)
+            dq = context.cast(builder, args[6], at[6], types.int64)
+            builder.store(r, builder.bitcast(builder.gep(dptr, [dq]), vty.as_pointer()), align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return pool4
+
+
+_pool4_avg, _pool4_max = _make_pool4(False), _make_pool4(True)
 
 
 def _lanes(dtype: torch.dtype) -> int:
@@ -448,7 +601,7 @@ def _lif_pool_frame(cur, u, isyn, spk, a, beta, thr, z, use_isyn, Cout, Lp, Wq, 
 @njit(parallel=True, cache=True)
 def _conv_frames(
     x, kind, ph, pw, Wq, S, Lp, nv, lanes, Ho, Wo,
-    co_ptr, t_ci, t_off, t_w, ci_ptr, e_co, e_off, e_w, bias,
+    co_ptr, t_off, t_w, ci_ptr, e_co, e_off, e_w, bias,
     mode, beta, alpha, thr, reset_zero, pk, pool_max, out,
 ):  # fmt: skip
     """Sparse 2-D convolution of the frames ``x[T, B, Cin, H, W]``, optionally fused with LIF + pooling.
@@ -534,7 +687,7 @@ def _conv_frames_vec(
     Channels-last accumulator ``cur[q, c]`` (``q = yo*Wq + xo`` on the flat plane, ``Cp = nvc``
     vectors of channels): every non-zero input ``v`` at ``(ci, y, x)`` adds ``v * W[:, ci, dy, dx]``
     (a dense vector over output channels, ``wcl[c_wb[e]:]``) at ``q - (dy*Wq + dx)`` for each
-    kernel position ``e`` of ``ci`` that has a non-zero weight (:func:`_axpy`). Work = non-zero
+    kernel position ``e`` of ``ci`` that has a non-zero weight (:func:`_make_scatter`). Work = non-zero
     inputs x kernel positions x ``Cp``, whatever the weight density inside a position: it pays
     for sparse inputs (binary spikes) and few channels. ``mode``/``out`` as :func:`_conv_frames`.
     """
@@ -575,16 +728,19 @@ def _conv_frames_vec(
                         v = xf[src + xx]
                         if v != 0.0:
                             q = base + xx
-                            if nvc == 1:
-                                for e in range(e0, e1):
-                                    o = q - c_off[e]
-                                    if o >= 0 and o < Lq:
-                                        _axpy1(v, wcl, c_wb[e], cur, o * Cp)
+                            if nvc == 1:  # 2 half vectors
+                                _scatter2(v, q, c_off, c_wb, e0, e1, wcl, cur, Lq, Cp)
+                            elif nvc == 2:
+                                _scatter4(v, q, c_off, c_wb, e0, e1, wcl, cur, Lq, Cp)
+                            elif nvc == 3:
+                                _scatter6(v, q, c_off, c_wb, e0, e1, wcl, cur, Lq, Cp)
+                            elif nvc == 4:
+                                _scatter8(v, q, c_off, c_wb, e0, e1, wcl, cur, Lq, Cp)
                             else:
                                 for e in range(e0, e1):
                                     o = q - c_off[e]
                                     if o >= 0 and o < Lq:
-                                        _axpy(nvc, v, wcl, c_wb[e], cur, o * Cp)
+                                        _axpy(2 * nvc, v, wcl, c_wb[e], cur, o * Cp)
             if mode == 0:
                 ob = out[t, b].reshape(Cout * Ho * Wo)
                 for co in range(Cout):
@@ -607,17 +763,11 @@ def _conv_frames_vec(
                         d = (py * Wr + px) * Cp
                         q0 = (2 * py * Wq + 2 * px) * Cp
                         q1 = q0 + Wq * Cp
-                        s00 = spk[q0 : q0 + Cp]
-                        s01 = spk[q0 + Cp : q0 + 2 * Cp]
-                        s10 = spk[q1 : q1 + Cp]
-                        s11 = spk[q1 + Cp : q1 + 2 * Cp]
-                        dd = pooled[d : d + Cp]
-                        if pool_max:
-                            for c in range(Cp):
-                                dd[c] = max(max(s00[c], s01[c]), max(s10[c], s11[c]))
-                        else:
-                            for c in range(Cp):
-                                dd[c] = ((s00[c] + s01[c]) + (s10[c] + s11[c])) * 0.25
+                        for c in range(0, Cp, lanes):
+                            if pool_max:
+                                _pool4_max(spk, q0 + c, q0 + Cp + c, q1 + c, q1 + Cp + c, pooled, d + c)
+                            else:
+                                _pool4_avg(spk, q0 + c, q0 + Cp + c, q1 + c, q1 + Cp + c, pooled, d + c)
             else:
                 for py in range(Hq):
                     for px in range(Wr):
@@ -642,10 +792,10 @@ def _conv_frames_vec(
                         pooled[k] = pooled[k] / div
             ob = out[t, b].reshape(Cout * Hq * Wr)
             HW = Hq * Wr
-            for p in range(HW):
-                src = pooled[p * Cp : p * Cp + Cout]
-                for co in range(Cout):
-                    ob[co * HW + p] = src[co]
+            for co in range(Cout):
+                dst = ob[co * HW : (co + 1) * HW]
+                for p in range(HW):
+                    dst[p] = pooled[p * Cp + co]
 
 
 @njit(parallel=True, cache=True)
@@ -828,7 +978,7 @@ class _SparseBase(nn.Module):
 
 
 class SparseLinear(_SparseBase):
-    """``y = x W^T + b`` over ``x[..., K]`` with kernels ``dense | csr | event`` (module docstring).
+    """``y = x W^T + b`` over ``x[..., K]`` with kernels ``dense | csr | event | event_vec`` (module docstring).
 
     ``spiking=True`` makes the ``"dense"`` kernel :func:`synaptic_linear` (event-driven over
     binary inputs with dense weight columns), the path our spiking layers use by default.
@@ -921,7 +1071,7 @@ class SparseLinear(_SparseBase):
 
 
 class SparseConv2d(_SparseBase):
-    """2-D convolution over ``x[N, C, H, W]`` with kernels ``dense | taps | event``.
+    """2-D convolution over ``x[N, C, H, W]`` with kernels ``dense | taps | event | event_vec``.
 
     Built from an ``nn.Conv2d`` with stride 1, dilation 1, groups 1 and integer zero padding in a
     float32/float64 dtype (anything else only offers ``"dense"``). Kernels of any ``kh x kw``,
@@ -1005,7 +1155,7 @@ class SparseConv2d(_SparseBase):
         bias_cp[: self.out_channels] = b
         g = {
             "Ho": Ho, "Wo": Wo, "Wq": Wq, "Lp": Lp, "S": S, "nv": nv, "lanes": lanes,
-            "co_ptr": co_ptr, "t_ci": ci.astype(np.int64), "t_off": ci.astype(np.int64) * S + off, "t_w": vals,
+            "co_ptr": co_ptr, "t_off": ci.astype(np.int64) * S + off, "t_w": vals,
             "ci_ptr": ci_ptr, "e_co": co[order].astype(np.int64), "e_off": off[order],
             "e_w": np.ascontiguousarray(vals[order]), "bias": np.ascontiguousarray(b),
             "nvc": nvc, "c_ptr": c_ptr, "c_off": (cols[:, 1] * Wq + cols[:, 2]).astype(np.int64),
@@ -1044,7 +1194,7 @@ class SparseConv2d(_SparseBase):
             return out
         _conv_frames(
             x5.numpy(), 0 if kernel == "taps" else 1, self.pad[0], self.pad[1], g["Wq"], g["S"], g["Lp"], g["nv"],
-            g["lanes"], Ho, Wo, g["co_ptr"], g["t_ci"], g["t_off"], g["t_w"], g["ci_ptr"], g["e_co"], g["e_off"],
+            g["lanes"], Ho, Wo, g["co_ptr"], g["t_off"], g["t_w"], g["ci_ptr"], g["e_co"], g["e_off"],
             g["e_w"], g["bias"], mode, *largs, int(pool), pool_mode == "max", out.numpy(),
         )  # fmt: skip
         return out
