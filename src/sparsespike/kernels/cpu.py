@@ -34,12 +34,18 @@ def surrogate_grad(x, code, p0, p1):
         return p1 * (ax < 0.5 * p0)
 
 
-def _py_lif_forward(x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th, s_out, sg_out, r_out):
+def _py_lif_forward(
+    x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th, masked, s_out, sg_out, r_out, m_out, write_m
+):
     """Forward over ``x[T, M]``; writes spikes, surrogate values and (non-detached) reset factors.
 
     Returns the number of active entries ``|V - thr| < b_th`` (Perez-Nieves eq. 7), for activity %,
     and the number of NaN membrane values (bad input or diverged weights).
     ``alpha < 0`` means no synaptic current. ``r_out`` is written only when ``detach`` is False.
+    ``masked``: the surrogate is zero outside the window, ``g = g(d) if |d| < b_th else 0``
+    (Perez-Nieves Def. 2 / eq. 8, the sparse backward's surrogate at dense cost); that ``g`` is
+    also the one in a non-detached reset. ``m_out`` (uint8 ``[T, M]``) gets the active mask when
+    ``write_m`` (pass any uint8 array otherwise).
     The inner loop is branch-free (resets written arithmetically) so that it vectorises.
     """
     T, M = x.shape
@@ -67,12 +73,19 @@ def _py_lif_forward(x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th,
                 d = v - thr
                 s = 1.0 if d > 0.0 else 0.0
                 g = surrogate_grad(d, code, p0, p1)
+                act = abs(d) < b_th
+                if masked and not act:
+                    g = 0.0
                 st[k] = s
                 gt[k] = g
-                cnt += abs(d) < b_th
+                cnt += act
                 nn += v != v
                 u[k] = v - s * (z * v + (1.0 - z) * thr)
                 vbuf[k] = v
+            if write_m:
+                mt = m_out[t, lo:hi]
+                for k in range(n):
+                    mt[k] = abs(vbuf[k] - thr) < b_th
             if not detach:
                 # dU/dV with the reset differentiated: zero (1-S) - V g, subtract 1 - thr g
                 rt = r_out[t, lo:hi]

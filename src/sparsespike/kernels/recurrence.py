@@ -25,6 +25,7 @@ surrogate). Decays and threshold are constants (not learned).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import SpikeInputError
@@ -117,6 +118,9 @@ def backward_torch(gs, G, S, R, p: LIFParams) -> torch.Tensor:
     return gx
 
 
+_NO_MASK = np.zeros((1, 1), dtype=np.uint8)  # m_out of the numba forward when no mask is written
+
+
 class LIFRecurrence(torch.autograd.Function):
     """Spikes ``S[T, M]`` of the LIF recurrence driven by the synaptic input ``X[T, M]``."""
 
@@ -139,9 +143,12 @@ class LIFRecurrence(torch.autograd.Function):
                 p0,
                 p1,
                 b_th,
+                False,
                 S.numpy(),
                 G.numpy(),
                 (R if R is not None else G).numpy(),
+                _NO_MASK,
+                False,
             )
         else:
             with torch.no_grad():

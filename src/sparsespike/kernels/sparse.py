@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from ..neurons import LIFParams, Reset
+from . import cpu
 from . import sparse_cpu as kc
 from .recurrence import _kernel_surrogate, backward_torch, forward_torch
 
@@ -676,7 +677,7 @@ class MaskedLIFRecurrence(torch.autograd.Function):
             G = torch.empty_like(x)
             R = None if p.detach_reset else torch.empty_like(x)
             Mk = torch.empty(x.shape, dtype=torch.uint8) if want_mask else torch.empty(1, 1, dtype=torch.uint8)
-            n_active = kc.lif_forward_masked(
+            n_active, _ = cpu.pick(cpu.lif_forward_par, cpu.lif_forward_ser, x.numel())(
                 x.detach().numpy(),
                 float(p.beta),
                 -1.0 if p.alpha is None else float(p.alpha),
@@ -687,6 +688,7 @@ class MaskedLIFRecurrence(torch.autograd.Function):
                 p0,
                 p1,
                 bth,
+                True,
                 S.numpy(),
                 G.numpy(),
                 (R if R is not None else G).numpy(),
@@ -720,7 +722,7 @@ class MaskedLIFRecurrence(torch.autograd.Function):
         gs = gs.reshape(G.shape).contiguous()
         if ctx.impl == "numba":
             gx = torch.empty_like(gs)
-            kc.lif_backward_dense(
+            cpu.pick(cpu.lif_backward_dense_par, cpu.lif_backward_dense_ser, gs.numel())(
                 gs.numpy(),
                 G.numpy(),
                 (S_saved if S_saved is not None else G).numpy(),

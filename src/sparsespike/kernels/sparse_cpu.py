@@ -18,9 +18,6 @@ the same location):
   the trace rebuilt on the fly from the spike list; blocks of input columns in parallel.
 * :func:`input_grad_active` -- eqs. 11-12: input gradient at the previous layer's active
   entries only, the Prop. 1 recurrence carried backwards in time; batch chunks in parallel.
-* :func:`lif_forward_masked` / :func:`lif_backward_dense` -- dense ``[T, M]`` recurrence with the
-  surrogate masked to the window (every neuron setting), for
-  :func:`sparsespike.kernels.sparse.lif_recurrence_masked`.
 
 Decays between events (Prop. 1: ``delta[t] = beta**n delta[t+n]`` across ``n`` inactive steps)
 cost nothing: the walks keep their accumulator relative to a base step (``x * beta**-(t - tb)``,
@@ -36,8 +33,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-
-from .cpu import surrogate_grad
 
 # no nnan/ninf: b_th may legitimately be +inf ("every neuron active")
 FM = {"contract", "arcp", "reassoc", "nsz"}
@@ -539,105 +534,3 @@ def delta_dense(a_ptr, a_idx, e, beta, out):
     for c in prange(nchunk):
         b0, b1 = _split(B, nchunk, c)
         _delta_dense_part(b0, b1, a_ptr, a_idx, e, beta_, out)
-
-
-# --------------------------------------------------------------------------- masked recurrence
-
-CH = 512
-
-
-@njit(cache=True, fastmath=FM)
-def _lif_forward_masked_part(
-    lo, hi, x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th, s_out, sg_out, r_out, m_out, write_m
-):
-    T = x.shape[0]
-    n = hi - lo
-    u = np.zeros(n, dtype=x.dtype)
-    cur = np.zeros(n, dtype=x.dtype)
-    cnt = 0
-    for t in range(T):
-        for k in range(n):
-            j = lo + k
-            if alpha >= 0.0:
-                cur[k] = alpha * cur[k] + x[t, j]
-                v = beta * u[k] + cur[k]
-            else:
-                v = beta * u[k] + x[t, j]
-            d = v - thr
-            s = 1.0 if d > 0.0 else 0.0
-            act = abs(d) < b_th
-            g = surrogate_grad(d, code, p0, p1) if act else 0.0
-            s_out[t, j] = s
-            sg_out[t, j] = g
-            if write_m:
-                m_out[t, j] = 1 if act else 0
-            cnt += act
-            if reset_zero:
-                u[k] = v * (1.0 - s)
-                if not detach:
-                    r_out[t, j] = (1.0 - s) - v * g
-            else:
-                u[k] = v - thr * s
-                if not detach:
-                    r_out[t, j] = 1.0 - thr * g
-    return cnt
-
-
-@njit(parallel=True, cache=True)
-def lif_forward_masked(
-    x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th, s_out, sg_out, r_out, m_out, write_m
-):
-    """:mod:`sparsespike.kernels.cpu` forward with the surrogate masked to the window.
-
-    ``g = surrogate(V - thr)`` if ``|V - thr| < b_th`` else 0 (Perez-Nieves Def. 2, eq. 8); the
-    masked ``g`` is also the one used in a non-detached reset. ``m_out`` (uint8) gets the active
-    mask when ``write_m``. Returns the number of active entries.
-    """
-    M = x.shape[1]
-    nchunk = (M + CH - 1) // CH
-    counts = np.zeros(nchunk, dtype=np.int64)
-    for c in prange(nchunk):
-        lo = c * CH
-        hi = min(M, lo + CH)
-        counts[c] = _lif_forward_masked_part(
-            lo, hi, x, beta, alpha, thr, reset_zero, detach, code, p0, p1, b_th, s_out, sg_out, r_out, m_out, write_m
-        )
-    return counts.sum()
-
-
-@njit(cache=True, fastmath=FM)
-def _lif_backward_dense_part(lo, hi, gs, sg, s, r, beta, alpha, reset_zero, detach, gx):
-    T = gs.shape[0]
-    n = hi - lo
-    gu = np.zeros(n, dtype=gs.dtype)
-    gi = np.zeros(n, dtype=gs.dtype)
-    for t in range(T - 1, -1, -1):
-        for k in range(n):
-            j = lo + k
-            if detach:
-                rr = (1.0 - s[t, j]) if reset_zero else 1.0
-            else:
-                rr = r[t, j]
-            gv = gs[t, j] * sg[t, j] + gu[k] * rr
-            gu[k] = beta * gv
-            if alpha >= 0.0:
-                gi[k] = gv + alpha * gi[k]
-                gx[t, j] = gi[k]
-            else:
-                gx[t, j] = gv
-
-
-@njit(parallel=True, cache=True)
-def lif_backward_dense(gs, sg, s, r, beta, alpha, reset_zero, detach, gx):
-    """Dense adjoint sweep over ``[T, M]`` (:mod:`sparsespike.kernels.recurrence` equations).
-
-    ``gv[t] = gs[t]*g[t] + beta*r[t]*gv[t+1]``, ``gi[t] = gv[t] + alpha*gi[t+1]``, ``gx = gi``;
-    ``r = 1`` (subtract, detached), ``1 - s`` (zero, detached) or the stored ``r`` otherwise.
-    With the masked ``g`` of :func:`lif_forward_masked` this is the S3GD gradient at dense cost.
-    """
-    M = gs.shape[1]
-    nchunk = (M + CH - 1) // CH
-    for c in prange(nchunk):
-        lo = c * CH
-        hi = min(M, lo + CH)
-        _lif_backward_dense_part(lo, hi, gs, sg, s, r, beta, alpha, reset_zero, detach, gx)
