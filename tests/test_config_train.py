@@ -128,3 +128,13 @@ def test_compare_runs_table(tmp_path) -> None:
     assert row == "| x | sparse | 2 | 90.00 % | 85.00 % | 10.0 | 1,234 | 5.0 | 12 | 2.00 / 3.00 |"
     with pytest.raises(SystemExit, match="no results.json"):
         compare_runs([tmp_path])
+
+
+def test_optional_dependency_error_names_install_command() -> None:
+    from sparsespike.optional import require
+
+    assert require("json", "anything").__name__ == "json"
+    with pytest.raises(ImportError, match=r"NIR export needs the optional package 'no_such_mod_x'.*sparsespike\[nir\]"):
+        require("no_such_mod_x", "NIR export", extra="nir")
+    with pytest.raises(ImportError, match="pip install no_such_mod_x$"):
+        require("no_such_mod_x", "something")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from shd_files import write_shd
 
 from sparsespike.data import SHDDataset, load_cifar10, load_shd, shd_raster, shd_rasters
 from sparsespike.data.cifar import TEST_BATCHES, TRAIN_BATCHES, read_batch
@@ -83,17 +84,6 @@ def test_cifar_restricted_unpickler(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------- SHD
 
 
-def _write_shd(path: Path, samples: list[tuple[list[float], list[int]]], labels: list[int]) -> None:
-    h5py = pytest.importorskip("h5py")
-    with h5py.File(path, "w") as f:
-        vt = h5py.vlen_dtype(np.dtype("float32"))
-        vu = h5py.vlen_dtype(np.dtype("uint16"))
-        times = f.create_dataset("spikes/times", (len(samples),), dtype=vt)
-        units = f.create_dataset("spikes/units", (len(samples),), dtype=vu)
-        for i, (t, u) in enumerate(samples):
-            times[i] = np.asarray(t, np.float32)
-            units[i] = np.asarray(u, np.uint16)
-        f.create_dataset("labels", data=np.asarray(labels, np.uint16))
 
 
 SAMPLES = [([0.0005, 0.0031, 0.0049, 1.2], [0, 699, 5, 3]), ([0.010, 0.010], [7, 7])]
@@ -101,7 +91,7 @@ SAMPLES = [([0.0005, 0.0031, 0.0049, 1.2], [0, 699, 5, 3]), ([0.010, 0.010], [7,
 
 def test_shd_load_and_bin(tmp_path: Path) -> None:
     (tmp_path / "shd").mkdir()
-    _write_shd(tmp_path / "shd" / "shd_test.h5", SAMPLES, [3, 19])
+    write_shd(tmp_path / "shd" / "shd_test.h5", SAMPLES, [3, 19])
     ev, y = load_shd(tmp_path, "test")
     assert y.tolist() == [3, 19] and len(ev) == 2 and ev[0][1].tolist() == [0, 699, 5, 3]
     r = shd_raster(*ev[0])  # bins round(t / 2 ms): 0, 2, 2, (600 dropped)
@@ -120,11 +110,11 @@ def test_shd_gz_and_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError) as e:
         load_shd(tmp_path, "train")
     assert str(d / "shd_train.h5") in str(e.value)
-    _write_shd(tmp_path / "plain.h5", SAMPLES, [1, 2])
+    write_shd(tmp_path / "plain.h5", SAMPLES, [1, 2])
     (d / "shd_train.h5.gz").write_bytes(gzip.compress((tmp_path / "plain.h5").read_bytes()))
     _, y = load_shd(tmp_path, "train")
     assert y.tolist() == [1, 2]
-    _write_shd(d / "shd_test.h5", [([0.1], [700])], [0])
+    write_shd(d / "shd_test.h5", [([0.1], [700])], [0])
     with pytest.raises(DataError, match="channel ids"):
         load_shd(tmp_path, "test")
     (d / "shd_test.h5").write_bytes(b"not hdf5 at all")
@@ -162,8 +152,8 @@ def test_shd_config_trains_on_synthetic_files(tmp_path: Path) -> None:
         return out, labels
 
     (tmp_path / "shd").mkdir()
-    _write_shd(tmp_path / "shd" / "shd_train.h5", *samples(400))
-    _write_shd(tmp_path / "shd" / "shd_test.h5", *samples(100))
+    write_shd(tmp_path / "shd" / "shd_train.h5", *samples(400))
+    write_shd(tmp_path / "shd" / "shd_test.h5", *samples(100))
     run = tmp_path / "run"
     rc = main(["train", "experiments/shd_pn.yaml", "--data-dir", str(tmp_path), "--out", str(run),
                "--quiet", "--set", "train.epochs=3", "--set", "data.encoding.T=100",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from shd_files import write_shd
 
 tonic = pytest.importorskip("tonic", reason="the optional 'tonic' package is not installed")
 
@@ -102,19 +103,6 @@ def test_missing_files_are_an_error_not_a_download(tmp_path):
         TonicRasterDataset("mnist", root=tmp_path)
 
 
-def _write_shd(path: Path, samples, labels) -> None:
-    h5py = pytest.importorskip("h5py")
-    with h5py.File(path, "w") as f:
-        vt = h5py.vlen_dtype(np.dtype("float32"))
-        vu = h5py.vlen_dtype(np.dtype("uint16"))
-        times = f.create_dataset("spikes/times", (len(samples),), dtype=vt)
-        units = f.create_dataset("spikes/units", (len(samples),), dtype=vu)
-        for i, (t, u) in enumerate(samples):
-            times[i] = np.asarray(t, np.float32)
-            units[i] = np.asarray(u, np.uint16)
-        f.create_dataset("labels", data=np.asarray(labels, np.uint16))
-        f.create_dataset("extra/keys", data=np.array([b"k%d" % i for i in range(20)]))
-        f.create_dataset("extra/speaker", data=np.zeros(len(samples), np.uint16))
 
 
 def test_shd_through_tonic_matches_our_loader(tmp_path):
@@ -127,7 +115,7 @@ def test_shd_through_tonic_matches_our_loader(tmp_path):
         samples.append((t, rng.integers(0, 700, 40)))
     folder = tmp_path / "tonic" / "SHD"
     folder.mkdir(parents=True)
-    _write_shd(folder / "shd_test.h5", samples, [3, 0, 19])
+    write_shd(folder / "shd_test.h5", samples, [3, 0, 19], extra=True)
     (folder / "shd_test.h5.zip").write_bytes(b"")  # tonic checks that the archive is present
     ds = TonicRasterDataset("shd", root=tmp_path, split="test", T=50, binning="round")
     assert len(ds) == 3 and ds.input_shape == (700,) == tonic_input_shape("shd")

@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .errors import SparseSpikeError
+from .optional import require
 
 if TYPE_CHECKING:  # torch and the layers are imported where used: `sparsespike --help` stays fast
     import torch
@@ -101,14 +102,7 @@ class ExportError(SparseSpikeError, ValueError):
 
 def require_nir() -> ModuleType:
     """Import :mod:`nir` lazily, with an error that says how to install it."""
-    try:
-        import nir
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "NIR export/import needs the optional package 'nir' (>= 1.0), which is not "
-            "installed: pip install 'sparsespike[nir]'  (or: pip install nir)"
-        ) from e
-    return nir
+    return require("nir", "NIR export/import (nir >= 1.0)", extra="nir")
 
 
 # ------------------------------------------------------------------ parameter mapping

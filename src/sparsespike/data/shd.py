@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..optional import require
 from .events import bin_to_raster, event_bins, flat_raster_index
 from .paths import find_dataset_dir
 
@@ -48,13 +49,7 @@ ShdEvents = tuple[np.ndarray, np.ndarray]
 
 
 def _h5py() -> ModuleType:
-    try:
-        import h5py
-    except ImportError as e:
-        raise ImportError(
-            "reading the SHD HDF5 files needs h5py, which is not installed: pip install h5py"
-        ) from e
-    return h5py
+    return require("h5py", "reading the SHD HDF5 files")
 
 
 def _locate(folder: Path, split: str) -> Path:

@@ -46,6 +46,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..optional import require
 from .events import EVENT_DTYPE, bin_to_raster, event_bins, flat_raster_index
 from .paths import resolve_data_dir
 
@@ -80,15 +81,10 @@ TONIC_OPTION_KEYS = (
 
 def require_tonic() -> ModuleType:
     """Import :mod:`tonic` lazily, with an error that says how to install it."""
-    try:
-        import tonic
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the tonic datasets need the optional package 'tonic' (>= 1.4), which is not "
-            "installed: pip install 'sparsespike[tonic]'  (or: pip install tonic). Our own "
-            "loaders (DATASETS['nmnist'], ['shd']) do not need it."
-        ) from e
-    return tonic
+    return require(
+        "tonic", "the tonic datasets (tonic >= 1.4)", extra="tonic",
+        note=". Our own loaders (DATASETS['nmnist'], ['shd']) do not need it.",
+    )
 
 
 def _spec(name: str) -> TonicSpec:
