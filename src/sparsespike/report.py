@@ -207,6 +207,20 @@ def write_csv(rows: list[dict], path: Path, fields: list[str]) -> Path:
     return path
 
 
+def _mark_chosen(ax, results: dict, split: str, annotate: bool = False) -> None:
+    """The settings chosen for Table 1 (filled star) and Table 2 (open diamond) at ``split``."""
+    for table, marker in (("table1", "*"), ("table2", "D")):
+        for r in results["tables"][table]:
+            if r.get("s0") is None:
+                continue
+            x, y = r[f"{split}_spikes"], 100 * r[f"{split}_acc"]
+            c = COLORS.get(r["method"], "gray")
+            ax.scatter([x], [y], marker=marker, s=140 if marker == "*" else 60,
+                       facecolor="none" if marker == "D" else c, edgecolor=c, linewidths=1.5, zorder=5)
+            if annotate:
+                ax.annotate(f"{r['method']}\nσ0 {r['s0']:g}, {r['epochs']} ep", (x, y), fontsize=6)
+
+
 def plot_accuracy_vs_spikes(results: dict, path: Path) -> Path:
     """Validation accuracy vs validation spike count, every epoch of every run; chosen points marked."""
     import matplotlib
@@ -236,20 +250,7 @@ def plot_accuracy_vs_spikes(results: dict, path: Path) -> Path:
     ref = 100 * results["reference_val_acc"]
     ax.axhline(ref, color="black", lw=0.8, ls="--", label="baseline best val. acc. (Table 1 floor)")
     ax.axhline(ref - 100 * results["tolerance"], color="gray", lw=0.8, ls=":", label="Table 2 floor")
-    for table, marker in (("table1", "*"), ("table2", "D")):
-        for r in results["tables"][table]:
-            if r.get("s0") is None:
-                continue
-            ax.scatter(
-                [r["val_spikes"]],
-                [100 * r["val_acc"]],
-                marker=marker,
-                s=140 if marker == "*" else 60,
-                facecolor="none" if marker == "D" else COLORS.get(r["method"], "gray"),
-                edgecolor=COLORS.get(r["method"], "gray"),
-                linewidths=1.5,
-                zorder=5,
-            )
+    _mark_chosen(ax, results, "val")
     ax.scatter([], [], marker="*", s=140, color="gray", label="chosen, Table 1")
     ax.scatter([], [], marker="D", s=60, facecolor="none", edgecolor="gray", label="chosen, Table 2")
     ax.set_xscale("log")
@@ -261,22 +262,7 @@ def plot_accuracy_vs_spikes(results: dict, path: Path) -> Path:
     ax.legend(fontsize=7, loc="lower right")
 
     ax = axes[1]
-    for table, marker in (("table1", "*"), ("table2", "D")):
-        for r in results["tables"][table]:
-            if r.get("s0") is None:
-                continue
-            ax.scatter(
-                [r["test_spikes"]],
-                [100 * r["test_acc"]],
-                marker=marker,
-                s=140 if marker == "*" else 60,
-                facecolor="none" if marker == "D" else COLORS.get(r["method"], "gray"),
-                edgecolor=COLORS.get(r["method"], "gray"),
-                linewidths=1.5,
-            )
-            ax.annotate(
-                f"{r['method']}\nσ0 {r['s0']:g}, {r['epochs']} ep", (r["test_spikes"], 100 * r["test_acc"]), fontsize=6
-            )
+    _mark_chosen(ax, results, "test", annotate=True)
     ax.set_xscale("log")
     ax.set_xlabel("test spike count (spikes / sample)")
     ax.set_ylabel("test accuracy (%)")
