@@ -51,7 +51,7 @@ from torch import nn
 
 from sparsespike.sparse_inference import kernel_report, sparse_inference_model
 from sparsespike.sparsity.connectivity import count_ops, sparsity_report
-from sparsespike.sparsity.yin_models import build_network, build_yin_network, parse_structure, yin_neuron
+from sparsespike.sparsity.yin_models import build_yin_network, load_yin_model
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("library", "dense", "sparse", "densified")
@@ -83,34 +83,6 @@ def densify(model: nn.Module) -> nn.Module:
         for w in _weights(m):
             w.add_((w == 0).to(w.dtype) * TINY)
     return m
-
-
-def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = ck["config"]
-    mcfg = cfg.get("model", {})
-    ncfg = mcfg.get("neuron", {})
-    neuron = yin_neuron(
-        float(ncfg.get("k_tau", 0.1)),
-        float(ncfg.get("threshold", 0.5)),
-        float(ncfg.get("delta", 1.0)),
-        ncfg.get("surrogate_height"),
-        bool(ncfg.get("detach_reset", False)),
-    )
-    if "layers" in mcfg:
-        shape, layers = tuple(mcfg["input_shape"]), mcfg["layers"]
-    else:
-        shape, layers = parse_structure(mcfg.get("structure") or "28x28-15C5-P2-40C5-P2-300-10")
-    net = build_network(
-        shape,
-        layers,
-        neuron,
-        padding=mcfg.get("padding", "same"),
-        pool=mcfg.get("pool", "avg"),
-        bias=mcfg.get("bias", True),
-    )
-    net.load_state_dict(ck["state_dict"])
-    return net.eval(), cfg
 
 
 def interleaved_times(fns: dict, reps: int) -> dict[str, dict[str, list[float]]]:
@@ -337,7 +309,7 @@ def main(argv=None) -> None:
     densities = [float(d) for d in args.densities.split(",")]
     rows = []
     for ck in args.checkpoint:
-        net, cfg = load_checkpoint(ck)
+        net, cfg = load_yin_model(ck)
         if (cfg.get("connectivity") or {}).get("l0"):
             rows.append(run_case(f"{ck.parent.name} (trained, L0-pruned)", net, x, args.reps, args.tune_reps,
                                  args.threads))  # fmt: skip

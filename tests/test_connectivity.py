@@ -474,3 +474,21 @@ def test_sparse_inference_float32_dense_kernels_identical():
     x = (torch.rand(6, 3, 2, 8, 8) < 0.3).float()
     assert torch.equal(sparse_inference_model(net, kernels="dense")(x), net(x))
     assert torch.equal(sparse_inference_model(net, kernels="dense", fast_recurrence=False)(x), net(x))
+
+
+def test_train_yin_checkpoint_reloads_pruned(data_dir, tmp_path):
+    """train_yin writes model.pt atomically; load_yin_model (weights_only) rebuilds the pruned net."""
+    from sparsespike.sparsity.yin_models import load_config, load_yin_model, train_yin
+
+    cfg = load_config("experiments/yin_mnist_small.yaml")
+    cfg["data"] = {**cfg["data"], "root": str(data_dir), "train_subset": 100, "test_subset": 50}
+    cfg.update(epochs=1, eval_every=1, out_dir=str(tmp_path))
+    train_yin(cfg)
+    assert not list(tmp_path.glob("*.tmp"))
+    model, saved = load_yin_model(tmp_path / "model.pt")
+    assert saved["connectivity"]["l0"] and not gated_weights(model)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    x = (torch.rand(12, 2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    assert model(x).shape == (2, 10)

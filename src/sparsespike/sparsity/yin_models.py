@@ -54,6 +54,7 @@ from ..errors import ConfigError
 from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
 from ..neurons import LIFParams
 from ..surrogate import Rectangle, make_surrogate
+from ..train import atomic_save
 from .connectivity import (
     add_l0_gates,
     constrain_gates,
@@ -333,28 +334,13 @@ def evaluate(model: nn.Module, x, y, encode, T: int, batch_size: int = 200, seed
     return 100.0 * correct / max(1, len(y))
 
 
-def train_yin(config: dict) -> dict:
-    """Train a Yin et al. spiking CNN, dense or with L0 gates, from a config dict (the YAML shape).
+def network_from_config(cfg: dict) -> tuple[nn.Module, int]:
+    """The spiking network of a Yin config (``model`` and ``encoding`` sections) and its ``T``.
 
-    Keys (all optional except ``model``): ``seed``, ``threads``, ``model`` (``name`` of a Table 2
-    network and/or ``layers``/``input_shape``, ``neuron``: ``k_tau``, ``threshold``, ``delta``,
-    ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
-    (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
-    (``T``), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
-    ``init_std``, ``constrain``), ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``,
-    ``batch_size``, ``weight_decay``),
-    ``epochs``, ``eval_every``, ``out_dir``.
-
-    Returns a dict with the per-epoch history, final test accuracy (gated model in eval mode and
-    after :func:`prune`, which must agree), :func:`sparsity_report`, :func:`count_ops` before
-    (``ops_dense``) and after pruning, wall time. With ``out_dir`` writes ``run.json``,
-    ``metrics.jsonl`` and the pruned ``model.pt`` there.
+    Neuron constants default to the dataset's Table 1 row (``model.name``); ``model.layers`` (with
+    ``input_shape``) or ``model.structure`` (their notation, e.g. ``28x28-15C5-P2-40C5-P2-300-10``).
+    No L0 gates: :func:`train_yin` adds them when ``connectivity.l0`` is set.
     """
-    cfg = dict(config)
-    seed = int(cfg.get("seed", 0))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    torch.manual_seed(seed)
     mcfg = dict(cfg.get("model", {}))
     name = mcfg.get("name", "mnist")
     t1 = YIN_TABLE1.get(name, {})
@@ -385,6 +371,40 @@ def train_yin(config: dict) -> dict:
         init=mcfg.get("init", "stbp"),
         init_gain=float(mcfg.get("init_gain", 1.0)),
     )
+    return model, T
+
+
+def load_yin_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """``(model in eval mode, config)`` from a ``model.pt`` written by :func:`train_yin` (pruned weights)."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model, _ = network_from_config(ck["config"])
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), ck["config"]
+
+
+def train_yin(config: dict) -> dict:
+    """Train a Yin et al. spiking CNN, dense or with L0 gates, from a config dict (the YAML shape).
+
+    Keys (all optional except ``model``): ``seed``, ``threads``, ``model`` (``name`` of a Table 2
+    network and/or ``layers``/``input_shape``, ``neuron``: ``k_tau``, ``threshold``, ``delta``,
+    ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
+    (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
+    (``T``), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
+    ``init_std``, ``constrain``), ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``,
+    ``batch_size``, ``weight_decay``),
+    ``epochs``, ``eval_every``, ``out_dir``.
+
+    Returns a dict with the per-epoch history, final test accuracy (gated model in eval mode and
+    after :func:`prune`, which must agree), :func:`sparsity_report`, :func:`count_ops` before
+    (``ops_dense``) and after pruning, wall time. With ``out_dir`` writes ``run.json``,
+    ``metrics.jsonl`` and the pruned ``model.pt`` there.
+    """
+    cfg = dict(config)
+    seed = int(cfg.get("seed", 0))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(seed)
+    model, T = network_from_config(cfg)
     ccfg = cfg.get("connectivity", {}) or {}
     use_l0 = bool(ccfg.get("l0", False))
     if use_l0:
@@ -494,7 +514,7 @@ def train_yin(config: dict) -> dict:
                 indent=1,
             )
         )
-        torch.save({"state_dict": model.state_dict(), "config": cfg}, out_dir / "model.pt")
+        atomic_save({"state_dict": model.state_dict(), "config": cfg}, out_dir / "model.pt")
     return res
 
 
