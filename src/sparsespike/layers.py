@@ -259,15 +259,7 @@ class LeakyReadout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_time_major(x, 3, (self.in_features,), type(self).__name__)
-        current = synaptic_linear(x, self.weight, self.bias)
-        v = leaky_integrate(current, self.beta)
-        if self.mode == "max":
-            return v.max(0).values
-        if self.mode == "mean":
-            return v.mean(0)
-        if self.mode == "sum":
-            return v.sum(0)
-        return v[-1]
+        return reduce_over_time(leaky_integrate(synaptic_linear(x, self.weight, self.bias), self.beta), self.mode)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, beta={self.beta}, mode={self.mode!r}"
@@ -303,6 +295,17 @@ def leaky_integrate(current: torch.Tensor, beta: float) -> torch.Tensor:
     backward allocate a full-size gradient per step: O(T^2) memory traffic).
     """
     return _LeakyIntegrate.apply(current, float(beta))
+
+
+def reduce_over_time(v: torch.Tensor, mode: str) -> torch.Tensor:
+    """Readout logits from the membrane ``v[T, B, C]``: max, mean or sum over time, or the last step."""
+    if mode == "max":
+        return v.max(0).values
+    if mode == "mean":
+        return v.mean(0)
+    if mode == "sum":
+        return v.sum(0)
+    return v[-1]
 
 
 class SpikeCountReadout(nn.Module):

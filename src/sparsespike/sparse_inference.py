@@ -94,7 +94,15 @@ from torch import nn
 from .errors import SpikeInputError
 from .kernels import lif_recurrence
 from .kernels.synapse import synaptic_linear
-from .layers import LeakyReadout, SeqPool2d, SpikingConv2d, SpikingLinear, check_time_major, leaky_integrate
+from .layers import (
+    LeakyReadout,
+    SeqPool2d,
+    SpikingConv2d,
+    SpikingLinear,
+    check_time_major,
+    leaky_integrate,
+    reduce_over_time,
+)
 
 # ------------------------------------------------------------------------------------------------
 # register-tile FMA (LLVM IR through a numba intrinsic)
@@ -1307,14 +1315,7 @@ class SparseLeakyReadout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_time_major(x, 3, (self.in_features,), type(self).__name__)
         with torch.no_grad():
-            v = leaky_integrate(self.syn(x), self.beta)
-        if self.mode == "max":
-            return v.max(0).values
-        if self.mode == "mean":
-            return v.mean(0)
-        if self.mode == "sum":
-            return v.sum(0)
-        return v[-1]
+            return reduce_over_time(leaky_integrate(self.syn(x), self.beta), self.mode)
 
 
 # ------------------------------------------------------------------------------------------------
