@@ -329,14 +329,7 @@ def _epoch_trainer_cls():
                 "best_epoch": best["epoch"],
                 "train_time_s": train_time,
             }
-            (self.out / "results.json").write_text(json.dumps(res, indent=2))
-            try:
-                from .plots import plot_curves
-
-                res["curves"] = str(plot_curves(self.history, self.out / "curves.png", self.cfg.name))
-            except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
-                res["curves_error"] = str(e)
-            return res
+            return self._write_results(res)
 
     _EPOCH_TRAINER = EpochTrainer
     return EpochTrainer
@@ -1112,20 +1105,11 @@ def cmd_sweep(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import SparseSpikeError
+    """``python -m sparsespike.sweep ...`` is ``sparsespike sweep ...``."""
+    from .cli import main as cli_main
 
-    p = argparse.ArgumentParser(prog="python -m sparsespike.sweep")
-    sub = p.add_subparsers(dest="cmd")
-    add_sweep_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "sweep":
-        argv = ["sweep", *argv]
-    args = p.parse_args(argv)
-    try:
-        return args.func(args)
-    except SparseSpikeError as e:
-        print(f"sparsespike sweep: error: {e}", file=sys.stderr)
-        return 2
+    return cli_main(argv if argv and argv[0] == "sweep" else ["sweep", *argv])
 
 
 if __name__ == "__main__":

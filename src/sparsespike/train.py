@@ -546,6 +546,10 @@ class Trainer:
             res["metrics"] = final["metrics"]
         if self.rank != 0:
             return res
+        return self._write_results(res)
+
+    def _write_results(self, res: dict) -> dict:
+        """``results.json`` and the training curves (``curves.png``) of a finished run."""
         (self.out / "results.json").write_text(json.dumps(res, indent=2))
         try:
             from .plots import plot_curves
