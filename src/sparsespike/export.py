@@ -364,16 +364,20 @@ def export_nir(
         edges.append((prev[0], name))
         prev[0] = name
 
+    def add_fc(i: int, m: Any, shape: tuple, where: str) -> tuple[int]:
+        """Flatten (when the input is not already flat), then the affine map of a linear layer."""
+        if shape != (m.in_features,):
+            if _prod(shape) != m.in_features:
+                raise ExportError(f"{where}: expects {m.in_features} inputs, gets shape {shape}")
+            add(f"flat{i}", nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
+        add(f"fc{i}", _affine(nir, m.weight, m.bias, always_affine))
+        return (m.out_features,)
+
     last = len(mods) - 1
     for i, m in enumerate(mods):
         where = f"layer {i} ({type(m).__name__})"
         if isinstance(m, SpikingLinear):
-            if shape != (m.in_features,):
-                if _prod(shape) != m.in_features:
-                    raise ExportError(f"{where}: expects {m.in_features} inputs, gets shape {shape}")
-                add(f"flat{i}", nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
-            add(f"fc{i}", _affine(nir, m.weight, m.bias, always_affine))
-            shape = (m.out_features,)
+            shape = add_fc(i, m, shape, where)
             add(f"lif{i}", _neuron_node(nir, m.neuron, "SpikingLinear", shape, dt, mapping, lif_as_cubalif))
             if m.neuron.reset is Reset.SUBTRACT:
                 subtract_layers.append(f"lif{i}")
@@ -414,12 +418,7 @@ def export_nir(
         elif isinstance(m, LeakyReadout):
             if i != last and not (i == last - 1 and isinstance(mods[last], SpikeCountReadout)):
                 raise ExportError(f"{where}: a LeakyReadout reduces over time and must be the last layer")
-            if shape != (m.in_features,):
-                if _prod(shape) != m.in_features:
-                    raise ExportError(f"{where}: expects {m.in_features} inputs, gets shape {shape}")
-                add(f"flat{i}", nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
-            add(f"fc{i}", _affine(nir, m.weight, m.bias, always_affine))
-            shape = (m.out_features,)
+            shape = add_fc(i, m, shape, where)
             kind, kw = readout_to_nir(m.beta, shape, dt, mapping)
             md = {"sparsespike_module": "LeakyReadout", "beta": float(m.beta), "mode": m.mode,
                   "dt": float(dt), "mapping": mapping}  # fmt: skip
