@@ -138,3 +138,19 @@ def test_optional_dependency_error_names_install_command() -> None:
         require("no_such_mod_x", "NIR export", extra="nir")
     with pytest.raises(ImportError, match="pip install no_such_mod_x$"):
         require("no_such_mod_x", "something")
+
+
+def test_evaluate_reloads_a_run(tmp_path, capsys) -> None:
+    """`sparsespike evaluate RUN` rebuilds the run from run.json + best.pt and reproduces its test accuracy."""
+    import json
+
+    from sparsespike.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "experiments/demo_yinyang.yaml", "--out", str(run), "--quiet", "--set", "train.epochs=2",
+                 "--set", "data.train_subset=300"]) == 0
+    assert main(["evaluate", str(run)]) == 0
+    ev = json.loads((run / "evaluate_best.json").read_text())
+    assert ev["test_acc"] == json.loads((run / "results.json").read_text())["test_acc"]
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "no run.json" in capsys.readouterr().err

@@ -119,18 +119,11 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Test accuracy and metrics of a run's best (or last) checkpoint, e.g. of an interrupted run."""
-    from .config import ExperimentConfig, from_dict
-    from .train import Trainer, load_checkpoint
+    from .train import load_run
 
     run = Path(args.run)
-    info_p = run / "run.json"
-    if not info_p.exists():
-        raise SystemExit(f"no run.json in {run}")
-    cfg = from_dict(ExperimentConfig, json.loads(info_p.read_text())["config"])
-    tr = Trainer(cfg, run, args.data_dir, progress=False)
-    ck = run / ("last.pt" if args.last else "best.pt")
-    state = load_checkpoint(ck)
-    tr.model.load_state_dict(state["model"])
+    tr, state, ck = load_run(run, args.data_dir, args.last)
+    cfg = tr.cfg
     res = tr.evaluate(tr.data.test, metrics=True)
     epochs = len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else None
     out = {"name": cfg.name, "seed": cfg.seed, "checkpoint": ck.name, "checkpoint_epoch": state.get("epoch"),

@@ -158,6 +158,23 @@ def load_checkpoint(path: Path) -> dict:
         raise DataError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
 
 
+def load_run(run: str | Path, data_dir: str | Path | None = None, last: bool = False) -> tuple[Trainer, dict, Path]:
+    """A finished (or interrupted) run: its Trainer with the checkpoint's weights, the checkpoint
+    dict and its path (``best.pt``, or ``last.pt`` with ``last``). Reads ``RUN/run.json``."""
+    from .config import ExperimentConfig, from_dict
+
+    run = Path(run)
+    info_p = run / "run.json"
+    if not info_p.exists():
+        raise ConfigError(f"no run.json in {run}: not a run directory")
+    cfg = from_dict(ExperimentConfig, json.loads(info_p.read_text())["config"])
+    tr = Trainer(cfg, run, data_dir, progress=False)
+    ck = run / ("last.pt" if last else "best.pt")
+    state = load_checkpoint(ck)
+    tr.model.load_state_dict(state["model"])
+    return tr, state, ck
+
+
 def _git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent

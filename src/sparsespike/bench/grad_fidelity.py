@@ -85,9 +85,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..config import ExperimentConfig, from_dict
     from ..pipeline import batches
-    from ..train import Trainer, load_checkpoint, task_loss
+    from ..train import load_run, task_loss
 
     ap = argparse.ArgumentParser(prog="sparsespike bench grad-cosine", description=__doc__)
     ap.add_argument("run", help="run directory with run.json and best.pt")
@@ -97,12 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--last", action="store_true", help="use last.pt")
     a = ap.parse_args(argv)
     run = Path(a.run)
-    if not (run / "run.json").exists():
-        raise SystemExit(f"no run.json in {run}")
-    cfg = from_dict(ExperimentConfig, json.loads((run / "run.json").read_text())["config"])
-    tr = Trainer(cfg, run, a.data_dir, progress=False)
-    ck = run / ("last.pt" if a.last else "best.pt")
-    tr.model.load_state_dict(load_checkpoint(ck)["model"])
+    tr, _, ck = load_run(run, a.data_dir, a.last)
+    cfg = tr.cfg
     gen = torch.Generator().manual_seed(0)
     data = []
     for i, (xb, yb) in enumerate(batches(tr.data.test, cfg.data.batch_size)):
