@@ -173,7 +173,6 @@ class MetricsRecorder:
         self.samples = 0
         self.records: dict[str, LayerRecord] = {}
         self._handles = []
-        self._fanout_cache: dict = {}
         if spiking is None:
             spiking = lambda m: getattr(m, "emits_spikes", False)  # noqa: E731
         self.extract = extract

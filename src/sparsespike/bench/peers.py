@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .timing import peak_memory
+from .memory import peak_memory
 
 T, B, N_IN, N_H, N_OUT, RATE, BETA, ALPHA = 100, 64, 700, 256, 20, 0.02, 0.95, 0.8
 

@@ -793,11 +793,6 @@ def lif_recurrence_masked(
     return S
 
 
-def saved_state_bytes(stats: dict) -> int:
-    """Bytes of what the last forward kept for the backward (``stats['saved_bytes']``)."""
-    return int(stats.get("saved_bytes", 0))
-
-
 __all__ = [
     "ActiveSet",
     "MaskGradToActive",

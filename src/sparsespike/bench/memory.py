@@ -1,6 +1,7 @@
-"""Timing and CPU memory measurement shared by the benchmarks.
+"""Peak-memory measurement shared by the benchmarks (times are taken by each benchmark,
+interleaving the methods it compares).
 
-Times: median of repeated runs after warm-up (``time.perf_counter``). Memory on CPU: the peak
+Memory on CPU: the peak
 resident set size above the level before the measured call, sampled every 0.5 ms from
 ``/proc/self/statm`` by a background thread after returning freed heap to the OS
 (``malloc_trim``). Large tensors are ``mmap``-ed by glibc and unmapped on free, so the sampled
@@ -12,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -68,19 +68,3 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
         th.join()
     peak[0] = max(peak[0], rss_bytes())
     return max(0, peak[0] - base)
-
-
-def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 2, sync=None) -> float:
-    """Median wall time in seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
