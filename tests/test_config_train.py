@@ -15,12 +15,23 @@ from sparsespike.train import Trainer, load_checkpoint
 SMALL = {
     "name": "tiny",
     "seed": 3,
-    "data": {"dataset": "yinyang", "encoding": {"name": "latency", "T": 12, "bias_spike": True},
-             "batch_size": 50, "train_subset": 400, "test_subset": 200},
-    "model": {"neuron": {"beta": 0.9}, "weight_scale": 4.0,
-              "layers": [{"type": "linear", "out": 16}, {"type": "readout", "out": 3}]},
-    "train": {"epochs": 3, "optimizer": {"name": "adam", "lr": 0.01},
-              "lr_schedule": {"name": "exponential", "gamma": 0.9}},
+    "data": {
+        "dataset": "yinyang",
+        "encoding": {"name": "latency", "T": 12, "bias_spike": True},
+        "batch_size": 50,
+        "train_subset": 400,
+        "test_subset": 200,
+    },
+    "model": {
+        "neuron": {"beta": 0.9},
+        "weight_scale": 4.0,
+        "layers": [{"type": "linear", "out": 16}, {"type": "readout", "out": 3}],
+    },
+    "train": {
+        "epochs": 3,
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "lr_schedule": {"name": "exponential", "gamma": 0.9},
+    },
 }
 
 
@@ -117,13 +128,25 @@ def test_compare_runs_table(tmp_path) -> None:
 
     run = tmp_path / "r"
     run.mkdir()
-    (run / "results.json").write_text(json.dumps({
-        "name": "x", "epochs": 2, "test_acc": 0.9, "test_acc_last": 0.85, "train_time_s": 12.0,
-        "metrics": {"spike_count": 10.0, "synops": 1234.0}}))
+    (run / "results.json").write_text(
+        json.dumps(
+            {
+                "name": "x",
+                "epochs": 2,
+                "test_acc": 0.9,
+                "test_acc_last": 0.85,
+                "train_time_s": 12.0,
+                "metrics": {"spike_count": 10.0, "synops": 1234.0},
+            }
+        )
+    )
     (run / "run.json").write_text(json.dumps({"config": {"model": {"backward": "sparse"}}}))
     (run / "metrics.jsonl").write_text(
-        json.dumps({"epoch_time_s": 4.0, "activity_pct": {"0": 1.0, "1": 2.0}}) + "\n"
-        + json.dumps({"epoch_time_s": 6.0, "activity_pct": {"0": 3.0, "1": 4.0}}) + "\n")
+        json.dumps({"epoch_time_s": 4.0, "activity_pct": {"0": 1.0, "1": 2.0}})
+        + "\n"
+        + json.dumps({"epoch_time_s": 6.0, "activity_pct": {"0": 3.0, "1": 4.0}})
+        + "\n"
+    )
     row = compare_runs([run]).splitlines()[2]
     assert row == "| x | sparse | 2 | 90.00 % | 85.00 % | 10.0 | 1,234 | 5.0 | 12 | 2.00 / 3.00 |"
     with pytest.raises(SystemExit, match="no results.json"):
@@ -147,8 +170,22 @@ def test_evaluate_reloads_a_run(tmp_path, capsys) -> None:
     from sparsespike.cli import main
 
     run = tmp_path / "run"
-    assert main(["train", "experiments/demo_yinyang.yaml", "--out", str(run), "--quiet", "--set", "train.epochs=2",
-                 "--set", "data.train_subset=300"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "experiments/demo_yinyang.yaml",
+                "--out",
+                str(run),
+                "--quiet",
+                "--set",
+                "train.epochs=2",
+                "--set",
+                "data.train_subset=300",
+            ]
+        )
+        == 0
+    )
     assert main(["evaluate", str(run)]) == 0
     ev = json.loads((run / "evaluate_best.json").read_text())
     assert ev["test_acc"] == json.loads((run / "results.json").read_text())["test_acc"]

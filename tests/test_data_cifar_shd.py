@@ -84,8 +84,6 @@ def test_cifar_restricted_unpickler(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------- SHD
 
 
-
-
 SAMPLES = [([0.0005, 0.0031, 0.0049, 1.2], [0, 699, 5, 3]), ([0.010, 0.010], [7, 7])]
 
 
@@ -155,9 +153,25 @@ def test_shd_config_trains_on_synthetic_files(tmp_path: Path) -> None:
     write_shd(tmp_path / "shd" / "shd_train.h5", *samples(400))
     write_shd(tmp_path / "shd" / "shd_test.h5", *samples(100))
     run = tmp_path / "run"
-    rc = main(["train", "experiments/shd_pn.yaml", "--data-dir", str(tmp_path), "--out", str(run),
-               "--quiet", "--set", "train.epochs=3", "--set", "data.encoding.T=100",
-               "--set", "data.batch_size=32", "--set", "train.measure_every=0"])
+    rc = main(
+        [
+            "train",
+            "experiments/shd_pn.yaml",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(run),
+            "--quiet",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "data.encoding.T=100",
+            "--set",
+            "data.batch_size=32",
+            "--set",
+            "train.measure_every=0",
+        ]
+    )
     assert rc == 0
     res = json.loads((run / "results.json").read_text())
     assert res["test_acc_last"] > 0.3

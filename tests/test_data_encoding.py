@@ -116,3 +116,32 @@ def test_invalid_arguments() -> None:
         rate_raster(x, 0)
     with pytest.raises(SpikeInputError):
         latency_raster(x, T=0)
+
+
+def test_raster_carries_its_spike_list():
+    """The one-spike-per-input raster attaches the spike list a sparse first layer would scan
+    for (same pointers and indices), and that layer gives the same spikes and gradients with it."""
+    from sparsespike.kernels.sparse import get_meta, spike_list
+    from sparsespike.layers import SpikingLinear
+    from sparsespike.neurons import LIFParams
+
+    g = torch.Generator().manual_seed(1)
+    imgs = (torch.rand(9, 60, generator=g) * 255).to(torch.uint8)
+    imgs[3] = 0  # a sample without spikes
+    x = firing_time_raster(imgs, T=40)
+    meta = get_meta(x)
+    assert meta is not None and meta.active is None
+    ref = spike_list(x.clone())  # a copy carries no list: scanned
+    assert torch.equal(meta.spikes.ptr, ref.ptr) and torch.equal(meta.spikes.idx, ref.idx)
+    assert int(meta.spikes.ptr[4] - meta.spikes.ptr[3]) == 0
+    lay = SpikingLinear(60, 12, LIFParams(beta=0.9), backward="sparse", b_th=0.3)
+    with torch.no_grad():
+        lay.weight.mul_(4)
+    outs = []
+    for inp in (x, x.clone()):
+        s = lay(inp)
+        (gw,) = torch.autograd.grad((s * torch.arange(12.0)).sum(), lay.weight)
+        outs.append((s, gw))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.allclose(outs[0][1], outs[1][1])
+    x.add_(0)  # an in-place change invalidates the attached list
+    assert get_meta(x) is None

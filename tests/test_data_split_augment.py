@@ -93,10 +93,12 @@ def test_config_augment_wired_into_training_batches() -> None:
     b = aug(img, torch.Generator().manual_seed(0))
     assert a.dtype == torch.uint8 and a.shape == img.shape
     assert torch.equal(a, b) and not torch.equal(a, img)
-    for spec, ds, msg in [({"name": "mixup"}, "mnist", "unknown data.augment name"),
-                          ({"max_shift": 0.1}, "yinyang", "image datasets"),
-                          ({"shift": 0.1}, "mnist", "unknown data.augment keys"),
-                          ({"max_shift": 1.5}, "mnist", "max_shift")]:
+    for spec, ds, msg in [
+        ({"name": "mixup"}, "mnist", "unknown data.augment name"),
+        ({"max_shift": 0.1}, "yinyang", "image datasets"),
+        ({"shift": 0.1}, "mnist", "unknown data.augment keys"),
+        ({"max_shift": 1.5}, "mnist", "max_shift"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             make_augment(spec, ds)
 
@@ -120,12 +122,18 @@ def test_trainer_applies_augment(tmp_path) -> None:
             seen.append(len(xb))
             return xb
 
-        return pipeline.DataBundle(Split(x[:30], y[:30]), Split(x[30:], y[30:]), Split(x[30:], y[30:]),
-                                   (1, 28, 28), 10, T, enc, "fake", aug)
+        return pipeline.DataBundle(
+            Split(x[:30], y[:30]), Split(x[30:], y[30:]), Split(x[30:], y[30:]), (1, 28, 28), 10, T, enc, "fake", aug
+        )
 
-    cfg = from_dict(ExperimentConfig, {"name": "aug", "data": {"batch_size": 10},
-                                       "model": {"layers": [{"type": "flatten"}, {"type": "linear", "out": 8},
-                                                            {"type": "readout", "out": 10}]},
-                                       "train": {"epochs": 1}})
+    cfg = from_dict(
+        ExperimentConfig,
+        {
+            "name": "aug",
+            "data": {"batch_size": 10},
+            "model": {"layers": [{"type": "flatten"}, {"type": "linear", "out": 8}, {"type": "readout", "out": 10}]},
+            "train": {"epochs": 1},
+        },
+    )
     Trainer(cfg, tmp_path, None, progress=False, data=fake_data()).fit()
     assert seen == [10, 10, 10]

@@ -14,9 +14,7 @@ def test_first_train_point_matches_publication() -> None:
     x, y = load_yinyang("train")
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert x.shape == (5000, 4) and y.shape == (5000,)
-    np.testing.assert_allclose(
-        x[0].numpy(), [0.68030754, 0.45049925, 1 - 0.68030754, 1 - 0.45049925], atol=1e-7
-    )
+    np.testing.assert_allclose(x[0].numpy(), [0.68030754, 0.45049925, 1 - 0.68030754, 1 - 0.45049925], atol=1e-7)
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,18 @@ CFG = {
     "name": "ddp",
     "seed": 5,
     # 225 samples in batches of 50: the last batch (25) splits unevenly, 12 / 13
-    "data": {"dataset": "yinyang", "encoding": {"name": "rate", "T": 8}, "batch_size": 50,
-             "train_subset": 225, "test_subset": 100},
-    "model": {"neuron": {"beta": 0.9}, "weight_scale": 4.0,
-              "layers": [{"type": "linear", "out": 12}, {"type": "readout", "out": 3}]},
+    "data": {
+        "dataset": "yinyang",
+        "encoding": {"name": "rate", "T": 8},
+        "batch_size": 50,
+        "train_subset": 225,
+        "test_subset": 100,
+    },
+    "model": {
+        "neuron": {"beta": 0.9},
+        "weight_scale": 4.0,
+        "layers": [{"type": "linear", "out": 12}, {"type": "readout", "out": 3}],
+    },
     "train": {"epochs": 2, "optimizer": {"name": "adam", "lr": 0.01}},
 }
 

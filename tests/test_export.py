@@ -66,10 +66,7 @@ def spike_input(shape, T=16, B=3, p=0.3, seed=1) -> torch.Tensor:
 
 def run_recording(net: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     rec: dict[int, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, a, o, i=i: rec.__setitem__(i, o.detach()))
-        for i, m in enumerate(net)
-    ]
+    hooks = [m.register_forward_hook(lambda mod, a, o, i=i: rec.__setitem__(i, o.detach())) for i, m in enumerate(net)]
     with torch.no_grad():
         y = net(x)
     for h in hooks:

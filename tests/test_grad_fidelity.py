@@ -59,8 +59,23 @@ def test_trained_fmnist_network_keeps_cosine_095(data_dir, tmp_path):
     from sparsespike.cli import main
 
     cfg = "experiments/fmnist_pn.yaml"
-    rc = main(["train", cfg, "--data-dir", str(data_dir), "--out", str(tmp_path), "--quiet",
-               "--set", "train.epochs=1", "--set", "data.train_subset=6000", "--set", "data.test_subset=1000"])
+    rc = main(
+        [
+            "train",
+            cfg,
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "data.train_subset=6000",
+            "--set",
+            "data.test_subset=1000",
+        ]
+    )
     assert rc == 0
     assert main(["bench", "grad-cosine", str(tmp_path), "--data-dir", str(data_dir), "--batches", "3"]) == 0
     res = json.loads((tmp_path / "grad_cosine.json").read_text())["params"]

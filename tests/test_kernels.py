@@ -13,7 +13,12 @@ from sparsespike.neurons import LIFParams, lif_sequence_loop
 from sparsespike.surrogate import FastSigmoid, Rectangle, Triangle
 
 SURROGATES = [
-    FastSigmoid(10.0), FastSigmoid(100.0), Triangle(1.0), Triangle(0.5, 2.0), Rectangle(1.0), Rectangle(0.5, 1.0)
+    FastSigmoid(10.0),
+    FastSigmoid(100.0),
+    Triangle(1.0),
+    Triangle(0.5, 2.0),
+    Rectangle(1.0),
+    Rectangle(0.5, 1.0),
 ]
 
 

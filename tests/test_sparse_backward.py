@@ -641,3 +641,48 @@ def test_importable_without_triton(monkeypatch):
     finally:
         monkeypatch.undo()
         importlib.reload(tg)
+
+
+@pytest.mark.parametrize("mode,classes", [("max", 10), ("sum", 3)])
+@pytest.mark.parametrize("b_th", [0.3, HUGE])
+def test_readout_hands_compact_gradient(mode, classes, b_th):
+    """A readout behind a sparse layer computes dL/dS only at the layer's active entries (COO on
+    the active set's own indices, read by the layer without a copy); every parameter gradient
+    equals the one through the readout's dense input gradient (the same spikes, meta stripped)."""
+    from sparsespike.kernels.synapse import EventLinearActive
+    from sparsespike.layers import LeakyReadout, SpikingLinear
+
+    torch.manual_seed(3)
+    x = (torch.rand(30, 6, 40) < 0.15).to(DT)
+    p = LIFParams(beta=0.9, surrogate=FastSigmoid(5.0))
+    l1 = SpikingLinear(40, 32, p, backward="sparse", b_th=b_th).to(DT)
+    ro = LeakyReadout(32, classes, beta=0.9, mode=mode).to(DT)
+    with torch.no_grad():
+        l1.weight.mul_(3.0)
+    y = torch.randint(0, classes, (6,))
+    seen = []
+    orig = EventLinearActive.backward
+
+    def spy(ctx, g):
+        out = orig(ctx, g)
+        seen.append(out[0])
+        return out
+
+    EventLinearActive.backward = staticmethod(spy)
+    try:
+        s = l1(x)
+        assert active_set(s) is not None and s.sum() > 0
+        compact = torch.autograd.grad(torch.nn.functional.cross_entropy(ro(s), y), [l1.weight, ro.weight])
+    finally:
+        EventLinearActive.backward = staticmethod(orig)
+    assert len(seen) == 1 and seen[0].is_sparse
+    assert seen[0]._indices().data_ptr() == active_set(s).coo_indices().data_ptr()
+    s2 = l1(x)
+    dense = torch.autograd.grad(torch.nn.functional.cross_entropy(ro(s2.clone()), y), [l1.weight, ro.weight])
+    for a, r in zip(compact, dense, strict=True):
+        close(a, r)
+    # the compact values are the dense input gradient at the active entries
+    s3 = l1(x).detach().requires_grad_()
+    gd = torch.autograd.grad(torch.nn.functional.cross_entropy(ro(s3), y), s3)[0]
+    act = active_set(s)
+    close(seen[0]._values(), act.gather(gd))

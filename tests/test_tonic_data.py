@@ -103,8 +103,6 @@ def test_missing_files_are_an_error_not_a_download(tmp_path):
         TonicRasterDataset("mnist", root=tmp_path)
 
 
-
-
 def test_shd_through_tonic_matches_our_loader(tmp_path):
     from sparsespike.data.shd import read_shd_file, shd_raster
 

@@ -126,12 +126,21 @@ def cmd_evaluate(args) -> int:
     cfg = tr.cfg
     res = tr.evaluate(tr.data.test, metrics=True)
     epochs = len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else None
-    out = {"name": cfg.name, "seed": cfg.seed, "checkpoint": ck.name, "checkpoint_epoch": state.get("epoch"),
-           "epochs_logged": epochs, "test_acc": res["acc"], "metrics": res["metrics"]}
+    out = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "checkpoint": ck.name,
+        "checkpoint_epoch": state.get("epoch"),
+        "epochs_logged": epochs,
+        "test_acc": res["acc"],
+        "metrics": res["metrics"],
+    }
     (run / f"evaluate_{ck.stem}.json").write_text(json.dumps(out, indent=2))
     m = res["metrics"]
-    print(f"[{cfg.name}] {ck.name} (epoch {state.get('epoch')}, {epochs} epochs logged): test accuracy "
-          f"{100 * res['acc']:.2f} % | spikes/sample {m['spike_count']:.1f} | SynOps {m['synops']:.4g}")
+    print(
+        f"[{cfg.name}] {ck.name} (epoch {state.get('epoch')}, {epochs} epochs logged): test accuracy "
+        f"{100 * res['acc']:.2f} % | spikes/sample {m['spike_count']:.1f} | SynOps {m['synops']:.4g}"
+    )
     return 0
 
 
@@ -152,8 +161,10 @@ def cmd_report(args) -> int:
 
 def compare_runs(runs: list[Path]) -> str:
     """Markdown table of finished runs side by side (test accuracy, spikes, SynOps, times, activity)."""
-    head = ("| run | backward | epochs | test acc. (best val) | test acc. (last) | spikes / sample | SynOps / sample | "
-            "mean epoch s | train s | mean activity % per layer |")
+    head = (
+        "| run | backward | epochs | test acc. (best val) | test acc. (last) | spikes / sample | SynOps / sample | "
+        "mean epoch s | train s | mean activity % per layer |"
+    )
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for run in runs:
         res_p = run / "results.json"
@@ -273,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .runtime import tune_allocator
+
+    tune_allocator()  # keep large freed blocks for the next batch (runtime.py)
     try:
         return args.func(args)
     except SparseSpikeError as e:

@@ -98,9 +98,7 @@ def from_dict(cls, data: dict | None, path: str = ""):
     for key, value in data.items():
         where = f"{path}.{key}" if path else key
         if key not in fields:
-            raise ConfigError(
-                f"unknown config key {where!r}; valid keys here: {', '.join(sorted(fields))}"
-            )
+            raise ConfigError(f"unknown config key {where!r}; valid keys here: {', '.join(sorted(fields))}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             value = from_dict(hint, value, where)

@@ -122,8 +122,7 @@ def decay_to_tau(decay: float, dt: float = 1.0, mapping: Mapping = "euler") -> f
         return dt / (1.0 - decay)
     if decay == 0.0:
         raise ExportError(
-            "decay 0 has time constant 0 under mapping='exp' (no NIR simulator accepts tau = 0); "
-            "use mapping='euler'"
+            "decay 0 has time constant 0 under mapping='exp' (no NIR simulator accepts tau = 0); use mapping='euler'"
         )
     return -dt / math.log(decay)
 
@@ -173,8 +172,7 @@ def lif_to_nir(
         }  # fmt: skip
     if p.beta == 1.0:
         raise ExportError(
-            "a current-based LIF with beta = 1 (no membrane leak) has no NIR primitive "
-            "(CubaLIF needs a finite tau_mem)"
+            "a current-based LIF with beta = 1 (no membrane leak) has no NIR primitive (CubaLIF needs a finite tau_mem)"
         )
     return "CubaLIF", {
         "tau_syn": decay_to_tau(p.alpha, dt, mapping) * ones,
@@ -516,9 +514,7 @@ def _topo_order(graph: Any) -> list[str]:
             if indeg[m] == 0:
                 ready.append(m)
     if len(order) != len(names):
-        raise ExportError(
-            "the NIR graph has a cycle (recurrent connection); only feed-forward graphs are supported"
-        )
+        raise ExportError("the NIR graph has a cycle (recurrent connection); only feed-forward graphs are supported")
     return order
 
 
@@ -607,9 +603,7 @@ def _neuron_dynamics(name: str, node: Any, dt: float, mapping: str) -> dict:
     shape = tuple(shape or ())
     if hasattr(node, "v_leak") and not np.allclose(np.asarray(node.v_leak, dtype=np.float64), 0.0):
         raise ExportError(f"node {name!r}: v_leak != 0 is not supported (our neurons leak to 0)")
-    if getattr(node, "v_reset", None) is not None and not np.allclose(
-        np.asarray(node.v_reset, dtype=np.float64), 0.0
-    ):
+    if getattr(node, "v_reset", None) is not None and not np.allclose(np.asarray(node.v_reset, dtype=np.float64), 0.0):
         raise ExportError(f"node {name!r}: v_reset != 0 is not supported (our reset is to 0)")
     out: dict[str, Any] = {"alpha": None, "shape": shape}
     if t in ("LIF", "LI"):
@@ -783,8 +777,7 @@ def import_nir(
                 tn, tnode = nxt
                 if tnode is None or _tname(tnode) != "Threshold":
                     raise ExportError(
-                        f"node {name!r}: SumPool2d is only supported followed by Threshold "
-                        "(max pooling of spikes)"
+                        f"node {name!r}: SumPool2d is only supported followed by Threshold (max pooling of spikes)"
                     )
                 thr = np.asarray(tnode.threshold, dtype=np.float64)
                 if not (np.all(thr >= 0) and np.all(thr < 1)):
@@ -1014,7 +1007,7 @@ def dataset_input_shape(cfg: Any) -> tuple[int, ...] | None:
         try:
             from .data.tonic_data import tonic_input_shape
 
-            return tonic_input_shape(ds[len("tonic-"):], **_tonic_opts(enc))
+            return tonic_input_shape(ds[len("tonic-") :], **_tonic_opts(enc))
         except (ImportError, ValueError, TypeError):
             return None
     return None
@@ -1074,9 +1067,7 @@ def load_trained_model(
     shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
     shape = shape or dataset_input_shape(cfg) or _shape_from_state(state)
     if shape is None:
-        raise ExportError(
-            f"cannot tell the input shape of dataset {cfg.data.dataset!r}: pass --input-shape"
-        )
+        raise ExportError(f"cannot tell the input shape of dataset {cfg.data.dataset!r}: pass --input-shape")
     m = cfg.model
     model = build_network(m.layers, shape, m.neuron, m.backward, m.b_th, m.weight_scale)
     if m.gates:
@@ -1113,8 +1104,11 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--mapping", choices=MAPPINGS, default="euler", help="beta -> tau mapping (default euler)")
     e.add_argument("--strict", action="store_true", help="refuse subtractive-reset layers (not exact in NIR)")
     e.add_argument("--always-affine", action="store_true", help="write Linear layers as Affine (zero bias)")
-    e.add_argument("--lif-as-cubalif", action="store_true",
-                   help="write LIF layers as CubaLIF with alpha = 0 (for Norse 1.1, which ignores LIF.r)")
+    e.add_argument(
+        "--lif-as-cubalif",
+        action="store_true",
+        help="write LIF layers as CubaLIF with alpha = 0 (for Norse 1.1, which ignores LIF.r)",
+    )
     e.set_defaults(func=cmd_export)
     return e
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import SpikeInputError
 from .kernels import lif_recurrence
+from .kernels.sparse import attach_spike_list, get_meta
 from .kernels.synapse import synaptic_linear
 from .neurons import LIFParams
 
@@ -171,9 +172,7 @@ class SpikingConv2d(_SpikingBase):
         impl: str = "auto",
     ) -> None:
         super().__init__(neuron, backward, b_th, impl)
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias
-        )
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
         self.in_channels = in_channels
         if weight_scale is not None:
             _init_weight(self.conv.weight, in_channels * kernel_size**2, weight_scale)
@@ -185,8 +184,7 @@ class SpikingConv2d(_SpikingBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[2] != self.in_channels:
             raise SpikeInputError(
-                f"{type(self).__name__}: expected [T, B, {self.in_channels}, H, W], got shape "
-                f"{tuple(x.shape)}"
+                f"{type(self).__name__}: expected [T, B, {self.in_channels}, H, W], got shape {tuple(x.shape)}"
             )
         T, B = x.shape[:2]
         current = self.conv(x.reshape(T * B, *x.shape[2:]))
@@ -221,7 +219,11 @@ class SeqFlatten(nn.Module):
     """``[T, B, ...] -> [T, B, features]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], x.shape[1], -1)
+        y = x.reshape(x.shape[0], x.shape[1], -1)
+        meta = get_meta(x)
+        if meta is not None and meta.active is None and y is not x:  # an input's spike list
+            attach_spike_list(y, meta.spikes)
+        return y
 
 
 ReadoutMode = Literal["max", "mean", "last", "sum"]

@@ -129,12 +129,15 @@ class MetricsReport:
                 f"{r['synops']:.4g} | {r['dense_flops']:.4g} |"
             )
         rows.append(
-            f"| **total** | | {self.spike_count:.1f} | {self.ns:.3f} | | {self.synops:.4g} | "
-            f"{self.dense_flops:.4g} |"
+            f"| **total** | | {self.spike_count:.1f} | {self.ns:.3f} | | {self.synops:.4g} | {self.dense_flops:.4g} |"
         )
-        return head + "\n".join(rows) + (
-            f"\n\nEnergy estimate: {self.energy_pj / 1e6:.4g} uJ per sample "
-            f"(SynOps x {self.e_ac_pj} pJ + non-spiking MACs x {self.e_mac_pj} pJ; 45 nm, Horowitz 2014)."
+        return (
+            head
+            + "\n".join(rows)
+            + (
+                f"\n\nEnergy estimate: {self.energy_pj / 1e6:.4g} uJ per sample "
+                f"(SynOps x {self.e_ac_pj} pJ + non-spiking MACs x {self.e_mac_pj} pJ; 45 nm, Horowitz 2014)."
+            )
         )
 
 
@@ -222,9 +225,7 @@ class MetricsRecorder:
                 if isinstance(inner, nn.Conv2d):
                     chw = x.shape[-3:]
                     frames = x.numel() // chw.numel()
-                    fan = conv_fanout(
-                        w, tuple(chw[1:]), inner.stride, inner.padding, inner.dilation, inner.groups
-                    )
+                    fan = conv_fanout(w, tuple(chw[1:]), inner.stride, inner.padding, inner.dilation, inner.groups)
                     xs = x.reshape(frames, *chw).sum(0).cpu()
                 else:
                     frames = x.numel() // x.shape[-1]

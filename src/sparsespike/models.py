@@ -64,8 +64,14 @@ def build_network(
                 k_ = spec.pop("kernel")
                 stride, pad = spec.pop("stride", 1), spec.pop("padding", 0)
                 m = SpikingConv2d(
-                    shape[0], spec.pop("out"), k_, nparams, stride=stride, padding=pad,
-                    bias=spec.pop("bias", False), **common,
+                    shape[0],
+                    spec.pop("out"),
+                    k_,
+                    nparams,
+                    stride=stride,
+                    padding=pad,
+                    bias=spec.pop("bias", False),
+                    **common,
                 )
                 h = (shape[1] + 2 * pad - k_) // stride + 1
                 w = (shape[2] + 2 * pad - k_) // stride + 1
@@ -82,8 +88,11 @@ def build_network(
                     mods.append(SeqFlatten())
                     shape = (int(_prod(shape)),)
                 m = LeakyReadout(
-                    shape[0], spec.pop("out"), beta=spec.pop("beta", base.get("beta", 0.9)),
-                    mode=spec.pop("mode", "max"), bias=spec.pop("bias", False),
+                    shape[0],
+                    spec.pop("out"),
+                    beta=spec.pop("beta", base.get("beta", 0.9)),
+                    mode=spec.pop("mode", "max"),
+                    bias=spec.pop("bias", False),
                     weight_scale=spec.pop("weight_scale", weight_scale),
                 )
                 shape = (m.out_features,)
@@ -91,8 +100,7 @@ def build_network(
                 m = SpikeCountReadout(mean=spec.pop("mean", True))
             else:
                 raise ConfigError(
-                    f"{where}: unknown layer type {kind!r}; use linear, conv, pool, flatten, "
-                    "readout or count_readout"
+                    f"{where}: unknown layer type {kind!r}; use linear, conv, pool, flatten, readout or count_readout"
                 )
         except KeyError as e:
             raise ConfigError(f"{where}: missing key {e.args[0]!r} for layer type {kind!r}") from e

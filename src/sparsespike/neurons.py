@@ -59,9 +59,7 @@ class LIFParams:
         try:
             object.__setattr__(self, "reset", Reset(self.reset))
         except ValueError:
-            raise ValueError(
-                f"reset must be one of {[r.value for r in Reset]}, got {self.reset!r}"
-            ) from None
+            raise ValueError(f"reset must be one of {[r.value for r in Reset]}, got {self.reset!r}") from None
         object.__setattr__(self, "surrogate", make_surrogate(self.surrogate))
         if not (0.0 < self.beta <= 1.0):
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
@@ -88,9 +86,7 @@ class LIFState:
     i: torch.Tensor | None = None
 
 
-def lif_step(
-    x: torch.Tensor, state: LIFState | None, p: LIFParams
-) -> tuple[torch.Tensor, torch.Tensor, LIFState]:
+def lif_step(x: torch.Tensor, state: LIFState | None, p: LIFParams) -> tuple[torch.Tensor, torch.Tensor, LIFState]:
     """One LIF step (equations in the module docstring). Returns ``(S[t], V[t], new state)``.
 
     Differentiable with plain autograd; this is the per-step reference the kernels are tested

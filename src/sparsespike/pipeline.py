@@ -85,16 +85,12 @@ def make_encoder(enc: dict, kind: str) -> tuple[Callable, int]:
             return E.rate_raster((_images_unit(x) * gain).clamp(0, 1), T, generator=g)
     elif name == "raster":
         if kind != "raster":
-            raise ConfigError(
-                "encoding 'raster' needs an event dataset (nmnist-small, shd, tonic-*)"
-            )
+            raise ConfigError("encoding 'raster' needs an event dataset (nmnist-small, shd, tonic-*)")
 
         def f(x, g=None):
             return x.transpose(0, 1).to(torch.float32)
     else:
-        raise ConfigError(
-            f"unknown encoding {name!r}; use firing_time, latency, rate or raster"
-        )
+        raise ConfigError(f"unknown encoding {name!r}; use firing_time, latency, rate or raster")
     if enc:
         raise ConfigError(f"data.encoding: unknown keys {sorted(enc)} for encoding {name!r}")
     return f, T
@@ -166,8 +162,7 @@ def build_data(cfg: DataConfig, data_dir: str | Path | None, seed: int) -> DataB
         name = ds[len("tonic-") :]
         if name not in TONIC_DATASETS:
             raise ConfigError(
-                f"unknown dataset {ds!r}; tonic datasets: "
-                + ", ".join(f"tonic-{n}" for n in TONIC_DATASETS)
+                f"unknown dataset {ds!r}; tonic datasets: " + ", ".join(f"tonic-{n}" for n in TONIC_DATASETS)
             )
         spec = TONIC_DATASETS[name]
         enc.setdefault("T", spec.T)

@@ -215,8 +215,16 @@ def _mark_chosen(ax, results: dict, split: str, annotate: bool = False) -> None:
                 continue
             x, y = r[f"{split}_spikes"], 100 * r[f"{split}_acc"]
             c = COLORS.get(r["method"], "gray")
-            ax.scatter([x], [y], marker=marker, s=140 if marker == "*" else 60,
-                       facecolor="none" if marker == "D" else c, edgecolor=c, linewidths=1.5, zorder=5)
+            ax.scatter(
+                [x],
+                [y],
+                marker=marker,
+                s=140 if marker == "*" else 60,
+                facecolor="none" if marker == "D" else c,
+                edgecolor=c,
+                linewidths=1.5,
+                zorder=5,
+            )
             if annotate:
                 ax.annotate(f"{r['method']}\nσ0 {r['s0']:g}, {r['epochs']} ep", (x, y), fontsize=6)
 

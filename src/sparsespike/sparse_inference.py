@@ -93,6 +93,7 @@ from torch import nn
 
 from .errors import SpikeInputError
 from .kernels import lif_recurrence
+from .kernels.simd import _AXPY_BYTES, _axpy
 from .kernels.synapse import synaptic_linear
 from .layers import (
     LeakyReadout,
@@ -232,60 +233,6 @@ def _tile(nv, xp, toff, tw, t0, t1, base, out, obase, init):
         _tile1(xp, toff, tw, t0, t1, base, out, obase, init)
 
 
-_AXPY_BYTES = 32  # 256-bit vectors for the read-modify-write scatter: as fast as 512-bit ones on
-# Zen 4 (measured), and channel counts only need padding to a multiple of 8 float32 per half
-
-
-def _make_axpy(nv: int):
-    """Intrinsic ``axpy(a, src, sbase, out, obase)``: ``out[obase + j] += a * src[sbase + j]`` for
-    ``j < nv*lanes`` (``lanes`` = 32 bytes), as ``nv`` unaligned vector load/FMA/stores
-    (``llvm.fma``); no bounds checks."""
-
-    @intrinsic
-    def axpy(typingctx, a, src, sbase, out, obase):
-        if not (isinstance(src, types.Array) and isinstance(out, types.Array) and src.ndim == 1 and out.ndim == 1):
-            return None
-        if src.dtype not in (types.float32, types.float64) or out.dtype != src.dtype:
-            return None
-        sig = types.void(a, src, sbase, out, obase)
-
-        def codegen(context, builder, signature, args):
-            av, sa, sb, oa, ob = args
-            at = signature.args
-            sptr = context.make_array(at[1])(context, builder, sa).data
-            optr = context.make_array(at[3])(context, builder, oa).data
-            dt = at[1].dtype
-            bits = dt.bitwidth
-            lanes = _AXPY_BYTES * 8 // bits
-            vty = ir.VectorType(context.get_value_type(dt), lanes)
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            undef = ir.Constant(vty, ir.Undefined)
-            zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-            aval = context.cast(builder, av, at[0], dt)
-            avec = builder.shuffle_vector(builder.insert_element(undef, aval, ir.Constant(i32, 0)), undef, zeros)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{bits}"
-            )
-            ps = builder.gep(sptr, [context.cast(builder, sb, at[2], types.int64)])
-            po = builder.gep(optr, [context.cast(builder, ob, at[4], types.int64)])
-            align = bits // 8
-            for j in range(nv):
-                k = ir.Constant(i64, j * lanes)
-                sj = builder.bitcast(builder.gep(ps, [k]), vty.as_pointer())
-                oj = builder.bitcast(builder.gep(po, [k]), vty.as_pointer())
-                xv = builder.load(sj, align=align, typ=vty)
-                ov = builder.load(oj, align=align, typ=vty)
-                builder.store(builder.call(fma, [avec, xv, ov]), oj, align=align)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return axpy
-
-
-_axpy1, _axpy2, _axpy4, _axpy8 = (_make_axpy(n) for n in (1, 2, 4, 8))
-
-
 def _make_scatter(nv: int):
     """Intrinsic ``scatter(v, q, off, wb, e0, e1, w, out, L, Cp)``: for every ``e0 <= e < e1`` with
     ``0 <= q - off[e] < L``: ``out[(q - off[e])*Cp + j] += v * w[wb[e] + j]`` for ``j < nv*lanes``
@@ -351,24 +298,6 @@ def _make_scatter(nv: int):
 
 
 _scatter2, _scatter4, _scatter6, _scatter8 = (_make_scatter(n) for n in (2, 4, 6, 8))
-
-
-@njit(cache=True)
-def _axpy(nv, a, src, sbase, out, obase):
-    """``out[obase : obase + nv*lanes] += a * src[sbase : ...]`` in chunks of 8/4/2/1 32-byte vectors."""
-    lanes = 32 // src.itemsize
-    k = 0
-    while nv - k >= 8:
-        _axpy8(a, src, sbase + k * lanes, out, obase + k * lanes)
-        k += 8
-    if nv - k >= 4:
-        _axpy4(a, src, sbase + k * lanes, out, obase + k * lanes)
-        k += 4
-    if nv - k >= 2:
-        _axpy2(a, src, sbase + k * lanes, out, obase + k * lanes)
-        k += 2
-    if nv - k >= 1:
-        _axpy1(a, src, sbase + k * lanes, out, obase + k * lanes)
 
 
 @njit(cache=True)

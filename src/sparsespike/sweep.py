@@ -56,6 +56,13 @@ Spec (YAML)::
       constant: [1.0e-5, 3.0e-5]
       linear: [3.0e-5, 1.0e-4]
 
+**Multi-objective search.** A spec with ``kind: pareto`` is a different sweep: a seeded NSGA-II or
+TPE search over any config keys, for validation accuracy (max) and validation SynOps per sample
+(min), reporting the Pareto front (:mod:`sparsespike.pareto`, docs/sweep.md). Both kinds share
+this module's engine: storage, study creation, workers, heartbeats, retries, resume. A spec
+object tells the engine what differs (:class:`SweepSpec` for the grid): its sampler, its trial
+keys and status, its objective, and its report.
+
 Command line (see :func:`add_sweep_parser`)::
 
     sparsespike sweep SPEC.yaml [--out runs/NAME] [--workers 2] [--storage URL] [--threads 1]
@@ -121,38 +128,27 @@ class SweepSpec:
         "normalized",
     )
 
+    kind = "grid"  # the ``kind:`` of the spec (not a dataclass field)
+    metric_names = ("val_acc", "val_spikes")
+
     @classmethod
     def load(cls, path: str | Path) -> SweepSpec:
-        p = Path(path)
-        if not p.is_file():
-            builtin = _builtin(str(path))
-            if builtin is None:
-                raise ConfigError(f"sweep spec not found: {p}")
-            p = builtin
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        raw, p = read_spec_yaml(path)
         return cls.from_dict(raw, p)
 
     @classmethod
     def from_dict(cls, raw: dict, source: Path | None = None) -> SweepSpec:
         raw = dict(raw)
+        kind = raw.pop("kind", "grid")
+        if kind != "grid":
+            raise ConfigError(f"sweep spec: kind {kind!r} is not a grid sweep (load it with sweep.load_spec)")
         unknown = sorted(set(raw) - set(cls.KEYS))
         if unknown:
             raise ConfigError(f"sweep spec: unknown keys {unknown}; valid keys: {', '.join(cls.KEYS)}")
         for k in ("name", "config", "schedules"):
             if k not in raw:
                 raise ConfigError(f"sweep spec: missing key {k!r}")
-        cfg = Path(str(raw["config"]))
-        if not cfg.is_absolute():
-            cand = (source.parent / cfg) if source is not None else cfg
-            if cand.is_file():
-                cfg = cand
-            elif _builtin(str(raw["config"])) is not None:
-                cfg = _builtin(str(raw["config"]))
-            else:
-                raise ConfigError(f"sweep spec: experiment config {raw['config']!r} not found")
+        cfg = resolve_config(raw["config"], source)
         scheds: dict[str, list[float]] = {}
         for name, grid in (raw["schedules"] or {}).items():
             if name not in SCHEDULE_NAMES and name != BASELINE:
@@ -209,6 +205,35 @@ class SweepSpec:
         d["config"] = cfg
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    # -- what the shared engine asks of a spec (ParetoSpec answers the same questions)
+    def make_sampler(self):
+        """The study's sampler: a grid over ``setting`` x ``seed`` (seed 0 in every process)."""
+        import optuna
+
+        return optuna.samplers.GridSampler(self.search_space(), seed=0)
+
+    def study_attrs(self) -> dict:
+        """Study user attributes written once, when the study is created."""
+        return {"search_space": self.search_space()}
+
+    def describe(self) -> str:
+        return f"{self.n_points()} grid points"
+
+    def status(self, study) -> dict:
+        return grid_status(study, self)
+
+    def trial_key(self, trial):
+        return grid_key(trial)
+
+    def prepare(self, study, log=print) -> None:
+        """Nothing to enqueue: the GridSampler hands out the grid points."""
+
+    def objective(self, out: Path, data_dir, threads: int | None, log=print):
+        return _Objective(self, out, data_dir, threads, log)
+
+    def finalize(self, out: Path, study, *, data_dir=None, log=print) -> dict:
+        return finalize_grid(self, out, study, data_dir=data_dir, log=log)
+
     # -- one run
     def trial_config(self, schedule: str, s0: float, seed: int) -> ExperimentConfig:
         """The experiment config of one grid point (CE only for the baseline)."""
@@ -232,6 +257,56 @@ class SweepSpec:
         if cfg.train.phases:
             raise ConfigError("sweep: the experiment config must have a single phase (no train.phases)")
         return cfg
+
+
+def read_spec_yaml(path: str | Path) -> tuple[dict, Path]:
+    """The raw mapping of a spec file (a path, or a built-in name) and the file it came from."""
+    p = Path(path)
+    if not p.is_file():
+        builtin = _builtin(str(path))
+        if builtin is None:
+            raise ConfigError(f"sweep spec not found: {p}")
+        p = builtin
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a sweep spec is a mapping, got {type(raw).__name__}")
+    return raw, p
+
+
+SPEC_KINDS = ("grid", "pareto")
+
+
+def load_spec(path: str | Path):
+    """A sweep spec of either kind: :class:`SweepSpec` (``kind: grid`` or no ``kind``) or
+    :class:`~sparsespike.pareto.ParetoSpec` (``kind: pareto``)."""
+    raw, p = read_spec_yaml(path)
+    kind = raw.get("kind", "grid")
+    if kind == "grid":
+        return SweepSpec.from_dict(raw, p)
+    if kind == "pareto":
+        from .pareto import ParetoSpec
+
+        return ParetoSpec.from_dict(raw, p)
+    raise ConfigError(f"sweep spec {p}: unknown kind {kind!r}; use {' or '.join(SPEC_KINDS)}")
+
+
+def resolve_config(name, source: Path | None) -> Path:
+    """The experiment config a spec names: a path (relative to the spec file) or a built-in name."""
+    cfg = Path(str(name))
+    if cfg.is_absolute():
+        if not cfg.is_file():
+            raise ConfigError(f"sweep spec: experiment config {str(name)!r} not found")
+        return cfg
+    cand = (source.parent / cfg) if source is not None else cfg
+    if cand.is_file():
+        return cand
+    builtin = _builtin(str(name))
+    if builtin is not None:
+        return builtin
+    raise ConfigError(f"sweep spec: experiment config {str(name)!r} not found")
 
 
 def _builtin(name: str) -> Path | None:
@@ -377,7 +452,7 @@ def epoch_records(run_dir: Path) -> list[dict]:
 _DATA: dict = {}
 
 
-def sweep_data(spec: SweepSpec, cfg: ExperimentConfig, data_dir):
+def sweep_data(spec, cfg: ExperimentConfig, data_dir):
     """The data bundle of ``cfg`` (validation cut to ``spec.val_subset``), cached per process."""
     from .pipeline import Split, build_data
 
@@ -441,15 +516,16 @@ def make_storage(url: str, heartbeat: int = 20, grace: int = 120, max_retry: int
     )
 
 
-def open_study(spec: SweepSpec, storage, create: bool = True):
-    """Create (or load) the study; refuse a database holding a different grid under the same name.
+def open_study(spec, storage, create: bool = True):
+    """Create (or load) the study; refuse a database holding a different sweep under the same name.
 
-    Every process must use the same GridSampler seed: the sampler shuffles the grid with it, and
-    ``grid_id`` (stored in the trials) must name the same point in every worker.
+    The sampler comes from ``spec.make_sampler()``. For the grid, every process must use the same
+    GridSampler seed: the sampler shuffles the grid with it, and ``grid_id`` (stored in the
+    trials) must name the same point in every worker.
     """
     import optuna
 
-    sampler = optuna.samplers.GridSampler(spec.search_space(), seed=0)
+    sampler = spec.make_sampler()
     if create:
         study = optuna.create_study(
             study_name=spec.name,
@@ -464,8 +540,9 @@ def open_study(spec: SweepSpec, storage, create: bool = True):
     old = study.user_attrs.get("spec_fingerprint")
     if old is None and create:
         study.set_user_attr("spec_fingerprint", fp)
-        study.set_user_attr("search_space", spec.search_space())
-        study.set_metric_names(["val_acc", "val_spikes"])
+        for k, v in spec.study_attrs().items():
+            study.set_user_attr(k, v)
+        study.set_metric_names(list(spec.metric_names))
     elif old is not None and old != fp:
         raise ConfigError(
             f"study {spec.name!r} in this storage was created from a different sweep spec or config "
@@ -488,7 +565,14 @@ def _retry(study, frozen, max_retry: int) -> None:
     RetryTrial(max_retry)(study, frozen)
 
 
-def reconcile(study, max_retry: int = 2, log=print, min_age: float = 10.0) -> int:
+def grid_key(trial) -> tuple | None:
+    """The grid point of a trial, ``(setting, seed)``; ``None`` before it has its parameters."""
+    if "setting" not in trial.params:
+        return None
+    return (trial.params["setting"], trial.params.get("seed"))
+
+
+def reconcile(study, max_retry: int = 2, log=print, min_age: float = 10.0, key=grid_key) -> int:
     """Fail trials left RUNNING by dead workers and re-queue every failure that has no retry yet.
 
     * RUNNING trials (started more than ``min_age`` seconds ago) whose recorded pid is dead on
@@ -497,7 +581,8 @@ def reconcile(study, max_retry: int = 2, log=print, min_age: float = 10.0) -> in
       (:func:`optuna.storages.fail_stale_trials` with the storage's retry callback).
     * FAIL trials of a grid point with no COMPLETE, RUNNING or WAITING trial (e.g. a worker
       stopped by Ctrl-C, or a process that failed a stale trial without the callback): re-queued
-      until ``max_retry`` retries are used up.
+      until ``max_retry`` retries are used up. ``key(frozen_trial)`` names the point a trial
+      belongs to (``None``: ignore the trial); ``spec.trial_key`` of the sweep's spec.
 
     Returns the number of trials re-queued.
     """
@@ -532,9 +617,10 @@ def reconcile(study, max_retry: int = 2, log=print, min_age: float = 10.0) -> in
     # failures with no retry in flight
     by_key: dict[tuple, list] = {}
     for t in study.get_trials(deepcopy=False):
-        if "setting" in t.params:
-            by_key.setdefault((t.params["setting"], t.params.get("seed")), []).append(t)
-    for key, ts in by_key.items():
+        k = key(t)
+        if k is not None:
+            by_key.setdefault(k, []).append(t)
+    for k, ts in by_key.items():
         states = {t.state for t in ts}
         if states & {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}:
             continue
@@ -544,7 +630,7 @@ def reconcile(study, max_retry: int = 2, log=print, min_age: float = 10.0) -> in
         last = max(failed, key=lambda t: t.number)
         if len(last.system_attrs.get("retry_history", [])) < max_retry:
             _retry(study, storage.get_trial(last._trial_id), max_retry)
-            log(f"sweep: re-queued failed trial {last.number} {key}")
+            log(f"sweep: re-queued failed trial {last.number} {k}")
             n += 1
     return n
 
@@ -578,7 +664,90 @@ def grid_status(study, spec: SweepSpec) -> dict:
     return st
 
 
+def mark_worker(trial) -> None:
+    """Record the worker's host and pid on a trial (how a dead local worker's trial is found)."""
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+
+
+@contextlib.contextmanager
+def trial_guard(trial, run_dir: Path):
+    """Hold ``run_dir``'s lock while a trial trains; record any exception on the trial, re-raise it."""
+    with _dir_lock(run_dir):
+        try:
+            yield
+        except KeyboardInterrupt:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("error", "interrupted")
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded, then Optuna marks the trial FAIL
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+                trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            raise
+
+
+def train_trial(
+    trial,
+    spec,
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    data_dir,
+    threads: int | None,
+    label: str,
+    log=print,
+    *,
+    allow_resume: bool = True,
+) -> list[dict]:
+    """Train ``cfg`` into ``run_dir`` for ``trial`` with per-epoch validation records.
+
+    Resumes from ``run_dir/last.pt`` when it exists and is readable (a retried trial repeats at
+    most the interrupted epoch), unless ``allow_resume`` is false. A diverged run (non-finite loss)
+    is a result: it keeps the epochs it finished. Stores the records as the trial's user attribute
+    ``epochs`` (and the Trainer's result as ``result``) and returns them; a trial failed meanwhile
+    by another process is pruned (its retry reuses ``run_dir``).
+    """
+    import optuna
+
+    from .train import load_checkpoint
+
+    if threads:
+        cfg.train.num_threads = int(threads)
+    data = sweep_data(spec, cfg, data_dir)
+    resume = allow_resume and (run_dir / "last.pt").exists()
+    if resume:
+        try:
+            load_checkpoint(run_dir / "last.pt")
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint: start over
+            resume = False
+    log(f"sweep: trial {trial.number} {label} -> {run_dir}" + (" (resuming)" if resume else ""))
+
+    def on_epoch(rec):
+        trial.set_user_attr("epochs_done", rec["epoch"])
+
+    tr = _epoch_trainer_cls()(cfg, run_dir, data_dir, data=data, resume=resume, progress=False, on_epoch=on_epoch)
+    try:
+        res = tr.fit()
+    except FloatingPointError as e:  # a diverged run is a result: keep the epochs it finished
+        trial.set_user_attr("diverged", str(e))
+        res = {"diverged": str(e)}
+    recs = epoch_records(run_dir)
+    if not recs:
+        raise RuntimeError(f"run {run_dir} finished no epoch")
+    try:
+        trial.set_user_attr("epochs", recs)
+        trial.set_user_attr("result", {k: v for k, v in res.items() if isinstance(v, (int, float, str))})
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # another process failed this trial (e.g. this worker was paused past the heartbeat grace
+        # period) and re-queued it; the retry resumes from this run's checkpoints at no cost
+        log(f"sweep: trial {trial.number} was failed by another process; its retry will reuse {run_dir}")
+        raise optuna.TrialPruned("superseded by its retry") from None
+    return recs
+
+
 class _Objective:
+    """The grid's objective: train one ``(schedule, s0, seed)`` point; final val accuracy and spikes."""
+
     def __init__(self, spec: SweepSpec, out: Path, data_dir, threads: int | None, log=print) -> None:
         self.spec, self.out, self.data_dir, self.threads, self.log = spec, Path(out), data_dir, threads, log
 
@@ -586,8 +755,7 @@ class _Objective:
         import optuna
         from optuna.trial import TrialState
 
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        mark_worker(trial)
         setting = trial.suggest_categorical("setting", self.spec.settings())
         seed = trial.suggest_categorical("seed", list(self.spec.seeds))
         schedule, s0 = parse_setting(setting)
@@ -606,63 +774,13 @@ class _Objective:
             import torch
 
             torch.set_num_threads(int(self.threads))
-        with _dir_lock(run_dir):
-            try:
-                return self._train(trial, schedule, s0, seed, run_dir)
-            except KeyboardInterrupt:
-                with contextlib.suppress(Exception):
-                    trial.set_user_attr("error", "interrupted")
-                raise
-            except Exception as e:  # noqa: BLE001 - recorded, then Optuna marks the trial FAIL
-                with contextlib.suppress(Exception):
-                    trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-                    trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-                raise
+        with trial_guard(trial, run_dir):
+            return self._train(trial, schedule, s0, seed, run_dir)
 
     def _train(self, trial, schedule, s0, seed, run_dir):
         cfg = self.spec.trial_config(schedule, s0, seed)
-        if self.threads:
-            cfg.train.num_threads = int(self.threads)
-        data = sweep_data(self.spec, cfg, self.data_dir)
-        from .train import load_checkpoint
-
-        resume = (run_dir / "last.pt").exists()
-        if resume:
-            try:
-                load_checkpoint(run_dir / "last.pt")
-            except Exception:  # noqa: BLE001 - an unreadable checkpoint: start over
-                resume = False
-        self.log(
-            f"sweep: trial {trial.number} {schedule} s0={s0:g} seed={seed} -> {run_dir}"
-            + (" (resuming)" if resume else "")
-        )
-        done: list[dict] = []
-
-        def on_epoch(rec):
-            done.append(rec)
-            trial.set_user_attr("epochs_done", rec["epoch"])
-
-        tr = _epoch_trainer_cls()(
-            cfg, run_dir, self.data_dir, data=data, resume=resume, progress=False, on_epoch=on_epoch
-        )
-        try:
-            res = tr.fit()
-        except FloatingPointError as e:  # a diverged run is a result: keep the epochs it finished
-            trial.set_user_attr("diverged", str(e))
-            res = {"diverged": str(e)}
-        recs = epoch_records(run_dir)
-        if not recs:
-            raise RuntimeError(f"run {run_dir} finished no epoch")
-        import optuna
-
-        try:
-            trial.set_user_attr("epochs", recs)
-            trial.set_user_attr("result", {k: v for k, v in res.items() if isinstance(v, (int, float, str))})
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # another process failed this trial (e.g. this worker was paused past the heartbeat grace
-            # period) and re-queued it; the retry resumes from this run's checkpoints at no cost
-            self.log(f"sweep: trial {trial.number} was failed by another process; its retry will reuse {run_dir}")
-            raise optuna.TrialPruned("superseded by its retry") from None
+        label = f"{schedule} s0={s0:g} seed={seed}"
+        recs = train_trial(trial, self.spec, cfg, run_dir, self.data_dir, self.threads, label, self.log)
         return recs[-1]["val_acc"], recs[-1]["val_spikes"]
 
 
@@ -681,7 +799,7 @@ def _dir_lock(run_dir: Path):
 
 
 def worker_loop(
-    spec: SweepSpec,
+    spec,
     out: Path,
     storage_url: str,
     *,
@@ -694,20 +812,23 @@ def worker_loop(
     poll: float = 5.0,
     log=print,
 ) -> int:
-    """Run trials until every grid point is done or failed for good. Returns the trials run here."""
+    """Run trials until every grid point (or search slot) is done or failed for good.
+
+    Returns the number of trials run here. ``spec``: a :class:`SweepSpec` or a
+    :class:`~sparsespike.pareto.ParetoSpec`."""
     import torch
 
     if threads:
         torch.set_num_threads(int(threads))
     storage = make_storage(storage_url, heartbeat, grace, max_retry)
     study = open_study(spec, storage, create=False)
-    obj = _Objective(spec, out, data_dir, threads, log)
+    obj = spec.objective(out, data_dir, threads, log)
     ran = 0
     # (a worker paused longer than the grace period, e.g. by SIGSTOP, finds its trial failed and
     # re-queued when it wakes up; it finishes the run, the retry then resumes from the checkpoints)
     while True:
-        reconcile(study, max_retry, log)
-        st = grid_status(study, spec)
+        reconcile(study, max_retry, log, key=spec.trial_key)
+        st = spec.status(study)
         if st["waiting"] or st["unstarted"]:
             try:
                 study.optimize(obj, n_trials=1, catch=(Exception,), gc_after_trial=True)
@@ -723,7 +844,7 @@ def worker_loop(
 
 # ================================================================ launcher
 def launch(
-    spec: SweepSpec,
+    spec,
     out: Path,
     *,
     workers: int = 2,
@@ -738,16 +859,19 @@ def launch(
     log=print,
 ) -> dict:
     """Create/resume the study, run ``workers`` local worker processes (0: in this process) until
-    the grid is done, then select, test and report. Returns the results dict."""
+    the grid (or the search budget) is done, then select, test and report. Returns the results dict.
+
+    ``spec``: a :class:`SweepSpec` (Allred grid) or a :class:`~sparsespike.pareto.ParetoSpec`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url or default_storage(out)
     storage = make_storage(url, heartbeat, grace, max_retry)
     study = open_study(spec, storage, create=True)
     spec.write(out / "sweep_spec.yaml")
-    reconcile(study, max_retry, log)
-    st = grid_status(study, spec)
-    log(f"sweep {spec.name}: {spec.n_points()} grid points, storage {url}, {workers} worker(s); status {st}")
+    reconcile(study, max_retry, log, key=spec.trial_key)
+    spec.prepare(study, log)
+    st = spec.status(study)
+    log(f"sweep {spec.name}: {spec.describe()}, storage {url}, {workers} worker(s); status {st}")
     if workers <= 0:
         worker_loop(
             spec,
@@ -764,12 +888,12 @@ def launch(
         _run_local_workers(
             spec, out, url, workers, data_dir, threads, heartbeat, grace, max_retry, max_restarts, poll, log
         )
-    st = grid_status(study, spec)
+    st = spec.status(study)
     log(f"sweep {spec.name}: trials finished; status {st}")
     return finalize(spec, out, study, data_dir=data_dir, log=log)
 
 
-def _worker_cmd(spec: SweepSpec, out, url, i, data_dir, threads, heartbeat, grace, max_retry) -> list[str]:
+def _worker_cmd(spec, out, url, i, data_dir, threads, heartbeat, grace, max_retry) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -836,8 +960,8 @@ def _run_local_workers(
                 del procs[i]
                 if rc != 0:
                     log(f"sweep: worker {i} (pid {p.pid}) exited with {rc}")
-            reconcile(study, max_retry, log)
-            st = grid_status(study, spec)
+            reconcile(study, max_retry, log, key=spec.trial_key)
+            st = spec.status(study)
             work = st["waiting"] or st["unstarted"]
             if len(procs) < workers and work and restarts < max_restarts:
                 for i in range(workers):
@@ -953,9 +1077,14 @@ def evaluate_checkpoint(
     spec: SweepSpec, schedule: str, s0: float, seed: int, run_dir: Path, epoch: int, data_dir=None
 ) -> dict:
     """Test accuracy and metrics of ``run_dir``'s weights after ``epoch``."""
+    return evaluate_run(spec, spec.trial_config(schedule, s0, seed), run_dir, epoch, data_dir)
+
+
+def evaluate_run(spec, cfg: ExperimentConfig, run_dir: Path, epoch: int, data_dir=None) -> dict:
+    """Test accuracy, spikes, SynOps and <N_S> per sample of the weights ``cfg`` had after ``epoch``
+    (``run_dir/epochs/epoch_NNN.pt``), measured once on the test set."""
     from .train import load_checkpoint
 
-    cfg = spec.trial_config(schedule, s0, seed)
     data = sweep_data(spec, cfg, data_dir)
     tr = _epoch_trainer_cls()(cfg, run_dir, data_dir, data=data, progress=False)
     ck = load_checkpoint(Path(run_dir) / "epochs" / f"epoch_{epoch:03d}.pt")
@@ -971,15 +1100,28 @@ def evaluate_checkpoint(
     }
 
 
-def finalize(
-    spec: SweepSpec, out: Path, study=None, *, data_dir=None, storage_url: str | None = None, log=print
-) -> dict:
-    """Select on validation, evaluate the selected checkpoints on test, write the report files."""
+def finalize(spec, out: Path, study=None, *, data_dir=None, storage_url: str | None = None, log=print) -> dict:
+    """Select on validation, evaluate the selected checkpoints on test, write the report files.
+
+    The grid writes Tables 1 and 2 (:func:`finalize_grid`); a Pareto spec its front
+    (:func:`sparsespike.pareto.finalize_pareto`)."""
+    out = Path(out)
+    if study is None:
+        url = storage_url or default_storage(out)
+        if url == default_storage(out) and not (out / "study.db").exists():
+            raise ConfigError(f"no sweep in {out} (no study.db); run it first, or pass --out/--storage")
+        try:
+            study = open_study(spec, make_storage(url), create=False)
+        except KeyError as e:
+            raise ConfigError(f"no study {spec.name!r} in the storage of {out}: {e}") from e
+    return spec.finalize(out, study, data_dir=data_dir, log=log)
+
+
+def finalize_grid(spec: SweepSpec, out: Path, study, *, data_dir=None, log=print) -> dict:
+    """The grid's report: Table 1 / Table 2 selection on validation, test of the chosen checkpoints."""
     from . import report
 
     out = Path(out)
-    if study is None:
-        study = open_study(spec, make_storage(storage_url or default_storage(out)), create=False)
     rows, failed = collect(study)
     if not rows:
         raise ConfigError(f"sweep {spec.name}: no finished trial to report")
@@ -1039,10 +1181,13 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``sweep`` to the ``sparsespike`` command line (``subparsers`` of :func:`cli.build_parser`)."""
     s = subparsers.add_parser(
         "sweep",
-        help="Allred et al. s0 search per schedule on Optuna (Tables 1 and 2)",
-        description=__doc__.split("\n\n")[0],
+        help="Optuna sweeps: the Allred et al. s0 grid (Tables 1 and 2) or a Pareto search (kind: pareto)",
+        description="``sparsespike sweep SPEC.yaml``: the Allred et al. s0 grid (Tables 1 and 2), or with "
+        "``kind: pareto`` a multi-objective search for the accuracy / SynOps Pareto front (docs/sweep.md).",
     )
-    s.add_argument("spec", help="sweep spec YAML (or a built-in name, e.g. allred_fmnist_sweep)")
+    s.add_argument(
+        "spec", help="sweep spec YAML (or a built-in name, e.g. allred_fmnist_sweep, combined_fmnist_pareto)"
+    )
     s.add_argument("--out", help="sweep directory (default runs/<name>)")
     s.add_argument("--workers", type=int, default=2, help="local worker processes (0: run in this process)")
     s.add_argument("--storage", help="Optuna RDB URL (default sqlite:///<out>/study.db)")
@@ -1055,13 +1200,15 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--max-retry", type=int, default=2, help="retries of a failed or lost trial")
     s.add_argument("--worker", action="store_true", help="only run trials (another machine/process joining a sweep)")
     s.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
-    s.add_argument("--report-only", action="store_true", help="no training: select, test and write the tables")
+    s.add_argument(
+        "--report-only", action="store_true", help="no training: select, test and write the tables (or the front)"
+    )
     s.set_defaults(func=cmd_sweep)
     return s
 
 
 def cmd_sweep(args) -> int:
-    spec = SweepSpec.load(args.spec)
+    spec = load_spec(args.spec)
     out = Path(args.out or Path("runs") / spec.name)
     url = args.storage or default_storage(out)
     import warnings

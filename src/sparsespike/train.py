@@ -178,9 +178,7 @@ def load_run(run: str | Path, data_dir: str | Path | None = None, last: bool = F
 def _git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except Exception:  # noqa: BLE001
         return None
@@ -299,7 +297,7 @@ class Trainer:
         if cfg.model.gates:
             from .sparsity.connectivity import add_l0_gates
 
-            add_l0_gates(self.model, **{k: v for k, v in cfg.model.gates.items() if k != "lam"})
+            add_l0_gates(self.model, **{k: v for k, v in cfg.model.gates.items() if k not in ("lam", "lr")})
             self.gated = True
         dev = cfg.train.device
         if dev == "auto":
@@ -314,6 +312,20 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+
+    def _param_groups(self, lr: float | None):
+        """All parameters in one group, or the L0 gates' ``log_alpha`` in a second group with
+        their own learning rate (``model.gates.lr``; with Adam the pruning speed is set by the
+        gate learning rate, not by lambda: docs/connectivity.md)."""
+        gate_lr = (self.cfg.model.gates or {}).get("lr")
+        if gate_lr is None:
+            return self.model.parameters()
+        gates = [p for n, p in self.model.named_parameters() if n.endswith("log_alpha")]
+        ids = {id(p) for p in gates}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        if not gates:
+            raise ConfigError("model.gates.lr is set but the model has no L0 gates (log_alpha parameters)")
+        return [{"params": rest}, {"params": gates, "lr": float(gate_lr)}]
 
     # -- one epoch
     def _phase_terms(self, ph: PhaseConfig):
@@ -492,7 +504,7 @@ class Trainer:
         for pi in range(start_phase, len(self.phases)):
             ph = self.phases[pi]
             lr = ph.lr if ph.lr is not None else self.cfg.train.optimizer.get("lr")
-            opt = make_optimizer(self.model.parameters(), self.cfg.train.optimizer, lr)
+            opt = make_optimizer(self._param_groups(lr), self.cfg.train.optimizer, lr)
             sched = make_schedule(opt, ph.lr_schedule or self.cfg.train.lr_schedule, ph.epochs)
             e0 = 0
             if ckpt is not None and pi == start_phase:

@@ -107,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     loss_fn = task_loss(cfg.train.loss)
     res = gradient_cosine(tr.model, data, loss_fn, a.b_th)
     b_th = a.b_th if a.b_th is not None else cfg.model.b_th
-    out = {"run": str(run), "checkpoint": ck.name, "b_th": b_th, "batches": len(data),
-           "batch_size": cfg.data.batch_size, "params": res}
+    out = {
+        "run": str(run),
+        "checkpoint": ck.name,
+        "b_th": b_th,
+        "batches": len(data),
+        "batch_size": cfg.data.batch_size,
+        "params": res,
+    }
     (run / "grad_cosine.json").write_text(json.dumps(out, indent=2))
     print(f"[{cfg.name}] sparse vs dense weight gradients, B_th half-width {b_th}, {len(data)} test batches")
     print("| parameter | cosine (summed) | per-batch mean | per-batch min | norm sparse/dense |")

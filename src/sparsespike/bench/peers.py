@@ -101,8 +101,15 @@ class SpikingJellyNet(nn.Module):
         from spikingjelly.activation_based import layer, neuron, surrogate
 
         tau = 1.0 / (1.0 - BETA)  # decay_input=False: H = V (1 - 1/tau) + X
-        kw = dict(tau=tau, decay_input=False, v_threshold=1.0, v_reset=None, detach_reset=True,
-                  step_mode="m", surrogate_function=surrogate.Sigmoid())
+        kw = dict(
+            tau=tau,
+            decay_input=False,
+            v_threshold=1.0,
+            v_reset=None,
+            detach_reset=True,
+            step_mode="m",
+            surrogate_function=surrogate.Sigmoid(),
+        )
         self.fc1 = layer.Linear(N_IN, N_H, bias=False, step_mode="m")
         self.fc2 = layer.Linear(N_H, N_H, bias=False, step_mode="m")
         with torch.no_grad():
@@ -125,8 +132,11 @@ class NorseNet(nn.Module):
 
         dt = 1e-3
         p = nt.LIFParameters(
-            tau_mem_inv=torch.tensor((1 - BETA) / dt), tau_syn_inv=torch.tensor((1 - ALPHA) / dt),
-            v_th=torch.tensor(1.0), method="super", alpha=torch.tensor(100.0),
+            tau_mem_inv=torch.tensor((1 - BETA) / dt),
+            tau_syn_inv=torch.tensor((1 - ALPHA) / dt),
+            v_th=torch.tensor(1.0),
+            method="super",
+            alpha=torch.tensor(100.0),
         )
         self.fc1, self.fc2 = nn.Linear(N_IN, N_H, bias=False), nn.Linear(N_H, N_H, bias=False)
         with torch.no_grad():
@@ -199,9 +209,17 @@ def run(repeats: int = 5, threads: int | None = None, out: str | Path = "benchma
         with torch.no_grad():
             logits = model(x)
         f, b = statistics.median(t_f[name]), statistics.median(t_b[name])
-        rows.append({"name": name, "forward_s": f, "backward_s": b, "total_s": f + b,
-                     "cpu_total_s": statistics.median(c_fb[name]),
-                     "peak_mem_MiB": mem / 2**20, "logit_checksum": float(logits.abs().sum())})
+        rows.append(
+            {
+                "name": name,
+                "forward_s": f,
+                "backward_s": b,
+                "total_s": f + b,
+                "cpu_total_s": statistics.median(c_fb[name]),
+                "peak_mem_MiB": mem / 2**20,
+                "logit_checksum": float(logits.abs().sum()),
+            }
+        )
         print(f"{name:45s} fwd {1e3 * f:8.1f} ms  bwd {1e3 * b:8.1f} ms  peak {mem / 2**20:7.1f} MiB", flush=True)
     ours = next(r for r in rows if r["name"].startswith("sparsespike (dense"))
     ours_a = next(r for r in rows if r["name"].startswith("sparsespike, current"))
@@ -250,9 +268,12 @@ def to_markdown(res: dict) -> str:
             f"{r['speedup_ours_vs_this']:.2f}x |"
         )
     if res.get("fastest_peer"):
-        lines += ["", f"Fastest peer: {res['fastest_peer']}; sparsespike fwd+bwd is "
-                  f"{res['speedup_vs_fastest_peer']:.2f}x faster (wall-clock medians; "
-                  f"{res['cpu_speedup_vs_fastest_peer']:.2f}x in process CPU time)."]
+        lines += [
+            "",
+            f"Fastest peer: {res['fastest_peer']}; sparsespike fwd+bwd is "
+            f"{res['speedup_vs_fastest_peer']:.2f}x faster (wall-clock medians; "
+            f"{res['cpu_speedup_vs_fastest_peer']:.2f}x in process CPU time).",
+        ]
     return "\n".join(lines) + "\n"
 
 

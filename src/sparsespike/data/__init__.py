@@ -155,9 +155,7 @@ _ENTRIES = (
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in _ENTRIES}
 
 
-def load_dataset(
-    name: str, data_dir: PathLike = None, split: str = "train"
-) -> tuple[Any, torch.Tensor]:
+def load_dataset(name: str, data_dir: PathLike = None, split: str = "train") -> tuple[Any, torch.Tensor]:
     """``DATASETS[name].load(data_dir, split)`` with a helpful error for unknown names."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

@@ -36,9 +36,7 @@ def _as_nchw(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
         return images.unsqueeze(1), True
     if images.dim() == 4:
         return images, False
-    raise SpikeInputError(
-        f"images must be [B, H, W] or [B, C, H, W], got shape {tuple(images.shape)}"
-    )
+    raise SpikeInputError(f"images must be [B, H, W] or [B, C, H, W], got shape {tuple(images.shape)}")
 
 
 def affine_transform(
@@ -101,9 +99,7 @@ def random_affine(
     """
     x, _ = _as_nchw(images)
     if not (0.0 <= max_shift < 1.0) or not (0.0 <= max_rotation <= 180.0) or math.isnan(max_shift):
-        raise SpikeInputError(
-            f"need 0 <= max_shift < 1 and 0 <= max_rotation <= 180, got {max_shift}, {max_rotation}"
-        )
+        raise SpikeInputError(f"need 0 <= max_shift < 1 and 0 <= max_rotation <= 180, got {max_shift}, {max_rotation}")
     b, _, h, w = x.shape
     u = torch.rand(b, 3, generator=generator) * 2.0 - 1.0
     angles = u[:, 0] * max_rotation
@@ -134,6 +130,4 @@ class RandomAffine:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return random_affine(
-            images, self.max_shift, self.max_rotation, self.generator, self.mode, self.fill
-        )
+        return random_affine(images, self.max_shift, self.max_rotation, self.generator, self.mode, self.fill)

@@ -83,19 +83,12 @@ def read_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in obj or "labels" not in obj:
         raise DataError(f"{p}: batch dict lacks 'data'/'labels' keys (has {sorted(obj)})")
     data = obj["data"]
-    if (
-        not isinstance(data, np.ndarray)
-        or data.dtype != np.uint8
-        or data.ndim != 2
-        or (data.shape[1] != 3072)
-    ):
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or (data.shape[1] != 3072):
         shape = getattr(data, "shape", None)
         raise DataError(f"{p}: 'data' is {type(data).__name__} {shape}; expected uint8 [n, 3072]")
     labels = np.asarray(obj["labels"], dtype=np.int64)
     if labels.shape != (data.shape[0],):
-        raise DataError(
-            f"{p}: {labels.shape[0] if labels.ndim else 0} labels for {data.shape[0]} images"
-        )
+        raise DataError(f"{p}: {labels.shape[0] if labels.ndim else 0} labels for {data.shape[0]} images")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{p}: labels outside 0..9 (min {labels.min()}, max {labels.max()})")
     return data.reshape(-1, 3, 32, 32), labels

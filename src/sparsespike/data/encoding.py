@@ -42,15 +42,11 @@ def as_unit_interval(x: torch.Tensor | np.ndarray, name: str = "x") -> torch.Ten
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise SpikeInputError(
-            f"{name} must be a torch tensor or numpy array, got {type(x).__name__}"
-        )
+        raise SpikeInputError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
     if x.dtype == torch.uint8:
         return x.to(torch.float32) / 255.0
     if not x.is_floating_point():
-        raise SpikeInputError(
-            f"{name} must be a float tensor with values in [0, 1] (or uint8 pixels), got {x.dtype}"
-        )
+        raise SpikeInputError(f"{name} must be a float tensor with values in [0, 1] (or uint8 pixels), got {x.dtype}")
     if x.numel() == 0:
         return x
     if not bool(torch.isfinite(x).all()):
@@ -97,9 +93,7 @@ def latency_times(
             t = torch.where(x < silent_below, inf, t)
         return t
     if direction != "bright_early":
-        raise SpikeInputError(
-            "kind='current' is bright-early by construction; use direction='bright_early'"
-        )
+        raise SpikeInputError("kind='current' is bright-early by construction; use direction='bright_early'")
     if tau <= 0 or not 0 < thr < 1:
         raise SpikeInputError(f"need tau > 0 and 0 < thr < 1, got tau={tau}, thr={thr}")
     above = x > thr
@@ -119,7 +113,24 @@ def times_to_raster(steps: torch.Tensor, T: int) -> torch.Tensor:
     idx = torch.where(valid, steps, torch.zeros_like(steps)).long()
     out = torch.zeros((T, *steps.shape), dtype=torch.float32, device=steps.device)
     out.scatter_(0, idx.unsqueeze(0), valid.unsqueeze(0).to(torch.float32))
+    if steps.dim() >= 2 and steps.device.type == "cpu" and T * steps[0].numel() < 2**31:
+        _attach_spike_list(out, idx.reshape(steps.shape[0], -1), valid.reshape(steps.shape[0], -1))
     return out
+
+
+def _attach_spike_list(out: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> None:
+    """Attach the b-major spike list (``t*K + i`` sorted per sample, features flattened) of a
+    one-spike-per-input raster ``out[T, B, *features]``, built from the spike steps in ``O(B K log K)`` -- so a sparse first
+    layer does not scan the ``T*B*K`` raster (kernels/sparse.py ``attach_spike_list``)."""
+    from ..kernels.sparse import ActiveSet, attach_spike_list
+
+    T, B, K = out.shape[0], out.shape[1], idx.shape[1]
+    none = T * K  # sorts after every real entry
+    flat = torch.where(valid, idx * K + torch.arange(K), torch.full_like(idx, none))
+    flat, _ = torch.sort(flat, dim=1)
+    ptr = torch.zeros(B + 1, dtype=torch.int64)
+    torch.cumsum(valid.sum(1), 0, out=ptr[1:])
+    attach_spike_list(out, ActiveSet(T, B, K, ptr, flat[flat < none].to(torch.int32)))
 
 
 def latency_raster(
@@ -156,9 +167,7 @@ def firing_times(images: torch.Tensor, tau_eff: float = 20.0, thr: float = 0.2) 
     return latency_times(x, 0.0, math.inf, "bright_early", "current", tau_eff, thr)
 
 
-def firing_time_raster(
-    images: torch.Tensor, T: int = 100, tau_eff: float = 20.0, thr: float = 0.2
-) -> torch.Tensor:
+def firing_time_raster(images: torch.Tensor, T: int = 100, tau_eff: float = 20.0, thr: float = 0.2) -> torch.Tensor:
     """Perez-Nieves & Goodman's F-MNIST encoding as a raster ``[T, *images.shape]`` (float32).
 
     Step ``int(tau_eff ln(x/(x-thr)))`` for ``x > thr`` (``x = pixel/255``), one spike at most,

@@ -36,9 +36,7 @@ EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("p", np.int8), ("t", 
 BINNINGS = ("round", "floor")
 
 
-def decode_events(
-    raw: bytes | np.ndarray, source: str | os.PathLike[str] = "<bytes>"
-) -> np.ndarray:
+def decode_events(raw: bytes | np.ndarray, source: str | os.PathLike[str] = "<bytes>") -> np.ndarray:
     """Decode a buffer of 40-bit events into a structured array with :data:`EVENT_DTYPE`."""
     b = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, bytes | bytearray) else raw
     if b.size % 5 != 0:
@@ -51,11 +49,7 @@ def decode_events(
     out["x"] = e[:, 0]
     out["y"] = e[:, 1]
     out["p"] = e[:, 2] >> 7
-    out["t"] = (
-        (e[:, 2].astype(np.int64) & 0x7F) << 16
-        | e[:, 3].astype(np.int64) << 8
-        | e[:, 4].astype(np.int64)
-    )
+    out["t"] = (e[:, 2].astype(np.int64) & 0x7F) << 16 | e[:, 3].astype(np.int64) << 8 | e[:, 4].astype(np.int64)
     return out
 
 
@@ -97,9 +91,7 @@ def write_events(path: str | os.PathLike[str], events: np.ndarray) -> None:
     Path(path).write_bytes(encode_events(events))
 
 
-def make_events(
-    x: Sequence[int], y: Sequence[int], p: Sequence[int], t: Sequence[int]
-) -> np.ndarray:
+def make_events(x: Sequence[int], y: Sequence[int], p: Sequence[int], t: Sequence[int]) -> np.ndarray:
     """Build a structured event array from four equal-length sequences."""
     n = len(t)
     if not (len(x) == len(y) == len(p) == n):

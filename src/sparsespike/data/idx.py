@@ -72,9 +72,7 @@ def parse_idx(buf: bytes, source: str | os.PathLike[str] = "<bytes>") -> np.ndar
     or a payload whose length does not match the header's dimensions.
     """
     if len(buf) < 4:
-        raise DataError(
-            f"{source}: not an IDX file: only {len(buf)} bytes, expected a 4-byte magic"
-        )
+        raise DataError(f"{source}: not an IDX file: only {len(buf)} bytes, expected a 4-byte magic")
     zero0, zero1, code, ndim = buf[0], buf[1], buf[2], buf[3]
     if zero0 != 0 or zero1 != 0 or code not in IDX_TYPES or ndim == 0:
         raise DataError(
@@ -109,9 +107,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except EOFError as e:
-            raise DataError(
-                f"{p}: gzip stream is truncated ({e}); expected a complete .gz file"
-            ) from e
+            raise DataError(f"{p}: gzip stream is truncated ({e}); expected a complete .gz file") from e
         except (OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             raise DataError(f"{p}: corrupt gzip data ({e}); expected a valid .gz file") from e
     elif p.suffix == ".gz":
@@ -160,14 +156,10 @@ def load_idx_dataset(
     n = _SIZES[split]
     if images.dtype != np.uint8 or images.shape != (n, 28, 28):
         raise DataError(
-            f"{img_path}: images have shape {images.shape} and dtype {images.dtype}; "
-            f"expected ({n}, 28, 28) uint8"
+            f"{img_path}: images have shape {images.shape} and dtype {images.dtype}; expected ({n}, 28, 28) uint8"
         )
     if labels.dtype != np.uint8 or labels.shape != (n,):
-        raise DataError(
-            f"{lbl_path}: labels have shape {labels.shape} and dtype {labels.dtype}; "
-            f"expected ({n},) uint8"
-        )
+        raise DataError(f"{lbl_path}: labels have shape {labels.shape} and dtype {labels.dtype}; expected ({n},) uint8")
     if labels.max(initial=0) > 9:
         raise DataError(f"{lbl_path}: label {int(labels.max())} out of range; expected 0..9")
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))

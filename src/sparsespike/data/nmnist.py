@@ -126,9 +126,7 @@ def load_nmnist(
     expected = [f"{d}/<digit 0-9>/<id>.bin" for d in FULL_SPLIT_DIRS.values()]
     folder = find_dataset_dir(root, "nmnist", expected) / FULL_SPLIT_DIRS[split]
     if not folder.is_dir():
-        raise DataError(
-            f"N-MNIST split folder not found: {folder} (expected {', '.join(expected)})"
-        )
+        raise DataError(f"N-MNIST split folder not found: {folder} (expected {', '.join(expected)})")
     events: list[np.ndarray] = []
     labels: list[int] = []
     for digit in range(10):
@@ -223,6 +221,4 @@ class NMNISTDataset(Dataset):
 
     def rasters(self) -> torch.Tensor:
         """The whole split as ``uint8 [N, T, C]`` (see :func:`nmnist_rasters`)."""
-        return nmnist_rasters(
-            self.events, self.T, self.dt_us, self.merge_polarity, self.clamp, self.binning
-        )
+        return nmnist_rasters(self.events, self.T, self.dt_us, self.merge_polarity, self.clamp, self.binning)

@@ -42,9 +42,7 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     return DEFAULT_DATA_DIR.expanduser()
 
 
-def find_dataset_dir(
-    root: str | os.PathLike[str] | None, name: str, expected_files: Iterable[str] = ()
-) -> Path:
+def find_dataset_dir(root: str | os.PathLike[str] | None, name: str, expected_files: Iterable[str] = ()) -> Path:
     """Return ``<root>/<name>``; raise :class:`DataError` naming the files looked for if absent.
 
     ``root`` goes through :func:`resolve_data_dir` first, so ``None`` means the default root.

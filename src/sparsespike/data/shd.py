@@ -89,9 +89,7 @@ def read_shd_file(path: str | os.PathLike[str]) -> tuple[list[ShdEvents], np.nda
         raise DataError(f"{p}: cannot read as an SHD HDF5 file ({e})") from e
     n = labels.shape[0]
     if len(times) != n or len(units) != n:
-        raise DataError(
-            f"{p}: {len(times)} time arrays, {len(units)} unit arrays, {n} labels; expected equal"
-        )
+        raise DataError(f"{p}: {len(times)} time arrays, {len(units)} unit arrays, {n} labels; expected equal")
     if n and (labels.min() < 0 or labels.max() >= N_CLASSES):
         raise DataError(f"{p}: labels outside 0..{N_CLASSES - 1}")
     events: list[ShdEvents] = []
@@ -108,9 +106,7 @@ def read_shd_file(path: str | os.PathLike[str]) -> tuple[list[ShdEvents], np.nda
     return events, labels
 
 
-def load_shd(
-    root: str | os.PathLike[str] | None = None, split: str = "train"
-) -> tuple[list[ShdEvents], torch.Tensor]:
+def load_shd(root: str | os.PathLike[str] | None = None, split: str = "train") -> tuple[list[ShdEvents], torch.Tensor]:
     """SHD events from ``<root>/shd/``: ``(list of (times_s, units), labels int64 [N])``."""
     if split not in SPLIT_FILES:
         raise ValueError(f"unknown SHD split {split!r}; expected 'train' or 'test'")

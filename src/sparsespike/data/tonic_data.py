@@ -82,7 +82,9 @@ TONIC_OPTION_KEYS = (
 def require_tonic() -> ModuleType:
     """Import :mod:`tonic` lazily, with an error that says how to install it."""
     return require(
-        "tonic", "the tonic datasets (tonic >= 1.4)", extra="tonic",
+        "tonic",
+        "the tonic datasets (tonic >= 1.4)",
+        extra="tonic",
         note=". Our own loaders (DATASETS['nmnist'], ['shd']) do not need it.",
     )
 

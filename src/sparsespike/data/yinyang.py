@@ -46,17 +46,11 @@ def yinyang_class(x: float, y: float, r_small: float = 0.1, r_big: float = 0.5) 
     d_left = math.sqrt((x - 0.5 * r_big) ** 2 + (y - r_big) ** 2)
     if d_right < r_small or d_left < r_small:
         return 2
-    is_yin = (
-        d_right <= r_small
-        or (r_small < d_left <= 0.5 * r_big)
-        or (y > r_big and d_right > 0.5 * r_big)
-    )
+    is_yin = d_right <= r_small or (r_small < d_left <= 0.5 * r_big) or (y > r_big and d_right > 0.5 * r_big)
     return int(is_yin)
 
 
-def make_yinyang(
-    n: int, seed: int, r_small: float = 0.1, r_big: float = 0.5
-) -> tuple[np.ndarray, np.ndarray]:
+def make_yinyang(n: int, seed: int, r_small: float = 0.1, r_big: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Generate ``n`` Yin-Yang samples with ``np.random.RandomState(seed)``.
 
     Returns ``(features float32 [n, 4] = (x, y, 1-x, 1-y), labels int64 [n])``.
@@ -83,9 +77,7 @@ def make_yinyang(
     return feats.astype(np.float32), labels
 
 
-def load_yinyang(
-    split: str = "train", r_small: float = 0.1, r_big: float = 0.5
-) -> tuple[torch.Tensor, torch.Tensor]:
+def load_yinyang(split: str = "train", r_small: float = 0.1, r_big: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """The published split (``'train'`` 5000/42, ``'validation'`` 1000/41, ``'test'`` 1000/40).
 
     Returns ``(features float32 [N, 4], labels int64 [N])`` as torch tensors.

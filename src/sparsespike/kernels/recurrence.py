@@ -45,9 +45,14 @@ def choose_impl(x: torch.Tensor, p: LIFParams, impl: str = "auto") -> str:
     """``numba`` on CPU for built-in surrogates, else ``torch`` (``triton`` later for CUDA)."""
     if impl != "auto":
         return impl
-    if x.device.type == "cpu" and _kernel_surrogate(p) is not None and x.dtype in (
-        torch.float32,
-        torch.float64,
+    if (
+        x.device.type == "cpu"
+        and _kernel_surrogate(p) is not None
+        and x.dtype
+        in (
+            torch.float32,
+            torch.float64,
+        )
     ):
         return "numba"
     return "torch"

@@ -193,7 +193,7 @@ def spike_list(x: torch.Tensor) -> ActiveSet:
 class SpikeMeta:
     """What a sparse layer attaches to its output spikes: its active set and its spike list."""
 
-    active: ActiveSet
+    active: ActiveSet | None  # None: an input that carries only its spike list
     spikes: ActiveSet | None
     version: int
 
@@ -214,12 +214,31 @@ def attach_active_set(
     return x
 
 
+def attach_spike_list(x: torch.Tensor, spikes: ActiveSet) -> torch.Tensor:
+    """Mark an input ``x[T, B, K]`` with its spike list (no active set: it needs no gradient).
+
+    Encoders that know where their spikes are (one spike per input, from its time) attach it, so
+    a sparse first layer need not scan the dense raster (two passes over ``T*B*K`` floats).
+    ``x`` may be ``[T, B, *features]`` with ``prod(features) = K`` (flattened row-major).
+    """
+    if x.dim() < 3 or (spikes.T, spikes.B, spikes.F) != (x.shape[0], x.shape[1], math.prod(x.shape[2:])):
+        raise ValueError(f"spike list over {spikes.shape} does not match tensor {tuple(x.shape)}")
+    setattr(x, ATTR, SpikeMeta(None, spikes, x._version))
+    return x
+
+
 def get_meta(x: torch.Tensor) -> SpikeMeta | None:
     """The :class:`SpikeMeta` attached to ``x`` if still valid (same shape, no in-place change)."""
     m = getattr(x, ATTR, None)
-    if m is None or m.version != x._version or tuple(m.active.shape) != tuple(x.shape):
+    if m is None or m.version != x._version:
         return None
-    if m.active.device != x.device:
+    ref = m.active if m.active is not None else m.spikes
+    if ref is None or ref.device != x.device or x.dim() < 3:
+        return None
+    # [T, B, ...] matches a set over [T, B, F] when the trailing dims hold F features
+    if (ref.T, ref.B, ref.F) != (x.shape[0], x.shape[1], math.prod(x.shape[2:])):
+        return None
+    if m.active is not None and x.dim() != 3:
         return None
     return m
 
@@ -608,7 +627,7 @@ def sparse_spiking_linear(
         from .synapse import synaptic_linear
 
         xin = x
-        if meta is not None and x.requires_grad and torch.is_grad_enabled():
+        if meta is not None and meta.active is not None and x.requires_grad and torch.is_grad_enabled():
             xin = MaskGradToActive.apply(x, meta.active)
         cur = synaptic_linear(xin, W, bias)
         s = lif_recurrence_masked(cur, p, b_th, stats, impl="torch" if impl in ("torch", "fallback") else "auto")

@@ -34,6 +34,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .simd import dot
+
 # no nnan/ninf: b_th may legitimately be +inf ("every neuron active")
 FM = {"contract", "arcp", "reassoc", "nsz"}
 
@@ -371,13 +373,23 @@ def _weight_grad_part(
         p = sp_ptr[b]
         pe = sp_ptr[b + 1]
         a = a0
+        # time cursors instead of integer divisions (idx = t*N + j is walked in order)
+        ta = 0
+        taN = 0
+        ts = 0
+        tsK = 0
         while a < a1:
-            ta = a_idx[a] // N
+            fa = a_idx[a]
+            while fa >= taN + N:
+                ta += 1
+                taN += N
             lim = (ta + 1) * K
             while p < pe and sp_idx[p] < lim:
                 f = sp_idx[p]
-                ts = f // K
-                i = f - ts * K
+                while f >= tsK + K:
+                    ts += 1
+                    tsK += K
+                i = f - tsK
                 if i >= k0 and i < k1:
                     if tb < 0:
                         tb = ts
@@ -389,9 +401,10 @@ def _weight_grad_part(
                     else:
                         tr[i - k0] += ipow[ts - tb]
                 p += 1
-            alim = (ta + 1) * N
+            alim = taN + N
+            cb = powb[ta - tb] if tb >= 0 else zero
             while a < a1 and a_idx[a] < alim:
-                j = a_idx[a] - ta * N
+                j = a_idx[a] - taN
                 if fuse_e:  # e = dL/dS * g read here: the cache misses overlap the arithmetic
                     ev = gs[ta, b, j] * g[a]
                     e[a] = ev
@@ -401,7 +414,7 @@ def _weight_grad_part(
                     if need_db:
                         db[j] += ev * geo[ta]
                     if need_dw and tb >= 0:
-                        c = ev * powb[ta - tb]
+                        c = ev * cb
                         row = dw[j, k0:k1]
                         for k in range(nk):
                             row[k] += c * tr[k]
@@ -440,6 +453,9 @@ def _input_grad_part(b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx,
     # D holds sum_{k >= t} e[k] * beta**(k - tb) for a base step tb >= t; delta[t] is
     # beta**(tb - t) * D (Prop. 1 without per-step decays; rescaled when tb - k exceeds L)
     D = np.zeros(max(nn, 1), dtype=e.dtype)
+    wtf = wt.reshape(-1)
+    lanes = 32 // D.itemsize
+    nvec = nn // lanes
     for b in range(b0, b1):
         a0 = a_ptr[b]
         a1 = a_ptr[b + 1]
@@ -451,13 +467,23 @@ def _input_grad_part(b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx,
             D[j] = zero
         tb = -1
         a = a1 - 1
+        # time cursors instead of integer divisions (idx = t*N + j is walked in order)
+        ta = T - 1
+        taN = ta * N
+        tq = T - 1
+        tqK = tq * K
         while q >= q0:
-            tq = p_idx[q] // K
+            fq = p_idx[q]
+            while fq < tqK:
+                tq -= 1
+                tqK -= K
             lo = tq * N
             while a >= a0 and a_idx[a] >= lo:
                 f = a_idx[a]
-                ta = f // N
-                j = f - ta * N
+                while f < taN:
+                    ta -= 1
+                    taN -= N
+                j = f - taN
                 if j >= n0 and j < n1:
                     if tb < 0:
                         tb = ta
@@ -466,18 +492,17 @@ def _input_grad_part(b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx,
                         tb = ta
                     D[j - n0] += e[a] * ipow[tb - ta]
                 a -= 1
-            qlo = tq * K
             if tb < 0:
-                while q >= q0 and p_idx[q] >= qlo:
+                while q >= q0 and p_idx[q] >= tqK:
                     q -= 1
                 continue
             c = powb[tb - tq]
-            while q >= q0 and p_idx[q] >= qlo:
-                i = p_idx[q] - qlo
-                w = wt[i, n0:n1]
-                acc = zero
-                for j in range(nn):
-                    acc += w[j] * D[j]
+            while q >= q0 and p_idx[q] >= tqK:
+                # dW^T row i . D: vector part with 4 accumulators (simd.dot), scalar tail
+                w0 = (p_idx[q] - tqK) * N + n0
+                acc = dot(nvec, wtf, w0, D, 0)
+                for j in range(nvec * lanes, nn):
+                    acc += wtf[w0 + j] * D[j]
                 dx_vals[q] += c * acc
                 q -= 1
 

@@ -78,6 +78,26 @@ def _py_csr_weight_grad(indptr, indices, g, gwt, nsplit):
                     row[j] += gr[j]
 
 
+def _py_active_rows_grad(ptr, idx, F, g, wt, out):
+    """``out[p] = sum_c g[t*B + b, c] * wt[i, c]`` for the compact entries ``p`` (``idx = t*F + i``)."""
+    B = ptr.shape[0] - 1
+    C = g.shape[1]
+    for b in prange(B):
+        t = 0
+        tF = 0
+        for p in range(ptr[b], ptr[b + 1]):
+            f = idx[p]
+            while f >= tF + F:
+                t += 1
+                tF += F
+            r = t * B + b
+            i = f - tF
+            acc = 0.0
+            for c in range(C):
+                acc += g[r, c] * wt[i, c]
+            out[p] = acc
+
+
 def to_csr(x: np.ndarray, max_density: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
     """Row pointers and column indices of the non-zeros of a binary 2-D array.
 
@@ -125,13 +145,60 @@ class EventLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gs = g @ w
         if ctx.needs_input_grad[1]:
-            gwt = torch.empty(ctx.k, w.shape[0], dtype=g.dtype)
-            nsplit = max(1, min(torch.get_num_threads(), w.shape[0] // 16))
-            work = len(indices) * w.shape[0]
-            kern = pick(_csr_weight_grad_par, _csr_weight_grad_ser, work)
-            kern(indptr, indices, g.numpy(), gwt.numpy(), nsplit if kern is _csr_weight_grad_par else 1)
-            gw = gwt.t()
+            gw = _event_weight_grad(indptr, indices, ctx.k, g, w)
         return gs, gw, None
+
+
+def _event_weight_grad(indptr, indices, k: int, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``(dL/dX)^T S`` walking the stored spikes (``[N_out, K]``)."""
+    gwt = torch.empty(k, w.shape[0], dtype=g.dtype)
+    nsplit = max(1, min(torch.get_num_threads(), w.shape[0] // 16))
+    kern = pick(_csr_weight_grad_par, _csr_weight_grad_ser, len(indices) * w.shape[0])
+    kern(indptr, indices, g.numpy(), gwt.numpy(), nsplit if kern is _csr_weight_grad_par else 1)
+    return gwt.t()
+
+
+class EventLinearActive(torch.autograd.Function):
+    """:class:`EventLinear` on time-major spikes ``S[T, B, K]`` of a sparse layer, whose input
+    gradient is needed only at that layer's active entries (Perez-Nieves & Goodman eq. 12: the
+    surrogate is 0 elsewhere). The backward computes ``dL/dS = (dL/dX) W`` at those entries only
+    (``n_active x N_out`` MACs instead of ``T B K N_out``) and returns it as a sparse COO tensor
+    on the active set's cached indices, which the sparse layer's backward reads without a copy.
+    Used by the readout (and any event-driven linear) behind a ``backward="sparse"`` layer.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, w: torch.Tensor, csr, active):  # type: ignore[override]
+        out = EventLinear.forward(ctx, s.reshape(-1, s.shape[-1]), w, csr)
+        ctx.active = active
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        (w,) = ctx.saved_tensors
+        g = g.contiguous()
+        gs = gw = None
+        if ctx.needs_input_grad[0]:
+            act = ctx.active
+            vals = torch.empty(act.n, dtype=g.dtype)
+            if act.n:
+                wt = w.detach().t().contiguous()
+                kern = pick(_active_rows_grad_par, _active_rows_grad_ser, act.n * w.shape[0])
+                kern(act.ptr.numpy(), act.idx.numpy(), act.F, g.numpy(), wt.numpy(), vals.numpy())
+            gs = torch.sparse_coo_tensor(act.coo_indices(), vals, act.shape, is_coalesced=False, check_invariants=False)
+        if ctx.needs_input_grad[1]:
+            indptr, indices = ctx.csr
+            gw = _event_weight_grad(indptr, indices, ctx.k, g, w)
+        return gs, gw, None, None
+
+
+def _active_set_of(s: torch.Tensor):
+    """The active set a ``backward="sparse"`` layer attached to ``s`` (if ``s`` needs a gradient)."""
+    if not s.requires_grad or s.dim() != 3:
+        return None
+    from .sparse import active_set  # lazy: sparse imports this module's neighbours
+
+    return active_set(s)
 
 
 def synaptic_linear(
@@ -149,11 +216,14 @@ def synaptic_linear(
     """
     lead = s.shape[:-1]
     s2 = s.reshape(-1, s.shape[-1])
-    cpu_ok = (
-        s2.device.type == "cpu" and s2.dtype == w.dtype and s2.dtype in (torch.float32, torch.float64)
-    )
+    cpu_ok = s2.device.type == "cpu" and s2.dtype == w.dtype and s2.dtype in (torch.float32, torch.float64)
     csr = None
-    if event_driven is None and cpu_ok and w.shape[0] >= 8:
+    act = _active_set_of(s) if cpu_ok and event_driven is not False else None
+    if act is not None:  # behind a sparse layer: the compact input gradient pays at any size
+        csr = to_csr(s2.detach().contiguous().numpy())
+        if csr is None:
+            act = None
+    if csr is None and event_driven is None and cpu_ok and w.shape[0] >= 8:
         csr = to_csr(s2.detach().contiguous().numpy(), max_density)
     elif event_driven:
         if not cpu_ok:
@@ -162,7 +232,7 @@ def synaptic_linear(
         if csr is None:
             raise ValueError("event_driven=True needs a binary spike input (entries 0 or 1)")
     if csr is not None:
-        out = EventLinear.apply(s2, w, csr)
+        out = EventLinearActive.apply(s, w, csr, act) if act is not None else EventLinear.apply(s2, w, csr)
         if bias is not None:
             out = out + bias
     else:
@@ -180,3 +250,5 @@ _csr_matmul_par = njit(parallel=True, cache=True, fastmath=True)(_py_csr_matmul)
 _csr_matmul_ser = njit(parallel=False, cache=True, fastmath=True)(_py_csr_matmul)
 _csr_weight_grad_par = njit(parallel=True, cache=True, fastmath=True)(_py_csr_weight_grad)
 _csr_weight_grad_ser = njit(parallel=False, cache=True, fastmath=True)(_py_csr_weight_grad)
+_active_rows_grad_par = njit(parallel=True, cache=True, fastmath=True)(_py_active_rows_grad)
+_active_rows_grad_ser = njit(parallel=False, cache=True, fastmath=True)(_py_active_rows_grad)
