@@ -120,8 +120,9 @@ def times_to_raster(steps: torch.Tensor, T: int) -> torch.Tensor:
 
 def _attach_spike_list(out: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> None:
     """Attach the b-major spike list (``t*K + i`` sorted per sample, features flattened) of a
-    one-spike-per-input raster ``out[T, B, *features]``, built from the spike steps in ``O(B K log K)`` -- so a sparse first
-    layer does not scan the ``T*B*K`` raster (kernels/sparse.py ``attach_spike_list``)."""
+    one-spike-per-input raster ``out[T, B, *features]``, built from the spike steps in
+    ``O(B K log K)`` -- so a sparse first layer does not scan the ``T*B*K`` raster
+    (kernels/sparse.py ``attach_spike_list``)."""
     from ..kernels.sparse import ActiveSet, attach_spike_list
 
     T, B, K = out.shape[0], out.shape[1], idx.shape[1]
