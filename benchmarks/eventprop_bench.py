@@ -106,6 +106,9 @@ def time_scale(x, y, factors, repeats):
 
 
 def main(argv=None):
+    from sparsespike.runtime import tune_allocator
+
+    tune_allocator()  # every method gets the same allocator (runtime.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer points, no epoch timing")
     ap.add_argument("--threads", type=int, default=1)

@@ -277,6 +277,9 @@ def write_table(path: Path, meta: dict, rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
+    from sparsespike.runtime import tune_allocator
+
+    tune_allocator()  # every method gets the same allocator (runtime.py)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", action="append", default=[], type=Path)
     ap.add_argument("--densities", default="1.0,0.5,0.25,0.1")

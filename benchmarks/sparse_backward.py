@@ -352,12 +352,16 @@ def layer2_bench(net: Net, methods, x, y, b_th, reps, warmup, memory=True) -> di
     (G2,) = torch.autograd.grad(loss, s2d)
     act2 = l2s.activity()
     layers = {m: net.layer(m, 2, b_th) for m in methods}
-    inp = s1.detach().requires_grad_()
-    share_active_set(s1, inp)
+    # only the sparse method's input carries layer 1's active set (as in a sparse network); the
+    # others get a plain tensor, as in their own dense network (our dense layer would otherwise
+    # also compute its input gradient at layer 1's active entries only: EventLinearActive)
+    inputs = {m: s1.detach().requires_grad_() for m in methods}
+    share_active_set(s1, inputs["sparse"])
     res = {m: {"fwd": [], "bwd": []} for m in methods}
     for r in range(warmup + reps):
         for m in methods:
             lay = layers[m]
+            inp = inputs[m]
             inp.grad = None
             lay.weight.grad = None
             t0 = _clock()
@@ -376,12 +380,13 @@ def layer2_bench(net: Net, methods, x, y, b_th, reps, warmup, memory=True) -> di
         rows[m] = {"forward": _stats(res[m]["fwd"]), "backward": _stats(res[m]["bwd"])}
         if memory:
             lay = layers[m]
+            inp = inputs[m]
             holder = {}
 
-            def fwd(lay=lay, holder=holder):
+            def fwd(lay=lay, holder=holder, inp=inp):
                 holder["out"] = lay(inp)
 
-            def bwd(holder=holder, lay=lay):
+            def bwd(holder=holder, lay=lay, inp=inp):
                 inp.grad = None
                 lay.weight.grad = None
                 holder["out"].backward(holder["g"])
@@ -763,6 +768,9 @@ def write(res: dict, out: Path) -> None:
 
 
 def main(argv=None) -> int:
+    from sparsespike.runtime import tune_allocator
+
+    tune_allocator()  # every method gets the same allocator (runtime.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", type=int, nargs="+", default=[200, 400, 600, 800, 1000])
     ap.add_argument("--batch", type=int, default=256)

@@ -145,3 +145,16 @@ def test_raster_carries_its_spike_list():
     assert torch.equal(outs[0][0], outs[1][0]) and torch.allclose(outs[0][1], outs[1][1])
     x.add_(0)  # an in-place change invalidates the attached list
     assert get_meta(x) is None
+
+
+def test_image_raster_list_survives_flatten():
+    """``[B, H, W]`` images: the list is over the flattened features and follows ``SeqFlatten``."""
+    from sparsespike.kernels.sparse import get_meta, spike_list
+    from sparsespike.layers import SeqFlatten
+
+    g = torch.Generator().manual_seed(2)
+    x = firing_time_raster((torch.rand(5, 6, 10, generator=g) * 255).to(torch.uint8), T=30)
+    assert x.shape == (30, 5, 6, 10) and get_meta(x).spikes.F == 60
+    y = SeqFlatten()(x)
+    ref = spike_list(y.clone())
+    assert get_meta(y) is not None and torch.equal(get_meta(y).spikes.idx, ref.idx)

@@ -278,6 +278,9 @@ def to_markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sparsespike.runtime import tune_allocator
+
+    tune_allocator()  # every method gets the same allocator (runtime.py)
     ap = argparse.ArgumentParser(prog="sparsespike bench peers", description=__doc__)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int)
