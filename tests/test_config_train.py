@@ -136,11 +136,13 @@ def test_compare_runs_table(tmp_path) -> None:
                 "test_acc": 0.9,
                 "test_acc_last": 0.85,
                 "train_time_s": 12.0,
-                "metrics": {"spike_count": 10.0, "synops": 1234.0},
+                "metrics": {"spike_count": 10.0, "synops": 1234.0, "dense_flops": 5000.0, "energy_pj": 2000.0},
             }
         )
     )
-    (run / "run.json").write_text(json.dumps({"config": {"model": {"backward": "sparse"}}}))
+    (run / "run.json").write_text(
+        json.dumps({"config": {"model": {"backward": "sparse", "gates": {"lam": 1e-5}}, "train": {"regularizers": []}}})
+    )
     (run / "metrics.jsonl").write_text(
         json.dumps({"epoch_time_s": 4.0, "activity_pct": {"0": 1.0, "1": 2.0}})
         + "\n"
@@ -148,7 +150,18 @@ def test_compare_runs_table(tmp_path) -> None:
         + "\n"
     )
     row = compare_runs([run]).splitlines()[2]
-    assert row == "| x | sparse | 2 | 90.00 % | 85.00 % | 10.0 | 1,234 | 5.0 | 12 | 2.00 / 3.00 |"
+    assert row == (
+        "| x | sparse | L0 | - | 2 | 90.00 % | 85.00 % | 10.0 | 1,234 | 5e+03 | 2.0 | 5.0 | 12 | 2.00 / 3.00 |"
+    )
+    # a second run is compared with the first: SynOps / FLOPs "x fewer", epoch time "x faster"
+    import shutil
+
+    shutil.copytree(run, tmp_path / "r2")
+    res = json.loads((tmp_path / "r2" / "results.json").read_text())
+    res["metrics"]["synops"] = 123.4
+    (tmp_path / "r2" / "results.json").write_text(json.dumps(res))
+    row2 = compare_runs([run, tmp_path / "r2"]).splitlines()[3]
+    assert "| 123 (10.0x fewer) | 5e+03 (1.0x fewer) |" in row2 and "| 5.0 (1.0x faster) |" in row2
     with pytest.raises(SystemExit, match="no results.json"):
         compare_runs([tmp_path])
 

@@ -159,34 +159,69 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _run_row(run: Path) -> dict:
+    """What :func:`compare_runs` shows of one finished run directory."""
+    res_p = run / "results.json"
+    if not res_p.exists():
+        raise SystemExit(f"no results.json in {run} (unfinished run? use `sparsespike evaluate`)")
+    res = json.loads(res_p.read_text())
+    cfg = json.loads((run / "run.json").read_text())["config"] if (run / "run.json").exists() else {}
+    log_p = run / "metrics.jsonl"
+    log = [json.loads(s) for s in log_p.read_text().splitlines()] if log_p.exists() else []
+    ep_t = [r["epoch_time_s"] for r in log if "epoch_time_s" in r]
+    acts: dict[str, list[float]] = {}
+    for r in log:
+        for k, v in (r.get("activity_pct") or {}).items():
+            acts.setdefault(k, []).append(v)
+    m = res.get("metrics") or res.get("metrics_last") or {}
+    model = cfg.get("model", {})
+    regs = [r.get("name", "?") for r in (cfg.get("train", {}).get("regularizers") or [])]
+    nan = float("nan")
+    return {
+        "name": res["name"],
+        "backward": model.get("backward", "-"),
+        "gates": "L0" if model.get("gates") else "-",
+        "regs": ", ".join(regs) or "-",
+        "epochs": res.get("epochs", len(log)),
+        "acc": res.get("test_acc", res.get("test_acc_last", nan)),
+        "acc_last": res.get("test_acc_last", nan),
+        "spikes": m.get("spike_count", nan),
+        "synops": m.get("synops", nan),
+        "flops": m.get("dense_flops", nan),
+        "energy_nj": m.get("energy_pj", nan) / 1e3,
+        "epoch_s": (sum(ep_t) / len(ep_t)) if ep_t else nan,
+        "train_s": res.get("train_time_s", nan),
+        "act": " / ".join(f"{sum(v) / len(v):.2f}" for v in acts.values()) or "-",
+    }
+
+
 def compare_runs(runs: list[Path]) -> str:
-    """Markdown table of finished runs side by side (test accuracy, spikes, SynOps, times, activity)."""
+    """Markdown table of finished runs side by side: test accuracy, spikes, SynOps, dense FLOPs,
+    energy estimate, epoch and training time, activity; ratios (SynOps and FLOPs "x fewer", epoch
+    time "x faster") are against the first run."""
     head = (
-        "| run | backward | epochs | test acc. (best val) | test acc. (last) | spikes / sample | SynOps / sample | "
-        "mean epoch s | train s | mean activity % per layer |"
+        "| run | backward | gates | regularizers | epochs | test acc. (best val) | test acc. (last) | "
+        "spikes / sample | SynOps / sample | dense FLOPs / sample | energy nJ / sample | mean epoch s | train s | "
+        "mean activity % per layer |"
     )
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
-    for run in runs:
-        res_p = run / "results.json"
-        if not res_p.exists():
-            raise SystemExit(f"no results.json in {run} (unfinished run? use `sparsespike evaluate`)")
-        res = json.loads(res_p.read_text())
-        cfg = json.loads((run / "run.json").read_text())["config"] if (run / "run.json").exists() else {}
-        log_p = run / "metrics.jsonl"
-        log = [json.loads(s) for s in log_p.read_text().splitlines()] if log_p.exists() else []
-        ep_t = [r["epoch_time_s"] for r in log if "epoch_time_s" in r]
-        acts: dict[str, list[float]] = {}
-        for r in log:
-            for k, v in (r.get("activity_pct") or {}).items():
-                acts.setdefault(k, []).append(v)
-        act = " / ".join(f"{sum(v) / len(v):.2f}" for v in acts.values()) or "-"
-        m = res.get("metrics") or res.get("metrics_last") or {}
+    rows = [_run_row(r) for r in runs]
+    ref = rows[0] if rows else {}
+
+    def rel(v: float, key: str, fewer: bool) -> str:
+        r = ref.get(key, float("nan"))
+        if not rows or v != v or r != r or v <= 0 or len(rows) == 1:
+            return ""
+        return f" ({r / v:.1f}x {'fewer' if fewer else 'faster'})"
+
+    for w in rows:
         lines.append(
-            f"| {res['name']} | {cfg.get('model', {}).get('backward', '-')} | {res.get('epochs', len(log))} | "
-            f"{100 * res.get('test_acc', res.get('test_acc_last', float('nan'))):.2f} % | "
-            f"{100 * res.get('test_acc_last', float('nan')):.2f} % | {m.get('spike_count', float('nan')):.1f} | "
-            f"{m.get('synops', float('nan')):,.0f} | {(sum(ep_t) / len(ep_t)) if ep_t else float('nan'):.1f} | "
-            f"{res.get('train_time_s', float('nan')):.0f} | {act} |"
+            f"| {w['name']} | {w['backward']} | {w['gates']} | {w['regs']} | {w['epochs']} | "
+            f"{100 * w['acc']:.2f} % | {100 * w['acc_last']:.2f} % | {w['spikes']:.1f} | "
+            f"{w['synops']:,.0f}{rel(w['synops'], 'synops', True)} | "
+            f"{w['flops']:.3g}{rel(w['flops'], 'flops', True)} | "
+            f"{w['energy_nj']:.1f} | {w['epoch_s']:.1f}{rel(w['epoch_s'], 'epoch_s', False)} | {w['train_s']:.0f} | "
+            f"{w['act']} |"
         )
     return "\n".join(lines)
 
