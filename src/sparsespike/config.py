@@ -120,8 +120,43 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     return from_dict(ExperimentConfig, raw)
 
 
+def set_path(d: dict, key: str, value, *, create: bool, where: str) -> None:
+    """Set dotted ``key`` in the config dict ``d``; a part that indexes a list is an integer.
+
+    ``create``: missing mapping keys are added (as ``--set`` does); otherwise a missing key is a
+    :class:`ConfigError` that lists the keys there are.
+    """
+    parts = str(key).split(".")
+    cur = d
+    for i, part in enumerate(parts):
+        here = ".".join(parts[:i]) or "the config"
+        last = i == len(parts) - 1
+        if isinstance(cur, list):
+            if not part.isdigit():
+                raise ConfigError(f"{where}: {key!r}: {here} is a list; {part!r} is not an index (0, 1, ...)")
+            n = int(part)
+            if n >= len(cur):
+                raise ConfigError(f"{where}: {key!r}: index {n} is out of range ({here} has {len(cur)} entries)")
+            if last:
+                cur[n] = value
+                return
+            cur = cur[n]
+        elif isinstance(cur, dict):
+            if part not in cur:
+                if not create:
+                    raise ConfigError(
+                        f"{where}: {key!r} is not in the experiment config ({here} has keys "
+                        f"{', '.join(map(str, cur)) or 'none'}); add it to the config or to `set:` first"
+                    )
+                cur[part] = value if last else {}
+            if last:
+                cur[part] = value
+                return
+            cur = cur[part]
+        else:
+            raise ConfigError(f"{where}: {key!r}: {here} is {cur!r}, not a mapping or a list")
+
+
 def set_dotted(d: dict, key: str, value) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = value
+    """``--set key=value``: dotted keys, list indices as integers (``train.regularizers.1.s0``)."""
+    set_path(d, key, value, create=True, where="--set")

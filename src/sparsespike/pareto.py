@@ -66,7 +66,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ExperimentConfig, from_dict, load_config
+from .config import ExperimentConfig, from_dict, load_config, set_path
 from .errors import ConfigError
 from .sweep import evaluate_run, mark_worker, resolve_config, train_trial, trial_guard
 
@@ -209,43 +209,6 @@ def parse_dist(key: str, raw) -> Dist:
             raise ConfigError(f"{where}: int bounds must be integers, got [{lo:g}, {hi:g}]")
         return Dist(kind, (int(lo), int(hi)))
     return Dist(kind, (lo, hi))
-
-
-def set_path(d: dict, key: str, value, *, create: bool, where: str) -> None:
-    """Set dotted ``key`` in the config dict ``d``; a part that indexes a list is an integer.
-
-    ``create``: missing mapping keys are added (as ``--set`` does); otherwise a missing key is a
-    :class:`ConfigError` that lists the keys there are.
-    """
-    parts = str(key).split(".")
-    cur = d
-    for i, part in enumerate(parts):
-        here = ".".join(parts[:i]) or "the config"
-        last = i == len(parts) - 1
-        if isinstance(cur, list):
-            if not part.isdigit():
-                raise ConfigError(f"{where}: {key!r}: {here} is a list; {part!r} is not an index (0, 1, ...)")
-            n = int(part)
-            if n >= len(cur):
-                raise ConfigError(f"{where}: {key!r}: index {n} is out of range ({here} has {len(cur)} entries)")
-            if last:
-                cur[n] = value
-                return
-            cur = cur[n]
-        elif isinstance(cur, dict):
-            if part not in cur:
-                if not create:
-                    raise ConfigError(
-                        f"{where}: {key!r} is not in the experiment config ({here} has keys "
-                        f"{', '.join(map(str, cur)) or 'none'}); add it to the config or to `set:` first"
-                    )
-                cur[part] = value if last else {}
-            if last:
-                cur[part] = value
-                return
-            cur = cur[part]
-        else:
-            raise ConfigError(f"{where}: {key!r}: {here} is {cur!r}, not a mapping or a list")
 
 
 def get_path(d: dict, key: str, where: str):
