@@ -405,6 +405,52 @@ def test_trace_walk_vs_brute_force(seed, T, B, N, K, p_act, p_in, beta, analog):
         )
         close(dw, want_w, 1e-12)
         close(db, want_b, 1e-12)
+    # the same sum walked over the input spikes (delta recurrence), any column blocks and spans
+    for nblk, span in [(1, L), (min(N, 2), 1), (N, 2)]:
+        dwt = torch.zeros(K, N, dtype=DT)
+        db = torch.zeros(N, dtype=DT)
+        kc.weight_grad_inputs(
+            nblk,
+            T,
+            N,
+            K,
+            act.ptr.numpy(),
+            act.idx.numpy(),
+            e.numpy(),
+            sl.ptr.numpy(),
+            sl.idx.numpy(),
+            vals.numpy(),
+            sl.vals is not None,
+            powb.numpy(),
+            ipow.numpy(),
+            min(span, L),
+            geo_t.numpy(),
+            True,
+            True,
+            dwt.numpy(),
+            db.numpy(),
+        )
+        close(dwt.t(), want_w, 1e-12)
+        close(db, want_b, 1e-12)
+
+
+def test_weight_gradient_walk_choice():
+    """A wide, busy input (n_inputs x N < n_active x K) takes the input-spike walk; the layer's
+    gradients still equal dense BPTT with the masked surrogate (eq. 8)."""
+    torch.manual_seed(5)
+    T, B, K, N = 25, 3, 300, 6
+    x = (torch.rand(T, B, K) < 0.02).to(DT)
+    W = (torch.randn(N, K, dtype=DT) * 0.6).requires_grad_()
+    bias = torch.zeros(N, dtype=DT, requires_grad=True)
+    p = LIFParams(beta=0.9, surrogate=FastSigmoid(5.0))
+    st_: dict = {}
+    S = sparse_spiking_linear(x, W, bias, p, 0.4, st_)
+    assert spike_list(x).n * N < st_["n_active"] * K, "the test must exercise the input walk"
+    gs = torch.randn(T, B, N, dtype=DT)
+    R, _ = ref_layer(x, W, bias, p, 0.4)
+    assert torch.equal(S, R)
+    for a, r in zip(grads(S, [W, bias], gs), grads(R, [W, bias], gs), strict=True):
+        close(a, r)
 
 
 # ---------------------------------------------------------------------------------------- (d)

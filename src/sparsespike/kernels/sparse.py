@@ -436,16 +436,46 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor):
     work = B and act.n
     kb = _block(K, N, isz, threads) if need_dw else max(K, 1)
     nblk = -(-K // kb) if need_dw else 1
+    # the weight gradient walks the active entries (n_active x K) or the input spikes
+    # (n_inputs x N), whichever is less work
+    by_inputs = bool(work and need_dw and ctx.spikes_in.n * N < act.n * K)
     # e = dL/dS * g at the active entries: read inside the weight-gradient walk when it runs as
     # one block on a dense gradient (its cache misses then overlap the arithmetic), else gathered
-    fuse = bool(work and (need_dw or need_db) and nblk == 1 and not gs.is_sparse and gs.dtype == dtype)
+    fuse = bool(
+        work and (need_dw or need_db) and nblk == 1 and not by_inputs and not gs.is_sparse and gs.dtype == dtype
+    )
     if fuse:
         gs = gs.contiguous()
         e = torch.empty(act.n, dtype=dtype)
     else:
         e = (_compact_grad(gs, act) * g).to(dtype).contiguous()
         gs = torch.zeros(1, 1, 1, dtype=dtype)
-    if work and (need_dw or need_db):
+    if by_inputs:
+        sp = ctx.spikes_in
+        dwt = torch.zeros(K, N, dtype=dtype)
+        kc.weight_grad_inputs(
+            max(1, min(threads, N // 16)),
+            T,
+            N,
+            K,
+            act.ptr.numpy(),
+            act.idx.numpy(),
+            e.numpy(),
+            sp.ptr.numpy(),
+            sp.idx.numpy(),
+            (sp.vals if sp.vals is not None else torch.empty(0, dtype=dtype)).numpy(),
+            sp.vals is not None,
+            powb.numpy(),
+            ipow.numpy(),
+            L,
+            geo.numpy(),
+            True,
+            bool(need_db),
+            dwt.numpy(),
+            (db if need_db else torch.zeros(1, dtype=dtype)).numpy(),
+        )
+        dW = dwt.t()
+    elif work and (need_dw or need_db):
         sp: ActiveSet = (
             ctx.spikes_in
             if need_dw

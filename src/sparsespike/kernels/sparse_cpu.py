@@ -528,6 +528,94 @@ def input_grad_active(nchunk, nb, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx, po
 
 
 @njit(cache=True, fastmath=FM)
+def _weight_grad_in_part(
+    n0, n1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dwt, db
+):  # fmt: skip
+    zero = e.dtype.type(0)
+    nn = n1 - n0
+    D = np.zeros(max(nn, 1), dtype=e.dtype)  # as in _input_grad_part: delta relative to step tb
+    B = a_ptr.shape[0] - 1
+    for b in range(B):
+        a0 = a_ptr[b]
+        a = a_ptr[b + 1] - 1
+        q0 = sp_ptr[b]
+        q = sp_ptr[b + 1] - 1
+        if a < a0:
+            continue
+        if need_db:
+            ta = 0
+            taN = 0
+            for p in range(a0, a + 1):
+                f = a_idx[p]
+                while f >= taN + N:
+                    ta += 1
+                    taN += N
+                j = f - taN
+                if j >= n0 and j < n1:
+                    db[j] += e[p] * geo[ta]
+        if not need_dw or q < q0:
+            continue
+        for j in range(nn):
+            D[j] = zero
+        tb = -1
+        ta = T - 1
+        taN = ta * N
+        tq = T - 1
+        tqK = tq * K
+        while q >= q0:
+            fq = sp_idx[q]
+            while fq < tqK:
+                tq -= 1
+                tqK -= K
+            lo = tq * N
+            while a >= a0 and a_idx[a] >= lo:
+                f = a_idx[a]
+                while f < taN:
+                    ta -= 1
+                    taN -= N
+                j = f - taN
+                if j >= n0 and j < n1:
+                    if tb < 0:
+                        tb = ta
+                    elif tb - ta > L:
+                        _scale(D, powb[tb - ta])
+                        tb = ta
+                    D[j - n0] += e[a] * ipow[tb - ta]
+                a -= 1
+            if tb < 0:
+                while q >= q0 and sp_idx[q] >= tqK:
+                    q -= 1
+                continue
+            c = powb[tb - tq]
+            while q >= q0 and sp_idx[q] >= tqK:
+                v = c * sp_val[q] if has_val else c
+                row = dwt[sp_idx[q] - tqK, n0:n1]
+                for j in range(nn):
+                    row[j] += v * D[j]
+                q -= 1
+
+
+@njit(parallel=True, cache=True)
+def weight_grad_inputs(
+    nblk, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dwt, db
+):  # fmt: skip
+    """Eqs. 9-10 walked over the *input spikes* instead of the active entries (same sum):
+    ``dW^T[i, :] += x[b,t,i] * delta[b,t,:]`` with ``delta`` the Prop. 1 recurrence of the active
+    entries' ``e`` carried backwards in time (as in :func:`input_grad_active`). Costs
+    ``n_inputs x N`` instead of :func:`weight_grad_active`'s ``n_active x K``: the cheaper one for
+    an input layer with many inputs (N-MNIST: K = 2312). Writes the *transposed* gradient
+    ``dwt[K, N]`` (zeroed by the caller) and ``db``; block ``c`` owns output columns
+    ``[c*N/nblk, (c+1)*N/nblk)``, so threads never write the same entry.
+    """
+    for c in prange(nblk):
+        n0, n1 = _split(N, nblk, c)
+        _weight_grad_in_part(
+            n0, n1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db,
+            dwt, db,
+        )  # fmt: skip
+
+
+@njit(cache=True, fastmath=FM)
 def _delta_dense_part(b0, b1, a_ptr, a_idx, e, beta_, out):
     T, _, N = out.shape
     D = np.zeros(N, dtype=out.dtype)
