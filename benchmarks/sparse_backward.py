@@ -332,7 +332,7 @@ def _incoming_grad(out: torch.Tensor, G2: torch.Tensor) -> torch.Tensor:
     from sparsespike.kernels.sparse import active_set
 
     act = active_set(out)
-    return torch.sparse_coo_tensor(act.coo_indices(), act.gather(G2), act.shape, is_coalesced=False)
+    return act.sparse_tensor(act.gather(G2))
 
 
 def layer2_bench(net: Net, methods, x, y, b_th, reps, warmup, memory=True) -> dict:

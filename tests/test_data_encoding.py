@@ -132,8 +132,8 @@ def test_raster_carries_its_spike_list():
     meta = get_meta(x)
     assert meta is not None and meta.active is None
     ref = spike_list(x.clone())  # a copy carries no list: scanned
-    assert torch.equal(meta.spikes.ptr, ref.ptr) and torch.equal(meta.spikes.idx, ref.idx)
-    assert int(meta.spikes.ptr[4] - meta.spikes.ptr[3]) == 0
+    assert torch.equal(meta.spike_list().ptr, ref.ptr) and torch.equal(meta.spike_list().idx, ref.idx)
+    assert int(meta.spike_list().ptr[4] - meta.spike_list().ptr[3]) == 0
     lay = SpikingLinear(60, 12, LIFParams(beta=0.9), backward="sparse", b_th=0.3)
     with torch.no_grad():
         lay.weight.mul_(4)
@@ -154,7 +154,7 @@ def test_image_raster_list_survives_flatten():
 
     g = torch.Generator().manual_seed(2)
     x = firing_time_raster((torch.rand(5, 6, 10, generator=g) * 255).to(torch.uint8), T=30)
-    assert x.shape == (30, 5, 6, 10) and get_meta(x).spikes.F == 60
+    assert x.shape == (30, 5, 6, 10) and get_meta(x).shape[2] == 60 and get_meta(x).spike_list().F == 60
     y = SeqFlatten()(x)
     ref = spike_list(y.clone())
-    assert get_meta(y) is not None and torch.equal(get_meta(y).spikes.idx, ref.idx)
+    assert get_meta(y) is not None and torch.equal(get_meta(y).spike_list().idx, ref.idx)

@@ -426,7 +426,6 @@ def test_trace_walk_vs_brute_force(seed, T, B, N, K, p_act, p_in, beta, analog):
             min(span, L),
             geo_t.numpy(),
             True,
-            True,
             dwt.numpy(),
             db.numpy(),
         )

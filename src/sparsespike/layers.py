@@ -222,7 +222,7 @@ class SeqFlatten(nn.Module):
         y = x.reshape(x.shape[0], x.shape[1], -1)
         meta = get_meta(x)
         if meta is not None and meta.active is None and y is not x:  # an input's spike list
-            attach_spike_list(y, meta.spikes)
+            attach_spike_list(y, meta.spikes, meta.shape)
         return y
 
 

@@ -68,7 +68,7 @@ import yaml
 
 from .config import ExperimentConfig, from_dict, load_config, set_path
 from .errors import ConfigError
-from .sweep import evaluate_run, mark_worker, resolve_config, train_trial, trial_guard
+from .sweep import evaluate_run, mark_worker, resolve_config, slot_status, train_trial, trial_guard
 
 DIST_KINDS = ("log", "uniform", "int", "choice")
 SAMPLERS = ("nsga2", "tpe")
@@ -469,33 +469,12 @@ class ParetoSpec:
     def status(self, study) -> dict:
         """Counts of slots (search budget + references) by state: done, running, waiting,
         unstarted, failed (retries used up); ``waiting`` counts WAITING trials."""
-        from optuna.trial import TrialState
-
         trials = study.get_trials(deepcopy=False)
         slots = set(self.search_slots(trials))
         keys = {("search", n) for n in slots} | {("ref", r) for r in self.references}
-        seen: dict[tuple, set] = {}
-        waiting = 0
-        for t in trials:
-            if t.state == TrialState.WAITING:
-                waiting += 1
-            k = self.trial_key(t)
-            if k in keys:
-                seen.setdefault(k, set()).add(t.state)
-        st = {"done": 0, "running": 0, "waiting": waiting, "failed": 0, "total": self.trials + len(self.references)}
-        st["unstarted"] = self.trials - len(slots)  # budget no trial has claimed yet
-        for k in keys:
-            s = seen.get(k)
-            if not s:
-                st["unstarted"] += 1
-            elif TrialState.COMPLETE in s:
-                st["done"] += 1
-            elif TrialState.RUNNING in s:
-                st["running"] += 1
-            elif TrialState.WAITING in s:
-                pass
-            else:
-                st["failed"] += 1
+        st = slot_status(trials, keys, self.trial_key)
+        st["unstarted"] += self.trials - len(slots)  # budget no trial has claimed yet
+        st["total"] = self.trials + len(self.references)
         return st
 
     def prepare(self, study, log=print) -> None:

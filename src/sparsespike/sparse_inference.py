@@ -93,7 +93,7 @@ from torch import nn
 
 from .errors import SpikeInputError
 from .kernels import lif_recurrence
-from .kernels.simd import _AXPY_BYTES, _axpy
+from .kernels.simd import _AXPY_BYTES, _axpy, emit_axpy, fma_fn, splat, vec_type
 from .kernels.synapse import synaptic_linear
 from .layers import (
     LeakyReadout,
@@ -144,31 +144,19 @@ def _make_tile(nv: int):
             wptr = context.make_array(at[2])(context, builder, wa).data
             outptr = context.make_array(at[6])(context, builder, outa).data
             dt = at[0].dtype
-            bits = dt.bitwidth
-            lanes = _VEC_BYTES * 8 // bits
-            ety = context.get_value_type(dt)
-            vty = ir.VectorType(ety, lanes)
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            undef = ir.Constant(vty, ir.Undefined)
-            zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-
-            def splat(v):
-                return builder.shuffle_vector(builder.insert_element(undef, v, ir.Constant(i32, 0)), undef, zeros)
-
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{bits}"
-            )
+            vty, lanes, align = vec_type(context, dt, _VEC_BYTES)
+            i64 = ir.IntType(64)
+            fma = fma_fn(builder, vty)
             init = context.cast(builder, initv, at[8], dt)
-            accs = [cgutils.alloca_once_value(builder, splat(init)) for _ in range(nv)]
+            accs = [cgutils.alloca_once_value(builder, splat(builder, init, vty)) for _ in range(nv)]
             t0c = context.cast(builder, t0v, at[3], types.int64)
             t1c = context.cast(builder, t1v, at[4], types.int64)
             basec = context.cast(builder, basev, at[5], types.int64)
             obasec = context.cast(builder, obasev, at[7], types.int64)
-            align = bits // 8
             with cgutils.for_range(builder, builder.sub(t1c, t0c)) as loop:
                 t = builder.add(t0c, loop.index)
                 off = builder.add(builder.load(builder.gep(offptr, [t])), basec)
-                wv = splat(builder.load(builder.gep(wptr, [t])))
+                wv = splat(builder, builder.load(builder.gep(wptr, [t])), vty)
                 p = builder.gep(xptr, [off])
                 for j in range(nv):
                     pj = builder.bitcast(builder.gep(p, [ir.Constant(i64, j * lanes)]), vty.as_pointer())
@@ -252,8 +240,6 @@ def _make_scatter(nv: int):
 
         def codegen(context, builder, signature, args):
             at = signature.args
-            i64 = ir.IntType(64)
-            i32 = ir.IntType(32)
 
             def i(k):
                 return context.cast(builder, args[k], at[k], types.int64)
@@ -263,19 +249,10 @@ def _make_scatter(nv: int):
             wp = context.make_array(at[6])(context, builder, args[6]).data
             op = context.make_array(at[7])(context, builder, args[7]).data
             dt = at[6].dtype
-            lanes = _AXPY_BYTES * 8 // dt.bitwidth
-            vty = ir.VectorType(context.get_value_type(dt), lanes)
-            undef = ir.Constant(vty, ir.Undefined)
-            vv = context.cast(builder, args[0], at[0], dt)
-            vvec = builder.shuffle_vector(
-                builder.insert_element(undef, vv, ir.Constant(i32, 0)), undef,
-                ir.Constant(ir.VectorType(i32, lanes), [0] * lanes),
-            )  # fmt: skip
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{dt.bitwidth}"
-            )
+            vty, _, align = vec_type(context, dt, _AXPY_BYTES)
+            vvec = splat(builder, context.cast(builder, args[0], at[0], dt), vty)
+            fma = fma_fn(builder, vty)
             q, e0, e1, L, Cp = i(1), i(4), i(5), i(8), i(9)
-            align = dt.bitwidth // 8
             with cgutils.for_range(builder, builder.sub(e1, e0)) as loop:
                 e = builder.add(e0, loop.index)
                 o = builder.sub(q, builder.load(builder.gep(offp, [e])))
@@ -283,13 +260,7 @@ def _make_scatter(nv: int):
                 with builder.if_then(inside, likely=True):
                     ps = builder.gep(wp, [builder.load(builder.gep(wbp, [e]))])
                     po = builder.gep(op, [builder.mul(o, Cp)])
-                    for j in range(nv):
-                        k = ir.Constant(i64, j * lanes)
-                        sj = builder.bitcast(builder.gep(ps, [k]), vty.as_pointer())
-                        oj = builder.bitcast(builder.gep(po, [k]), vty.as_pointer())
-                        xv = builder.load(sj, align=align, typ=vty)
-                        ov = builder.load(oj, align=align, typ=vty)
-                        builder.store(builder.call(fma, [vvec, xv, ov]), oj, align=align)
+                    emit_axpy(builder, fma, vvec, ps, po, nv, vty, align)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -635,19 +635,20 @@ def reconcile(study, max_retry: int = 2, log=print, min_age: float = 10.0, key=g
     return n
 
 
-def grid_status(study, spec: SweepSpec) -> dict:
-    """Counts of grid points by state: done, running, waiting, unstarted, failed (retries used up)."""
+def slot_status(trials, keys: set, key_of) -> dict:
+    """Counts of the slots ``keys`` by the states of the trials claiming them (``key_of(trial)``):
+    done, running, unstarted, failed (retries used up; WAITING ones are neither), and
+    ``waiting`` = the number of WAITING trials."""
     from optuna.trial import TrialState
 
-    keys = {(s, seed) for s in spec.settings() for seed in spec.seeds}
     seen: dict[tuple, set] = {}
     waiting = 0
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         if t.state == TrialState.WAITING:
             waiting += 1
-        p = t.params or t.system_attrs.get("fixed_params", {})
-        if "setting" in p:
-            seen.setdefault((p["setting"], p.get("seed")), set()).add(t.state)
+        k = key_of(t)
+        if k in keys:
+            seen.setdefault(k, set()).add(t.state)
     st = {"done": 0, "running": 0, "waiting": waiting, "unstarted": 0, "failed": 0, "total": len(keys)}
     for k in keys:
         s = seen.get(k)
@@ -657,11 +658,20 @@ def grid_status(study, spec: SweepSpec) -> dict:
             st["done"] += 1
         elif TrialState.RUNNING in s:
             st["running"] += 1
-        elif TrialState.WAITING in s:
-            pass
-        else:
+        elif TrialState.WAITING not in s:
             st["failed"] += 1
     return st
+
+
+def grid_status(study, spec: SweepSpec) -> dict:
+    """Counts of grid points by state: done, running, waiting, unstarted, failed (retries used up)."""
+
+    def key_of(t):
+        p = t.params or t.system_attrs.get("fixed_params", {})
+        return (p["setting"], p.get("seed")) if "setting" in p else None
+
+    keys = {(s, seed) for s in spec.settings() for seed in spec.seeds}
+    return slot_status(study.get_trials(deepcopy=False), keys, key_of)
 
 
 def mark_worker(trial) -> None:

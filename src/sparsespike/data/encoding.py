@@ -121,17 +121,21 @@ def times_to_raster(steps: torch.Tensor, T: int) -> torch.Tensor:
 def _attach_spike_list(out: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> None:
     """Attach the b-major spike list (``t*K + i`` sorted per sample, features flattened) of a
     one-spike-per-input raster ``out[T, B, *features]``, built from the spike steps in
-    ``O(B K log K)`` -- so a sparse first layer does not scan the ``T*B*K`` raster
-    (kernels/sparse.py ``attach_spike_list``)."""
+    ``O(B K log K)`` when a sparse first layer first asks for it -- so it does not scan the
+    ``T*B*K`` raster (kernels/sparse.py ``attach_spike_list``); a dense layer never builds it."""
     from ..kernels.sparse import ActiveSet, attach_spike_list
 
     T, B, K = out.shape[0], out.shape[1], idx.shape[1]
-    none = T * K  # sorts after every real entry
-    flat = torch.where(valid, idx * K + torch.arange(K), torch.full_like(idx, none))
-    flat, _ = torch.sort(flat, dim=1)
-    ptr = torch.zeros(B + 1, dtype=torch.int64)
-    torch.cumsum(valid.sum(1), 0, out=ptr[1:])
-    attach_spike_list(out, ActiveSet(T, B, K, ptr, flat[flat < none].to(torch.int32)))
+
+    def build() -> ActiveSet:
+        none = T * K  # sorts after every real entry
+        flat = torch.where(valid, idx * K + torch.arange(K), torch.full_like(idx, none))
+        flat, _ = torch.sort(flat, dim=1)
+        ptr = torch.zeros(B + 1, dtype=torch.int64)
+        torch.cumsum(valid.sum(1), 0, out=ptr[1:])
+        return ActiveSet(T, B, K, ptr, flat[flat < none].to(torch.int32))
+
+    attach_spike_list(out, build, (T, B, K))
 
 
 def latency_raster(

@@ -46,6 +46,7 @@ Backends: numba on CPU (:mod:`sparsespike.kernels.sparse_cpu`), Triton on CUDA
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -117,6 +118,14 @@ class ActiveSet:
                 out = torch.stack([t, self.batch_index(), f - t * self.F])
             self._coo = out
         return self._coo
+
+    def sparse_tensor(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (one per entry) as a sparse COO ``[T, B, F]`` tensor on this set's cached
+        indices -- the form in which gradients travel between sparse layers: a consumer holding
+        the same set reads the values back without a copy (:func:`_compact_grad`)."""
+        return torch.sparse_coo_tensor(
+            self.coo_indices(), values, self.shape, is_coalesced=False, check_invariants=False
+        )
 
     def flat_index(self) -> torch.Tensor:
         """Index of every entry into the flattened ``[T, B, F]`` tensor (int64)."""
@@ -191,11 +200,26 @@ def spike_list(x: torch.Tensor) -> ActiveSet:
 
 @dataclass
 class SpikeMeta:
-    """What a sparse layer attaches to its output spikes: its active set and its spike list."""
+    """What travels with a spike tensor ``[T, B, *features]``: the active set of the sparse layer
+    that produced it (``None`` for an input, which needs no gradient) and its spike list, or a
+    function that builds the list when first asked for (so that a consumer that never needs it,
+    e.g. a dense layer, pays nothing)."""
 
-    active: ActiveSet | None  # None: an input that carries only its spike list
-    spikes: ActiveSet | None
+    active: ActiveSet | None
+    spikes: ActiveSet | Callable[[], ActiveSet] | None
     version: int
+    shape: tuple[int, int, int]  # (T, B, F) of the sets
+    device: torch.device
+
+    def spike_list(self) -> ActiveSet | None:
+        """The spike list (built and kept on first call if it was attached as a function)."""
+        if callable(self.spikes):
+            self.spikes = self.spikes()
+        return self.spikes
+
+
+def _flat_shape(x: torch.Tensor) -> tuple[int, int, int] | None:
+    return (x.shape[0], x.shape[1], math.prod(x.shape[2:])) if x.dim() >= 3 else None
 
 
 def attach_active_set(
@@ -210,35 +234,35 @@ def attach_active_set(
         active = ActiveSet.from_mask(active)
     if tuple(active.shape) != tuple(x.shape):
         raise ValueError(f"active set shape {active.shape} does not match tensor {tuple(x.shape)}")
-    setattr(x, ATTR, SpikeMeta(active, spikes, x._version))
+    setattr(x, ATTR, SpikeMeta(active, spikes, x._version, active.shape, active.device))
     return x
 
 
-def attach_spike_list(x: torch.Tensor, spikes: ActiveSet) -> torch.Tensor:
+def attach_spike_list(
+    x: torch.Tensor, spikes: ActiveSet | Callable[[], ActiveSet], shape: tuple[int, int, int] | None = None
+) -> torch.Tensor:
     """Mark an input ``x[T, B, K]`` with its spike list (no active set: it needs no gradient).
 
     Encoders that know where their spikes are (one spike per input, from its time) attach it, so
     a sparse first layer need not scan the dense raster (two passes over ``T*B*K`` floats).
     ``x`` may be ``[T, B, *features]`` with ``prod(features) = K`` (flattened row-major).
+    ``spikes`` may be a function building the list on first use; then give ``shape`` (T, B, K).
     """
-    if x.dim() < 3 or (spikes.T, spikes.B, spikes.F) != (x.shape[0], x.shape[1], math.prod(x.shape[2:])):
-        raise ValueError(f"spike list over {spikes.shape} does not match tensor {tuple(x.shape)}")
-    setattr(x, ATTR, SpikeMeta(None, spikes, x._version))
+    if isinstance(spikes, ActiveSet):
+        shape = spikes.shape
+    if shape is None or _flat_shape(x) != tuple(shape):
+        raise ValueError(f"spike list over {shape} does not match tensor {tuple(x.shape)}")
+    setattr(x, ATTR, SpikeMeta(None, spikes, x._version, tuple(shape), x.device))
     return x
 
 
 def get_meta(x: torch.Tensor) -> SpikeMeta | None:
     """The :class:`SpikeMeta` attached to ``x`` if still valid (same shape, no in-place change)."""
     m = getattr(x, ATTR, None)
-    if m is None or m.version != x._version:
+    if m is None or m.version != x._version or m.device != x.device:
         return None
-    ref = m.active if m.active is not None else m.spikes
-    if ref is None or ref.device != x.device or x.dim() < 3:
-        return None
-    # [T, B, ...] matches a set over [T, B, F] when the trailing dims hold F features
-    if (ref.T, ref.B, ref.F) != (x.shape[0], x.shape[1], math.prod(x.shape[2:])):
-        return None
-    if m.active is not None and x.dim() != 3:
+    # [T, B, ...] matches sets over [T, B, F] when the trailing dims hold F features
+    if _flat_shape(x) != m.shape or (m.active is not None and x.dim() != 3):
         return None
     return m
 
@@ -253,7 +277,7 @@ def share_active_set(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """Copy ``src``'s attached active set to ``dst`` (e.g. ``src.detach().requires_grad_()``)."""
     m = get_meta(src)
     if m is not None:
-        setattr(dst, ATTR, SpikeMeta(m.active, m.spikes, dst._version))
+        setattr(dst, ATTR, SpikeMeta(m.active, m.spikes, dst._version, m.shape, m.device))
     return dst
 
 
@@ -469,7 +493,6 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor):
             ipow.numpy(),
             L,
             geo.numpy(),
-            True,
             bool(need_db),
             dwt.numpy(),
             (db if need_db else torch.zeros(1, dtype=dtype)).numpy(),
@@ -528,7 +551,7 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor):
                 L,
                 dx_vals.numpy(),
             )
-        dx = torch.sparse_coo_tensor(prev.coo_indices(), dx_vals, (T, B, K), is_coalesced=False, check_invariants=False)
+        dx = prev.sparse_tensor(dx_vals)
     elif need_dx:  # input carries no active set: dense fallback dx = delta @ W
         delta = torch.empty(T, B, N, dtype=dtype)
         if work:
@@ -570,7 +593,7 @@ class SparseSpikingLinearFn(torch.autograd.Function):
         need_dx = ctx.needs_input_grad[0]
         need_dw = ctx.needs_input_grad[1]
         x = x.contiguous()
-        spikes_in = meta_in.spikes if (meta_in is not None and meta_in.spikes is not None) else None
+        spikes_in = meta_in.spike_list() if meta_in is not None else None
         if backend == "triton":
             from . import triton_gpu
 
@@ -686,10 +709,7 @@ class MaskGradToActive(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         act: ActiveSet = ctx.active
         v = _compact_grad(g, act)
-        return (
-            torch.sparse_coo_tensor(act.coo_indices(), v, act.shape, is_coalesced=False, check_invariants=False),
-            None,
-        )
+        return act.sparse_tensor(v), None
 
 
 # --------------------------------------------------------------------------- masked recurrence

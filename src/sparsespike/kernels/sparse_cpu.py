@@ -447,7 +447,16 @@ def weight_grad_active(
 
 
 @njit(cache=True, fastmath=FM)
-def _input_grad_part(b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx, powb, ipow, L, dx_vals):
+def _delta_walk_part(
+    b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, p_ptr, p_idx, p_val, has_val, powb, ipow, L, wt, dx_vals, dwt, to_dw
+):  # fmt: skip
+    """Prop. 1 carried backwards in time for batch elements ``[b0, b1)`` and output neurons
+    ``[n0, n1)``, visiting the entries ``p`` of a b-major list over ``[T, B, K]``: at each, with
+    ``delta = delta[b, t, n0:n1]``,
+
+    * ``to_dw=False`` (eq. 12): ``dx_vals[p] += W^T[i, n0:n1] . delta`` (``wt = W^T``, ``[K, N]``);
+    * ``to_dw=True`` (eqs. 9-10 over input spikes): ``dwt[i, n0:n1] += x_p * delta``.
+    """
     zero = e.dtype.type(0)
     nn = n1 - n0
     # D holds sum_{k >= t} e[k] * beta**(k - tb) for a base step tb >= t; delta[t] is
@@ -458,15 +467,14 @@ def _input_grad_part(b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx,
     nvec = nn // lanes
     for b in range(b0, b1):
         a0 = a_ptr[b]
-        a1 = a_ptr[b + 1]
+        a = a_ptr[b + 1] - 1
         q0 = p_ptr[b]
         q = p_ptr[b + 1] - 1
-        if a1 == a0 or q < q0:
+        if a < a0 or q < q0:
             continue
         for j in range(nn):
             D[j] = zero
         tb = -1
-        a = a1 - 1
         # time cursors instead of integer divisions (idx = t*N + j is walked in order)
         ta = T - 1
         taN = ta * N
@@ -498,12 +506,19 @@ def _input_grad_part(b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx,
                 continue
             c = powb[tb - tq]
             while q >= q0 and p_idx[q] >= tqK:
-                # dW^T row i . D: vector part with 4 accumulators (simd.dot), scalar tail
-                w0 = (p_idx[q] - tqK) * N + n0
-                acc = dot(nvec, wtf, w0, D, 0)
-                for j in range(nvec * lanes, nn):
-                    acc += wtf[w0 + j] * D[j]
-                dx_vals[q] += c * acc
+                i = p_idx[q] - tqK
+                if to_dw:
+                    v = c * p_val[q] if has_val else c
+                    row = dwt[i, n0:n1]
+                    for j in range(nn):
+                        row[j] += v * D[j]
+                else:
+                    # W^T row i . D: vector part with 4 accumulators (simd.dot), scalar tail
+                    w0 = i * N + n0
+                    acc = dot(nvec, wtf, w0, D, 0)
+                    for j in range(nvec * lanes, nn):
+                        acc += wtf[w0 + j] * D[j]
+                    dx_vals[q] += c * acc
                 q -= 1
 
 
@@ -524,94 +539,49 @@ def input_grad_active(nchunk, nb, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx, po
         n1 = min(N, n0 + nb)
         for c in prange(nchunk):
             b0, b1 = _split(B, nchunk, c)
-            _input_grad_part(b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx, powb, ipow, L, dx_vals)
+            _delta_walk_part(
+                b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, p_ptr, p_idx, e[:0], False, powb, ipow, L, wt, dx_vals,
+                wt[:0], False,
+            )  # fmt: skip
 
 
 @njit(cache=True, fastmath=FM)
-def _weight_grad_in_part(
-    n0, n1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dwt, db
-):  # fmt: skip
-    zero = e.dtype.type(0)
-    nn = n1 - n0
-    D = np.zeros(max(nn, 1), dtype=e.dtype)  # as in _input_grad_part: delta relative to step tb
+def _bias_grad_part(n0, n1, N, a_ptr, a_idx, e, geo, db):
+    """``db[j] += e[b,t,j] * geo[t]`` for ``j`` in ``[n0, n1)`` (eq. 10's bias term)."""
     B = a_ptr.shape[0] - 1
     for b in range(B):
-        a0 = a_ptr[b]
-        a = a_ptr[b + 1] - 1
-        q0 = sp_ptr[b]
-        q = sp_ptr[b + 1] - 1
-        if a < a0:
-            continue
-        if need_db:
-            ta = 0
-            taN = 0
-            for p in range(a0, a + 1):
-                f = a_idx[p]
-                while f >= taN + N:
-                    ta += 1
-                    taN += N
-                j = f - taN
-                if j >= n0 and j < n1:
-                    db[j] += e[p] * geo[ta]
-        if not need_dw or q < q0:
-            continue
-        for j in range(nn):
-            D[j] = zero
-        tb = -1
-        ta = T - 1
-        taN = ta * N
-        tq = T - 1
-        tqK = tq * K
-        while q >= q0:
-            fq = sp_idx[q]
-            while fq < tqK:
-                tq -= 1
-                tqK -= K
-            lo = tq * N
-            while a >= a0 and a_idx[a] >= lo:
-                f = a_idx[a]
-                while f < taN:
-                    ta -= 1
-                    taN -= N
-                j = f - taN
-                if j >= n0 and j < n1:
-                    if tb < 0:
-                        tb = ta
-                    elif tb - ta > L:
-                        _scale(D, powb[tb - ta])
-                        tb = ta
-                    D[j - n0] += e[a] * ipow[tb - ta]
-                a -= 1
-            if tb < 0:
-                while q >= q0 and sp_idx[q] >= tqK:
-                    q -= 1
-                continue
-            c = powb[tb - tq]
-            while q >= q0 and sp_idx[q] >= tqK:
-                v = c * sp_val[q] if has_val else c
-                row = dwt[sp_idx[q] - tqK, n0:n1]
-                for j in range(nn):
-                    row[j] += v * D[j]
-                q -= 1
+        ta = 0
+        taN = 0
+        for p in range(a_ptr[b], a_ptr[b + 1]):
+            f = a_idx[p]
+            while f >= taN + N:
+                ta += 1
+                taN += N
+            j = f - taN
+            if j >= n0 and j < n1:
+                db[j] += e[p] * geo[ta]
 
 
 @njit(parallel=True, cache=True)
 def weight_grad_inputs(
-    nblk, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dwt, db
+    nblk, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_db, dwt, db
 ):  # fmt: skip
     """Eqs. 9-10 walked over the *input spikes* instead of the active entries (same sum):
     ``dW^T[i, :] += x[b,t,i] * delta[b,t,:]`` with ``delta`` the Prop. 1 recurrence of the active
-    entries' ``e`` carried backwards in time (as in :func:`input_grad_active`). Costs
+    entries' ``e`` carried backwards in time (the walk of :func:`input_grad_active`). Costs
     ``n_inputs x N`` instead of :func:`weight_grad_active`'s ``n_active x K``: the cheaper one for
     an input layer with many inputs (N-MNIST: K = 2312). Writes the *transposed* gradient
     ``dwt[K, N]`` (zeroed by the caller) and ``db``; block ``c`` owns output columns
     ``[c*N/nblk, (c+1)*N/nblk)``, so threads never write the same entry.
     """
+    B = a_ptr.shape[0] - 1
     for c in prange(nblk):
         n0, n1 = _split(N, nblk, c)
-        _weight_grad_in_part(
-            n0, n1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db,
-            dwt, db,
+        if need_db:
+            _bias_grad_part(n0, n1, N, a_ptr, a_idx, e, geo, db)
+        _delta_walk_part(
+            0, B, n0, n1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, dwt, e[:0], dwt,
+            True,
         )  # fmt: skip
 
 

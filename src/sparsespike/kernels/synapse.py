@@ -185,7 +185,7 @@ class EventLinearActive(torch.autograd.Function):
                 wt = w.detach().t().contiguous()
                 kern = pick(_active_rows_grad_par, _active_rows_grad_ser, act.n * w.shape[0])
                 kern(act.ptr.numpy(), act.idx.numpy(), act.F, g.numpy(), wt.numpy(), vals.numpy())
-            gs = torch.sparse_coo_tensor(act.coo_indices(), vals, act.shape, is_coalesced=False, check_invariants=False)
+            gs = act.sparse_tensor(vals)
         if ctx.needs_input_grad[1]:
             indptr, indices = ctx.csr
             gw = _event_weight_grad(indptr, indices, ctx.k, g, w)

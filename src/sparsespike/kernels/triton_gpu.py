@@ -386,9 +386,7 @@ def sparse_backward(ctx, e: torch.Tensor):
                 k.dx_active[(_cdiv(prev.n, BLOCK_P),)](
                     prow, pcol, delta, ctx.wt, vals, prev.n, N, BP=BLOCK_P, BN=BLOCK_N
                 )
-            dx = torch.sparse_coo_tensor(
-                prev.coo_indices(), vals, (T, B, K), is_coalesced=False, check_invariants=False
-            )
+            dx = prev.sparse_tensor(vals)
         else:
             dx = (delta.reshape(-1, N) @ ctx.W_full).reshape(T, B, K)
     return dx, dW, db
