@@ -158,3 +158,31 @@ def test_image_raster_list_survives_flatten():
     y = SeqFlatten()(x)
     ref = spike_list(y.clone())
     assert get_meta(y) is not None and torch.equal(get_meta(y).spike_list().idx, ref.idx)
+
+
+def test_event_raster_batch_list_from_uint8():
+    """``raster_batch``: the float time-major raster of a ``uint8 [B, T, *features]`` batch,
+    with the spike list built from the bytes (8 per word read when ``T*K`` is a multiple of 8,
+    a byte scan otherwise) -- equal to scanning the float raster, including counts above 1
+    (kept as values) and a sample without events."""
+    from sparsespike.data.encoding import raster_batch
+    from sparsespike.kernels.sparse import get_meta, spike_list
+
+    g = torch.Generator().manual_seed(3)
+    for shape in ((6, 25, 2, 4, 4), (5, 7, 3)):
+        x = (torch.rand(*shape, generator=g) < 0.05).to(torch.uint8)
+        x[1] = 0
+        x[2, 3].view(-1)[-1] = 3  # two events in one bin
+        x[-1, -1].view(-1)[-1] = 255
+        T, B, K = shape[1], shape[0], x[0, 0].numel()
+        out = raster_batch(x)
+        assert out.shape == (T, B, *shape[2:]) and out.dtype == torch.float32 and out.is_contiguous()
+        assert torch.equal(out, x.transpose(0, 1).float())
+        lst = get_meta(out).spike_list()
+        ref = spike_list(out.reshape(T, B, K).clone())
+        assert torch.equal(lst.ptr, ref.ptr) and torch.equal(lst.idx, ref.idx)
+        assert lst.vals is not None and torch.equal(lst.vals, ref.vals) and lst.vals.dtype == torch.float32
+        assert int(lst.ptr[2] - lst.ptr[1]) == 0 and float(lst.vals.max()) == 255.0
+        assert int(lst.ptr[-1]) == int((x != 0).sum())
+    with pytest.raises(SpikeInputError, match="B, T"):
+        raster_batch(torch.zeros(4, 5))

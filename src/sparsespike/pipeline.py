@@ -34,7 +34,13 @@ class Split:
         return len(self.y)
 
     def subset(self, idx: torch.Tensor) -> Split:
-        return Split(self.x[idx], self.y[idx])
+        return Split(_take(self.x, idx), _take(self.y, idx))
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of ``x``: ``index_select`` copies large rows (an event raster sample is
+    ~0.7 MB) about 7x faster than advanced indexing on CPU."""
+    return torch.index_select(x, 0, idx.to(device=x.device, dtype=torch.long))
 
 
 @dataclass
@@ -88,7 +94,7 @@ def make_encoder(enc: dict, kind: str) -> tuple[Callable, int]:
             raise ConfigError("encoding 'raster' needs an event dataset (nmnist-small, shd, tonic-*)")
 
         def f(x, g=None):
-            return x.transpose(0, 1).to(torch.float32)
+            return E.raster_batch(x)
     else:
         raise ConfigError(f"unknown encoding {name!r}; use firing_time, latency, rate or raster")
     if enc:
@@ -235,4 +241,4 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
-        yield split.x[idx], split.y[idx]
+        yield _take(split.x, idx), _take(split.y, idx)

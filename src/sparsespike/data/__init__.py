@@ -39,6 +39,7 @@ from .encoding import (
     latency_times,
     rate_raster,
     times_to_raster,
+    raster_batch,
 )
 from .events import (
     EVENT_DTYPE,
@@ -200,6 +201,7 @@ __all__ = [
     "shd_raster",
     "shd_rasters",
     "times_to_raster",
+    "raster_batch",
     "train_val_split",
     "verify_md5",
     "write_events",

@@ -138,6 +138,28 @@ def _attach_spike_list(out: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor
     attach_spike_list(out, build, (T, B, K))
 
 
+def raster_batch(x: torch.Tensor) -> torch.Tensor:
+    """A batch of binned event rasters ``x[B, T, *features]`` (any dtype, e.g. ``uint8``) as the
+    time-major ``float32`` input ``[T, B, *features]`` of a network, in one contiguous copy.
+
+    On CPU the result carries its spike list, built on first use straight from ``x`` (a quarter
+    of the bytes of the float raster for ``uint8``), so a sparse first layer neither scans nor
+    copies the float raster; a dense layer never builds it.
+    """
+    if x.dim() < 3:
+        raise SpikeInputError(f"event raster batch must be [B, T, *features], got shape {tuple(x.shape)}")
+    B, T = x.shape[0], x.shape[1]
+    out = torch.empty((T, B, *x.shape[2:]), dtype=torch.float32, device=x.device)
+    out.copy_(x.transpose(0, 1))
+    K = out[0, 0].numel()
+    if x.device.type == "cpu" and B and T * K < 2**31:
+        from ..kernels.sparse import attach_spike_list, spike_list
+
+        xb = x.reshape(B, T, K)
+        attach_spike_list(out, lambda: spike_list(xb, batch_first=True, dtype=torch.float32), (T, B, K))
+    return out
+
+
 def latency_raster(
     x: torch.Tensor,
     T: int,

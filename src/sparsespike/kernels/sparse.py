@@ -46,6 +46,7 @@ Backends: numba on CPU (:mod:`sparsespike.kernels.sparse_cpu`), Triton on CUDA
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -172,13 +173,26 @@ class ActiveSet:
         return cls(T, B, F, ptr, idx)
 
 
-def spike_list(x: torch.Tensor) -> ActiveSet:
-    """Spike list of a time-major input ``x[T, B, K]``: non-zeros, values kept if not binary."""
-    T, B, K = x.shape
+def spike_list(x: torch.Tensor, *, batch_first: bool = False, dtype: torch.dtype | None = None) -> ActiveSet:
+    """Spike list of a time-major input ``x[T, B, K]``: non-zeros, values kept if not binary.
+
+    ``batch_first=True`` reads a b-major ``x[B, T, K]`` instead (e.g. a ``uint8`` batch of
+    event rasters before it is transposed and cast), ``dtype`` is the values' dtype
+    (default ``x.dtype``). Any strides: nothing is copied on CPU.
+    """
+    if batch_first:
+        B, T, K = x.shape
+        xb = x
+    else:
+        T, B, K = x.shape
+        xb = x.transpose(0, 1)
     if T * K >= 2**31:
         raise ValueError(f"T*K = {T * K} too large for int32 spike indices")
+    dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
+    if x.device.type == "cpu" and x.dtype == torch.uint8 and xb.is_contiguous() and (T * K) % 8 == 0 and _LITTLE:
+        return _spike_list_bytes(xb.detach(), T, B, K, dtype)
     if x.device.type == "cpu":
-        xn = x.detach().contiguous().numpy()
+        xn = xb.detach().numpy()
         counts = torch.empty(B, dtype=torch.int64)
         nonbin = torch.empty(B, dtype=torch.int64)
         kc.scan_counts(xn, counts.numpy(), nonbin.numpy())
@@ -189,13 +203,32 @@ def spike_list(x: torch.Tensor) -> ActiveSet:
         idx = torch.empty(nnz, dtype=torch.int32)
         vals = torch.empty(nnz if store else 0, dtype=x.dtype)
         kc.scan_fill(xn, ptr.numpy(), idx.numpy(), vals.numpy(), store)
-        return ActiveSet(T, B, K, ptr, idx, vals if store else None)
-    xd = x.detach()
+        return ActiveSet(T, B, K, ptr, idx, vals.to(dtype) if store else None)
+    if batch_first:
+        x = x.transpose(0, 1)
+    xd = x.detach().to(dtype)
     s = ActiveSet.from_mask(xd != 0)
     v = s.gather(xd)
     if not bool((v == 1).all()):
         s.vals = v
     return s
+
+
+_LITTLE = sys.byteorder == "little"
+
+
+def _spike_list_bytes(xb: torch.Tensor, T: int, B: int, K: int, dtype: torch.dtype) -> ActiveSet:
+    """:func:`spike_list` of a contiguous b-major ``uint8`` batch, 8 inputs per word read."""
+    w = xb.reshape(B, T * K).view(torch.int64).numpy().view(np.uint64)
+    ptr = torch.zeros(B + 1, dtype=torch.int64)
+    flags = torch.zeros(B, dtype=torch.int64)
+    kc.scan_words(w, ptr.numpy(), np.empty(0, np.int32), flags.numpy(), False)
+    ptr[1:] = torch.cumsum(ptr[1:], 0)
+    store = bool(flags.any())
+    idx = torch.empty(int(ptr[-1]), dtype=torch.int32)
+    vals = np.empty(idx.numel() if store else 0, np.int64)
+    kc.scan_words(w, ptr.numpy(), idx.numpy(), vals, True)
+    return ActiveSet(T, B, K, ptr, idx, torch.from_numpy(vals).to(dtype) if store else None)
 
 
 @dataclass

@@ -51,24 +51,26 @@ def _split(n, parts, c):
 
 @njit(cache=True)
 def _scan_counts_part(x, b0, b1, counts, nonbinary):
-    T, _, K = x.shape
+    _, T, K = x.shape
     for b in range(b0, b1):
         c = 0
         nb = 0
         for t in range(T):
             for i in range(K):
-                v = x[t, b, i]
-                nz = v != 0.0
+                v = x[b, t, i]
+                nz = v != 0
                 c += nz
-                nb |= nz & (v != 1.0)
+                nb |= nz & (v != 1)
         counts[b] = c
         nonbinary[b] = nb
 
 
 @njit(parallel=True, cache=True)
 def scan_counts(x, counts, nonbinary):
-    """Per batch element: number of non-zeros of ``x[T, B, K]`` and whether any is not 1."""
-    B = x.shape[1]
+    """Per batch element: number of non-zeros of a b-major ``x[B, T, K]`` (any strides, so a
+    transposed view of a time-major raster or a sample-major ``uint8`` batch) and whether any
+    is not 1."""
+    B = x.shape[0]
     nchunk = min(B, 16)
     for c in prange(nchunk):
         b0, b1 = _split(B, nchunk, c)
@@ -77,13 +79,13 @@ def scan_counts(x, counts, nonbinary):
 
 @njit(cache=True)
 def _scan_fill_part(x, b0, b1, ptr, idx, vals, store_vals):
-    T, _, K = x.shape
+    _, T, K = x.shape
     for b in range(b0, b1):
         p = ptr[b]
         for t in range(T):
             for i in range(K):
-                v = x[t, b, i]
-                if v != 0.0:
+                v = x[b, t, i]
+                if v != 0:
                     idx[p] = t * K + i
                     if store_vals:
                         vals[p] = v
@@ -92,12 +94,58 @@ def _scan_fill_part(x, b0, b1, ptr, idx, vals, store_vals):
 
 @njit(parallel=True, cache=True)
 def scan_fill(x, ptr, idx, vals, store_vals):
-    """Fill the b-major spike list (``idx = t*K + i``) of ``x[T, B, K]``; values if asked."""
-    B = x.shape[1]
+    """Fill the b-major spike list (``idx = t*K + i``) of a b-major ``x[B, T, K]``; values if asked."""
+    B = x.shape[0]
     nchunk = min(B, 16)
     for c in prange(nchunk):
         b0, b1 = _split(B, nchunk, c)
         _scan_fill_part(x, b0, b1, ptr, idx, vals, store_vals)
+
+
+@njit(cache=True)
+def _scan_words_part(w, b0, b1, ptr, idx, vals, fill):
+    """Count (``fill`` False: into ``ptr[b + 1]``, plus 2 if a value is not 1) or fill the spike
+    list of rows of bytes seen as ``uint64`` words: an all-zero word (8 silent inputs) costs one
+    compare. Little-endian: byte ``j`` of word ``q`` is flat position ``8*q + j = t*K + i``."""
+    W = w.shape[1]
+    for b in range(b0, b1):
+        p = ptr[b]
+        c = 0
+        nb = 0
+        for q in range(W):
+            word = w[b, q]
+            if word == 0:
+                continue
+            for j in range(8):
+                v = (word >> np.uint64(8 * j)) & np.uint64(0xFF)
+                if v != 0:
+                    if fill:
+                        idx[p] = 8 * q + j
+                        if vals.shape[0]:
+                            vals[p] = v
+                        p += 1
+                    else:
+                        c += 1
+                        nb |= v != 1
+        if not fill:
+            ptr[b + 1] = c
+            vals[b] = nb
+
+
+@njit(parallel=True, cache=True)
+def scan_words(w, ptr, idx, vals, fill):
+    """Spike list of a contiguous ``uint8`` batch ``[B, T*K]`` viewed as ``uint64 [B, T*K/8]``.
+
+    Two passes like :func:`scan_counts` / :func:`scan_fill`: ``fill=False`` writes each row's
+    count to ``ptr[b + 1]`` and whether it holds a value other than 1 to ``vals[b]``;
+    ``fill=True`` writes ``idx`` (and ``vals`` when it is not empty) from the offsets ``ptr``.
+    At ~1 % activity most words are zero, so this reads 8 inputs per compare.
+    """
+    B = w.shape[0]
+    nchunk = min(B, 16)
+    for c in prange(nchunk):
+        b0, b1 = _split(B, nchunk, c)
+        _scan_words_part(w, b0, b1, ptr, idx, vals, fill)
 
 
 @njit(cache=True)
