@@ -37,9 +37,9 @@ from .encoding import (
     firing_times,
     latency_raster,
     latency_times,
+    raster_batch,
     rate_raster,
     times_to_raster,
-    raster_batch,
 )
 from .events import (
     EVENT_DTYPE,
