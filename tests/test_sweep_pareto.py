@@ -199,6 +199,12 @@ def test_set_path_list_indices():
     assert d == {"a": [{"x": 1}, {"x": 5}], "b": {"c": 3, "new": {"deep": 7}}}
     with pytest.raises(ConfigError, match="not in the experiment config"):
         set_path(d, "b.missing", 1, create=False, where="t")
+    set_path(d, "a.2", {"x": 9}, create=True, where="t")  # --set appends at index len
+    assert d["a"][2] == {"x": 9}
+    with pytest.raises(ConfigError, match="out of range"):
+        set_path(d, "a.4", 1, create=True, where="t")
+    with pytest.raises(ConfigError, match="out of range"):
+        set_path(d, "a.3", 1, create=False, where="t")  # a sweep space never appends
 
 
 # ---------------------------------------------------------------- study plumbing (no training)

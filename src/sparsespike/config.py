@@ -123,8 +123,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
 def set_path(d: dict, key: str, value, *, create: bool, where: str) -> None:
     """Set dotted ``key`` in the config dict ``d``; a part that indexes a list is an integer.
 
-    ``create``: missing mapping keys are added (as ``--set`` does); otherwise a missing key is a
-    :class:`ConfigError` that lists the keys there are.
+    ``create``: missing mapping keys are added (as ``--set`` does), and a last index equal to
+    the list's length appends (``--set train.regularizers.2={name: synops}``); otherwise a
+    missing key is a :class:`ConfigError` that lists the keys there are.
     """
     parts = str(key).split(".")
     cur = d
@@ -135,6 +136,9 @@ def set_path(d: dict, key: str, value, *, create: bool, where: str) -> None:
             if not part.isdigit():
                 raise ConfigError(f"{where}: {key!r}: {here} is a list; {part!r} is not an index (0, 1, ...)")
             n = int(part)
+            if create and last and n == len(cur):  # --set list.N=... with N = len appends
+                cur.append(value)
+                return
             if n >= len(cur):
                 raise ConfigError(f"{where}: {key!r}: index {n} is out of range ({here} has {len(cur)} entries)")
             if last:

@@ -87,7 +87,7 @@ def _load_plugins() -> None:
     # modules that register regularizers on import
     import importlib
 
-    for mod in ("sparsespike.sparsity.activity", "sparsespike.sparsity.connectivity"):
+    for mod in ("sparsespike.sparsity.activity", "sparsespike.sparsity.synops"):
         try:
             importlib.import_module(mod)
         except ImportError:
@@ -332,6 +332,9 @@ class Trainer:
         loss_name = ph.loss or self.cfg.train.loss
         regs = ph.regularizers if ph.regularizers is not None else self.cfg.train.regularizers
         terms = [make_regularizer(r) for r in regs] + list(self.extra_regs)
+        for t in terms:  # terms that watch layer inputs (sparsity/synops.py) hook into the model
+            if hasattr(t, "attach"):
+                t.attach(self.model)
         if self.cfg.model.gates and self.cfg.model.gates.get("lam"):
             from .sparsity.connectivity import l0_penalty
 
@@ -546,6 +549,9 @@ class Trainer:
                 )
                 if self.rank == 0:
                     tqdm.write(msg)
+            for t in terms:  # remove the hooks of terms that watched layer inputs
+                if hasattr(t, "release"):
+                    t.release()
             ckpt = None
         return self._finish(best, time.perf_counter() - t_start)
 

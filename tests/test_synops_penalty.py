@@ -1,0 +1,181 @@
+"""Expected-SynOps penalty (sparsity/synops.py): hand counts, the metrics module, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparsespike.errors import ConfigError
+from sparsespike.layers import LeakyReadout, SeqFlatten, SpikingConv2d, SpikingLinear
+from sparsespike.metrics import measure
+from sparsespike.neurons import LIFParams
+from sparsespike.sparsity.connectivity import add_l0_gates, gates, prune
+from sparsespike.sparsity.synops import ExpectedSynOps, input_spike_counts
+from sparsespike.train import LossContext, make_regularizer
+
+
+def _ctx(model, n):
+    return LossContext(0, 1, 0, 1, model, torch.zeros(n, 2), torch.zeros(n, dtype=torch.long), None)
+
+
+def _saturate(model, seed=0, frac=0.4):
+    """log_alpha = +-30: every gate is (numerically) always on or always off, P in {0, 1}."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for gate in gates(model):
+            on = torch.rand(gate.log_alpha.shape, generator=g) > frac
+            gate.log_alpha.copy_(torch.where(on, 30.0, -30.0))
+
+
+@pytest.mark.parametrize("backward", ["dense", "sparse"])
+def test_expected_synops_equals_measured_synops_at_saturated_gates(backward):
+    """With every gate surely on or off, the penalty is the SynOps the metrics module counts
+    on the pruned network (input spikes x surviving fan-out, layer by layer)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        SpikingLinear(30, 25, LIFParams(beta=0.9), weight_scale=3.0, backward=backward),
+        SpikingLinear(25, 12, LIFParams(beta=0.9), weight_scale=3.0, backward=backward),
+        LeakyReadout(12, 3),
+    )
+    add_l0_gates(net, seed=1)
+    _saturate(net)
+    pen = ExpectedSynOps(lam=1.0).attach(net)
+    x = (torch.rand(20, 6, 30) < 0.2).float()
+    net.train()
+    net(x)
+    parts = pen.terms(6)
+    assert len(parts) == 3
+    total = float(pen(_ctx(net, 6)).detach())
+    net.eval()
+    pruned = prune(net)
+    rep = measure(pruned, [x])
+    assert rep.synops > 0
+    assert total == pytest.approx(rep.synops, rel=1e-5)
+    for (name, v), layer in zip(parts.items(), rep.layers, strict=True):
+        assert float(v) == pytest.approx(layer["synops"], rel=1e-5), name
+
+
+def test_gradient_is_fanout_weighted():
+    """d pen / d log_alpha_ji = lam n_i P (1 - P); d pen / d s_i(t) = lam fanout_i / B."""
+    torch.manual_seed(1)
+    lin = nn.Linear(7, 4, bias=False)
+    add_l0_gates(lin, seed=0)
+    (gate,) = gates(lin)
+    with torch.no_grad():
+        gate.log_alpha.normal_(0.0, 1.5)
+    pen = ExpectedSynOps(lam=0.3).attach(lin)
+    x = (torch.rand(5, 3, 7) < 0.5).float().requires_grad_(True)
+    lin.train()
+    lin(x)
+    loss = pen(_ctx(lin, 3))
+    loss.backward()
+    p = gate.prob_nonzero().detach()
+    n = x.detach().sum((0, 1)) / 3
+    assert torch.allclose(gate.log_alpha.grad, 0.3 * n[None, :] * p * (1 - p), atol=1e-6)
+    assert torch.allclose(x.grad, (0.3 * p.sum(0) / 3).expand_as(x), atol=1e-6)
+    assert float(loss) == pytest.approx(float(0.3 * (n * p.sum(0)).sum()), rel=1e-6)
+
+
+def test_per_step_calls_are_summed_and_eval_is_not_recorded():
+    lin = nn.Linear(5, 3)
+    add_l0_gates(lin, seed=0)
+    pen = ExpectedSynOps(lam=1.0).attach(lin)
+    x = (torch.rand(4, 2, 5) < 0.5).float()
+    lin.train()
+    for t in range(4):  # a per-step loop (snnTorch style)
+        lin(x[t])
+    stepped = float(pen(_ctx(lin, 2)))
+    lin(x)
+    whole = float(pen(_ctx(lin, 2)))
+    assert stepped == pytest.approx(whole, rel=1e-6) and whole > 0
+    lin.eval()
+    lin(x)
+    assert float(pen(_ctx(lin, 2))) == 0.0
+    pen.release()
+    lin.train()
+    lin(x)
+    assert not pen._inputs
+
+
+def test_conv_charges_each_spike_the_kernel_fanout():
+    conv = SpikingConv2d(2, 3, 3, LIFParams(beta=0.9), padding=1)
+    net = nn.Sequential(conv, SeqFlatten())
+    add_l0_gates(net, seed=0)
+    (gate,) = gates(net)
+    pen = ExpectedSynOps(lam=1.0).attach(net)
+    x = torch.zeros(3, 2, 2, 6, 6)
+    x[0, 0, 1, 2, 3] = 1  # interior: the bound is exact there
+    x[1, 1, 0, 4, 4] = 1
+    net.train()
+    net(x)
+    p = gate.prob_nonzero().detach()
+    want = (p[:, 1].sum() + p[:, 0].sum()) / 2
+    assert float(pen(_ctx(net, 2))) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_input_counts_from_an_attached_spike_list():
+    from sparsespike.data.encoding import firing_time_raster
+
+    imgs = (torch.rand(4, 3, 5) * 255).to(torch.uint8)
+    x = firing_time_raster(imgs, T=20)  # [T, B, 3, 5] with its spike list
+    got = input_spike_counts(x, 15, 4)
+    assert torch.allclose(got, x.reshape(20, 4, 15).sum((0, 1)) / 4)
+
+
+def test_config_and_errors():
+    reg = make_regularizer({"name": "synops", "lam": "2e-6"})  # as YAML reads 2e-6
+    assert isinstance(reg, ExpectedSynOps) and reg.lam == 2e-6
+    with pytest.raises(ConfigError, match="lam"):
+        make_regularizer({"name": "synops", "lam": -1.0})
+    with pytest.raises(ConfigError, match="a number"):
+        make_regularizer({"name": "synops", "lam": "small"})
+    with pytest.raises(ConfigError, match="needs L0 gates"):
+        ExpectedSynOps().attach(nn.Linear(3, 2))
+
+
+def test_busy_inputs_are_pruned_first():
+    """Gates behind an input that spikes every step fall faster than those behind a rarely
+    spiking one (the plain L0 term pulls both alike); with no task gradient the difference is
+    the penalty's n_i weighting alone."""
+    lin = nn.Linear(2, 8, bias=False)
+    add_l0_gates(lin, seed=0, init_mean=2.0)
+    (gate,) = gates(lin)
+    pen = ExpectedSynOps(lam=1e-2).attach(lin)
+    opt = torch.optim.SGD([gate.log_alpha], lr=1.0)
+    x = torch.zeros(50, 4, 2)
+    x[:, :, 0] = 1.0  # busy
+    x[::10, :, 1] = 1.0  # 5 spikes per sample
+    lin.train()
+    for _ in range(30):
+        lin(x)
+        opt.zero_grad()
+        pen(_ctx(lin, 4)).backward()
+        opt.step()
+    drop = 2.0 - gate.log_alpha.detach()  # init N(2, 0.01)
+    assert float(drop[:, 1].min()) > 0  # the rare input's gates are still pulled down ...
+    assert float(drop[:, 0].min()) > 5 * float(drop[:, 1].max())  # ... the busy one's 10x harder
+
+
+def test_trainer_runs_the_penalty_and_releases_its_hooks(tmp_path):
+    from sparsespike.config import load_config
+    from sparsespike.train import Trainer
+
+    cfg = load_config(
+        "experiments/demo_yinyang.yaml",
+        {"train.epochs": 1, "data.train_subset": 320, "model.gates": {"init_mean": 2.0, "seed": 0}},
+    )
+    reg = ExpectedSynOps(lam=1e-3)
+    seen = []
+    orig = reg.terms
+
+    def spy(n):
+        out = orig(n)
+        seen.append(float(sum(out.values())))
+        return out
+
+    reg.terms = spy
+    tr = Trainer(cfg, out_dir=tmp_path / "run", progress=False, regularizers=[reg])
+    tr.fit()
+    assert len(seen) == 10 and all(v > 0 for v in seen)
+    assert not reg._handles and not reg._inputs
