@@ -132,6 +132,8 @@ def test_config_and_errors():
         make_regularizer({"name": "synops", "lam": "small"})
     with pytest.raises(ConfigError, match="needs L0 gates"):
         ExpectedSynOps().attach(nn.Linear(3, 2))
+    with pytest.raises(RuntimeError, match="attach"):
+        ExpectedSynOps()(_ctx(nn.Linear(3, 2), 1))
 
 
 def test_busy_inputs_are_pruned_first():

@@ -189,20 +189,22 @@ def spike_list(x: torch.Tensor, *, batch_first: bool = False, dtype: torch.dtype
     if T * K >= 2**31:
         raise ValueError(f"T*K = {T * K} too large for int32 spike indices")
     dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
-    if x.device.type == "cpu" and x.dtype == torch.uint8 and xb.is_contiguous() and (T * K) % 8 == 0 and _LITTLE:
-        return _spike_list_bytes(xb.detach(), T, B, K, dtype)
     if x.device.type == "cpu":
         xn = xb.detach().numpy()
+        count, fill = kc.scan_counts, kc.scan_fill
+        if x.dtype == torch.uint8 and xb.is_contiguous() and (T * K) % 8 == 0 and _LITTLE:
+            xn = xn.reshape(B, T * K).view(np.uint64)  # 8 inputs per word read
+            count, fill = kc.scan_word_counts, kc.scan_word_fill
         counts = torch.empty(B, dtype=torch.int64)
         nonbin = torch.empty(B, dtype=torch.int64)
-        kc.scan_counts(xn, counts.numpy(), nonbin.numpy())
+        count(xn, counts.numpy(), nonbin.numpy())
         ptr = torch.zeros(B + 1, dtype=torch.int64)
         torch.cumsum(counts, 0, out=ptr[1:])
         nnz = int(ptr[-1])
         store = bool(nonbin.any())
         idx = torch.empty(nnz, dtype=torch.int32)
         vals = torch.empty(nnz if store else 0, dtype=x.dtype)
-        kc.scan_fill(xn, ptr.numpy(), idx.numpy(), vals.numpy(), store)
+        fill(xn, ptr.numpy(), idx.numpy(), vals.numpy(), store)
         return ActiveSet(T, B, K, ptr, idx, vals.to(dtype) if store else None)
     if batch_first:
         x = x.transpose(0, 1)
@@ -215,20 +217,6 @@ def spike_list(x: torch.Tensor, *, batch_first: bool = False, dtype: torch.dtype
 
 
 _LITTLE = sys.byteorder == "little"
-
-
-def _spike_list_bytes(xb: torch.Tensor, T: int, B: int, K: int, dtype: torch.dtype) -> ActiveSet:
-    """:func:`spike_list` of a contiguous b-major ``uint8`` batch, 8 inputs per word read."""
-    w = xb.reshape(B, T * K).view(torch.int64).numpy().view(np.uint64)
-    ptr = torch.zeros(B + 1, dtype=torch.int64)
-    flags = torch.zeros(B, dtype=torch.int64)
-    kc.scan_words(w, ptr.numpy(), np.empty(0, np.int32), flags.numpy(), False)
-    ptr[1:] = torch.cumsum(ptr[1:], 0)
-    store = bool(flags.any())
-    idx = torch.empty(int(ptr[-1]), dtype=torch.int32)
-    vals = np.empty(idx.numel() if store else 0, np.int64)
-    kc.scan_words(w, ptr.numpy(), idx.numpy(), vals, True)
-    return ActiveSet(T, B, K, ptr, idx, torch.from_numpy(vals).to(dtype) if store else None)
 
 
 @dataclass

@@ -103,14 +103,14 @@ def scan_fill(x, ptr, idx, vals, store_vals):
 
 
 @njit(cache=True)
-def _scan_words_part(w, b0, b1, ptr, idx, vals, fill):
-    """Count (``fill`` False: into ``ptr[b + 1]``, plus 2 if a value is not 1) or fill the spike
-    list of rows of bytes seen as ``uint64`` words: an all-zero word (8 silent inputs) costs one
-    compare. Little-endian: byte ``j`` of word ``q`` is flat position ``8*q + j = t*K + i``."""
+def _scan_words_part(w, b0, b1, counts, nonbinary, ptr, idx, vals, store_vals, fill):
+    """One walk for both passes over rows of bytes seen as ``uint64`` words: an all-zero word
+    (8 silent inputs) costs one compare. Little-endian: byte ``j`` of word ``q`` is the flat
+    position ``8*q + j = t*K + i``. ``fill`` False: count (:func:`scan_word_counts`); True:
+    write the list (:func:`scan_word_fill`)."""
     W = w.shape[1]
     for b in range(b0, b1):
-        p = ptr[b]
-        c = 0
+        p = ptr[b] if fill else 0
         nb = 0
         for q in range(W):
             word = w[b, q]
@@ -121,31 +121,35 @@ def _scan_words_part(w, b0, b1, ptr, idx, vals, fill):
                 if v != 0:
                     if fill:
                         idx[p] = 8 * q + j
-                        if vals.shape[0]:
+                        if store_vals:
                             vals[p] = v
-                        p += 1
                     else:
-                        c += 1
                         nb |= v != 1
+                    p += 1
         if not fill:
-            ptr[b + 1] = c
-            vals[b] = nb
+            counts[b] = p
+            nonbinary[b] = nb
 
 
 @njit(parallel=True, cache=True)
-def scan_words(w, ptr, idx, vals, fill):
-    """Spike list of a contiguous ``uint8`` batch ``[B, T*K]`` viewed as ``uint64 [B, T*K/8]``.
-
-    Two passes like :func:`scan_counts` / :func:`scan_fill`: ``fill=False`` writes each row's
-    count to ``ptr[b + 1]`` and whether it holds a value other than 1 to ``vals[b]``;
-    ``fill=True`` writes ``idx`` (and ``vals`` when it is not empty) from the offsets ``ptr``.
-    At ~1 % activity most words are zero, so this reads 8 inputs per compare.
-    """
+def scan_word_counts(w, counts, nonbinary):
+    """:func:`scan_counts` of a contiguous ``uint8`` batch ``[B, T*K]`` viewed as ``uint64
+    [B, T*K/8]``: at ~1 % activity most words are zero, so this reads 8 inputs per compare."""
     B = w.shape[0]
     nchunk = min(B, 16)
     for c in prange(nchunk):
         b0, b1 = _split(B, nchunk, c)
-        _scan_words_part(w, b0, b1, ptr, idx, vals, fill)
+        _scan_words_part(w, b0, b1, counts, nonbinary, counts, counts, counts, False, False)  # ptr, idx, vals unused
+
+
+@njit(parallel=True, cache=True)
+def scan_word_fill(w, ptr, idx, vals, store_vals):
+    """:func:`scan_fill` of the ``uint64`` word view of a contiguous ``uint8`` batch."""
+    B = w.shape[0]
+    nchunk = min(B, 16)
+    for c in prange(nchunk):
+        b0, b1 = _split(B, nchunk, c)
+        _scan_words_part(w, b0, b1, ptr, ptr, ptr, idx, vals, store_vals, True)  # counts, nonbinary unused
 
 
 @njit(cache=True)

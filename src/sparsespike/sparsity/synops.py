@@ -51,8 +51,7 @@ def input_spike_counts(x: torch.Tensor, features: int, n_samples: int, conv: boo
         lst = meta.spike_list() if meta is not None else None
         if lst is not None and lst.F == features:
             i = (lst.idx % features).long()
-            w = lst.vals if lst.vals is not None else None
-            return torch.bincount(i, weights=w, minlength=features).to(x.dtype) / n_samples
+            return torch.bincount(i, weights=lst.vals, minlength=features).to(x.dtype) / n_samples
     if conv:
         xs = x.reshape(-1, features, x.shape[-2] * x.shape[-1]).sum((0, 2))
     else:
@@ -139,8 +138,7 @@ class ExpectedSynOps:
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
         if not self._handles:
-            self.attach(ctx.model)  # first batch: nothing recorded yet
-            return torch.zeros(())
+            raise RuntimeError("synops penalty: call attach(model) before the forward pass (the trainer does)")
         n = max(1, len(ctx.targets))
         parts = self.terms(n)
         self._inputs.clear()

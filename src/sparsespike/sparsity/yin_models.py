@@ -536,14 +536,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     import yaml
 
+    from ..config import set_dotted
+
     cfg = load_config(args.config)
     for ov in args.overrides:
         key, _, val = ov.partition("=")
-        d = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            d = d.setdefault(p, {})
-        d[parts[-1]] = yaml.safe_load(val)
+        set_dotted(cfg, key, yaml.safe_load(val))
     res = train_yin(cfg)
     summary = {k: res[k] for k in ("test_acc", "test_acc_pruned", "flops_ratio", "train_time_s")}
     summary["density"] = res["sparsity"]["total"]["density"]
