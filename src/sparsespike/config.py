@@ -41,7 +41,13 @@ class ModelConfig:
 
 @dataclass
 class PhaseConfig:
-    """One training phase: its own epochs, learning rate, loss and regularizers."""
+    """One training phase: its own epochs, learning rate, loss and regularizers.
+
+    ``gates``: ``"learn"`` (default) trains the L0 gates with the noisy hard-concrete samples;
+    ``"freeze"`` fixes them at their deterministic test-time values (exact zeros kept) and
+    trains only the weights, without the L0 penalty -- a fine-tuning phase after pruning
+    (``sparsity.connectivity.freeze_gates``).
+    """
 
     name: str = "main"
     epochs: int = 10
@@ -49,6 +55,7 @@ class PhaseConfig:
     loss: str | None = None
     regularizers: list | None = None
     lr_schedule: dict | None = None
+    gates: str = "learn"
 
 
 @dataclass

@@ -305,6 +305,11 @@ class Trainer:
         self.device = torch.device(dev)
         self.model.to(self.device)
         self.phases = cfg.phases()
+        for ph in self.phases:
+            if ph.gates not in ("learn", "freeze"):
+                raise ConfigError(f"train.phases[{ph.name!r}].gates must be 'learn' or 'freeze', got {ph.gates!r}")
+            if ph.gates == "freeze" and not self.gated:
+                raise ConfigError(f"phase {ph.name!r} has gates: freeze but the model has no L0 gates (model.gates)")
         self.extra_regs = regularizers or []
         self.history: list[dict] = []
         self.net: nn.Module = self.model
@@ -335,7 +340,15 @@ class Trainer:
         for t in terms:  # terms that watch layer inputs (sparsity/synops.py) hook into the model
             if hasattr(t, "attach"):
                 t.attach(self.model)
-        if self.cfg.model.gates and self.cfg.model.gates.get("lam"):
+        if self.gated:
+            from .sparsity.connectivity import freeze_gates
+
+            if freeze_gates(self.model, ph.gates == "freeze") and self.world > 1:
+                # DDP fixes the set of parameters that receive gradients when it is built
+                self.net = nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                )
+        if self.cfg.model.gates and self.cfg.model.gates.get("lam") and ph.gates != "freeze":
             from .sparsity.connectivity import l0_penalty
 
             lam = float(self.cfg.model.gates["lam"])

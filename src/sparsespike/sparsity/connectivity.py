@@ -104,7 +104,10 @@ class HardConcreteGate(nn.Module):
 
     ``forward(w)`` returns ``w * b``: in training mode ``b`` is the current *sample* (the noise
     ``u`` is drawn once and kept until :meth:`resample`), in eval mode the deterministic
-    test-time gate :meth:`test_gate`.
+    test-time gate :meth:`test_gate`. A *frozen* gate (:func:`freeze_gates`) applies the
+    test-time gate in training mode too and learns nothing: the weights then train against the
+    exact mask that :func:`prune` will bake in (a fine-tuning phase after the gates have
+    settled).
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class HardConcreteGate(nn.Module):
         la.normal_(init_mean, init_std, generator=generator)
         self.log_alpha = nn.Parameter(la.to(dtype=dtype or torch.get_default_dtype(), device=device))
         self.register_buffer("u", None, persistent=False)
+        self.frozen = False
 
     # -- sampling ---------------------------------------------------------------------------
     def resample(self, generator: torch.Generator | None = None) -> None:
@@ -160,8 +164,9 @@ class HardConcreteGate(nn.Module):
         return torch.clamp(s * (self.zeta - self.gamma) + self.gamma, 0.0, 1.0)
 
     def gate(self) -> torch.Tensor:
-        """The gate this module applies now: :meth:`sample` in training, :meth:`test_gate` in eval."""
-        return self.sample() if self.training else self.test_gate()
+        """The gate this module applies now: :meth:`sample` in training, :meth:`test_gate` in eval
+        or when frozen."""
+        return self.sample() if self.training and not self.frozen else self.test_gate()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w * self.gate()
@@ -342,6 +347,22 @@ def resample_gates(model: nn.Module, generator: torch.Generator | None = None) -
     """Draw one new gate sample for every gate in ``model`` (call once per mini-batch)."""
     for g in gates(model):
         g.resample(generator)
+
+
+def freeze_gates(model: nn.Module, frozen: bool = True) -> int:
+    """Freeze (or unfreeze) every hard-concrete gate of ``model``; returns how many.
+
+    A frozen gate applies its deterministic test-time gate in training mode as well (exact
+    zeros where :func:`prune` will put them) and its ``log_alpha`` stops requiring gradients,
+    so an optimizer skips it. Used by the trainer's ``gates: freeze`` phase: train the weights
+    against the final mask after the gates have been learned, which removes the mismatch
+    between the noisy training gates and the deterministic test gates.
+    """
+    gs = gates(model)
+    for g in gs:
+        g.frozen = bool(frozen)
+        g.log_alpha.requires_grad_(not frozen)
+    return len(gs)
 
 
 def l0_penalty(model: nn.Module, lam: float | None = None) -> torch.Tensor:
@@ -588,6 +609,7 @@ __all__ = [
     "count_ops",
     "expected_l0",
     "format_sparsity_report",
+    "freeze_gates",
     "gate_parameters",
     "gated_weights",
     "gates",

@@ -60,8 +60,14 @@ def input_spike_counts(x: torch.Tensor, features: int, n_samples: int, conv: boo
 
 
 def expected_synops(gw: GatedWeight, counts: torch.Tensor) -> torch.Tensor:
-    """``sum_i n_i sum_j P(b_ij != 0)`` for one gated weight (see the module doc)."""
-    p = gw.gate.prob_nonzero()
+    """``sum_i n_i sum_j P(b_ij != 0)`` for one gated weight (see the module doc).
+
+    A frozen gate (``connectivity.freeze_gates``) is no longer random: its ``P(b != 0)`` is the
+    indicator of its test-time gate being non-zero, so the term is then the SynOps count itself
+    and only the spikes receive gradient.
+    """
+    g = gw.gate
+    p = (g.test_gate() != 0).to(counts.dtype) if g.frozen else g.prob_nonzero()
     if p.dim() == 2:  # Linear [out, in]
         fan = p.sum(0)
     elif p.dim() == 4:  # Conv2d [out, in, kh, kw]
