@@ -204,3 +204,15 @@ def test_evaluate_reloads_a_run(tmp_path, capsys) -> None:
     assert ev["test_acc"] == json.loads((run / "results.json").read_text())["test_acc"]
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "no run.json" in capsys.readouterr().err
+
+
+def test_only_the_last_phase_competes_for_the_best_checkpoint(tmp_path, data_dir):
+    """A recipe's earlier phase (e.g. a dense warm-up) is never the network it reports: with a
+    frozen last phase (lr 0, so its validation accuracy only ties the previous best), the best
+    epoch is still the last phase's."""
+    cfg = json.loads(json.dumps(SMALL))
+    cfg["train"]["phases"] = [{"name": "a", "epochs": 2, "lr": 0.01}, {"name": "b", "epochs": 1, "lr": 0.0}]
+    res = Trainer(load_config(_write(tmp_path, cfg)), tmp_path / "r", data_dir, progress=False).fit()
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[2]["val_acc"] == lines[1]["val_acc"]  # lr 0: phase b changes nothing
+    assert res["best_epoch"] == 3 and res["best_val_acc"] == lines[2]["val_acc"]

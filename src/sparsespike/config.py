@@ -67,7 +67,7 @@ class TrainConfig:
     regularizers: list = field(default_factory=list)
     phases: list | None = None
     grad_clip: float | None = None
-    select_best: bool = True
+    select_best: bool = True  # test the best-validation epoch (of the last phase) rather than the last
     num_threads: int | None = None
     measure_every: int = 0  # >0: record per-layer activity % every N batches (Fig. 3A)
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...

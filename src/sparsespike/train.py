@@ -546,7 +546,10 @@ class Trainer:
                     sched.step()
                 global_epoch += 1
                 self.history.append(rec)
-                improved = val["acc"] > best["val_acc"]
+                # with several phases only the last one competes for the best checkpoint: the
+                # phases are one recipe (e.g. a dense warm-up before sparsification), and an
+                # earlier phase's network is not the one the recipe produces
+                improved = pi == len(self.phases) - 1 and val["acc"] > best["val_acc"]
                 if improved:
                     best = {"val_acc": val["acc"], "epoch": global_epoch}
                 if self.rank == 0:  # metrics and checkpoints are written by rank 0 only
