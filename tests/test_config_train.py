@@ -151,7 +151,7 @@ def test_compare_runs_table(tmp_path) -> None:
     )
     row = compare_runs([run]).splitlines()[2]
     assert row == (
-        "| x | sparse | L0 | - | 2 | 90.00 % | 85.00 % | 10.0 | 1,234 | 5e+03 | 2.0 | 5.0 | 12 | 2.00 / 3.00 |"
+        "| x (r) | sparse | L0 | - | 2 | 90.00 % | 85.00 % | 10.0 | 1,234 | 5e+03 | 2.0 | 5.0 | 12 | 2.00 / 3.00 |"
     )
     # a second run is compared with the first: SynOps / FLOPs "x fewer", epoch time "x faster"
     import shutil
@@ -164,6 +164,12 @@ def test_compare_runs_table(tmp_path) -> None:
     assert "| 123 (10.0x fewer) | 5e+03 (1.0x fewer) |" in row2 and "| 5.0 (1.0x faster) |" in row2
     with pytest.raises(SystemExit, match="no results.json"):
         compare_runs([tmp_path])
+    # --plot draws accuracy against SynOps, the first run as the baseline
+    from sparsespike.cli import main
+
+    png = tmp_path / "front.png"
+    assert main(["compare", str(run), str(tmp_path / "r2"), "--plot", str(png)]) == 0
+    assert png.stat().st_size > 5000
 
 
 def test_optional_dependency_error_names_install_command() -> None:

@@ -179,6 +179,7 @@ def _run_row(run: Path) -> dict:
     nan = float("nan")
     return {
         "name": res["name"],
+        "dir": run.name,
         "backward": model.get("backward", "-"),
         "gates": "L0" if model.get("gates") else "-",
         "regs": ", ".join(regs) or "-",
@@ -214,9 +215,12 @@ def compare_runs(runs: list[Path]) -> str:
             return ""
         return f" ({r / v:.1f}x {'fewer' if fewer else 'faster'})"
 
+    def label(w: dict) -> str:  # the run folder's name too when it is not the config's name
+        return w["name"] if w["dir"] == w["name"] else f"{w['name']} ({w['dir']})"
+
     for w in rows:
         lines.append(
-            f"| {w['name']} | {w['backward']} | {w['gates']} | {w['regs']} | {w['epochs']} | "
+            f"| {label(w)} | {w['backward']} | {w['gates']} | {w['regs']} | {w['epochs']} | "
             f"{100 * w['acc']:.2f} % | {100 * w['acc_last']:.2f} % | {w['spikes']:.1f} | "
             f"{w['synops']:,.0f}{rel(w['synops'], 'synops', True)} | "
             f"{w['flops']:.3g}{rel(w['flops'], 'flops', True)} | "
@@ -227,7 +231,14 @@ def compare_runs(runs: list[Path]) -> str:
 
 
 def cmd_compare(args) -> int:
-    print(compare_runs([Path(r) for r in args.runs]))
+    runs = [Path(r) for r in args.runs]
+    print(compare_runs(runs))
+    if args.plot:
+        from .plots import plot_tradeoff
+
+        rows = [_run_row(r) for r in runs]
+        pts = [(w["dir"], w["synops"], w["acc"]) for w in rows]
+        print(f"\nplot: {plot_tradeoff(pts, args.plot, title=args.title or 'accuracy against SynOps')}")
     return 0
 
 
@@ -300,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="finished runs side by side as a markdown table")
     c.add_argument("runs", nargs="+")
+    c.add_argument("--plot", metavar="PNG", help="also draw test accuracy against SynOps, the first run as baseline")
+    c.add_argument("--title", default="", help="title of the --plot figure")
     c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="benchmarks: peers | sparse-backward | grad-cosine | eventprop | pruned-inference")

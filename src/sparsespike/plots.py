@@ -35,3 +35,56 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_tradeoff(
+    points: list[tuple[str, float, float]],
+    path: str | Path,
+    title: str = "",
+    acc_drop: float = 0.01,
+    synops_factor: float = 10.0,
+) -> Path:
+    """Test accuracy against SynOps per sample (log axis) for finished runs; the first point is
+    the baseline (star). The shaded box is the target region of issue 7 relative to it: at least
+    ``synops_factor`` x fewer SynOps with at most ``acc_drop`` accuracy lost. The non-dominated
+    runs (``pareto.pareto_front``) are joined by a line.
+
+    ``points``: ``[(label, synops, accuracy in [0, 1]), ...]``.
+    """
+    from .pareto import pareto_front
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    if points:
+        _, s0, a0 = points[0]
+        ax.fill_between(
+            [min(p[1] for p in points) * 0.5, s0 / synops_factor],
+            100 * (a0 - acc_drop),
+            100 * max(a0, max(p[2] for p in points)) + 0.5,
+            color="tab:green",
+            alpha=0.12,
+            label=f">= {synops_factor:g}x fewer SynOps, <= {100 * acc_drop:g} pt lost",
+        )
+        front = pareto_front([(a, s) for _, s, a in points])
+        fp = sorted((points[i][1], 100 * points[i][2]) for i in front)
+        ax.plot([f[0] for f in fp], [f[1] for f in fp], "-", color="tab:gray", alpha=0.6, label="front")
+        for i, (lab, s, a) in enumerate(points):
+            ax.scatter(
+                [s],
+                [100 * a],
+                marker="*" if i == 0 else "o",
+                s=140 if i == 0 else 40,
+                color="black" if i == 0 else ("tab:blue" if i in front else "tab:orange"),
+                zorder=3,
+            )
+            ax.annotate(lab, (s, 100 * a), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("SynOps per sample (test)")
+    ax.set_ylabel("test accuracy %")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
