@@ -32,22 +32,37 @@ CFG = {
 }
 
 
-def _worker(rank: int, world: int, init_file: str, out: str, data_dir: str) -> None:
+# L0 gates learned in a first phase, frozen in a second: DDP is rebuilt when the set of
+# parameters that receive gradients changes (the gates' log_alpha stops learning)
+CFG_FREEZE = {
+    **CFG,
+    "name": "ddp_freeze",
+    "model": {**CFG["model"], "gates": {"lam": 1.0e-3, "lr": 0.05, "init_mean": 0.5, "seed": 0}},
+    "train": {
+        "epochs": 2,
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "phases": [{"name": "learn", "epochs": 1}, {"name": "tune", "epochs": 1, "gates": "freeze"}],
+    },
+}
+
+
+def _worker(rank: int, world: int, init_file: str, out: str, data_dir: str, cfg: dict) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        Trainer(from_dict(ExperimentConfig, CFG), out, data_dir, progress=False).fit()
+        Trainer(from_dict(ExperimentConfig, cfg), out, data_dir, progress=False).fit()
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
-def test_two_process_ddp_matches_single_process(tmp_path, data_dir):
+@pytest.mark.parametrize("cfg", [CFG, CFG_FREEZE], ids=["plain", "gates_learn_then_freeze"])
+def test_two_process_ddp_matches_single_process(tmp_path, data_dir, cfg):
     single = tmp_path / "single"
-    Trainer(from_dict(ExperimentConfig, CFG), single, data_dir, progress=False).fit()
+    Trainer(from_dict(ExperimentConfig, cfg), single, data_dir, progress=False).fit()
     ddp = tmp_path / "ddp"
     os.environ.pop("WORLD_SIZE", None)
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(ddp), str(data_dir)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(ddp), str(data_dir), cfg), nprocs=2, join=True)
     a = load_checkpoint(single / "last.pt")["model"]
     b = load_checkpoint(ddp / "last.pt")["model"]
     assert a.keys() == b.keys()
