@@ -143,36 +143,19 @@ def _ratio(a, b):
 
 
 class _EventPropRun:
-    """Phase 1 of an EventProp config (default: L_W), the loop of ``train_eventprop`` one epoch
-    at a time (same init, shuffle, Adam and per-epoch lr decay; that function has no epoch hook)."""
+    """Phase 1 of an EventProp config (default: L_W) through ``EventPropTraining``, one epoch per
+    ``train_epoch`` call, trained on the given samples and evaluated on the given test samples."""
 
     def __init__(self, config, x_train, y_train, x_test, y_test, seed: int, threads: int) -> None:
-        from sparsespike.eventprop.losses import make_loss
-        from sparsespike.eventprop.network import default_init_ranges
+        from sparsespike.eventprop.train import EventPropTraining
         from sparsespike.eventprop.train import load_config as ep_load_config
 
         cfg = ep_load_config(config, seed=seed, threads=threads, progress=False, eval_test=False)
+        cfg.phases = cfg.phases[:1]
+        self.run = EventPropTraining(cfg, train_data=(x_train, y_train))
         self.cfg, self.ph = cfg, cfg.phases[0]
-        self.gen = torch.Generator().manual_seed(seed)
-        np.random.seed(seed)
-
-        def enc(x):
-            return encode_yinyang(x, cfg.t_min, cfg.t_max, bias_time=cfg.t_min)
-
-        self.x, self.y = enc(x_train), y_train
-        self.x_test, self.y_test = enc(x_test), y_test
-        n_layers = len(cfg.sizes) - 1
-        init = cfg.init_ranges if cfg.init_ranges is not None else default_init_ranges(n_layers)
-        params = LIFParams(tau_m=cfg.tau_m, tau_s=cfg.tau_s, threshold=cfg.threshold, t_window=cfg.t_window)
-        solver = SolverOptions(max_spikes=cfg.max_spikes, on_overflow="ignore", grazing_eps=cfg.grazing_eps)
-        self.net = EventNetwork(cfg.sizes, init, params, solver, generator=self.gen)
-        self.loss_fn = make_loss(self.ph.loss, self.ph.alpha, self.ph.eta, tau0=cfg.tau0, tau1=cfg.tau1,
-                                 silent_time=cfg.t_window, sp_per_neuron=cfg.sp_per_neuron)  # fmt: skip
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.ph.lr, betas=tuple(cfg.adam_betas),
-                                    eps=cfg.adam_eps)  # fmt: skip
-        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=1, gamma=cfg.lr_decay)
-        self.n_layers = n_layers
-        self.neurons = sum(cfg.sizes[1:])
+        self.x_test, self.y_test = self.run.enc(x_test), y_test
+        self._epochs = self.run.epochs()
 
     def describe(self) -> dict:
         c, p = self.cfg, self.ph
@@ -183,45 +166,29 @@ class _EventPropRun:
     def warm_up(self) -> None:
         """JIT compilation / cache load of the forward and adjoint kernels, outside the timings."""
         net = EventNetwork([5, 4, 3], generator=torch.Generator().manual_seed(1))
-        out = net(self.x[:4])
-        loss, _ = self.loss_fn(out, self.y[:4])
+        out = net(self.x_test[:4])
+        loss, _ = self.run._loss(self.ph)(out, self.y_test[:4])
         if loss.requires_grad:
             loss.backward()
 
     def train_epoch(self) -> tuple[float, dict]:
-        from sparsespike.eventprop.metrics import BatchStats
-
-        t0 = time.perf_counter()
-        perm = torch.randperm(self.x.shape[0], generator=self.gen)
-        stats = BatchStats(self.n_layers)
-        bs = self.cfg.batch_size
-        for i in range(0, len(perm), bs):
-            idx = perm[i : i + bs]
-            out = self.net(self.x[idx])
-            loss, parts = self.loss_fn(out, self.y[idx])
-            self.opt.zero_grad(set_to_none=True)
-            if loss.requires_grad:
-                loss.backward()
-                if self.cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
-                self.opt.step()
-            stats.update(out, self.y[idx], parts)
-        self.sched.step()
-        dt = time.perf_counter() - t0
-        tr = stats.result()
-        return dt, {"train_acc": tr["accuracy"], "train_spikes_per_sample": tr["spikes_per_sample"]}
+        rec = next(self._epochs)
+        tr = rec["train"]
+        return rec["epoch_time_s"], {"train_acc": tr["accuracy"], "train_spikes_per_sample": tr["spikes_per_sample"]}
 
     def evaluate(self) -> dict:
         from sparsespike.eventprop.metrics import evaluate
 
-        r = evaluate(self.net, self.x_test, self.y_test, None, self.cfg.eval_batch_size)
+        r = evaluate(self.run.net, self.x_test, self.y_test, None, self.cfg.eval_batch_size)
         return {"test_acc": r["accuracy"], "spikes_per_sample": r["spikes_per_sample"], "n_s": r["n_s"]}
+
+    def release(self) -> None:
+        self._epochs.close()
 
 
 class _TimeSteppedRun:
-    """The normal :class:`~sparsespike.train.Trainer` driven one epoch at a time: the body of
-    ``Trainer.fit`` (optimizer, schedule, ``_train_epoch``) without the validation pass and the
-    checkpoint writes, and ``Trainer.evaluate`` on the test split after every epoch."""
+    """The normal :class:`~sparsespike.train.Trainer`, one epoch per ``train_epoch`` call
+    (``Trainer.epochs``), and ``Trainer.evaluate`` on the test split after every epoch."""
 
     def __init__(self, config, epochs, n_train, n_test, seed, threads, spike_reg, data_dir, out_dir) -> None:
         from sparsespike.config import load_config
@@ -233,21 +200,7 @@ class _TimeSteppedRun:
             over["train.regularizers"] = []
         self.cfg = load_config(config, over)
         self.tr = Trainer(self.cfg, out_dir, data_dir, progress=False)
-        self.neurons = None
-        self._phases = iter(list(enumerate(self.tr.phases)))
-        self._next_phase()
-        self.global_epoch = 0
-
-    def _next_phase(self) -> None:
-        from sparsespike.train import make_optimizer, make_schedule
-
-        _, ph = next(self._phases)
-        cfg, tr = self.cfg, self.tr
-        lr = ph.lr if ph.lr is not None else cfg.train.optimizer.get("lr")
-        self.opt = make_optimizer(tr._param_groups(lr), cfg.train.optimizer, lr)
-        self.sched = make_schedule(self.opt, ph.lr_schedule or cfg.train.lr_schedule, ph.epochs)
-        self.loss_fn, self.terms = tr._phase_terms(ph)
-        self.ph, self.e = ph, 0
+        self._epochs = self.tr.epochs()
 
     def describe(self) -> dict:
         c = self.cfg
@@ -261,20 +214,12 @@ class _TimeSteppedRun:
         m, d = self.tr.model, self.tr.data
         x = d.encode(d.train.x[:4], torch.Generator().manual_seed(1)).to(self.tr.device)
         out = m(x)
-        self.loss_fn(out, d.train.y[:4].to(self.tr.device)).backward()
+        out.sum().backward()
         m.zero_grad(set_to_none=True)
 
     def train_epoch(self) -> tuple[float, dict]:
-        if self.e >= self.ph.epochs:
-            self._next_phase()
-        t0 = time.perf_counter()
-        rec = self.tr._train_epoch(self.ph, self.e, self.global_epoch, self.opt, self.loss_fn, self.terms)
-        if self.sched is not None:
-            self.sched.step()
-        dt = time.perf_counter() - t0
-        self.e += 1
-        self.global_epoch += 1
-        return dt, {"train_acc": rec["train_acc"], "train_spikes_per_sample": rec["train_spikes"]}
+        rec = next(self._epochs)
+        return rec["epoch_time_s"], {"train_acc": rec["train_acc"], "train_spikes_per_sample": rec["train_spikes"]}
 
     def evaluate(self) -> dict:
         r = self.tr.evaluate(self.tr.data.test, metrics=True)
@@ -282,9 +227,7 @@ class _TimeSteppedRun:
         return {"test_acc": r["acc"], "spikes_per_sample": m["spike_count"], "n_s": m["ns"]}
 
     def release(self) -> None:
-        for t in self.terms:
-            if hasattr(t, "release"):
-                t.release()
+        self._epochs.close()
 
 
 def vs_time_stepped(
@@ -351,7 +294,8 @@ def vs_time_stepped(
                           f"(cum {cum[name]:7.1f} s)", flush=True)  # fmt: skip
             if stop_at_target and all(_first_reach(c, target)[0] for c in curves.values()):
                 break
-        engines["time_stepped"].release()
+        for eng in engines.values():
+            eng.release()
 
     n = int(len(ytr))
     res: dict = {

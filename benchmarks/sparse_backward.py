@@ -131,8 +131,7 @@ class Net:
 
             return Loop()
         if method == "snntorch":
-            import snntorch as snn
-            from snntorch import surrogate
+            from sparsespike.bench.peers import snntorch_lif
 
             class Snn(nn.Module):
                 def __init__(self, beta):
@@ -141,12 +140,7 @@ class Net:
                     with torch.no_grad():
                         self.fc.weight.copy_(w)
                     self.weight = self.fc.weight
-                    self.lif = snn.Leaky(
-                        beta=beta,
-                        threshold=1.0,
-                        spike_grad=surrogate.fast_sigmoid(slope=100),
-                        reset_mechanism="subtract",
-                    )
+                    self.lif = snntorch_lif(beta)
 
                 def forward(self, x):
                     cur = self.fc(x)
@@ -159,7 +153,9 @@ class Net:
 
             return Snn(self.beta)
         if method == "spikingjelly":
-            from spikingjelly.activation_based import functional, layer, neuron, surrogate
+            from spikingjelly.activation_based import functional, layer
+
+            from sparsespike.bench.peers import spikingjelly_lif
 
             class SJ(nn.Module):
                 def __init__(self, beta):
@@ -168,16 +164,7 @@ class Net:
                     with torch.no_grad():
                         self.fc.weight.copy_(w)
                     self.weight = self.fc.weight
-                    # decay_input=False, v_reset=None: H = (1 - 1/tau) V + X, subtractive reset
-                    self.lif = neuron.LIFNode(
-                        tau=1.0 / (1.0 - beta),
-                        decay_input=False,
-                        v_threshold=1.0,
-                        v_reset=None,
-                        detach_reset=True,
-                        step_mode="m",
-                        surrogate_function=surrogate.Sigmoid(),
-                    )
+                    self.lif = spikingjelly_lif(beta)
 
                 def forward(self, x):
                     functional.reset_net(self)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
+from sweep_kill import kill_worker_mid_trial  # noqa: E402
 
 from sparsespike import report  # noqa: E402
 from sparsespike.errors import ConfigError  # noqa: E402
@@ -223,46 +223,10 @@ def test_killed_worker_process_trial_is_retried_and_resumed(tmp_path, data_dir):
 
     spec_path.write_text(yaml.safe_dump(spec_d))
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "sparsespike.sweep",
-        str(spec_path),
-        "--out",
-        str(out),
-        "--workers",
-        "1",
-        "--data-dir",
-        str(data_dir),
-    ]
-    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     spec = SweepSpec.load(spec_path)
-    killed = None
-    deadline = time.time() + 240
-    while time.time() < deadline and killed is None:
-        time.sleep(0.5)
-        if not (out / "study.db").exists():
-            continue
-        try:
-            study = open_study(spec, make_storage(default_storage(out)), create=False)
-        except Exception:  # noqa: BLE001 - not created yet
-            continue
-        for t in study.get_trials(states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("epochs_done", 0) >= 1 and "pid" in t.user_attrs:
-                killed = t
-                os.kill(int(t.user_attrs["pid"]), signal.SIGKILL)
-                break
-    assert killed is not None, "no trial reached epoch 1 in time"
-    log, _ = launcher.communicate(timeout=600)
-    wl = "".join(p.read_text()[-3000:] for p in (out / "workers").glob("*.log"))
-    assert launcher.returncode == 0, log[-3000:] + wl
-    study = open_study(spec, make_storage(default_storage(out)), create=False)
-    assert study.get_trials()[killed.number].state == TrialState.FAIL
-    retried = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed.number]
-    assert retried and retried[-1].state == TrialState.COMPLETE
+    _, _, study, logs = kill_worker_mid_trial(spec, spec_path, out, data_dir)
     assert grid_status(study, spec)["done"] == spec.n_points()
-    wlogs = "".join(p.read_text() for p in (out / "workers").glob("*.log"))
-    assert "re-queued" in log + wlogs and "(resuming)" in wlogs
+    assert "re-queued" in logs and "(resuming)" in logs
 
 
 def test_report_files_from_results(tmp_path):

@@ -6,11 +6,9 @@ import json
 import math
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+from sweep_kill import kill_worker_mid_trial  # noqa: E402
 
 from sparsespike.errors import ConfigError  # noqa: E402
 from sparsespike.pareto import (  # noqa: E402
@@ -423,35 +422,10 @@ def test_killed_worker_process_pareto_trial_is_retried_and_resumed(tmp_path, dat
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(d))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "sparsespike.sweep", str(spec_path), "--out", str(out), "--workers", "1"]
-    launcher = subprocess.Popen(
-        [*cmd, "--data-dir", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
     spec = load_spec(spec_path)
-    killed = None
-    deadline = time.time() + 240
-    while time.time() < deadline and killed is None:
-        time.sleep(0.5)
-        if not (out / "study.db").exists():
-            continue
-        try:
-            study = open_study(spec, make_storage(default_storage(out)), create=False)
-        except Exception:  # noqa: BLE001 - not created yet
-            continue
-        for t in study.get_trials(states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("epochs_done", 0) >= 1 and "pid" in t.user_attrs:
-                killed = t
-                os.kill(int(t.user_attrs["pid"]), signal.SIGKILL)
-                break
-    assert killed is not None, "no trial reached epoch 1 in time"
-    log, _ = launcher.communicate(timeout=600)
-    wl = "".join(p.read_text()[-3000:] for p in (out / "workers").glob("*.log"))
-    assert launcher.returncode == 0, log[-3000:] + wl
-    study = open_study(spec, make_storage(default_storage(out)), create=False)
-    assert study.get_trials()[killed.number].state == TrialState.FAIL
-    retried = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed.number]
-    assert retried and retried[-1].state == TrialState.COMPLETE and retried[-1].params == killed.params
+    killed, retried, study, logs = kill_worker_mid_trial(spec, spec_path, out, data_dir)
+    assert retried[-1].params == killed.params
     assert spec.status(study)["done"] == spec.status(study)["total"] == 1
-    assert "re-queued" in log + wl and "(resuming)" in wl
+    assert "re-queued" in logs and "(resuming)" in logs
     res = json.loads((out / "pareto.json").read_text())
     assert [p["trial"] for p in res["points"]] == [retried[-1].number]

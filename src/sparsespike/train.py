@@ -332,7 +332,19 @@ class Trainer:
             raise ConfigError("model.gates.lr is set but the model has no L0 gates (log_alpha parameters)")
         return [{"params": rest}, {"params": gates, "lr": float(gate_lr)}]
 
-    # -- one epoch
+    # -- one phase, one epoch
+    def _set_gates(self, ph: PhaseConfig) -> None:
+        """Freeze the L0 gates for a ``gates: freeze`` phase, let them learn otherwise."""
+        if not self.gated:
+            return
+        from .sparsity.connectivity import freeze_gates
+
+        freeze_gates(self.model, ph.gates == "freeze")
+        if self.world > 1:  # DDP fixes the set of parameters that receive gradients when it is built
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
     def _phase_terms(self, ph: PhaseConfig):
         loss_name = ph.loss or self.cfg.train.loss
         regs = ph.regularizers if ph.regularizers is not None else self.cfg.train.regularizers
@@ -340,14 +352,6 @@ class Trainer:
         for t in terms:  # terms that watch layer inputs (sparsity/synops.py) hook into the model
             if hasattr(t, "attach"):
                 t.attach(self.model)
-        if self.gated:
-            from .sparsity.connectivity import freeze_gates
-
-            if freeze_gates(self.model, ph.gates == "freeze") and self.world > 1:
-                # DDP fixes the set of parameters that receive gradients when it is built
-                self.net = nn.parallel.DistributedDataParallel(
-                    self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-                )
         if self.cfg.model.gates and self.cfg.model.gates.get("lam") and ph.gates != "freeze":
             from .sparsity.connectivity import l0_penalty
 
@@ -501,6 +505,16 @@ class Trainer:
         (self.out / "run.json").write_text(json.dumps(info, indent=2, default=str))
 
     def fit(self) -> dict:
+        """Train every phase (resuming from ``last.pt`` with ``resume``), test, write results."""
+        for _ in self.epochs():
+            pass
+        return self._finish(self._best, self._train_s)
+
+    def epochs(self):
+        """Generator behind :meth:`fit`: trains, validates and checkpoints one epoch per step and
+        yields its log record; between two steps the model may be inspected or evaluated
+        (``benchmarks/eventprop_bench.py`` interleaves two engines this way). Afterwards
+        ``_best`` and ``_train_s`` hold what :meth:`_finish` needs."""
         last = self.out / "last.pt"
         start_phase, start_epoch, global_epoch = 0, 0, 0
         best = {"val_acc": -1.0, "epoch": -1}
@@ -528,48 +542,51 @@ class Trainer:
                 if sched is not None and ckpt["scheduler"]:
                     sched.load_state_dict(ckpt["scheduler"])
                 e0 = start_epoch
+            self._set_gates(ph)
             loss_fn, terms = self._phase_terms(ph)
-            for e in range(e0, ph.epochs):
-                t0 = time.perf_counter()
-                rec = self._train_epoch(ph, e, global_epoch, opt, loss_fn, terms)
-                train_time = time.perf_counter() - t0
-                val = self.evaluate(self.data.val)
-                rec.update(
-                    epoch=global_epoch + 1,
-                    phase=ph.name,
-                    lr=opt.param_groups[0]["lr"],
-                    val_acc=val["acc"],
-                    val_loss=val["loss"],
-                    epoch_time_s=train_time,
-                )
-                if sched is not None:
-                    sched.step()
-                global_epoch += 1
-                self.history.append(rec)
-                # with several phases only the last one competes for the best checkpoint: the
-                # phases are one recipe (e.g. a dense warm-up before sparsification), and an
-                # earlier phase's network is not the one the recipe produces
-                improved = pi == len(self.phases) - 1 and val["acc"] > best["val_acc"]
-                if improved:
-                    best = {"val_acc": val["acc"], "epoch": global_epoch}
-                if self.rank == 0:  # metrics and checkpoints are written by rank 0 only
+            try:
+                for e in range(e0, ph.epochs):
+                    t0 = time.perf_counter()
+                    rec = self._train_epoch(ph, e, global_epoch, opt, loss_fn, terms)
+                    train_time = time.perf_counter() - t0
+                    val = self.evaluate(self.data.val)
+                    rec.update(
+                        epoch=global_epoch + 1,
+                        phase=ph.name,
+                        lr=opt.param_groups[0]["lr"],
+                        val_acc=val["acc"],
+                        val_loss=val["loss"],
+                        epoch_time_s=train_time,
+                    )
+                    if sched is not None:
+                        sched.step()
+                    global_epoch += 1
+                    self.history.append(rec)
+                    # with several phases only the last one competes for the best checkpoint: the
+                    # phases are one recipe (e.g. a dense warm-up before sparsification), and an
+                    # earlier phase's network is not the one the recipe produces
+                    improved = pi == len(self.phases) - 1 and val["acc"] > best["val_acc"]
                     if improved:
-                        atomic_save({"model": self.model.state_dict(), "epoch": global_epoch}, self.out / "best.pt")
-                    with open(self.out / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    nxt = (pi, e + 1) if e + 1 < ph.epochs else (pi + 1, 0)
-                    atomic_save(self._state(nxt[0], nxt[1], global_epoch, opt, sched, best), last)
-                msg = (
-                    f"[{self.cfg.name}] epoch {global_epoch} ({ph.name}) loss {rec['train_loss']:.4f} "
-                    f"train acc {rec['train_acc']:.4f} val acc {val['acc']:.4f} ({train_time:.1f}s)"
-                )
-                if self.rank == 0:
-                    tqdm.write(msg)
-            for t in terms:  # remove the hooks of terms that watched layer inputs
-                if hasattr(t, "release"):
-                    t.release()
+                        best = {"val_acc": val["acc"], "epoch": global_epoch}
+                    if self.rank == 0:  # metrics and checkpoints are written by rank 0 only
+                        if improved:
+                            atomic_save({"model": self.model.state_dict(), "epoch": global_epoch}, self.out / "best.pt")
+                        with open(self.out / "metrics.jsonl", "a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                        nxt = (pi, e + 1) if e + 1 < ph.epochs else (pi + 1, 0)
+                        atomic_save(self._state(nxt[0], nxt[1], global_epoch, opt, sched, best), last)
+                        tqdm.write(
+                            f"[{self.cfg.name}] epoch {global_epoch} ({ph.name}) loss {rec['train_loss']:.4f} "
+                            f"train acc {rec['train_acc']:.4f} val acc {val['acc']:.4f} ({train_time:.1f}s)"
+                        )
+                    yield rec
+            finally:
+                for t in terms:  # remove the hooks of terms that watched layer inputs
+                    if hasattr(t, "release"):
+                        t.release()
             ckpt = None
-        return self._finish(best, time.perf_counter() - t_start)
+        self._best = best
+        self._train_s = time.perf_counter() - t_start
 
     def _finish(self, best: dict, train_time: float) -> dict:
         if self.world > 1:

@@ -69,19 +69,42 @@ class Ours(nn.Module):
         return _readout(s2, self.w3)
 
 
+def snntorch_lif(beta: float):
+    """The closest snnTorch ``Leaky`` to our LIF: decay ``beta``, threshold 1, subtractive reset,
+    fast-sigmoid surrogate of slope 100. One difference remains: snnTorch subtracts the threshold
+    after the decay, ``V[t] = beta V[t-1] + I[t] - S[t-1]``, ours before it,
+    ``V[t] = beta (V[t-1] - S[t-1]) + I[t]``; the cost of a step is the same (tested)."""
+    import snntorch as snn
+    from snntorch import surrogate
+
+    return snn.Leaky(beta=beta, threshold=1.0, spike_grad=surrogate.fast_sigmoid(slope=100), reset_mechanism="subtract")
+
+
+def spikingjelly_lif(beta: float):
+    """Our LIF as a multi-step SpikingJelly ``LIFNode``: with ``decay_input=False`` and
+    ``v_reset=None`` its update ``H = (1 - 1/tau) V + X`` with subtractive reset is ours for
+    ``tau = 1 / (1 - beta)``."""
+    from spikingjelly.activation_based import neuron, surrogate
+
+    return neuron.LIFNode(
+        tau=1.0 / (1.0 - beta),
+        decay_input=False,
+        v_threshold=1.0,
+        v_reset=None,
+        detach_reset=True,
+        step_mode="m",
+        surrogate_function=surrogate.Sigmoid(),
+    )
+
+
 class SnnTorchNet(nn.Module):
     def __init__(self, w):
         super().__init__()
-        import snntorch as snn
-        from snntorch import surrogate
-
-        sg = surrogate.fast_sigmoid(slope=100)
         self.fc1, self.fc2 = nn.Linear(N_IN, N_H, bias=False), nn.Linear(N_H, N_H, bias=False)
         with torch.no_grad():
             self.fc1.weight.copy_(w[0])
             self.fc2.weight.copy_(w[1])
-        self.lif1 = snn.Leaky(beta=BETA, threshold=1.0, spike_grad=sg, reset_mechanism="subtract")
-        self.lif2 = snn.Leaky(beta=BETA, threshold=1.0, spike_grad=sg, reset_mechanism="subtract")
+        self.lif1, self.lif2 = snntorch_lif(BETA), snntorch_lif(BETA)
         self.w3 = nn.Parameter(w[2].clone())
 
     def forward(self, x):
@@ -98,24 +121,14 @@ class SnnTorchNet(nn.Module):
 class SpikingJellyNet(nn.Module):
     def __init__(self, w):
         super().__init__()
-        from spikingjelly.activation_based import layer, neuron, surrogate
+        from spikingjelly.activation_based import layer
 
-        tau = 1.0 / (1.0 - BETA)  # decay_input=False: H = V (1 - 1/tau) + X
-        kw = dict(
-            tau=tau,
-            decay_input=False,
-            v_threshold=1.0,
-            v_reset=None,
-            detach_reset=True,
-            step_mode="m",
-            surrogate_function=surrogate.Sigmoid(),
-        )
         self.fc1 = layer.Linear(N_IN, N_H, bias=False, step_mode="m")
         self.fc2 = layer.Linear(N_H, N_H, bias=False, step_mode="m")
         with torch.no_grad():
             self.fc1.weight.copy_(w[0])
             self.fc2.weight.copy_(w[1])
-        self.lif1, self.lif2 = neuron.LIFNode(**kw), neuron.LIFNode(**kw)
+        self.lif1, self.lif2 = spikingjelly_lif(BETA), spikingjelly_lif(BETA)
         self.w3 = nn.Parameter(w[2].clone())
 
     def forward(self, x):

@@ -238,137 +238,169 @@ def _json_safe(o):
     return o
 
 
+class EventPropTraining:
+    """One EventProp training run, one epoch at a time.
+
+    ``epochs()`` is a generator that trains the configured phases and yields each epoch's
+    record (also appended to ``results["history"]``); between two epochs the network ``net`` can
+    be inspected or evaluated. ``finish()`` evaluates the final network and returns the results
+    dict. :func:`train_eventprop` runs both; ``benchmarks/eventprop_bench.py`` interleaves the
+    epochs with another engine's.
+
+    ``train_data``: raw ``(x, y)`` training samples to use instead of the configured dataset's
+    training split (validation and test splits stay the configured ones).
+    """
+
+    def __init__(self, config: str | os.PathLike | dict | EventPropConfig, train_data=None, **overrides) -> None:
+        cfg = load_config(config, **overrides)
+        self.cfg = cfg
+        torch.set_num_threads(cfg.threads)
+        numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+
+        xtr, ytr, self.enc, self.xva, self.yva, self.xte, self.yte = _load_data(cfg, self.gen)
+        if train_data is not None:
+            xtr, ytr = train_data
+        self.xtr, self.ytr = xtr, ytr
+        self.train_times = None if (cfg.dataset == "mnist" and cfg.augment) else self.enc(xtr)
+
+        self.n_layers = len(cfg.sizes) - 1
+        if cfg.init_ranges is not None:
+            init = cfg.init_ranges
+        elif cfg.dataset == "mnist" and self.n_layers == len(MNIST_INIT_RANGES):
+            init = MNIST_INIT_RANGES
+        else:
+            init = default_init_ranges(self.n_layers)
+        params = LIFParams(tau_m=cfg.tau_m, tau_s=cfg.tau_s, threshold=cfg.threshold, t_window=cfg.t_window)
+        solver = SolverOptions(max_spikes=cfg.max_spikes, on_overflow="ignore", grazing_eps=cfg.grazing_eps)
+        self.net = EventNetwork(cfg.sizes, init, params, solver, generator=self.gen)
+
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "metrics.jsonl").write_text("")
+        self.results: dict = {
+            "config": dataclasses.asdict(cfg),
+            "versions": _versions(),
+            "history": [],
+            "timing": {},
+        }
+        self.t_start = time.perf_counter()
+        self.train_time = 0.0
+        self.epoch_global = 0
+
+    def _loss(self, ph: PhaseConfig):
+        c = self.cfg
+        return make_loss(ph.loss, ph.alpha, ph.eta, tau0=c.tau0, tau1=c.tau1, silent_time=c.t_window,
+                         sp_per_neuron=c.sp_per_neuron)  # fmt: skip
+
+    def epochs(self):
+        """Train every phase; yield each epoch's record after its validation pass."""
+        cfg, net, gen = self.cfg, self.net, self.gen
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            tqdm = None
+        for ph_i, ph in enumerate(cfg.phases):
+            loss_fn = self._loss(ph)
+            opt = torch.optim.Adam(net.parameters(), lr=ph.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.lr_decay)
+            for ep in range(ph.epochs):
+                t0 = time.perf_counter()
+                perm = torch.randperm(self.xtr.shape[0], generator=gen)
+                stats = BatchStats(self.n_layers)
+                batches = range(0, len(perm), cfg.batch_size)
+                bar = None
+                if cfg.progress and tqdm is not None:
+                    bar = tqdm(batches, desc=f"phase {ph_i + 1} ({ph.loss}) epoch {ep + 1}/{ph.epochs}",
+                               leave=False)  # fmt: skip
+                for i in bar if bar is not None else batches:
+                    idx = perm[i : i + cfg.batch_size]
+                    if self.train_times is None:
+                        x = self.enc(augment_images(self.xtr[idx], gen))
+                    else:
+                        x = self.train_times[idx]
+                    y = self.ytr[idx]
+                    out = net(x)
+                    loss, parts = loss_fn(out, y)
+                    opt.zero_grad(set_to_none=True)
+                    if loss.requires_grad:
+                        loss.backward()
+                        if cfg.grad_clip:
+                            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                        opt.step()
+                    stats.update(out, y, parts)
+                    if bar is not None and (i // cfg.batch_size) % 20 == 0:
+                        bar.set_postfix(loss=f"{parts['total']:.3f}", acc=f"{stats.n_correct / stats.n:.3f}")
+                if bar is not None:
+                    bar.close()
+                lr_used = opt.param_groups[0]["lr"]
+                sched.step()
+                t_ep = time.perf_counter() - t0
+                self.train_time += t_ep
+                tr = stats.result()
+                va = evaluate(net, self.xva, self.yva, loss_fn, cfg.eval_batch_size)
+                self.epoch_global += 1
+                rec = {
+                    "epoch": self.epoch_global,
+                    "phase": ph_i + 1,
+                    "phase_epoch": ep + 1,
+                    "loss_name": ph.loss,
+                    "lr": lr_used,
+                    "train": tr,
+                    "val": va,
+                    "epoch_time_s": t_ep,
+                }
+                self.results["history"].append(_json_safe(rec))
+                if self.out_dir:
+                    with open(self.out_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(_json_safe(rec)) + "\n")
+                if cfg.progress:
+                    print(
+                        f"[{cfg.name}] phase {ph_i + 1} {ph.loss} ep {ep + 1}/{ph.epochs}: "
+                        f"train acc {tr['accuracy']:.4f} "
+                        f"loss {tr.get('loss_total', float('nan')):.4f} | "
+                        f"val acc {va['accuracy']:.4f} CE {va.get('loss_ce', float('nan')):.4f} "
+                        f"<N_S> {va['n_s']:.3f} {[round(v, 2) for v in va['n_s_per_layer']]} "
+                        f"silent {va['silent_neurons_per_layer']} | {t_ep:.1f}s",
+                        flush=True,
+                    )
+                yield rec
+
+    def finish(self) -> dict:
+        """Final validation (and test) evaluation, timings, run files; the results dict."""
+        cfg, net, results = self.cfg, self.net, self.results
+        last_loss = self._loss(cfg.phases[-1])
+        final = {"val": evaluate(net, self.xva, self.yva, last_loss, cfg.eval_batch_size)}
+        if cfg.eval_test:
+            t0 = time.perf_counter()
+            final["test"] = evaluate(net, self.xte, self.yte, last_loss, cfg.eval_batch_size)
+            results["timing"]["test_eval_s"] = time.perf_counter() - t0
+        results["final"] = _json_safe(final)
+        n_ep = max(self.epoch_global, 1)
+        results["timing"].update(
+            {
+                "train_s": self.train_time,
+                "total_s": time.perf_counter() - self.t_start,
+                "train_s_per_epoch": self.train_time / n_ep,
+                "train_us_per_sample": 1e6 * self.train_time / (n_ep * max(self.xtr.shape[0], 1)),
+                "threads": cfg.threads,
+            }
+        )
+        if self.out_dir:
+            run = {k: v for k, v in results.items() if k != "history"}
+            (self.out_dir / "run.json").write_text(json.dumps(_json_safe(run), indent=1))
+            torch.save({"sizes": cfg.sizes, "state_dict": net.state_dict()}, self.out_dir / "weights.pt")
+        return results
+
+
 def train_eventprop(config: str | os.PathLike | dict | EventPropConfig, **overrides) -> dict:
     """Train an :class:`EventNetwork` as configured and return the results dict.
 
     ``overrides`` replace config keys (e.g. ``seed=2``, ``n_train=500``, ``progress=False``).
     """
-    cfg = load_config(config, **overrides)
-    torch.set_num_threads(cfg.threads)
-    numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-
-    xtr, ytr, enc, xva, yva, xte, yte = _load_data(cfg, gen)
-    train_times = None if (cfg.dataset == "mnist" and cfg.augment) else enc(xtr)
-
-    n_layers = len(cfg.sizes) - 1
-    if cfg.init_ranges is not None:
-        init = cfg.init_ranges
-    elif cfg.dataset == "mnist" and n_layers == len(MNIST_INIT_RANGES):
-        init = MNIST_INIT_RANGES
-    else:
-        init = default_init_ranges(n_layers)
-    params = LIFParams(tau_m=cfg.tau_m, tau_s=cfg.tau_s, threshold=cfg.threshold, t_window=cfg.t_window)
-    solver = SolverOptions(max_spikes=cfg.max_spikes, on_overflow="ignore", grazing_eps=cfg.grazing_eps)
-    net = EventNetwork(cfg.sizes, init, params, solver, generator=gen)
-
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.jsonl").write_text("")
-    results: dict = {
-        "config": dataclasses.asdict(cfg),
-        "versions": _versions(),
-        "history": [],
-        "timing": {},
-    }
-
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-
-    t_start = time.perf_counter()
-    train_time = 0.0
-    epoch_global = 0
-    for ph_i, ph in enumerate(cfg.phases):
-        loss_fn = make_loss(ph.loss, ph.alpha, ph.eta, tau0=cfg.tau0, tau1=cfg.tau1,
-                            silent_time=cfg.t_window, sp_per_neuron=cfg.sp_per_neuron)  # fmt: skip
-        opt = torch.optim.Adam(net.parameters(), lr=ph.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.lr_decay)
-        for ep in range(ph.epochs):
-            t0 = time.perf_counter()
-            perm = torch.randperm(xtr.shape[0], generator=gen)
-            stats = BatchStats(n_layers)
-            batches = range(0, len(perm), cfg.batch_size)
-            bar = None
-            if cfg.progress and tqdm is not None:
-                bar = tqdm(batches, desc=f"phase {ph_i + 1} ({ph.loss}) epoch {ep + 1}/{ph.epochs}",
-                           leave=False)  # fmt: skip
-            for i in bar if bar is not None else batches:
-                idx = perm[i : i + cfg.batch_size]
-                if train_times is None:
-                    x = enc(augment_images(xtr[idx], gen))
-                else:
-                    x = train_times[idx]
-                y = ytr[idx]
-                out = net(x)
-                loss, parts = loss_fn(out, y)
-                opt.zero_grad(set_to_none=True)
-                if loss.requires_grad:
-                    loss.backward()
-                    if cfg.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                    opt.step()
-                stats.update(out, y, parts)
-                if bar is not None and (i // cfg.batch_size) % 20 == 0:
-                    bar.set_postfix(loss=f"{parts['total']:.3f}", acc=f"{stats.n_correct / stats.n:.3f}")
-            if bar is not None:
-                bar.close()
-            lr_used = opt.param_groups[0]["lr"]
-            sched.step()
-            t_ep = time.perf_counter() - t0
-            train_time += t_ep
-            tr = stats.result()
-            va = evaluate(net, xva, yva, loss_fn, cfg.eval_batch_size)
-            epoch_global += 1
-            rec = {
-                "epoch": epoch_global,
-                "phase": ph_i + 1,
-                "phase_epoch": ep + 1,
-                "loss_name": ph.loss,
-                "lr": lr_used,
-                "train": tr,
-                "val": va,
-                "epoch_time_s": t_ep,
-            }
-            results["history"].append(_json_safe(rec))
-            if out_dir:
-                with open(out_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(_json_safe(rec)) + "\n")
-            if cfg.progress:
-                print(
-                    f"[{cfg.name}] phase {ph_i + 1} {ph.loss} ep {ep + 1}/{ph.epochs}: "
-                    f"train acc {tr['accuracy']:.4f} "
-                    f"loss {tr.get('loss_total', float('nan')):.4f} | "
-                    f"val acc {va['accuracy']:.4f} CE {va.get('loss_ce', float('nan')):.4f} "
-                    f"<N_S> {va['n_s']:.3f} {[round(v, 2) for v in va['n_s_per_layer']]} "
-                    f"silent {va['silent_neurons_per_layer']} | {t_ep:.1f}s",
-                    flush=True,
-                )
-
-    last_loss = make_loss(cfg.phases[-1].loss, cfg.phases[-1].alpha, cfg.phases[-1].eta,
-                          tau0=cfg.tau0, tau1=cfg.tau1, silent_time=cfg.t_window,
-                          sp_per_neuron=cfg.sp_per_neuron)  # fmt: skip
-    final = {"val": evaluate(net, xva, yva, last_loss, cfg.eval_batch_size)}
-    if cfg.eval_test:
-        t0 = time.perf_counter()
-        final["test"] = evaluate(net, xte, yte, last_loss, cfg.eval_batch_size)
-        results["timing"]["test_eval_s"] = time.perf_counter() - t0
-    results["final"] = _json_safe(final)
-    n_ep = max(epoch_global, 1)
-    results["timing"].update(
-        {
-            "train_s": train_time,
-            "total_s": time.perf_counter() - t_start,
-            "train_s_per_epoch": train_time / n_ep,
-            "train_us_per_sample": 1e6 * train_time / (n_ep * max(xtr.shape[0], 1)),
-            "threads": cfg.threads,
-        }
-    )
-    if out_dir:
-        run = {k: v for k, v in results.items() if k != "history"}
-        (out_dir / "run.json").write_text(json.dumps(_json_safe(run), indent=1))
-        torch.save({"sizes": cfg.sizes, "state_dict": net.state_dict()}, out_dir / "weights.pt")
-    return results
+    run = EventPropTraining(config, **overrides)
+    for _ in run.epochs():
+        pass
+    return run.finish()

@@ -59,6 +59,18 @@ _AXPY_BYTES = 32  # 256-bit vectors for the read-modify-write scatter: as fast a
 # Zen 4 (measured), and channel counts only need padding to a multiple of 8 float32 per half
 
 
+def _float_vectors(x, y) -> bool:
+    """Typing check of the intrinsics: ``x`` and ``y`` are 1-D arrays of one float dtype."""
+    return (
+        isinstance(x, types.Array)
+        and isinstance(y, types.Array)
+        and x.ndim == 1
+        and y.ndim == 1
+        and x.dtype in (types.float32, types.float64)
+        and y.dtype == x.dtype
+    )
+
+
 def _make_axpy(nv: int):
     """Intrinsic ``axpy(a, src, sbase, out, obase)``: ``out[obase + j] += a * src[sbase + j]`` for
     ``j < nv*lanes`` (``lanes`` = 32 bytes), as ``nv`` unaligned vector load/FMA/stores
@@ -66,9 +78,7 @@ def _make_axpy(nv: int):
 
     @intrinsic
     def axpy(typingctx, a, src, sbase, out, obase):
-        if not (isinstance(src, types.Array) and isinstance(out, types.Array) and src.ndim == 1 and out.ndim == 1):
-            return None
-        if src.dtype not in (types.float32, types.float64) or out.dtype != src.dtype:
+        if not _float_vectors(src, out):
             return None
         sig = types.void(a, src, sbase, out, obase)
 
@@ -119,9 +129,7 @@ def dot(typingctx, nv, a, abase, b, bbase):
     ``_DOT_ACC`` vector accumulators over blocks of ``_DOT_ACC`` vectors (then one vector at a
     time), summed and reduced by halving shuffles at the end. 1-D arrays of one float dtype.
     """
-    if not (isinstance(a, types.Array) and isinstance(b, types.Array) and a.ndim == 1 and b.ndim == 1):
-        return None
-    if a.dtype not in (types.float32, types.float64) or b.dtype != a.dtype:
+    if not _float_vectors(a, b):
         return None
     sig = a.dtype(nv, a, abase, b, bbase)
 
