@@ -78,7 +78,7 @@ def cmd_train(args) -> int:
             ov["out_dir"] = args.out
         if args.data_dir:
             ov["data_dir"] = args.data_dir
-        res = train_eventprop(args.config, **ov)
+        res = train_eventprop(args.config, resume=args.resume, **ov)
         print(json.dumps({k: v for k, v in res.items() if not isinstance(v, (list, dict))}, indent=1, default=str))
         return 0
     if engine == "yin":

@@ -13,7 +13,11 @@ Small function-based API for the CLI::
 
 ``results`` is a JSON-ready dict (config, per-epoch history, final validation/test metrics,
 timings, versions). With ``out_dir`` set, ``run.json`` and ``metrics.jsonl`` (one line per
-epoch) are written there as well (DESIGN.md conventions).
+epoch) are written there as well (DESIGN.md conventions), and ``last.pt`` after every epoch
+(atomically: network, Adam and schedule state, phase and epoch counters, the data generator's
+state and the history). ``resume=True`` continues such a run exactly where it stopped: the
+result equals an uninterrupted run's. Phases may be lengthened on resume (more epochs);
+anything else that shapes the run (sizes, data, batch, seed, losses, learning rates) must match.
 """
 
 from __future__ import annotations
@@ -251,7 +255,9 @@ class EventPropTraining:
     training split (validation and test splits stay the configured ones).
     """
 
-    def __init__(self, config: str | os.PathLike | dict | EventPropConfig, train_data=None, **overrides) -> None:
+    def __init__(
+        self, config: str | os.PathLike | dict | EventPropConfig, train_data=None, *, resume: bool = False, **overrides
+    ) -> None:
         cfg = load_config(config, **overrides)
         self.cfg = cfg
         torch.set_num_threads(cfg.threads)
@@ -277,9 +283,6 @@ class EventPropTraining:
         self.net = EventNetwork(cfg.sizes, init, params, solver, generator=self.gen)
 
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
-        if self.out_dir:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "metrics.jsonl").write_text("")
         self.results: dict = {
             "config": dataclasses.asdict(cfg),
             "versions": _versions(),
@@ -289,6 +292,78 @@ class EventPropTraining:
         self.t_start = time.perf_counter()
         self.train_time = 0.0
         self.epoch_global = 0
+        self._start = (0, 0)  # (phase index, epochs done in it)
+        self._opt_state = None  # Adam + schedule state of the resumed phase
+        self.resumed_from: int | None = None
+        if resume:
+            self._resume()
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            lines = "".join(json.dumps(r) + "\n" for r in self.results["history"])
+            (self.out_dir / "metrics.jsonl").write_text(lines)  # a resumed run keeps its epochs
+
+    def _fingerprint(self) -> dict:
+        """What a resumed run must share with the checkpoint (phase lengths may grow)."""
+        c = self.cfg
+        keys = ("name", "dataset", "sizes", "init_ranges", "batch_size", "lr_decay", "adam_betas", "adam_eps",
+                "grad_clip", "seed", "tau_m", "tau_s", "threshold", "t_window", "tau0", "tau1", "sp_per_neuron",
+                "max_spikes", "grazing_eps", "t_min", "t_max", "bright_early", "augment", "n_train", "n_val",
+                "n_test", "mnist_val_size")  # fmt: skip
+        fp = {k: _json_safe(getattr(c, k)) for k in keys}
+        fp["phases"] = [[p.loss, p.alpha, p.eta, p.lr] for p in c.phases]
+        return fp
+
+    def _resume(self) -> None:
+        from ..train import load_checkpoint
+
+        if self.out_dir is None:
+            raise ConfigError("resume needs out_dir (the run's folder holding last.pt)")
+        path = self.out_dir / "last.pt"
+        if not path.is_file():
+            raise ConfigError(f"resume: no checkpoint at {path}")
+        ck = load_checkpoint(path)
+        old = json.loads(ck["fingerprint"])
+        new = json.loads(json.dumps(self._fingerprint()))
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise ConfigError(
+                f"resume: {path} was written by a different configuration ({', '.join(diff)}: "
+                + "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+                + "); only phase lengths may change"
+            )
+        ph_i, done = int(ck["phase"]), int(ck["phase_epoch"])
+        if done > self.cfg.phases[ph_i].epochs:
+            raise ConfigError(
+                f"resume: {path} has {done} epochs of phase {ph_i + 1}, the config only {self.cfg.phases[ph_i].epochs}"
+            )
+        self.net.load_state_dict(ck["net"])
+        self.gen.set_state(ck["gen"])
+        self._start = (ph_i, done)
+        self._opt_state = (ck["opt"], ck["sched"])
+        self.epoch_global = int(ck["epoch_global"])
+        self.train_time = float(ck["train_time"])
+        self.results["history"] = json.loads(ck["history"])
+        self.resumed_from = self.epoch_global
+
+    def _checkpoint(self, ph_i: int, done: int, opt, sched) -> None:
+        from ..train import atomic_save
+
+        atomic_save(
+            {
+                "format": 1,
+                "fingerprint": json.dumps(self._fingerprint()),
+                "phase": ph_i,
+                "phase_epoch": done,
+                "epoch_global": self.epoch_global,
+                "train_time": self.train_time,
+                "net": self.net.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "gen": self.gen.get_state(),
+                "history": json.dumps(self.results["history"]),
+            },
+            self.out_dir / "last.pt",
+        )
 
     def _loss(self, ph: PhaseConfig):
         c = self.cfg
@@ -302,11 +377,17 @@ class EventPropTraining:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover
             tqdm = None
+        ph0, ep0 = self._start
         for ph_i, ph in enumerate(cfg.phases):
+            if ph_i < ph0:
+                continue
             loss_fn = self._loss(ph)
             opt = torch.optim.Adam(net.parameters(), lr=ph.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.lr_decay)
-            for ep in range(ph.epochs):
+            if ph_i == ph0 and self._opt_state is not None:
+                opt.load_state_dict(self._opt_state[0])
+                sched.load_state_dict(self._opt_state[1])
+            for ep in range(ep0 if ph_i == ph0 else 0, ph.epochs):
                 t0 = time.perf_counter()
                 perm = torch.randperm(self.xtr.shape[0], generator=gen)
                 stats = BatchStats(self.n_layers)
@@ -356,6 +437,7 @@ class EventPropTraining:
                 if self.out_dir:
                     with open(self.out_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(_json_safe(rec)) + "\n")
+                    self._checkpoint(ph_i, ep + 1, opt, sched)
                 if cfg.progress:
                     print(
                         f"[{cfg.name}] phase {ph_i + 1} {ph.loss} ep {ep + 1}/{ph.epochs}: "
@@ -386,6 +468,7 @@ class EventPropTraining:
                 "train_s_per_epoch": self.train_time / n_ep,
                 "train_us_per_sample": 1e6 * self.train_time / (n_ep * max(self.xtr.shape[0], 1)),
                 "threads": cfg.threads,
+                "resumed_from_epoch": self.resumed_from,
             }
         )
         if self.out_dir:
@@ -395,12 +478,13 @@ class EventPropTraining:
         return results
 
 
-def train_eventprop(config: str | os.PathLike | dict | EventPropConfig, **overrides) -> dict:
+def train_eventprop(config: str | os.PathLike | dict | EventPropConfig, *, resume: bool = False, **overrides) -> dict:
     """Train an :class:`EventNetwork` as configured and return the results dict.
 
     ``overrides`` replace config keys (e.g. ``seed=2``, ``n_train=500``, ``progress=False``).
+    ``resume``: continue from ``out_dir/last.pt`` (see the module doc).
     """
-    run = EventPropTraining(config, **overrides)
+    run = EventPropTraining(config, resume=resume, **overrides)
     for _ in run.epochs():
         pass
     return run.finish()

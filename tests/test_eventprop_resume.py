@@ -1,0 +1,90 @@
+"""EventProp training: per-epoch atomic checkpoints and exact resume (DESIGN.md: nothing is lost)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sparsespike.errors import ConfigError, DataError
+from sparsespike.eventprop.train import EventPropTraining, train_eventprop
+
+
+def _cfg(out, e1=2, e2=2, **kw):
+    cfg = {
+        "dataset": "yinyang",
+        "sizes": [5, 10, 3],
+        "phases": [
+            {"loss": "L_A", "alpha": 3.5e-3, "eta": 0.4, "lr": 5e-3, "epochs": e1},
+            {"loss": "L", "alpha": 3.5e-3, "eta": 0.4, "lr": 2e-4, "epochs": e2},
+        ],
+        "sp_per_neuron": True,
+        "n_train": 64,
+        "n_val": 32,
+        "n_test": 32,
+        "batch_size": 16,
+        "progress": False,
+        "out_dir": str(out),
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in history]
+
+
+def _weights(out):
+    return torch.load(out / "weights.pt", weights_only=True)["state_dict"]
+
+
+def _interrupted(out, n_epochs, **kw):
+    """Train ``n_epochs`` epochs and drop the run, as a killed process would (last.pt stays)."""
+    run = EventPropTraining(_cfg(out, **kw))
+    it = run.epochs()
+    for _ in range(n_epochs):
+        next(it)
+    it.close()
+
+
+@pytest.mark.parametrize("stop", [1, 2, 3])  # inside phase 1, at the phase boundary, inside phase 2
+def test_resume_equals_uninterrupted_run(tmp_path, stop):
+    ref = train_eventprop(_cfg(tmp_path / "ref"))
+    _interrupted(tmp_path / "cut", stop)
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == stop and (tmp_path / "cut" / "last.pt").is_file()
+    res = train_eventprop(_cfg(tmp_path / "cut"), resume=True)
+    assert res["timing"]["resumed_from_epoch"] == stop
+    assert _strip(res["history"]) == _strip(ref["history"])
+    assert res["final"] == ref["final"]
+    for k, w in _weights(tmp_path / "ref").items():
+        assert torch.equal(_weights(tmp_path / "cut")[k], w), k
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3, 4]
+
+
+def test_resume_may_lengthen_a_phase(tmp_path):
+    _interrupted(tmp_path / "a", 4)  # the whole 2 + 2 schedule
+    res = train_eventprop(_cfg(tmp_path / "a", e2=3), resume=True)
+    assert [(h["phase"], h["phase_epoch"]) for h in res["history"]] == [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3)]
+    # the schedule goes on where it stopped: lr of phase 2 epoch 3 is 2e-4 * 0.95**2
+    assert res["history"][-1]["lr"] == pytest.approx(2e-4 * 0.95**2)
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train_eventprop(_cfg(tmp_path / "none"), resume=True)
+    with pytest.raises(ConfigError, match="out_dir"):
+        train_eventprop(_cfg(None, out_dir=None), resume=True)
+    _interrupted(tmp_path / "b", 3)
+    with pytest.raises(ConfigError, match="sizes"):
+        train_eventprop(_cfg(tmp_path / "b", sizes=[5, 11, 3]), resume=True)
+    with pytest.raises(ConfigError, match="phases"):
+        train_eventprop(_cfg(tmp_path / "b", phases=[{"loss": "L_W", "epochs": 2}, {"loss": "L", "epochs": 2}]),
+                        resume=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="only 0"):
+        train_eventprop(_cfg(tmp_path / "b", e2=0), resume=True)
+    (tmp_path / "b" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="last.pt"):
+        train_eventprop(_cfg(tmp_path / "b"), resume=True)
