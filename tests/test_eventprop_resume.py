@@ -20,9 +20,9 @@ def _cfg(out, e1=2, e2=2, **kw):
             {"loss": "L", "alpha": 3.5e-3, "eta": 0.4, "lr": 2e-4, "epochs": e2},
         ],
         "sp_per_neuron": True,
-        "n_train": 64,
-        "n_val": 32,
-        "n_test": 32,
+        "n_train": 32,
+        "n_val": 16,
+        "n_test": 16,
         "batch_size": 16,
         "progress": False,
         "out_dir": str(out),
@@ -48,9 +48,15 @@ def _interrupted(out, n_epochs, **kw):
     it.close()
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    return out, train_eventprop(_cfg(out))
+
+
 @pytest.mark.parametrize("stop", [1, 2, 3])  # inside phase 1, at the phase boundary, inside phase 2
-def test_resume_equals_uninterrupted_run(tmp_path, stop):
-    ref = train_eventprop(_cfg(tmp_path / "ref"))
+def test_resume_equals_uninterrupted_run(tmp_path, reference, stop):
+    ref_dir, ref = reference
     _interrupted(tmp_path / "cut", stop)
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == stop and (tmp_path / "cut" / "last.pt").is_file()
@@ -58,7 +64,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, stop):
     assert res["timing"]["resumed_from_epoch"] == stop
     assert _strip(res["history"]) == _strip(ref["history"])
     assert res["final"] == ref["final"]
-    for k, w in _weights(tmp_path / "ref").items():
+    for k, w in _weights(ref_dir).items():
         assert torch.equal(_weights(tmp_path / "cut")[k], w), k
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3, 4]
