@@ -45,6 +45,7 @@ def test_train_two_phase_smoke_and_run_files(tmp_path):
     assert run["config"]["sizes"] == [5, 12, 3] and "versions" in run
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["phase"] == 2
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
     json.dumps(res)  # JSON-ready
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,6 +31,36 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
         axes[2].plot(ep, [h.get("train_spikes") or 0 for h in history])
         axes[2].set_xlabel("epoch")
         axes[2].set_ylabel("spikes / sample (train)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_eventprop_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
+    """EventProp training curves of one or more runs (label -> ``metrics.jsonl`` records):
+    cross-entropy, accuracy and <N_S> (spikes per neuron per sample, Fontanini eq. 16) per epoch,
+    training (dashed) and validation (solid); dotted verticals mark the start of each later phase."""
+    path = Path(path)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = (("loss_ce", "cross-entropy", 1.0), ("accuracy", "accuracy %", 100.0), ("n_s", "<N_S>", 1.0))
+    for k, (label, hist) in enumerate(runs.items()):
+        color = f"C{k}"
+        ep = [h["epoch"] for h in hist]
+        for ax, (key, ylabel, scale) in zip(axes, panels, strict=True):
+            for split, style in (("train", "--"), ("val", "-")):
+                ys = [scale * h[split][key] if key in h[split] else float("nan") for h in hist]
+                ax.plot(ep, ys, style, color=color, label=f"{label} ({'validation' if split == 'val' else split})")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            for a, b in zip(hist, hist[1:], strict=False):
+                if b["phase"] != a["phase"]:
+                    ax.axvline(b["epoch"] - 0.5, color=color, ls=":", lw=1)
+    axes[1].legend(fontsize=7)
+    axes[2].set_yscale("log")
+    axes[2].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[2].yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -13,7 +13,8 @@ Small function-based API for the CLI::
 
 ``results`` is a JSON-ready dict (config, per-epoch history, final validation/test metrics,
 timings, versions). With ``out_dir`` set, ``run.json`` and ``metrics.jsonl`` (one line per
-epoch) are written there as well (DESIGN.md conventions), and ``last.pt`` after every epoch
+epoch) are written there as well (DESIGN.md conventions), ``curves.png`` at the end (loss,
+accuracy and <N_S> per epoch), and ``last.pt`` after every epoch
 (atomically: network, Adam and schedule state, phase and epoch counters, the data generator's
 state and the history). ``resume=True`` continues such a run exactly where it stopped: the
 result equals an uninterrupted run's. Phases may be lengthened on resume (more epochs);
@@ -475,6 +476,10 @@ class EventPropTraining:
             run = {k: v for k, v in results.items() if k != "history"}
             (self.out_dir / "run.json").write_text(json.dumps(_json_safe(run), indent=1))
             torch.save({"sizes": cfg.sizes, "state_dict": net.state_dict()}, self.out_dir / "weights.pt")
+            if results["history"]:
+                from ..plots import plot_eventprop_curves
+
+                plot_eventprop_curves({cfg.name: results["history"]}, self.out_dir / "curves.png", cfg.name)
         return results
 
 
