@@ -94,3 +94,30 @@ def test_resume_errors(tmp_path):
     (tmp_path / "b" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="last.pt"):
         train_eventprop(_cfg(tmp_path / "b"), resume=True)
+
+
+def test_cli_train_writes_run_folder_and_resumes(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from sparsespike.cli import main
+
+    cfg = _cfg(None, e1=1, e2=1, name="tiny_ep")
+    del cfg["out_dir"]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"engine": "eventprop", **cfg}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(path)]) == 0  # default folder, as for time-stepped runs
+    run = tmp_path / "runs" / "tiny_ep_seed0"
+    for f in ("run.json", "metrics.jsonl", "last.pt", "weights.pt", "curves.png"):
+        assert (run / f).is_file(), f
+    more = (
+        "phases=[{loss: L_A, alpha: 3.5e-3, eta: 0.4, lr: 5.0e-3, epochs: 1},"
+        " {loss: L, alpha: 3.5e-3, eta: 0.4, lr: 2.0e-4, epochs: 2}]"
+    )
+    assert main(["train", str(path), "--resume", "--set", more]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["phase_epoch"] for ln in lines] == [1, 1, 2]
+    assert json.loads((run / "run.json").read_text())["timing"]["resumed_from_epoch"] == 2
+    capsys.readouterr()
+    assert main(["train", str(path), "--resume", "--set", "sizes=[5, 9, 3]"]) == 2  # refused, named
+    assert "sizes" in capsys.readouterr().err

@@ -74,10 +74,12 @@ def cmd_train(args) -> int:
         ov = dict(_parse_overrides(args.set))
         if args.seed is not None:
             ov["seed"] = args.seed
-        if args.out:
-            ov["out_dir"] = args.out
         if args.data_dir:
             ov["data_dir"] = args.data_dir
+        from .eventprop.train import load_config as ep_config
+
+        base = ep_config(args.config, **ov)  # as for time-stepped runs: runs/<name>_seed<seed> by default
+        ov["out_dir"] = args.out or base.out_dir or str(Path("runs") / f"{base.name}_seed{base.seed}")
         res = train_eventprop(args.config, resume=args.resume, **ov)
         print(json.dumps({k: v for k, v in res.items() if not isinstance(v, (list, dict))}, indent=1, default=str))
         return 0
