@@ -111,7 +111,7 @@ def test_regularizer_sees_spikes_and_epoch(tmp_path, data_dir):
     seen = []
 
     def reg(ctx):
-        seen.append((ctx.epoch, ctx.n_epochs, float(ctx.monitor.spike_count())))
+        seen.append((ctx.epoch, ctx.n_epochs, float(ctx.monitor.spike_count().detach())))
         return 0.0 * ctx.monitor.spike_count()
 
     cfg = load_config(_write(tmp_path, SMALL), {"train.epochs": 2})
