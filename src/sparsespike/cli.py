@@ -69,6 +69,7 @@ def cmd_train(args) -> int:
 
     engine = _engine(args.config)
     if engine == "eventprop":
+        from .eventprop.train import load_config as ep_config
         from .eventprop.train import train_eventprop
 
         ov = dict(_parse_overrides(args.set))
@@ -76,11 +77,10 @@ def cmd_train(args) -> int:
             ov["seed"] = args.seed
         if args.data_dir:
             ov["data_dir"] = args.data_dir
-        from .eventprop.train import load_config as ep_config
-
-        base = ep_config(args.config, **ov)  # as for time-stepped runs: runs/<name>_seed<seed> by default
-        ov["out_dir"] = args.out or base.out_dir or str(Path("runs") / f"{base.name}_seed{base.seed}")
-        res = train_eventprop(args.config, resume=args.resume, **ov)
+        cfg = ep_config(args.config, **ov)
+        # as for time-stepped runs: runs/<name>_seed<seed> unless --out or the config says otherwise
+        cfg.out_dir = args.out or cfg.out_dir or str(Path("runs") / f"{cfg.name}_seed{cfg.seed}")
+        res = train_eventprop(cfg, resume=args.resume)
         print(json.dumps({k: v for k, v in res.items() if not isinstance(v, (list, dict))}, indent=1, default=str))
         return 0
     if engine == "yin":

@@ -303,16 +303,15 @@ class EventPropTraining:
             lines = "".join(json.dumps(r) + "\n" for r in self.results["history"])
             (self.out_dir / "metrics.jsonl").write_text(lines)  # a resumed run keeps its epochs
 
+    # settings that do not change what a run computes: free to differ on resume
+    _RESUME_FREE = ("data_dir", "threads", "eval_test", "eval_batch_size", "out_dir", "progress")
+
     def _fingerprint(self) -> dict:
-        """What a resumed run must share with the checkpoint (phase lengths may grow)."""
-        c = self.cfg
-        keys = ("name", "dataset", "sizes", "init_ranges", "batch_size", "lr_decay", "adam_betas", "adam_eps",
-                "grad_clip", "seed", "tau_m", "tau_s", "threshold", "t_window", "tau0", "tau1", "sp_per_neuron",
-                "max_spikes", "grazing_eps", "t_min", "t_max", "bright_early", "augment", "n_train", "n_val",
-                "n_test", "mnist_val_size")  # fmt: skip
-        fp = {k: _json_safe(getattr(c, k)) for k in keys}
-        fp["phases"] = [[p.loss, p.alpha, p.eta, p.lr] for p in c.phases]
-        return fp
+        """What a resumed run must share with the checkpoint: every config field but the free ones,
+        and of each phase everything but its length (phases may grow)."""
+        fp = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in self._RESUME_FREE}
+        fp["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in fp["phases"]]
+        return _json_safe(fp)
 
     def _resume(self) -> None:
         from ..train import load_checkpoint
