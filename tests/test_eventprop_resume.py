@@ -78,6 +78,24 @@ def test_resume_may_lengthen_a_phase(tmp_path):
     assert res["history"][-1]["lr"] == pytest.approx(2e-4 * 0.95**2)
 
 
+def test_resume_reads_checkpoints_with_the_older_phase_fingerprint(tmp_path):
+    """Checkpoints written before the fingerprint held whole phases list each as [loss, alpha, eta, lr]."""
+    _interrupted(tmp_path / "old", 3)
+    path = tmp_path / "old" / "last.pt"
+    ck = torch.load(path, weights_only=True)
+    fp = json.loads(ck["fingerprint"])
+    fp["phases"] = [[p["loss"], p["alpha"], p["eta"], p["lr"]] for p in fp["phases"]]
+    ck["fingerprint"] = json.dumps(fp)
+    torch.save(ck, path)
+    res = train_eventprop(_cfg(tmp_path / "old"), resume=True)
+    assert res["timing"]["resumed_from_epoch"] == 3 and len(res["history"]) == 4
+    fp["phases"][1][3] = 1e-3  # a changed learning rate is still refused
+    ck["fingerprint"] = json.dumps(fp)
+    torch.save(ck, path)
+    with pytest.raises(ConfigError, match="phases"):
+        train_eventprop(_cfg(tmp_path / "old"), resume=True)
+
+
 def test_resume_errors(tmp_path):
     with pytest.raises(ConfigError, match="no checkpoint"):
         train_eventprop(_cfg(tmp_path / "none"), resume=True)

@@ -323,6 +323,10 @@ class EventPropTraining:
             raise ConfigError(f"resume: no checkpoint at {path}")
         ck = load_checkpoint(path)
         old = json.loads(ck["fingerprint"])
+        # checkpoints from before the fingerprint held whole phases list them as [loss, alpha, eta, lr]
+        old["phases"] = [
+            dict(zip(("loss", "alpha", "eta", "lr"), p)) if isinstance(p, list) else p for p in old.get("phases", [])
+        ]
         new = json.loads(json.dumps(self._fingerprint()))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
