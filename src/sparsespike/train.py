@@ -87,7 +87,7 @@ def _load_plugins() -> None:
     # modules that register regularizers on import
     import importlib
 
-    for mod in ("sparsespike.sparsity.activity", "sparsespike.sparsity.synops"):
+    for mod in ("sparsespike.sparsity.activity", "sparsespike.sparsity.synops", "sparsespike.sparsity.flops"):
         try:
             importlib.import_module(mod)
         except ImportError:

@@ -325,7 +325,8 @@ class EventPropTraining:
         old = json.loads(ck["fingerprint"])
         # checkpoints from before the fingerprint held whole phases list them as [loss, alpha, eta, lr]
         old["phases"] = [
-            dict(zip(("loss", "alpha", "eta", "lr"), p)) if isinstance(p, list) else p for p in old.get("phases", [])
+            dict(zip(("loss", "alpha", "eta", "lr"), p, strict=True)) if isinstance(p, list) else p
+            for p in old.get("phases", [])
         ]
         new = json.loads(json.dumps(self._fingerprint()))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

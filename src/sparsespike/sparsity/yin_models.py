@@ -390,7 +390,9 @@ def train_yin(config: dict) -> dict:
     ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
     (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
     (``T``), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
-    ``init_std``, ``constrain``), ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``,
+    ``init_std``, ``constrain``, ``penalty``: ``l0`` (eq. 20, default) or ``flops``, the
+    expected-FLOPs penalty of :mod:`.flops`, then ``lam`` is per FLOP), ``optimizer`` (``lr``,
+    ``gate_lr`` for ``log_alpha``,
     ``batch_size``, ``weight_decay``),
     ``epochs``, ``eval_every``, ``out_dir``.
 
@@ -418,6 +420,14 @@ def train_yin(config: dict) -> dict:
             gamma=float(ccfg.get("gamma", -0.1)),
             zeta=float(ccfg.get("zeta", 1.1)),
         )
+    penalty = ccfg.get("penalty", "l0")
+    if penalty not in ("l0", "flops"):
+        raise ConfigError(f"connectivity.penalty must be 'l0' (Yin eq. 20) or 'flops', got {penalty!r}")
+    flops_pen = None
+    if use_l0 and penalty == "flops":  # lam * E[dense FLOPs per sample] (sparsity/flops.py)
+        from .flops import ExpectedFlops
+
+        flops_pen = ExpectedFlops(float(ccfg.get("lam", LAMBDA))).attach(model)
     xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed)
     ocfg = cfg.get("optimizer", {})
     bs = int(ocfg.get("batch_size", 100))
@@ -449,7 +459,10 @@ def train_yin(config: dict) -> dict:
             xb = encode(xtr[idx], gen)
             votes = model(xb)
             loss_e = vote_mse_loss(votes, ytr[idx], reduction=reduction)
-            pen = l0_penalty(model) if use_l0 else torch.zeros(())
+            if flops_pen is not None:
+                pen = flops_pen.value(len(idx))
+            else:
+                pen = l0_penalty(model) if use_l0 else torch.zeros(())
             loss = loss_e + pen
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,154 @@
+"""Expected-FLOPs penalty: an L0 term that charges each gate what its weight costs.
+
+Yin et al. (KDD'21) report their connectivity result in FLOPs (Fig. 4: 4.68 against 16.26
+MFLOPs), but the L0 penalty of their eq. 20 charges every gate alike. In a spiking CNN the
+weights and the FLOPs sit in different layers: in ``28x28-15C5-P2-40C5-P2-300-10`` fc1 holds 97 %
+of the weights and conv2 74 % of the FLOPs, so eq. 20 prunes fc1 first and leaves the FLOPs
+nearly where they were (docs/connectivity.md, lambda sweep). This term is the expected dense
+FLOP count under the gates (our addition, not in the paper):
+
+.. math::
+
+    \\mathbb E[\\mathrm{FLOPs}] = \\sum_{\\text{layers}} \\sum_{ij} 2\\,u_{ij}\\,P(b_{ij} \\ne 0),
+    \\qquad P(b_{ij} \\ne 0) = \\sigma\\big(\\log\\alpha_{ij} - \\beta\\log(-\\gamma/\\zeta)\\big),
+
+with ``u_ij`` the number of multiply-accumulates weight ``ij`` takes part in per sample (all
+time steps): for a ``Linear`` layer one per input row, for a convolution one per output position
+at which the tap reads a real input pixel (taps that read zero padding are not counted). It is
+exactly the expectation of :func:`count_ops`' ``flops`` (DESIGN.md: 2 x MACs over non-zero
+weights, biases not counted) over the gate distribution, because that count is linear in the
+indicators ``b_ij != 0``. A frozen gate contributes its test-time indicator, as in
+:mod:`.synops`.
+
+YAML (time-stepped engine): ``train.regularizers: [{name: flops, lam: 1.0e-9}]`` beside
+``model.gates``; Yin engine: ``connectivity: {penalty: flops, lam: ...}``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..train import LossContext, register_regularizer
+from .connectivity import GatedWeight, gated_weights
+
+__all__ = ["ExpectedFlops", "tap_use_counts"]
+
+
+def tap_use_counts(conv: nn.modules.conv._ConvNd, spatial: tuple[int, ...]) -> torch.Tensor:
+    """Output positions at which each kernel tap reads a real input pixel, for one input frame of
+    spatial size ``spatial``; shape ``kernel_size`` (the same for every in/out channel pair).
+
+    It is the gradient of ``sum(conv(ones, ones))`` with respect to a one-channel kernel: each
+    tap's derivative counts the input ones it multiplies.
+    """
+    if conv.transposed or conv.groups != 1:
+        raise ConfigError("flops penalty: transposed or grouped convolutions are not supported")
+    if conv.padding_mode != "zeros":
+        raise ConfigError(f"flops penalty: padding_mode {conv.padding_mode!r} is not supported")
+    nd = len(spatial)
+    fn = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[nd]
+    k = torch.ones((1, 1, *conv.kernel_size), dtype=torch.float64, requires_grad=True)
+    x = torch.ones((1, 1, *spatial), dtype=torch.float64)
+    (g,) = torch.autograd.grad(fn(x, k, stride=conv.stride, padding=conv.padding, dilation=conv.dilation).sum(), k)
+    return g[0, 0]
+
+
+def _prob_nonzero(gw: GatedWeight) -> torch.Tensor:
+    g = gw.gate
+    return (g.test_gate() != 0).to(g.log_alpha.dtype) if g.frozen else g.prob_nonzero()
+
+
+class ExpectedFlops:
+    """Regularizer ``lam * E[dense FLOPs per sample]`` over every gated layer (module doc).
+
+    ``attach(model)`` registers forward pre-hooks on the gated modules that note the shape of
+    every training-mode input (a model stepped through time one call per step is counted over
+    all steps); :meth:`value` turns the shapes seen since the last call into the expected FLOPs.
+    """
+
+    def __init__(self, lam: float = 1e-9) -> None:
+        try:
+            lam = float(lam)  # YAML reads 1e-9 (no dot) as a string
+        except (TypeError, ValueError):
+            raise ConfigError(f"flops penalty: lam must be a number, got {lam!r}") from None
+        if not lam >= 0:
+            raise ConfigError(f"flops penalty: lam must be >= 0, got {lam}")
+        self.lam = lam
+        self._shapes: dict[int, list[tuple[int, ...]]] = {}
+        self._gated: list[GatedWeight] = []
+        self._handles: list = []
+        self._taps: dict[tuple, torch.Tensor] = {}
+
+    def attach(self, model: nn.Module) -> ExpectedFlops:
+        self.release()
+        self._gated = gated_weights(model)
+        if not self._gated:
+            raise ConfigError("flops penalty needs L0 gates (model.gates / connectivity.l0) on the model")
+        for gw in self._gated:
+            if not isinstance(gw.module, (nn.Linear, nn.modules.conv._ConvNd)):
+                raise ConfigError(f"flops penalty: {gw.name!r} is neither Linear nor Conv")
+            key = id(gw.module)
+
+            def hook(mod, args, key=key):
+                if mod.training and args:
+                    self._shapes.setdefault(key, []).append(tuple(args[0].shape))
+
+            self._handles.append(gw.module.register_forward_pre_hook(hook))
+        return self
+
+    def release(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._shapes.clear()
+
+    def _uses(self, gw: GatedWeight, shape: tuple[int, ...]) -> tuple[float, torch.Tensor | None]:
+        """(frames in one call, per-tap use counts per frame or ``None`` for a Linear layer)."""
+        mod = gw.module
+        if isinstance(mod, nn.Linear):
+            return float(math.prod(shape[:-1])), None
+        nd = mod.weight.dim() - 2
+        spatial = tuple(shape[-nd:])
+        key = (id(mod), spatial)
+        if key not in self._taps:
+            self._taps[key] = tap_use_counts(mod, spatial)
+        return float(math.prod(shape[: -nd - 1])), self._taps[key]
+
+    def terms(self, n_samples: int) -> dict[str, torch.Tensor]:
+        """``E[FLOPs per sample]`` of each gated layer seen since the last call."""
+        out = {}
+        for gw in self._gated:
+            shapes = self._shapes.get(id(gw.module))
+            if not shapes:
+                continue
+            p = _prob_nonzero(gw)
+            total = p.new_zeros(())
+            for shape in shapes:
+                frames, taps = self._uses(gw, shape)
+                per_frame = p.sum() if taps is None else (p * taps.to(p.dtype)).sum()
+                total = total + 2.0 * frames / n_samples * per_frame
+            out[gw.name] = total
+        return out
+
+    def value(self, n_samples: int) -> torch.Tensor:
+        """``lam * E[FLOPs per sample]`` of the forward passes since the last call (then forgets them)."""
+        if not self._handles:
+            raise RuntimeError("flops penalty: call attach(model) before the forward pass")
+        parts = self.terms(max(1, int(n_samples)))
+        self._shapes.clear()
+        if not parts:
+            return torch.zeros(())
+        return self.lam * torch.stack(list(parts.values())).sum()
+
+    def __call__(self, ctx: LossContext) -> torch.Tensor:
+        return self.value(len(ctx.targets))
+
+
+@register_regularizer("flops")
+def flops_regularizer(lam: float = 1e-9) -> ExpectedFlops:
+    """YAML: ``{name: flops, lam: 1.0e-9}`` (module doc)."""
+    return ExpectedFlops(lam)
