@@ -113,3 +113,24 @@ def test_yin_engine_rejects_unknown_penalty():
     cfg = {"model": {"name": "mnist", "structure": "28x28-4C5-P2-10"}, "connectivity": {"l0": True, "penalty": "l1"}}
     with pytest.raises(ConfigError, match="penalty"):
         train_yin(cfg)
+
+
+def test_yin_scnn_layers_match_count_ops():
+    """Our own layers (SpikingConv2d's conv, SpikingLinear) on time-major input, one call for all T."""
+    from sparsespike.sparsity.yin_models import network_from_config
+
+    model, T = network_from_config({"model": {"name": "mnist", "structure": "12x12-3C3-P2-4C3-P2-8-10"}})
+    add_l0_gates(model, seed=0)
+    g = torch.Generator().manual_seed(1)
+    for gw in gated_weights(model):
+        gw.gate.log_alpha.data = torch.where(torch.rand(gw.gate.log_alpha.shape, generator=g) < 0.5, -8.0, 8.0)
+    freeze_gates(model)
+    pen = ExpectedFlops(1.0).attach(model)
+    x = (torch.rand(T, 3, 1, 12, 12, generator=g) < 0.3).float()
+    model.train()
+    model(x)
+    terms = pen.terms(3)
+    ops = count_ops(model, x)
+    assert len(terms) == len(ops["layers"]) == 4
+    for layer in ops["layers"]:
+        assert float(terms[layer["name"]]) == pytest.approx(layer["flops"], rel=1e-9), layer["name"]

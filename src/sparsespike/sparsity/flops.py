@@ -89,8 +89,8 @@ class ExpectedFlops:
         if not self._gated:
             raise ConfigError("flops penalty needs L0 gates (model.gates / connectivity.l0) on the model")
         for gw in self._gated:
-            if not isinstance(gw.module, (nn.Linear, nn.modules.conv._ConvNd)):
-                raise ConfigError(f"flops penalty: {gw.name!r} is neither Linear nor Conv")
+            if not isinstance(gw.module, nn.modules.conv._ConvNd) and gw.gate.log_alpha.dim() != 2:
+                raise ConfigError(f"flops penalty: {gw.name!r} is neither a convolution nor a [out, in] weight")
             key = id(gw.module)
 
             def hook(mod, args, key=key):
@@ -109,7 +109,7 @@ class ExpectedFlops:
     def _uses(self, gw: GatedWeight, shape: tuple[int, ...]) -> tuple[float, torch.Tensor | None]:
         """(frames in one call, per-tap use counts per frame or ``None`` for a Linear layer)."""
         mod = gw.module
-        if isinstance(mod, nn.Linear):
+        if not isinstance(mod, nn.modules.conv._ConvNd):  # Linear, SpikingLinear, LeakyReadout: [out, in]
             return float(math.prod(shape[:-1])), None
         nd = mod.weight.dim() - 2
         spatial = tuple(shape[-nd:])
