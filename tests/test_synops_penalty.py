@@ -53,7 +53,7 @@ def test_expected_synops_equals_measured_synops_at_saturated_gates(backward):
     assert rep.synops > 0
     assert total == pytest.approx(rep.synops, rel=1e-5)
     for (name, v), layer in zip(parts.items(), rep.layers, strict=True):
-        assert float(v) == pytest.approx(layer["synops"], rel=1e-5), name
+        assert float(v.detach()) == pytest.approx(layer["synops"], rel=1e-5), name
 
 
 def test_gradient_is_fanout_weighted():
@@ -74,7 +74,7 @@ def test_gradient_is_fanout_weighted():
     n = x.detach().sum((0, 1)) / 3
     assert torch.allclose(gate.log_alpha.grad, 0.3 * n[None, :] * p * (1 - p), atol=1e-6)
     assert torch.allclose(x.grad, (0.3 * p.sum(0) / 3).expand_as(x), atol=1e-6)
-    assert float(loss) == pytest.approx(float(0.3 * (n * p.sum(0)).sum()), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(0.3 * (n * p.sum(0)).sum().detach()), rel=1e-6)
 
 
 def test_per_step_calls_are_summed_and_eval_is_not_recorded():
@@ -85,13 +85,13 @@ def test_per_step_calls_are_summed_and_eval_is_not_recorded():
     lin.train()
     for t in range(4):  # a per-step loop (snnTorch style)
         lin(x[t])
-    stepped = float(pen(_ctx(lin, 2)))
+    stepped = float(pen(_ctx(lin, 2)).detach())
     lin(x)
-    whole = float(pen(_ctx(lin, 2)))
+    whole = float(pen(_ctx(lin, 2)).detach())
     assert stepped == pytest.approx(whole, rel=1e-6) and whole > 0
     lin.eval()
     lin(x)
-    assert float(pen(_ctx(lin, 2))) == 0.0
+    assert float(pen(_ctx(lin, 2)).detach()) == 0.0
     pen.release()
     lin.train()
     lin(x)
@@ -111,7 +111,7 @@ def test_conv_charges_each_spike_the_kernel_fanout():
     net(x)
     p = gate.prob_nonzero().detach()
     want = (p[:, 1].sum() + p[:, 0].sum()) / 2
-    assert float(pen(_ctx(net, 2))) == pytest.approx(float(want), rel=1e-6)
+    assert float(pen(_ctx(net, 2)).detach()) == pytest.approx(float(want), rel=1e-6)
 
 
 def test_input_counts_from_an_attached_spike_list():
@@ -173,7 +173,7 @@ def test_trainer_runs_the_penalty_and_releases_its_hooks(tmp_path):
 
     def spy(n):
         out = orig(n)
-        seen.append(float(sum(out.values())))
+        seen.append(float(sum(out.values()).detach()))
         return out
 
     reg.terms = spy
