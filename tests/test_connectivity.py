@@ -492,3 +492,24 @@ def test_train_yin_checkpoint_reloads_pruned(data_dir, tmp_path):
         assert torch.equal(v, state[k]), k
     x = (torch.rand(12, 2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.2).float()
     assert model(x).shape == (2, 10)
+
+
+def test_train_yin_freeze_after_and_flops_penalty(data_dir):
+    """freeze_after: the gates stop moving after that epoch and the weights go on learning."""
+    from sparsespike.errors import ConfigError
+    from sparsespike.sparsity.yin_models import load_config, train_yin
+
+    cfg = load_config("experiments/yin_mnist_small.yaml")
+    cfg["data"] = {**cfg["data"], "root": str(data_dir), "train_subset": 60, "test_subset": 20}
+    cfg["connectivity"] = {**cfg["connectivity"], "penalty": "flops", "lam": 1.0e-4, "freeze_after": 1}
+    cfg["optimizer"] = {**cfg["optimizer"], "gate_lr": 2.0, "batch_size": 20}
+    cfg.update(epochs=2, eval_every=1, verbose=False)
+    res = train_yin(cfg)
+    h = res["history"]
+    assert h[0]["l0_penalty"] > 0 and h[1]["l0_penalty"] == 0.0  # penalty off once frozen
+    assert h[0]["density"] < 1.0 and h[1]["density"] == h[0]["density"]  # gates stopped moving
+    assert res["test_acc"] == res["test_acc_pruned"]
+    for bad in ({"freeze_after": 3}, {"freeze_after": 1, "l0": False}):
+        c = {**cfg, "connectivity": {**cfg["connectivity"], **bad}}
+        with pytest.raises(ConfigError, match="freeze_after"):
+            train_yin(c)

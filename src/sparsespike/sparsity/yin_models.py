@@ -59,6 +59,7 @@ from .connectivity import (
     add_l0_gates,
     constrain_gates,
     count_ops,
+    freeze_gates,
     gate_parameters,
     l0_penalty,
     prune,
@@ -390,7 +391,8 @@ def train_yin(config: dict) -> dict:
     ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
     (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
     (``T``), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
-    ``init_std``, ``constrain``, ``penalty``: ``l0`` (eq. 20, default) or ``flops``, the
+    ``init_std``, ``constrain``, ``freeze_after``: after that many epochs the gates are frozen at
+    their test-time values and only the weights train, ``penalty``: ``l0`` (eq. 20, default) or ``flops``, the
     expected-FLOPs penalty of :mod:`.flops`, then ``lam`` is per FLOP), ``optimizer`` (``lr``,
     ``gate_lr`` for ``log_alpha``,
     ``batch_size``, ``weight_decay``),
@@ -442,13 +444,26 @@ def train_yin(config: dict) -> dict:
     eval_every = int(cfg.get("eval_every", 1))
     constrain = bool(ccfg.get("constrain", True))
     gen = torch.Generator().manual_seed(seed + 2)
+    use_pen = use_l0
     out_dir = Path(cfg["out_dir"]) if cfg.get("out_dir") else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.jsonl").write_text("")
     history = []
     t_start = time.perf_counter()
+    freeze_after = ccfg.get("freeze_after")
+    if freeze_after is not None and not (use_l0 and 0 <= int(freeze_after) <= epochs):
+        raise ConfigError(
+            f"connectivity.freeze_after={freeze_after!r} needs l0: true and 0 <= freeze_after <= epochs ({epochs})"
+        )
     for epoch in range(1, epochs + 1):
+        if freeze_after is not None and epoch == int(freeze_after) + 1:
+            # fine-tune the weights against the final mask: test-time gates, no penalty, no gate updates
+            freeze_gates(model)
+            if flops_pen is not None:
+                flops_pen.release()
+            flops_pen = None
+            use_pen = False
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(len(ytr), generator=gen)
@@ -462,12 +477,12 @@ def train_yin(config: dict) -> dict:
             if flops_pen is not None:
                 pen = flops_pen.value(len(idx))
             else:
-                pen = l0_penalty(model) if use_l0 else torch.zeros(())
+                pen = l0_penalty(model) if use_pen else torch.zeros(())
             loss = loss_e + pen
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if use_l0 and constrain:
+            if use_pen and constrain:
                 constrain_gates(model)
             tot_loss += float(loss_e.detach()) * len(idx)
             tot_pen += float(pen.detach())
