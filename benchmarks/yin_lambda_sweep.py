@@ -97,6 +97,15 @@ def plot(rows: list[dict], path: Path, ref_lam: float) -> None:
     plt.close(fig)
 
 
+def _save(out: Path, stamp: dict, rows: list[dict], done: dict[float, dict], lams: list[float]) -> None:
+    """Atomically write every finished lambda: this run's rows and earlier ones not asked for again."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    keep = [r for k, r in done.items() if k not in lams]
+    tmp.write_text(json.dumps({"stamp": stamp, "rows": rows + keep}, indent=1))
+    tmp.replace(out)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
@@ -140,11 +149,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             flush=True,
         )
         rows.append(row)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        keep = [r for k, r in done.items() if k not in args.lams]
-        tmp.write_text(json.dumps({"stamp": stamp, "rows": rows + keep}, indent=1))
-        tmp.replace(args.out)
+        _save(args.out, stamp, rows, done, args.lams)
+    _save(args.out, stamp, rows, done, args.lams)  # also the rows kept after the last one trained
     rows.sort(key=lambda r: r["lam"])
     md = table(rows)
     args.out.with_suffix(".md").write_text(f"`{' '.join(sys.argv)}`\n\n{md}\n")
