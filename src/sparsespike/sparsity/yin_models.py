@@ -49,6 +49,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
@@ -396,7 +397,8 @@ def train_yin(config: dict) -> dict:
     expected-FLOPs penalty of :mod:`.flops`, then ``lam`` is per FLOP), ``optimizer`` (``lr``,
     ``gate_lr`` for ``log_alpha``,
     ``batch_size``, ``weight_decay``),
-    ``epochs``, ``eval_every``, ``out_dir``.
+    ``epochs``, ``eval_every``, ``out_dir``, ``progress`` (a progress bar per epoch; off with
+    ``verbose: false``).
 
     Returns a dict with the per-epoch history, final test accuracy (gated model in eval mode and
     after :func:`prune`, which must agree), :func:`sparsity_report`, :func:`count_ops` before
@@ -469,7 +471,13 @@ def train_yin(config: dict) -> dict:
         perm = torch.randperm(len(ytr), generator=gen)
         tot_loss = tot_pen = 0.0
         correct = 0
-        for i in range(0, len(ytr), bs):
+        batches = tqdm(
+            range(0, len(ytr), bs),
+            desc=f"epoch {epoch}/{epochs}",
+            leave=False,
+            disable=not (cfg.get("progress", True) and cfg.get("verbose", True)),
+        )
+        for i in batches:
             idx = perm[i : i + bs]
             xb = encode(xtr[idx], gen)
             votes = model(xb)
