@@ -95,7 +95,7 @@ def test_per_step_calls_are_summed_and_eval_is_not_recorded():
     pen.release()
     lin.train()
     lin(x)
-    assert not pen._inputs
+    assert not pen._seen
 
 
 def test_conv_charges_each_spike_the_kernel_fanout():
@@ -180,4 +180,4 @@ def test_trainer_runs_the_penalty_and_releases_its_hooks(tmp_path):
     tr = Trainer(cfg, out_dir=tmp_path / "run", progress=False, regularizers=[reg])
     tr.fit()
     assert len(seen) == 10 and all(v > 0 for v in seen)
-    assert not reg._handles and not reg._inputs
+    assert not reg._handles and not reg._seen

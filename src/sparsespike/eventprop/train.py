@@ -479,7 +479,9 @@ class EventPropTraining:
         if self.out_dir:
             run = {k: v for k, v in results.items() if k != "history"}
             (self.out_dir / "run.json").write_text(json.dumps(_json_safe(run), indent=1))
-            torch.save({"sizes": cfg.sizes, "state_dict": net.state_dict()}, self.out_dir / "weights.pt")
+            from ..train import atomic_save
+
+            atomic_save({"sizes": cfg.sizes, "state_dict": net.state_dict()}, self.out_dir / "weights.pt")
             if results["history"]:
                 from ..plots import plot_eventprop_curves
 

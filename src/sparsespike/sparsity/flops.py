@@ -27,13 +27,15 @@ YAML (time-stepped engine): ``train.regularizers: [{name: flops, lam: 1.0e-9}]``
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..train import LossContext, register_regularizer
-from .connectivity import GatedWeight, gated_weights
+from ..train import register_regularizer
+from .connectivity import GatedWeight
+from .gate_penalty import GatedInputPenalty, prob_nonzero
 
 __all__ = ["ExpectedFlops", "tap_use_counts"]
 
@@ -57,54 +59,22 @@ def tap_use_counts(conv: nn.modules.conv._ConvNd, spatial: tuple[int, ...]) -> t
     return g[0, 0]
 
 
-def _prob_nonzero(gw: GatedWeight) -> torch.Tensor:
-    g = gw.gate
-    return (g.test_gate() != 0).to(g.log_alpha.dtype) if g.frozen else g.prob_nonzero()
+class ExpectedFlops(GatedInputPenalty):
+    """Regularizer ``lam * E[dense FLOPs per sample]`` over every gated layer (module doc); the
+    hooks of :class:`GatedInputPenalty` keep the shape of every training-mode layer input."""
 
-
-class ExpectedFlops:
-    """Regularizer ``lam * E[dense FLOPs per sample]`` over every gated layer (module doc).
-
-    ``attach(model)`` registers forward pre-hooks on the gated modules that note the shape of
-    every training-mode input (a model stepped through time one call per step is counted over
-    all steps); :meth:`value` turns the shapes seen since the last call into the expected FLOPs.
-    """
+    what = "flops penalty"
 
     def __init__(self, lam: float = 1e-9) -> None:
-        try:
-            lam = float(lam)  # YAML reads 1e-9 (no dot) as a string
-        except (TypeError, ValueError):
-            raise ConfigError(f"flops penalty: lam must be a number, got {lam!r}") from None
-        if not lam >= 0:
-            raise ConfigError(f"flops penalty: lam must be >= 0, got {lam}")
-        self.lam = lam
-        self._shapes: dict[int, list[tuple[int, ...]]] = {}
-        self._gated: list[GatedWeight] = []
-        self._handles: list = []
+        super().__init__(lam)
         self._taps: dict[tuple, torch.Tensor] = {}
 
-    def attach(self, model: nn.Module) -> ExpectedFlops:
-        self.release()
-        self._gated = gated_weights(model)
-        if not self._gated:
-            raise ConfigError("flops penalty needs L0 gates (model.gates / connectivity.l0) on the model")
-        for gw in self._gated:
-            if not isinstance(gw.module, nn.modules.conv._ConvNd) and gw.gate.log_alpha.dim() != 2:
-                raise ConfigError(f"flops penalty: {gw.name!r} is neither a convolution nor a [out, in] weight")
-            key = id(gw.module)
+    def _record(self, x: torch.Tensor) -> tuple[int, ...]:
+        return tuple(x.shape)
 
-            def hook(mod, args, key=key):
-                if mod.training and args:
-                    self._shapes.setdefault(key, []).append(tuple(args[0].shape))
-
-            self._handles.append(gw.module.register_forward_pre_hook(hook))
-        return self
-
-    def release(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._shapes.clear()
+    def _check(self, gw: GatedWeight) -> None:
+        if not isinstance(gw.module, nn.modules.conv._ConvNd) and gw.gate.log_alpha.dim() != 2:
+            raise ConfigError(f"flops penalty: {gw.name!r} is neither a convolution nor a [out, in] weight")
 
     def _uses(self, gw: GatedWeight, shape: tuple[int, ...]) -> tuple[float, torch.Tensor | None]:
         """(frames in one call, per-tap use counts per frame or ``None`` for a Linear layer)."""
@@ -119,33 +89,20 @@ class ExpectedFlops:
         return float(math.prod(shape[: -nd - 1])), self._taps[key]
 
     def terms(self, n_samples: int) -> dict[str, torch.Tensor]:
-        """``E[FLOPs per sample]`` of each gated layer seen since the last call."""
+        """``E[FLOPs per sample]`` of each gated layer seen since the last :meth:`value`."""
         out = {}
         for gw in self._gated:
-            shapes = self._shapes.get(id(gw.module))
+            shapes = self._seen.get(id(gw.module))
             if not shapes:
                 continue
-            p = _prob_nonzero(gw)
+            p = prob_nonzero(gw)
             total = p.new_zeros(())
-            for shape in shapes:
+            for shape, calls in Counter(shapes).items():  # a per-step loop gives T equal shapes: price once
                 frames, taps = self._uses(gw, shape)
                 per_frame = p.sum() if taps is None else (p * taps.to(p.dtype)).sum()
-                total = total + 2.0 * frames / n_samples * per_frame
+                total = total + 2.0 * calls * frames / n_samples * per_frame
             out[gw.name] = total
         return out
-
-    def value(self, n_samples: int) -> torch.Tensor:
-        """``lam * E[FLOPs per sample]`` of the forward passes since the last call (then forgets them)."""
-        if not self._handles:
-            raise RuntimeError("flops penalty: call attach(model) before the forward pass")
-        parts = self.terms(max(1, int(n_samples)))
-        self._shapes.clear()
-        if not parts:
-            return torch.zeros(())
-        return self.lam * torch.stack(list(parts.values())).sum()
-
-    def __call__(self, ctx: LossContext) -> torch.Tensor:
-        return self.value(len(ctx.targets))
 
 
 @register_regularizer("flops")

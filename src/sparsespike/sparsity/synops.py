@@ -28,11 +28,11 @@ YAML: ``train.regularizers: [{name: synops, lam: 1.0e-6}]`` beside ``model.gates
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
-from ..train import LossContext, register_regularizer
-from .connectivity import GatedWeight, gated_weights
+from ..train import register_regularizer
+from .connectivity import GatedWeight
+from .gate_penalty import GatedInputPenalty, prob_nonzero
 
 __all__ = ["ExpectedSynOps", "expected_synops", "input_spike_counts"]
 
@@ -66,8 +66,7 @@ def expected_synops(gw: GatedWeight, counts: torch.Tensor) -> torch.Tensor:
     indicator of its test-time gate being non-zero, so the term is then the SynOps count itself
     and only the spikes receive gradient.
     """
-    g = gw.gate
-    p = (g.test_gate() != 0).to(counts.dtype) if g.frozen else g.prob_nonzero()
+    p = prob_nonzero(gw)
     if p.dim() == 2:  # Linear [out, in]
         fan = p.sum(0)
     elif p.dim() == 4:  # Conv2d [out, in, kh, kw]
@@ -84,54 +83,21 @@ def expected_synops(gw: GatedWeight, counts: torch.Tensor) -> torch.Tensor:
     return (counts * fan).sum()
 
 
-class ExpectedSynOps:
-    """Regularizer ``lam * E[SynOps per sample]`` over every gated layer (module doc).
+class ExpectedSynOps(GatedInputPenalty):
+    """Regularizer ``lam * E[SynOps per sample]`` over every gated layer (module doc); the hooks
+    of :class:`GatedInputPenalty` keep each training batch's layer inputs."""
 
-    ``attach(model)`` (called by the trainer) registers forward pre-hooks on the gated modules
-    that keep each training batch's layer inputs (every call, so a model stepped through time
-    one call per step is counted over all steps) until the term is evaluated; eval-mode passes
-    are not recorded.
-    """
+    what = "synops penalty"
 
     def __init__(self, lam: float = 1e-6, detach_spikes: bool = False) -> None:
-        try:
-            lam = float(lam)  # YAML reads 1e-6 (no dot) as a string
-        except (TypeError, ValueError):
-            raise ConfigError(f"synops penalty: lam must be a number, got {lam!r}") from None
-        if not lam >= 0:
-            raise ConfigError(f"synops penalty: lam must be >= 0, got {lam}")
-        self.lam = lam
+        super().__init__(lam)
         self.detach_spikes = bool(detach_spikes)
-        self._inputs: dict[int, list[torch.Tensor]] = {}
-        self._gated: list[GatedWeight] = []
-        self._handles: list = []
-
-    def attach(self, model: nn.Module) -> ExpectedSynOps:
-        self.release()
-        self._gated = gated_weights(model)
-        if not self._gated:
-            raise ConfigError("synops penalty needs L0 gates (model.gates) on the model")
-        for gw in self._gated:
-            key = id(gw.module)
-
-            def hook(mod, args, key=key):
-                if mod.training and args:  # a per-step loop calls the module T times
-                    self._inputs.setdefault(key, []).append(args[0])
-
-            self._handles.append(gw.module.register_forward_pre_hook(hook))
-        return self
-
-    def release(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._inputs.clear()
 
     def terms(self, n_samples: int) -> dict[str, torch.Tensor]:
         """``E[SynOps per sample]`` of each gated layer seen in the last training forward pass."""
         out = {}
         for gw in self._gated:
-            xs = self._inputs.get(id(gw.module))
+            xs = self._seen.get(id(gw.module))
             if not xs:
                 continue
             conv = gw.gate.log_alpha.dim() == 4
@@ -141,16 +107,6 @@ class ExpectedSynOps:
             )
             out[gw.name] = expected_synops(gw, counts)
         return out
-
-    def __call__(self, ctx: LossContext) -> torch.Tensor:
-        if not self._handles:
-            raise RuntimeError("synops penalty: call attach(model) before the forward pass (the trainer does)")
-        n = max(1, len(ctx.targets))
-        parts = self.terms(n)
-        self._inputs.clear()
-        if not parts:
-            return torch.zeros(())
-        return self.lam * torch.stack(list(parts.values())).sum()
 
 
 @register_regularizer("synops")

@@ -392,11 +392,10 @@ def train_yin(config: dict) -> dict:
     ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
     (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
     (``T``), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
-    ``init_std``, ``constrain``, ``freeze_after``: after that many epochs the gates are frozen at
-    their test-time values and only the weights train, ``penalty``: ``l0`` (eq. 20, default) or ``flops``, the
-    expected-FLOPs penalty of :mod:`.flops`, then ``lam`` is per FLOP), ``optimizer`` (``lr``,
-    ``gate_lr`` for ``log_alpha``,
-    ``batch_size``, ``weight_decay``),
+    ``init_std``, ``constrain``, ``penalty``: ``l0`` (eq. 20, default) or ``flops`` (the
+    expected-FLOPs penalty of :mod:`.flops`; ``lam`` is then per FLOP), ``freeze_after``: after
+    that many epochs the gates are frozen at their test-time values and only the weights train),
+    ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``, ``batch_size``, ``weight_decay``),
     ``epochs``, ``eval_every``, ``out_dir``, ``progress`` (a progress bar per epoch; off with
     ``verbose: false``).
 
@@ -424,14 +423,24 @@ def train_yin(config: dict) -> dict:
             gamma=float(ccfg.get("gamma", -0.1)),
             zeta=float(ccfg.get("zeta", 1.1)),
         )
-    penalty = ccfg.get("penalty", "l0")
-    if penalty not in ("l0", "flops"):
-        raise ConfigError(f"connectivity.penalty must be 'l0' (Yin eq. 20) or 'flops', got {penalty!r}")
-    flops_pen = None
-    if use_l0 and penalty == "flops":  # lam * E[dense FLOPs per sample] (sparsity/flops.py)
+    epochs = int(cfg.get("epochs", 1))
+    kind = ccfg.get("penalty", "l0")
+    if kind not in ("l0", "flops"):
+        raise ConfigError(f"connectivity.penalty must be 'l0' (Yin eq. 20) or 'flops', got {kind!r}")
+    freeze_after = ccfg.get("freeze_after")
+    if freeze_after is not None and not (use_l0 and 0 <= int(freeze_after) <= epochs):
+        raise ConfigError(
+            f"connectivity.freeze_after={freeze_after!r} needs l0: true and 0 <= freeze_after <= epochs ({epochs})"
+        )
+    # penalty(batch size) while the gates learn; None without gates and once they are frozen
+    penalty, flops_term = None, None
+    if use_l0 and kind == "flops":  # lam * E[dense FLOPs per sample] (sparsity/flops.py)
         from .flops import ExpectedFlops
 
-        flops_pen = ExpectedFlops(float(ccfg.get("lam", LAMBDA))).attach(model)
+        flops_term = ExpectedFlops(float(ccfg.get("lam", LAMBDA))).attach(model)
+        penalty = flops_term.value
+    elif use_l0:
+        penalty = lambda n: l0_penalty(model)  # noqa: E731
     xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed)
     ocfg = cfg.get("optimizer", {})
     bs = int(ocfg.get("batch_size", 100))
@@ -442,30 +451,22 @@ def train_yin(config: dict) -> dict:
         groups.append({"params": gate_parameters(model), "weight_decay": 0.0, "lr": float(ocfg.get("gate_lr") or lr)})
     opt = torch.optim.Adam(groups, lr=lr, weight_decay=float(ocfg.get("weight_decay", 0.0)))
     reduction = cfg.get("loss", {}).get("reduction", "sum")
-    epochs = int(cfg.get("epochs", 1))
     eval_every = int(cfg.get("eval_every", 1))
     constrain = bool(ccfg.get("constrain", True))
     gen = torch.Generator().manual_seed(seed + 2)
-    use_pen = use_l0
     out_dir = Path(cfg["out_dir"]) if cfg.get("out_dir") else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.jsonl").write_text("")
     history = []
     t_start = time.perf_counter()
-    freeze_after = ccfg.get("freeze_after")
-    if freeze_after is not None and not (use_l0 and 0 <= int(freeze_after) <= epochs):
-        raise ConfigError(
-            f"connectivity.freeze_after={freeze_after!r} needs l0: true and 0 <= freeze_after <= epochs ({epochs})"
-        )
     for epoch in range(1, epochs + 1):
         if freeze_after is not None and epoch == int(freeze_after) + 1:
             # fine-tune the weights against the final mask: test-time gates, no penalty, no gate updates
             freeze_gates(model)
-            if flops_pen is not None:
-                flops_pen.release()
-            flops_pen = None
-            use_pen = False
+            if flops_term is not None:
+                flops_term.release()  # its hooks record every forward pass
+            penalty = None
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(len(ytr), generator=gen)
@@ -482,15 +483,12 @@ def train_yin(config: dict) -> dict:
             xb = encode(xtr[idx], gen)
             votes = model(xb)
             loss_e = vote_mse_loss(votes, ytr[idx], reduction=reduction)
-            if flops_pen is not None:
-                pen = flops_pen.value(len(idx))
-            else:
-                pen = l0_penalty(model) if use_pen else torch.zeros(())
+            pen = penalty(len(idx)) if penalty is not None else torch.zeros(())
             loss = loss_e + pen
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if use_pen and constrain:
+            if penalty is not None and constrain:
                 constrain_gates(model)
             tot_loss += float(loss_e.detach()) * len(idx)
             tot_pen += float(pen.detach())

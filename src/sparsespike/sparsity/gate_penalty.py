@@ -1,0 +1,98 @@
+"""Shared machinery of the penalties that price L0 gates by what their layer's inputs cost.
+
+:class:`~.synops.ExpectedSynOps` (input spikes) and :class:`~.flops.ExpectedFlops` (input
+shapes) both watch the inputs of every gated layer during training-mode forward passes and turn
+them, with each gate's probability of being non-zero (Yin et al. KDD'21 eq. 20 / Louizos et al.
+2018 eq. 12), into an expected cost. :class:`GatedInputPenalty` holds the hooks, the
+bookkeeping and ``lam``; a subclass says what it keeps of an input (:meth:`_record`) and how it
+prices a layer (:meth:`terms`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..train import LossContext
+from .connectivity import GatedWeight, gated_weights
+
+__all__ = ["GatedInputPenalty", "prob_nonzero"]
+
+
+def prob_nonzero(gw: GatedWeight) -> torch.Tensor:
+    """``P(b != 0)`` of every gate of ``gw`` (eq. 20). A frozen gate (``connectivity.freeze_gates``)
+    is no longer random: its probability is the indicator of its test-time gate being non-zero."""
+    g = gw.gate
+    return (g.test_gate() != 0).to(g.log_alpha.dtype) if g.frozen else g.prob_nonzero()
+
+
+class GatedInputPenalty:
+    """Regularizer ``lam * sum(terms(batch))`` over the gated layers of a model (module doc).
+
+    ``attach(model)`` (called by the trainer) registers forward pre-hooks on the gated modules
+    that keep :meth:`_record` of each training-mode input (every call, so a model stepped
+    through time one call per step is counted over all steps; eval-mode passes are not recorded)
+    until :meth:`value` prices and forgets them; ``release()`` removes the hooks.
+    """
+
+    #: name used in error messages
+    what = "gate penalty"
+
+    def __init__(self, lam: float) -> None:
+        try:
+            lam = float(lam)  # YAML reads 1e-6 (no dot) as a string
+        except (TypeError, ValueError):
+            raise ConfigError(f"{self.what}: lam must be a number, got {lam!r}") from None
+        if not lam >= 0:
+            raise ConfigError(f"{self.what}: lam must be >= 0, got {lam}")
+        self.lam = lam
+        self._seen: dict[int, list] = {}
+        self._gated: list[GatedWeight] = []
+        self._handles: list = []
+
+    def _record(self, x: torch.Tensor):
+        """What the hook keeps of one layer input."""
+        return x
+
+    def _check(self, gw: GatedWeight) -> None:
+        """Raise :class:`ConfigError` for a gated layer this penalty cannot price."""
+
+    def attach(self, model: nn.Module):
+        self.release()
+        self._gated = gated_weights(model)
+        if not self._gated:
+            raise ConfigError(f"{self.what} needs L0 gates (model.gates / connectivity.l0) on the model")
+        for gw in self._gated:
+            self._check(gw)
+            key = id(gw.module)
+
+            def hook(mod, args, key=key):
+                if mod.training and args:  # a per-step loop calls the module T times
+                    self._seen.setdefault(key, []).append(self._record(args[0]))
+
+            self._handles.append(gw.module.register_forward_pre_hook(hook))
+        return self
+
+    def release(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._seen.clear()
+
+    def terms(self, n_samples: int) -> dict[str, torch.Tensor]:
+        """The expected cost per sample of each gated layer seen since the last :meth:`value`."""
+        raise NotImplementedError
+
+    def value(self, n_samples: int) -> torch.Tensor:
+        """``lam * sum(terms)`` of the forward passes since the last call (then forgets them)."""
+        if not self._handles:
+            raise RuntimeError(f"{self.what}: call attach(model) before the forward pass (the trainer does)")
+        parts = self.terms(max(1, int(n_samples)))
+        self._seen.clear()
+        if not parts:
+            return torch.zeros(())
+        return self.lam * torch.stack(list(parts.values())).sum()
+
+    def __call__(self, ctx: LossContext) -> torch.Tensor:
+        return self.value(len(ctx.targets))
