@@ -1,4 +1,4 @@
-"""Sparse spiking gradient descent (Perez-Nieves & Goodman 2021) vs dense BPTT, on CPU.
+"""Sparse spiking gradient descent (Perez-Nieves & Goodman 2021) vs dense BPTT, on CPU or GPU.
 
 Side by side in one run, for a 784 -> H -> H -> 10 network on latency-encoded Fashion-MNIST
 (T = 100 steps, batch 256, the paper's encoding), weights in the paper's "trained" regime: the
@@ -30,6 +30,7 @@ Usage::
 
     python benchmarks/sparse_backward.py            # full run (several minutes on 1 core)
     python benchmarks/sparse_backward.py --quick    # small smoke run
+    python benchmarks/sparse_backward.py --device cuda --out benchmarks/results/gpu   # Triton
 
 or ``from benchmarks.sparse_backward import run; run(hidden=(200,), reps=5)``.
 Writes ``sparse_backward.json``, ``sparse_backward.md`` and two PNGs into ``--out``.
@@ -83,13 +84,13 @@ def load_input(batch: int, T: int, data_dir: str | None, seed: int = 0):
 class Net:
     """Weights of the 784 -> H -> H -> 10 network and a builder for each method's layers."""
 
-    def __init__(self, H: int, beta: float, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.H, self.beta = H, beta
+    def __init__(self, H: int, beta: float, seed: int = 0, device: str | torch.device = "cpu"):
+        g = torch.Generator().manual_seed(seed)  # the same weights on every device
+        self.H, self.beta, self.device = H, beta, torch.device(device)
         std = 20 * (1 - beta)  # Perez-Nieves init N(0, 20(1-alpha)/sqrt(fan_in)), METHODS 1(b)
-        self.base1 = torch.randn(H, 784, generator=g) * std / math.sqrt(784)
-        self.base2 = torch.randn(H, H, generator=g) * std / math.sqrt(H)
-        self.w3 = torch.randn(10, H, generator=g) / math.sqrt(H)
+        self.base1 = (torch.randn(H, 784, generator=g) * std / math.sqrt(784)).to(self.device)
+        self.base2 = (torch.randn(H, H, generator=g) * std / math.sqrt(H)).to(self.device)
+        self.w3 = (torch.randn(10, H, generator=g) / math.sqrt(H)).to(self.device)
         self.scale = 1.0
 
     @property
@@ -106,8 +107,12 @@ class Net:
 
         return LIFParams(beta=self.beta, threshold=1.0, surrogate=FastSigmoid(100.0))
 
-    def layer(self, method: str, which: int, b_th: float):
-        """A callable ``x[T,B,K] -> S[T,B,N]`` holding its weight (``.weight``) for ``method``."""
+    def layer(self, method: str, which: int, b_th: float) -> nn.Module:
+        """A module ``x[T,B,K] -> S[T,B,N]`` holding its weight (``.weight``) for ``method``, on the
+        net's device."""
+        return self._layer(method, which, b_th).to(self.device)
+
+    def _layer(self, method: str, which: int, b_th: float) -> nn.Module:
         w = self.w1 if which == 1 else self.w2
         N, K = w.shape
         p = self.params()
@@ -206,7 +211,7 @@ class Net:
     def readout(self):
         from sparsespike.layers import LeakyReadout
 
-        r = LeakyReadout(self.H, 10, beta=math.exp(-1 / 10), mode="max")
+        r = LeakyReadout(self.H, 10, beta=math.exp(-1 / 10), mode="max").to(self.device)
         with torch.no_grad():
             r.weight.copy_(self.w3)
         return r
@@ -273,11 +278,18 @@ class _quiet_stderr:
         os.close(self.null)
 
 
-def _mem_events(fn) -> tuple[int, int]:
-    """(peak, final) net bytes allocated by torch's CPU allocator while ``fn()`` runs."""
+def _mem_events(fn, device: torch.device) -> tuple[int, int]:
+    """(peak, final) net bytes allocated by torch's allocator of ``device`` while ``fn()`` runs."""
     from torch.profiler import ProfilerActivity, profile
 
     gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base, torch.cuda.memory_allocated(device) - base
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     evs = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -304,8 +316,15 @@ def _stats(ts: list[tuple[float, float]]) -> dict:
     }
 
 
-def _clock():
+def _clock(sync=None):
+    """(wall, process CPU) time; ``sync`` (``torch.cuda.synchronize``) first waits for the GPU."""
+    if sync is not None:
+        sync()
     return time.perf_counter(), time.process_time()
+
+
+def _syncer(x: torch.Tensor):
+    return torch.cuda.synchronize if x.is_cuda else None
 
 
 def _since(a, b):
@@ -345,19 +364,20 @@ def layer2_bench(net: Net, methods, x, y, b_th, reps, warmup, memory=True) -> di
     inputs = {m: s1.detach().requires_grad_() for m in methods}
     share_active_set(s1, inputs["sparse"])
     res = {m: {"fwd": [], "bwd": []} for m in methods}
+    sync = _syncer(x)
     for r in range(warmup + reps):
         for m in methods:
             lay = layers[m]
             inp = inputs[m]
             inp.grad = None
             lay.weight.grad = None
-            t0 = _clock()
+            t0 = _clock(sync)
             out = lay(inp)
-            t1 = _clock()
+            t1 = _clock(sync)
             g = _incoming_grad(out, G2) if m == "sparse" else G2  # the readout's work: not timed
-            t1b = _clock()
+            t1b = _clock(sync)
             out.backward(g)
-            t2 = _clock()
+            t2 = _clock(sync)
             del out
             if r >= warmup:
                 res[m]["fwd"].append(_since(t0, t1))
@@ -379,9 +399,9 @@ def layer2_bench(net: Net, methods, x, y, b_th, reps, warmup, memory=True) -> di
                 holder["out"].backward(holder["g"])
 
             inp.grad = None
-            _, held = _mem_events(fwd)
+            _, held = _mem_events(fwd, x.device)
             holder["g"] = _incoming_grad(holder["out"], G2) if m == "sparse" else G2
-            peak_b, _ = _mem_events(bwd)
+            peak_b, _ = _mem_events(bwd, x.device)
             holder.clear()
             inp.grad = None
             rows[m]["held_bytes"] = held
@@ -395,16 +415,17 @@ def whole_bench(net: Net, methods, x, y, b_th, reps, warmup) -> dict:
     for m in methods:
         nets[m] = (net.layer(m, 1, b_th), net.layer(m, 2, b_th), net.readout())
     res = {m: {"fwd": [], "bwd": []} for m in methods}
+    sync = _syncer(x)
     for r in range(warmup + reps):
         for m in methods:
             a, b, ro = nets[m]
             for mod in (a, b, ro):
                 mod.weight.grad = None
-            t0 = _clock()
+            t0 = _clock(sync)
             loss = nn.functional.cross_entropy(ro(b(a(x))), y)
-            t1 = _clock()
+            t1 = _clock(sync)
             loss.backward()
-            t2 = _clock()
+            t2 = _clock(sync)
             del loss
             if r >= warmup:
                 res[m]["fwd"].append(_since(t0, t1))
@@ -455,15 +476,24 @@ def run(
     data_dir: str | None = None,
     out: str | Path | None = "benchmarks/results",
     verbose: bool = True,
+    device: str = "cpu",
 ) -> dict:
-    """Run the benchmark; returns the result dict (also written to ``out`` unless ``None``)."""
+    """Run the benchmark; returns the result dict (also written to ``out`` unless ``None``).
+
+    ``device="cuda"`` runs every method on the GPU (ours: the Triton kernels, sparse and dense),
+    timed with ``torch.cuda.synchronize`` around each call, memory from ``torch.cuda``'s
+    allocator statistics."""
     import numba
 
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible to torch")
     torch.set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     torch.manual_seed(0)
     beta = math.exp(-1 / 10)  # tau_mem = 10 ms, dt = 1 ms
     x, y = load_input(batch, T, data_dir)
+    x, y = x.to(dev), y.to(dev)
     methods, skipped = available_methods(peers)
     say = print if verbose else (lambda *a, **k: None)
     say(f"input: F-MNIST latency code, T={T}, batch={batch}, density {100 * float(x.mean()):.3f} %; methods {methods}")
@@ -480,9 +510,12 @@ def run(
             "surrogate": "fast sigmoid, scale 100",
             "input_density_pct": 100 * float(x.mean()),
             "bth_hidden": bth_hidden,
+            "device": str(dev),
         },
         "env": {
             "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "triton": _version("triton"),
             "numba": numba.__version__,
             "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(),
@@ -493,7 +526,7 @@ def run(
         "bth_sweep": [],
     }
     for H in hidden:
-        net = Net(H, beta)
+        net = Net(H, beta, device=dev)
         cal = calibrate(net, x, b_th)
         r = reps if H == hidden[0] else sweep_reps
         lb = layer2_bench(net, methods, x, y, b_th, r, warmup if H == hidden[0] else 1)
@@ -531,7 +564,7 @@ def run(
                 + ", ".join(f"{k} {v['backward']['median_ms']:.1f}" for k, v in row["whole"].items())
             )
     if bth_sweep:
-        net = Net(bth_hidden, beta)
+        net = Net(bth_hidden, beta, device=dev)
         cal = calibrate(net, x, b_th)
         for hw in bth_sweep:
             lb = layer2_bench(net, ["sparse", "dense"], x, y, hw, sweep_reps, 1)
@@ -560,6 +593,13 @@ def _saved(row: dict, key: str) -> float:
     return row["memory"].get(key, float("nan"))
 
 
+def _version(pkg: str) -> str | None:
+    try:
+        return __import__(pkg).__version__
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _load():
     try:
         return os.getloadavg()
@@ -574,12 +614,14 @@ def markdown(res: dict) -> str:
     c = res["config"]
     la, lb_ = res["env"]["load_avg_start"], res["env"]["load_avg_end"]
     fmt_load = lambda v: "n/a" if not v else f"{v[0]:.1f}"  # noqa: E731
+    gpu = res["env"].get("gpu")
+    where = f"GPU ({gpu}, Triton {res['env'].get('triton')})" if gpu else "CPU"
     lines = [
-        "# Sparse backward (S3GD) vs dense BPTT on CPU",
+        f"# Sparse backward (S3GD) vs dense BPTT on {where}",
         "",
         f"784-H-H-10, F-MNIST latency code (T={c['T']}, batch {c['batch']}, input density "
         f"{c['input_density_pct']:.2f} %), B_th half-width {c['b_th_half_width']}, fast sigmoid (100), "
-        f"{c['threads']} thread(s); median of {c['reps']} runs (first size) / {c['sweep_reps']} (others) after "
+        f"{c['threads']} CPU thread(s); median of {c['reps']} runs (first size) / {c['sweep_reps']} (others) after "
         f"warm-up, methods interleaved. 1-min load average at start / end: {fmt_load(la)} / {fmt_load(lb_)} "
         "(shared machine; CPU-time ratios, from `time.process_time`, are the less load-sensitive figure).",
         "",
@@ -718,7 +760,8 @@ def plots(res: dict, out: Path) -> list[str]:
         ax[2].set_xlabel("hidden neurons")
         ax[2].set_ylabel("memory saved vs dense (%)")
         ax[2].legend(fontsize=8)
-        fig.suptitle("S3GD on CPU, hidden layer 2 (cf. Perez-Nieves & Goodman Fig. 4C)")
+        where = "GPU" if res["env"].get("gpu") else "CPU"
+        fig.suptitle(f"S3GD on {where}, hidden layer 2 (cf. Perez-Nieves & Goodman Fig. 4C)")
         fig.tight_layout()
         f = out / "sparse_backward_hidden.png"
         fig.savefig(f, dpi=110)
@@ -776,6 +819,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="H=200 only, batch 64, short sweep")
+    ap.add_argument("--device", default="cpu", help="cpu (numba kernels) or cuda (Triton kernels)")
     a = ap.parse_args(argv)
     if a.quick:
         a.hidden, a.batch, a.bth_sweep, a.reps, a.sweep_reps, a.warmup = [200], 64, [0.05, 0.2, 0.5], 3, 2, 1
@@ -794,6 +838,7 @@ def main(argv=None) -> int:
         whole_sizes=tuple(a.whole),
         data_dir=a.data_dir,
         out=a.out,
+        device=a.device,
     )
     return 0
 

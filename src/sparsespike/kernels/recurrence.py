@@ -18,9 +18,10 @@ discretised LIF (Neftci et al. 2019, sec. III) written as one backward sweep; Pe
 Goodman eqs. 5-6 are the same recursion for ``alpha = None`` and subtractive reset.
 
 What is saved: the surrogate values ``g[T, M]`` and the spikes (needed for the zero reset); the
-membrane itself is not kept. ``impl="numba"`` runs :mod:`sparsespike.kernels.cpu`;
-``impl="torch"`` runs the same equations as a loop of torch ops (any device, any custom
-surrogate). Decays and threshold are constants (not learned).
+membrane itself is not kept. ``impl="numba"`` runs :mod:`sparsespike.kernels.cpu`,
+``impl="triton"`` (CUDA float32) :mod:`sparsespike.kernels.triton_gpu`; ``impl="torch"`` runs
+the same equations as a loop of torch ops (any device, any custom surrogate). Decays and threshold
+are constants (not learned).
 """
 
 from __future__ import annotations
@@ -42,19 +43,18 @@ def _kernel_surrogate(p: LIFParams) -> tuple[int, float, float] | None:
 
 
 def choose_impl(x: torch.Tensor, p: LIFParams, impl: str = "auto") -> str:
-    """``numba`` on CPU for built-in surrogates, else ``torch`` (``triton`` later for CUDA)."""
+    """``numba`` on CPU and ``triton`` on CUDA (float32) for built-in surrogates, else ``torch``."""
     if impl != "auto":
         return impl
-    if (
-        x.device.type == "cpu"
-        and _kernel_surrogate(p) is not None
-        and x.dtype
-        in (
-            torch.float32,
-            torch.float64,
-        )
-    ):
+    if _kernel_surrogate(p) is None:
+        return "torch"
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         return "numba"
+    if x.device.type == "cuda" and x.dtype == torch.float32:
+        from . import triton_gpu
+
+        if triton_gpu.available():
+            return "triton"
     return "torch"
 
 
@@ -155,6 +155,11 @@ class LIFRecurrence(torch.autograd.Function):
                 _NO_MASK,
                 False,
             )
+        elif impl == "triton":
+            from . import triton_gpu
+
+            S, G, R, n_active = triton_gpu.lif_forward_dense(x.detach(), p, b_th)
+            n_nan = int(torch.isnan(G).sum()) if not torch.isfinite(x).all() else 0
         else:
             with torch.no_grad():
                 S, G, R, n_active = forward_torch(x, p, b_th)
@@ -192,6 +197,10 @@ class LIFRecurrence(torch.autograd.Function):
                 p.detach_reset,
                 gx.numpy(),
             )
+        elif ctx.impl == "triton":
+            from . import triton_gpu
+
+            gx = triton_gpu.lif_backward_dense(gs, G, S_saved, R, p)
         else:
             S = S_saved.to(gs.dtype) if S_saved is not None else None
             gx = backward_torch(gs, G, S, R, p)

@@ -104,7 +104,8 @@ class ActiveSet:
     def batch_index(self) -> torch.Tensor:
         """Batch element of every entry (int64)."""
         counts = self.ptr[1:] - self.ptr[:-1]
-        return torch.repeat_interleave(torch.arange(self.B, device=self.device), counts)
+        # output_size: the length is known, so CUDA need not wait for the counts
+        return torch.repeat_interleave(torch.arange(self.B, device=self.device), counts, output_size=self.n)
 
     def coo_indices(self) -> torch.Tensor:
         """``[3, n]`` int64 indices ``(t, b, f)``; built once and cached (identity marks our COO grads)."""

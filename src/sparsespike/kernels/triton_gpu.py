@@ -7,18 +7,21 @@ built as interpreted functions that also run on CPU tensors (the tests do this).
 Kernels (equations in :mod:`sparsespike.kernels.sparse` and :mod:`sparsespike.kernels.recurrence`):
 
 * ``lif_fwd`` -- one program per block of ``M = B*N`` neurons, loop over time: spikes, the
-  masked surrogate (eq. 8) or ``d = V - thr`` at every entry, the active mask (eq. 7).
-* ``lif_bwd`` -- the dense adjoint sweep of the recurrence (for :func:`lif_recurrence_masked`).
+  surrogate (masked to the active window, eq. 8, or plain for dense BPTT) or ``d = V - thr`` at
+  every entry, the active mask (eq. 7).
+* ``lif_bwd`` -- the dense adjoint sweep of the recurrence (dense BPTT on CUDA,
+  :class:`~sparsespike.kernels.recurrence.LIFRecurrence`, and :func:`lif_recurrence_masked`).
 * ``decay_scan`` -- ``y[t] = beta*y[t -/+ 1] + y[t]`` in place, forwards (input trace of eq. 9)
   or backwards (Prop. 1 / eq. 11 run over all steps: ``delta``).
-* ``dw_active`` -- eqs. 9-10: one program per (output neuron ``j``, block of inputs) walks the
-  active entries of ``j`` only, ``dW[j, :] += e * trace[row, :]`` (no atomics).
+* ``dw_spikes`` -- eqs. 9-10 rewritten over the input spikes: ``dW[:, k] += x * delta[row, :]``
+  for every input spike ``(row, k)`` (atomic adds; no input trace is built, see
+  :func:`sparse_backward`).
 * ``dx_active`` -- eq. 12: ``dx = W[:, i] . delta[row, :]`` at the previous layer's active
   entries only.
 
-On the GPU the two scans are dense over ``[T, B*N]`` / ``[T, B*K]`` (bandwidth-bound and cheap);
-the products -- ``n_active*K`` for dW and ``n_prev_active*N`` for dx instead of ``T*B*N*K``
-each -- are the sparse part. The saved state is the same compact one as on CPU.
+On the GPU the backward scan is dense over ``[T, B*N]`` (bandwidth-bound and cheap); the
+products -- ``n_in_spikes*N`` for dW and ``n_prev_active*N`` for dx instead of ``T*B*N*K`` each --
+are the sparse part. The saved state is the same compact one as on CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ except Exception:  # noqa: BLE001 - any import problem means "no triton"
     HAS_TRITON = False
 
 BLOCK = 128
-BLOCK_K = 64
 BLOCK_P = 32
 BLOCK_N = 64
 
@@ -92,6 +94,7 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
         CODE: tl.constexpr,
         WRITE_D: tl.constexpr,
         WRITE_M: tl.constexpr,
+        MASK_G: tl.constexpr,
         BLK: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -118,7 +121,8 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
                 g = p1 * tl.maximum(1.0 - ad / p0, 0.0)
             else:
                 g = tl.where(ad < 0.5 * p0, p1, 0.0)
-            g = tl.where(act, g, 0.0)
+            if MASK_G:
+                g = tl.where(act, g, 0.0)
             tl.store(s_ptr + base + offs, s.to(s_ptr.dtype.element_ty), mask=msk)
             if WRITE_D:
                 tl.store(g_ptr + base + offs, d.to(g_ptr.dtype.element_ty), mask=msk)
@@ -192,20 +196,23 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
             tl.store(y_ptr + base + offs, acc.to(y_ptr.dtype.element_ty), mask=msk)
 
     @triton.jit
-    def dw_active(jptr_ptr, row_ptr, e_ptr, tr_ptr, dw_ptr, K, BK: tl.constexpr):
-        j = tl.program_id(0)
-        kb = tl.program_id(1)
-        koffs = kb * BK + tl.arange(0, BK)
-        km = koffs < K
-        start = tl.load(jptr_ptr + j)
-        end = tl.load(jptr_ptr + j + 1)
-        acc = tl.full([BK], 0.0, tl.float32)
-        for a in range(start, end):
-            row = tl.load(row_ptr + a)
-            ev = tl.load(e_ptr + a).to(tl.float32)
-            trv = tl.load(tr_ptr + row * K + koffs, mask=km, other=0.0).to(tl.float32)
-            acc += ev * trv
-        tl.store(dw_ptr + j.to(tl.int64) * K + koffs, acc.to(dw_ptr.dtype.element_ty), mask=km)
+    def dw_spikes(
+        row_ptr, col_ptr, val_ptr, delta_ptr, dwt_ptr, P, N, HAS_VAL: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr
+    ):
+        pid = tl.program_id(0)
+        poffs = pid * BP + tl.arange(0, BP)
+        pm = poffs < P
+        row = tl.load(row_ptr + poffs, mask=pm, other=0)
+        col = tl.load(col_ptr + poffs, mask=pm, other=0)
+        if HAS_VAL:
+            v = tl.load(val_ptr + poffs, mask=pm, other=0.0).to(tl.float32)
+        for n0 in range(0, N, BN):
+            n = n0 + tl.arange(0, BN)
+            m2 = pm[:, None] & (n < N)[None, :]
+            dv = tl.load(delta_ptr + row[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
+            if HAS_VAL:
+                dv = dv * v[:, None]
+            tl.atomic_add(dwt_ptr + col[:, None] * N + n[None, :], dv, mask=m2)
 
     @triton.jit
     def dx_active(row_ptr, col_ptr, delta_ptr, wt_ptr, out_ptr, P, N, BP: tl.constexpr, BN: tl.constexpr):
@@ -225,7 +232,7 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
         tl.store(out_ptr + poffs, acc.to(out_ptr.dtype.element_ty), mask=pm)
 
     return SimpleNamespace(
-        lif_fwd=lif_fwd, lif_bwd=lif_bwd, decay_scan=decay_scan, dw_active=dw_active, dx_active=dx_active
+        lif_fwd=lif_fwd, lif_bwd=lif_bwd, decay_scan=decay_scan, dw_spikes=dw_spikes, dx_active=dx_active
     )
 
 
@@ -241,7 +248,7 @@ def _surrogate_code(p) -> tuple[int, float, float]:
     return int(code), float(p0), float(p1)
 
 
-def _run_fwd(x2: torch.Tensor, p, b_th: float, write_d: bool, want_mask: bool):
+def _run_fwd(x2: torch.Tensor, p, b_th: float, write_d: bool, want_mask: bool, mask_g: bool = True):
     from ..neurons import Reset
 
     k = kernels()
@@ -272,6 +279,7 @@ def _run_fwd(x2: torch.Tensor, p, b_th: float, write_d: bool, want_mask: bool):
             CODE=code,
             WRITE_D=write_d,
             WRITE_M=want_mask,
+            MASK_G=mask_g,
             BLK=BLOCK,
         )
     return S, G, R, Mk
@@ -282,6 +290,15 @@ def lif_forward_masked(x2: torch.Tensor, p, b_th: float, want_mask: bool):
     S, G, R, Mk = _run_fwd(x2.contiguous(), p, b_th, write_d=False, want_mask=True)
     n_active = int(Mk.sum()) if Mk is not None else 0
     return S, G, R, (Mk.to(torch.uint8) if want_mask else None), n_active
+
+
+def lif_forward_dense(x2: torch.Tensor, p, b_th: float):
+    """Plain dense recurrence over ``x2[T, M]`` (surrogate everywhere): ``S, G, R, n_active``.
+
+    ``b_th`` only counts the active entries (``|V - thr| < b_th``) for the activity statistic.
+    """
+    S, G, R, Mk = _run_fwd(x2.contiguous(), p, b_th, write_d=False, want_mask=True, mask_g=False)
+    return S, G, R, int(Mk.sum())
 
 
 def lif_backward_dense(gs: torch.Tensor, G: torch.Tensor, S_u8, R, p) -> torch.Tensor:
@@ -334,59 +351,65 @@ def sparse_forward(x: torch.Tensor, W: torch.Tensor, bias, p, b_th: float, spike
     return S3, act, d, spikes_out
 
 
-def sparse_backward(ctx, e: torch.Tensor):
-    """Weight, bias and input gradients of :class:`SparseSpikingLinearFn` with Triton kernels."""
-    from .sparse import _decay_tables
+def _rows_cols(act, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row ``t*B + b`` and feature of every entry of an active set / spike list, from its cached
+    COO indices (built once per set and shared with whoever else reads them)."""
+    t, b, f = act.coo_indices()
+    return t * B + b, f
 
+
+def sparse_backward(ctx, e: torch.Tensor):
+    """Weight, bias and input gradients of :class:`SparseSpikingLinearFn` with Triton kernels.
+
+    ``e`` is ``dL/dS * g`` at the active entries. Everything follows from one backward scan
+    ``delta[t] = e[t] + beta * delta[t+1]`` (Prop. 1 / eq. 11; zero at inactive entries before
+    the scan): ``dx = delta . W`` at the previous layer's active entries (eq. 12); the weight
+    gradient of eqs. 9-10, ``sum_t e[t] * trace[t]`` with the decayed input trace, equals
+    ``sum over input spikes (t, b, k) of x * delta[t, b, :]`` (swap the two time sums), so it is
+    read at the input spikes only and no trace is built; and ``db = sum_{t, b} delta[t, b]``.
+    """
     k = kernels()
     act = ctx.active
     T, B, N = act.shape
     K = ctx.K
     dev, dtype = e.device, e.dtype
-    need_dx = ctx.needs_input_grad[0]
+    need_dx = ctx.needs_input_grad[0] and ctx.prev is not None
+    need_dx_dense = ctx.needs_input_grad[0] and ctx.prev is None
     need_dw = ctx.needs_input_grad[1]
     need_db = ctx.has_bias and ctx.needs_input_grad[2]
-    f = act.idx.long()
-    t = torch.div(f, N, rounding_mode="floor")
-    j = f - t * N
-    row = t * B + act.batch_index()
     dW = db = dx = None
+    row, j = _rows_cols(act, B)
+    delta = torch.zeros(T * B * N, dtype=dtype, device=dev)
+    delta[row * N + j] = e
+    if T * B * N:
+        k.decay_scan[(_cdiv(B * N, BLOCK),)](delta, T, B * N, float(ctx.beta), REVERSE=True, BLK=BLOCK)
     if need_dw:
         sp = ctx.spikes_in
-        tr = torch.zeros(T * B * K, dtype=dtype, device=dev)
-        if sp.n:
-            tr[sp.flat_index()] = sp.vals if sp.vals is not None else torch.ones((), dtype=dtype, device=dev)
-        if T * B * K:
-            k.decay_scan[(_cdiv(B * K, BLOCK),)](tr, T, B * K, float(ctx.beta), REVERSE=False, BLK=BLOCK)
-        order = torch.argsort(j, stable=True)
-        jptr = torch.zeros(N + 1, dtype=torch.int64, device=dev)
-        torch.cumsum(torch.bincount(j, minlength=N), 0, out=jptr[1:])
-        dW = torch.empty(N, K, dtype=dtype, device=dev)
-        if N and K:
-            k.dw_active[(N, _cdiv(K, BLOCK_K))](
-                jptr, row[order].contiguous(), e[order].contiguous(), tr, dW, K, BK=BLOCK_K
+        dWt = torch.zeros(K, N, dtype=torch.float32, device=dev)
+        if sp.n and N:
+            srow, scol = _rows_cols(sp, B)
+            k.dw_spikes[(_cdiv(sp.n, BLOCK_P),)](
+                srow,
+                scol,
+                sp.vals if sp.vals is not None else srow,
+                delta,
+                dWt,
+                sp.n,
+                N,
+                HAS_VAL=sp.vals is not None,
+                BP=BLOCK_P,
+                BN=BLOCK_N,
             )
-        del tr
+        dW = dWt.t().to(dtype).contiguous()
     if need_db:
-        _, geo, _, _ = _decay_tables(ctx.beta, T, dtype, dev)
-        db = torch.zeros(N, dtype=dtype, device=dev).index_add_(0, j, e * geo[t])
+        db = delta.reshape(T * B, N).sum(0)
     if need_dx:
-        delta = torch.zeros(T * B * N, dtype=dtype, device=dev)
-        delta[row * N + j] = e
-        if T * B * N:
-            k.decay_scan[(_cdiv(B * N, BLOCK),)](delta, T, B * N, float(ctx.beta), REVERSE=True, BLK=BLOCK)
         prev = ctx.prev
-        if prev is not None:
-            pf = prev.idx.long()
-            pt = torch.div(pf, K, rounding_mode="floor")
-            prow = (pt * B + prev.batch_index()).contiguous()
-            pcol = (pf - pt * K).contiguous()
-            vals = torch.empty(prev.n, dtype=dtype, device=dev)
-            if prev.n:
-                k.dx_active[(_cdiv(prev.n, BLOCK_P),)](
-                    prow, pcol, delta, ctx.wt, vals, prev.n, N, BP=BLOCK_P, BN=BLOCK_N
-                )
-            dx = prev.sparse_tensor(vals)
-        else:
-            dx = (delta.reshape(-1, N) @ ctx.W_full).reshape(T, B, K)
+        prow, pcol = _rows_cols(prev, B)
+        vals = torch.empty(prev.n, dtype=dtype, device=dev)
+        if prev.n:
+            k.dx_active[(_cdiv(prev.n, BLOCK_P),)](prow, pcol, delta, ctx.wt, vals, prev.n, N, BP=BLOCK_P, BN=BLOCK_N)
+        dx = prev.sparse_tensor(vals)
+    elif need_dx_dense:
+        dx = (delta.reshape(-1, N) @ ctx.W_full).reshape(T, B, K)
     return dx, dW, db
