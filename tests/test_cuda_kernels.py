@@ -165,11 +165,11 @@ def test_large_layer_agrees_with_cpu():
 
 
 def test_sparse_backward_memory_on_cuda():
-    """At ~1 % activity the sparse layer's backward peak on the GPU is well below the dense one's
-    (Perez-Nieves eq. 14 on ``torch.cuda`` allocations); both compute the weight and input
-    gradients, the sparse one at the previous layer's active entries only. On the GPU the
-    backward scan ``delta`` is dense ``[T, B, N]`` (as the dense adjoint is), so the saving is
-    the dense input gradient ``[T, B, K]``: about half for a square layer."""
+    """At ~1 % activity the sparse layer's backward peak on the GPU is a small fraction of the
+    dense one's (Perez-Nieves eq. 14 on ``torch.cuda`` allocations); both compute the weight and
+    input gradients, the sparse one at the previous layer's active entries only, with no buffer
+    of size ``T*B*N`` (the backward scan stays in registers). What remains is mostly the COO
+    indices that carry the input gradient (24 bytes per active entry of layer 1)."""
     from sparsespike.kernels.sparse import share_active_set
     from sparsespike.layers import SpikingLinear
 
@@ -177,10 +177,10 @@ def test_sparse_backward_memory_on_cuda():
     p = LIFParams(beta=math.exp(-0.1), surrogate=FastSigmoid(100.0))
     x = (torch.rand(100, 128, 400) < 0.02).float().to(CUDA)
     torch.manual_seed(5)
-    l1 = SpikingLinear(400, 400, p, backward="sparse", b_th=0.2, weight_scale=1.5).to(CUDA)  # ~0.5-3 % active
+    l1 = SpikingLinear(400, 400, p, backward="sparse", b_th=0.2, weight_scale=1.2).to(CUDA)  # ~1.7 % active
     with torch.no_grad():
         s1 = l1(x)
-    W = l1.weight.detach().clone()
+    W = 3.0 * l1.weight.detach()  # layer 2: ~1.8 % active
     peak, acts = {}, {}
     for mode in ("dense", "sparse"):
         lay = SpikingLinear(400, 400, p, backward=mode, b_th=0.2).to(CUDA)
@@ -202,5 +202,5 @@ def test_sparse_backward_memory_on_cuda():
         peak[mode] = torch.cuda.max_memory_allocated() - base
         assert inp.grad is not None and lay.weight.grad is not None
         del out, gs
-    assert acts["dense"] == pytest.approx(acts["sparse"], rel=1e-3) and 0.1 < acts["sparse"] < 5, acts
-    assert peak["sparse"] < 0.6 * peak["dense"], peak
+    assert acts["dense"] == pytest.approx(acts["sparse"], rel=1e-3) and 0.5 < acts["sparse"] < 4, acts
+    assert peak["sparse"] < 0.3 * peak["dense"], peak

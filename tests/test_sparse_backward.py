@@ -681,25 +681,20 @@ def test_triton_kernels_compile_for_sm90(monkeypatch):
 
     k = triton_gpu.kernels()
     try:
+        ptrs = {"aptr_ptr": "*i64", "aidx_ptr": "*i32", "e_ptr": "*fp32", "sptr_ptr": "*i64", "sidx_ptr": "*i32"}
+        ptrs.update({"sval_ptr": "*fp32", "pptr_ptr": "*i64", "pidx_ptr": "*i32", "wt_ptr": "*fp32"})
+        ptrs.update({f"{n}_ptr": "*fp32" for n in ("dwt", "dxv", "db", "delta")})
+        flags = {"HAS_VAL": False, "NEED_DW": True, "NEED_DX": True, "NEED_DB": True, "WRITE_DELTA": False, "BN": 128}
         src = ASTSource(
-            fn=k.dx_active,
-            signature={
-                "row_ptr": "*i64",
-                "col_ptr": "*i64",
-                "delta_ptr": "*fp32",
-                "wt_ptr": "*fp32",
-                "out_ptr": "*fp32",
-                "P": "i32",
-                "N": "i32",
-                "BP": "constexpr",
-                "BN": "constexpr",
-            },
-            constexprs={"BP": 32, "BN": 64},
+            fn=k.sparse_bwd,
+            signature={**ptrs, "T": "i32", "B": "i32", "N": "i32", "K": "i32", "beta": "fp32"}
+            | {f: "constexpr" for f in flags},
+            constexprs=flags,
         )
         out = triton.compile(src, target=GPUTarget("cuda", 90, 32))
     except Exception as e:  # noqa: BLE001 - no ptxas/llvm backend on this machine
         pytest.skip(f"triton cannot compile offline here: {type(e).__name__}: {e}")
-    assert "ld.global" in out.asm["ptx"]
+    assert "ld.global" in out.asm["ptx"] and "atom.global" in out.asm["ptx"]
 
 
 def test_importable_without_triton(monkeypatch):

@@ -114,10 +114,12 @@ class ActiveSet:
                 out = torch.empty(3, self.n, dtype=torch.int64)
                 if self.n:
                     kc.coo_indices(self.ptr.numpy(), self.idx.numpy(), self.F, out.numpy())
-            else:
-                f = self.idx.long()
-                t = torch.div(f, self.F, rounding_mode="floor")
-                out = torch.stack([t, self.batch_index(), f - t * self.F])
+            else:  # written row by row: peak ~32 bytes per entry
+                out = torch.empty(3, self.n, dtype=torch.int64, device=self.device)
+                torch.div(self.idx, self.F, rounding_mode="floor", out=out[0])
+                torch.mul(out[0], self.F, out=out[2])
+                torch.sub(self.idx, out[2], out=out[2])
+                out[1] = self.batch_index()
             self._coo = out
         return self._coo
 

@@ -11,17 +11,11 @@ Kernels (equations in :mod:`sparsespike.kernels.sparse` and :mod:`sparsespike.ke
   every entry, the active mask (eq. 7).
 * ``lif_bwd`` -- the dense adjoint sweep of the recurrence (dense BPTT on CUDA,
   :class:`~sparsespike.kernels.recurrence.LIFRecurrence`, and :func:`lif_recurrence_masked`).
-* ``decay_scan`` -- ``y[t] = beta*y[t -/+ 1] + y[t]`` in place, forwards (input trace of eq. 9)
-  or backwards (Prop. 1 / eq. 11 run over all steps: ``delta``).
-* ``dw_spikes`` -- eqs. 9-10 rewritten over the input spikes: ``dW[:, k] += x * delta[row, :]``
-  for every input spike ``(row, k)`` (atomic adds; no input trace is built, see
-  :func:`sparse_backward`).
-* ``dx_active`` -- eq. 12: ``dx = W[:, i] . delta[row, :]`` at the previous layer's active
-  entries only.
+* ``sparse_bwd`` -- the whole S3GD backward of a layer in one launch (eqs. 9-12, Prop. 1):
+  see :func:`sparse_backward`. Work and memory scale with the active entries, the input spikes
+  and the previous layer's active entries; nothing of size ``T*B*N`` is stored.
 
-On the GPU the backward scan is dense over ``[T, B*N]`` (bandwidth-bound and cheap); the
-products -- ``n_in_spikes*N`` for dW and ``n_prev_active*N`` for dx instead of ``T*B*N*K`` each --
-are the sparse part. The saved state is the same compact one as on CPU.
+The saved state is the same compact one as on CPU.
 """
 
 from __future__ import annotations
@@ -42,8 +36,6 @@ except Exception:  # noqa: BLE001 - any import problem means "no triton"
     HAS_TRITON = False
 
 BLOCK = 128
-BLOCK_P = 32
-BLOCK_N = 64
 
 
 def interpret_mode() -> bool:
@@ -180,60 +172,81 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
                 tl.store(gx_ptr + base + offs, gv.to(gx_ptr.dtype.element_ty), mask=msk)
 
     @triton.jit
-    def decay_scan(y_ptr, T, M, beta, REVERSE: tl.constexpr, BLK: tl.constexpr):
-        pid = tl.program_id(0)
-        offs = pid.to(tl.int64) * BLK + tl.arange(0, BLK)
-        msk = offs < M
-        acc = tl.full([BLK], 0.0, tl.float32)
-        for k in range(T):
-            if REVERSE:
-                t = T - 1 - k
-            else:
-                t = k
-            base = t * M.to(tl.int64)
-            v = tl.load(y_ptr + base + offs, mask=msk, other=0.0).to(tl.float32)
-            acc = beta * acc + v
-            tl.store(y_ptr + base + offs, acc.to(y_ptr.dtype.element_ty), mask=msk)
-
-    @triton.jit
-    def dw_spikes(
-        row_ptr, col_ptr, val_ptr, delta_ptr, dwt_ptr, P, N, HAS_VAL: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr
+    def sparse_bwd(
+        aptr_ptr,
+        aidx_ptr,
+        e_ptr,
+        sptr_ptr,
+        sidx_ptr,
+        sval_ptr,
+        pptr_ptr,
+        pidx_ptr,
+        wt_ptr,
+        dwt_ptr,
+        dxv_ptr,
+        db_ptr,
+        delta_ptr,
+        T,
+        B,
+        N,
+        K,
+        beta,
+        HAS_VAL: tl.constexpr,
+        NEED_DW: tl.constexpr,
+        NEED_DX: tl.constexpr,
+        NEED_DB: tl.constexpr,
+        WRITE_DELTA: tl.constexpr,
+        BN: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        poffs = pid * BP + tl.arange(0, BP)
-        pm = poffs < P
-        row = tl.load(row_ptr + poffs, mask=pm, other=0)
-        col = tl.load(col_ptr + poffs, mask=pm, other=0)
-        if HAS_VAL:
-            v = tl.load(val_ptr + poffs, mask=pm, other=0.0).to(tl.float32)
-        for n0 in range(0, N, BN):
-            n = n0 + tl.arange(0, BN)
-            m2 = pm[:, None] & (n < N)[None, :]
-            dv = tl.load(delta_ptr + row[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
-            if HAS_VAL:
-                dv = dv * v[:, None]
-            tl.atomic_add(dwt_ptr + col[:, None] * N + n[None, :], dv, mask=m2)
+        b = tl.program_id(0)
+        n = tl.program_id(1) * BN + tl.arange(0, BN)
+        nm = n < N
+        acc = tl.full([BN], 0.0, tl.float32)
+        dbacc = tl.full([BN], 0.0, tl.float32)
+        # each set is b-major and sorted by t*F + f within b: walk b's entries from the end
+        a0 = tl.load(aptr_ptr + b)
+        a = tl.load(aptr_ptr + b + 1) - 1
+        s0 = tl.load(sptr_ptr + b)
+        s = tl.load(sptr_ptr + b + 1) - 1
+        q0 = tl.load(pptr_ptr + b)
+        q = tl.load(pptr_ptr + b + 1) - 1
+        for k in range(T):
+            t = T - 1 - k
+            # Prop. 1 / eq. 11: delta[t] = e[t] + beta * delta[t+1], e at the active (t, b, j)
+            acc = beta * acc
+            lo = t * N
+            cur = tl.load(aidx_ptr + a, mask=a >= a0, other=-1)
+            while cur >= lo:
+                ev = tl.load(e_ptr + a).to(tl.float32)
+                acc += tl.where(n == cur - lo, ev, 0.0)
+                a -= 1
+                cur = tl.load(aidx_ptr + a, mask=a >= a0, other=-1)
+            if NEED_DB:
+                dbacc += acc
+            if WRITE_DELTA:
+                tl.store(delta_ptr + (t * B + b).to(tl.int64) * N + n, acc, mask=nm)
+            lok = t * K
+            if NEED_DW:  # eqs. 9-10 over the input spikes: dW[:, k] += x * delta[t, b, :]
+                cur = tl.load(sidx_ptr + s, mask=s >= s0, other=-1)
+                while cur >= lok:
+                    if HAS_VAL:
+                        upd = acc * tl.load(sval_ptr + s).to(tl.float32)
+                    else:
+                        upd = acc
+                    tl.atomic_add(dwt_ptr + (cur - lok).to(tl.int64) * N + n, upd, mask=nm)
+                    s -= 1
+                    cur = tl.load(sidx_ptr + s, mask=s >= s0, other=-1)
+            if NEED_DX:  # eq. 12: dx = W[:, k] . delta[t, b, :] at the previous active entries
+                cur = tl.load(pidx_ptr + q, mask=q >= q0, other=-1)
+                while cur >= lok:
+                    w = tl.load(wt_ptr + (cur - lok).to(tl.int64) * N + n, mask=nm, other=0.0).to(tl.float32)
+                    tl.atomic_add(dxv_ptr + q, tl.reduce(w * acc, 0, tl.standard._sum_combine))
+                    q -= 1
+                    cur = tl.load(pidx_ptr + q, mask=q >= q0, other=-1)
+        if NEED_DB:
+            tl.atomic_add(db_ptr + n, dbacc, mask=nm)
 
-    @triton.jit
-    def dx_active(row_ptr, col_ptr, delta_ptr, wt_ptr, out_ptr, P, N, BP: tl.constexpr, BN: tl.constexpr):
-        pid = tl.program_id(0)
-        poffs = pid * BP + tl.arange(0, BP)
-        pm = poffs < P
-        row = tl.load(row_ptr + poffs, mask=pm, other=0)
-        col = tl.load(col_ptr + poffs, mask=pm, other=0)
-        acc = tl.full([BP], 0.0, tl.float32)
-        for n0 in range(0, N, BN):
-            n = n0 + tl.arange(0, BN)
-            nm = n < N
-            m2 = pm[:, None] & nm[None, :]
-            dv = tl.load(delta_ptr + row[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
-            wv = tl.load(wt_ptr + col[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc += tl.reduce(dv * wv, 1, tl.standard._sum_combine)
-        tl.store(out_ptr + poffs, acc.to(out_ptr.dtype.element_ty), mask=pm)
-
-    return SimpleNamespace(
-        lif_fwd=lif_fwd, lif_bwd=lif_bwd, decay_scan=decay_scan, dw_spikes=dw_spikes, dx_active=dx_active
-    )
+    return SimpleNamespace(lif_fwd=lif_fwd, lif_bwd=lif_bwd, sparse_bwd=sparse_bwd)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -351,22 +364,21 @@ def sparse_forward(x: torch.Tensor, W: torch.Tensor, bias, p, b_th: float, spike
     return S3, act, d, spikes_out
 
 
-def _rows_cols(act, B: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row ``t*B + b`` and feature of every entry of an active set / spike list, from its cached
-    COO indices (built once per set and shared with whoever else reads them)."""
-    t, b, f = act.coo_indices()
-    return t * B + b, f
-
-
 def sparse_backward(ctx, e: torch.Tensor):
-    """Weight, bias and input gradients of :class:`SparseSpikingLinearFn` with Triton kernels.
+    """Weight, bias and input gradients of :class:`SparseSpikingLinearFn`: one kernel launch, no
+    buffer of size ``T*B*N`` or ``T*B*K`` (unless a dense input gradient is asked for).
 
-    ``e`` is ``dL/dS * g`` at the active entries. Everything follows from one backward scan
-    ``delta[t] = e[t] + beta * delta[t+1]`` (Prop. 1 / eq. 11; zero at inactive entries before
-    the scan): ``dx = delta . W`` at the previous layer's active entries (eq. 12); the weight
-    gradient of eqs. 9-10, ``sum_t e[t] * trace[t]`` with the decayed input trace, equals
-    ``sum over input spikes (t, b, k) of x * delta[t, b, :]`` (swap the two time sums), so it is
-    read at the input spikes only and no trace is built; and ``db = sum_{t, b} delta[t, b]``.
+    ``e`` is ``dL/dS * g`` at the active entries. One program per (batch element ``b``, block of
+    neurons) runs the backward scan ``delta[t] = e[t] + beta * delta[t+1]`` (Prop. 1 / eq. 11) in
+    registers from ``t = T-1`` down to 0, adding the active entries' ``e`` as it meets them, and
+    at each step uses ``delta[t, b, block]``:
+
+    * dx (eq. 12): ``W[:, k] . delta[t, b, :]`` at the previous layer's active entries
+      ``(t, b, k)`` only (partial sums of the blocks are added atomically);
+    * dW (eqs. 9-10): ``sum_t e[t] trace[t]`` with the decayed input trace equals
+      ``sum over input spikes (t, b, k) of x * delta[t, b, :]`` (swap the two time sums), so it
+      is added at the input spikes only and no trace is built;
+    * db: ``sum_{t, b} delta[t, b]``.
     """
     k = kernels()
     act = ctx.active
@@ -377,39 +389,44 @@ def sparse_backward(ctx, e: torch.Tensor):
     need_dx_dense = ctx.needs_input_grad[0] and ctx.prev is None
     need_dw = ctx.needs_input_grad[1]
     need_db = ctx.has_bias and ctx.needs_input_grad[2]
-    dW = db = dx = None
-    row, j = _rows_cols(act, B)
-    delta = torch.zeros(T * B * N, dtype=dtype, device=dev)
-    delta[row * N + j] = e
+    sp, prev = ctx.spikes_in, ctx.prev
+    f32 = dict(dtype=torch.float32, device=dev)
+    dWt = torch.zeros(K, N, **f32) if need_dw else None
+    db = torch.zeros(N, **f32) if need_db else None
+    vals = torch.zeros(prev.n, **f32) if need_dx else None
+    delta = torch.empty(T * B * N, **f32) if need_dx_dense else None
+    BN = min(128, triton.next_power_of_2(max(N, 16)))
     if T * B * N:
-        k.decay_scan[(_cdiv(B * N, BLOCK),)](delta, T, B * N, float(ctx.beta), REVERSE=True, BLK=BLOCK)
-    if need_dw:
-        sp = ctx.spikes_in
-        dWt = torch.zeros(K, N, dtype=torch.float32, device=dev)
-        if sp.n and N:
-            srow, scol = _rows_cols(sp, B)
-            k.dw_spikes[(_cdiv(sp.n, BLOCK_P),)](
-                srow,
-                scol,
-                sp.vals if sp.vals is not None else srow,
-                delta,
-                dWt,
-                sp.n,
-                N,
-                HAS_VAL=sp.vals is not None,
-                BP=BLOCK_P,
-                BN=BLOCK_N,
-            )
-        dW = dWt.t().to(dtype).contiguous()
-    if need_db:
-        db = delta.reshape(T * B, N).sum(0)
+        k.sparse_bwd[(B, _cdiv(N, BN))](
+            act.ptr,
+            act.idx,
+            e.contiguous(),
+            sp.ptr if need_dw else act.ptr,
+            sp.idx if need_dw else act.idx,
+            sp.vals if (need_dw and sp.vals is not None) else e,
+            prev.ptr if need_dx else act.ptr,
+            prev.idx if need_dx else act.idx,
+            ctx.wt if need_dx else e,
+            dWt if need_dw else e,
+            vals if need_dx else e,
+            db if need_db else e,
+            delta if need_dx_dense else e,
+            T,
+            B,
+            N,
+            K,
+            float(ctx.beta),
+            HAS_VAL=bool(need_dw and sp.vals is not None),
+            NEED_DW=need_dw,
+            NEED_DX=need_dx,
+            NEED_DB=need_db,
+            WRITE_DELTA=need_dx_dense,
+            BN=BN,
+        )
+    dW = dWt.t().to(dtype).contiguous() if need_dw else None
+    dx = None
     if need_dx:
-        prev = ctx.prev
-        prow, pcol = _rows_cols(prev, B)
-        vals = torch.empty(prev.n, dtype=dtype, device=dev)
-        if prev.n:
-            k.dx_active[(_cdiv(prev.n, BLOCK_P),)](prow, pcol, delta, ctx.wt, vals, prev.n, N, BP=BLOCK_P, BN=BLOCK_N)
-        dx = prev.sparse_tensor(vals)
+        dx = prev.sparse_tensor(vals.to(dtype))
     elif need_dx_dense:
         dx = (delta.reshape(-1, N) @ ctx.W_full).reshape(T, B, K)
-    return dx, dW, db
+    return dx, dW, (db.to(dtype) if need_db else None)
