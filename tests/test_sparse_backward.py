@@ -629,43 +629,33 @@ def test_triton_sparse_linear_matches_numba(triton_interpret):
 
 
 @pytest.mark.parametrize("setting", [dict(), dict(reset="zero"), dict(alpha=0.6), dict(detach_reset=False)])
-def test_triton_masked_recurrence(triton_interpret, setting):
-    g = torch.Generator().manual_seed(2)
-    cur = (torch.randn(9, 2, 5, generator=g) * 0.8 + 0.3).requires_grad_()
-    gs = torch.randn(cur.shape, generator=g)
-    p = LIFParams(beta=0.9, **setting)
-    out = {}
-    for impl in ["triton", "torch"]:
-        st_ = {}
-        S = lif_recurrence_masked(cur, p, 0.3, st_, impl=impl)
-        out[impl] = (S, torch.autograd.grad(S, cur, gs)[0], st_["n_active"])
-    assert torch.equal(out["triton"][0], out["torch"][0])
-    close(out["triton"][1], out["torch"][1], 1e-5)
-    assert out["triton"][2] == out["torch"][2]
-
-
-@pytest.mark.parametrize("setting", [dict(), dict(reset="zero"), dict(alpha=0.6), dict(detach_reset=False)])
-def test_triton_dense_recurrence(triton_interpret, setting):
-    """Dense BPTT on CUDA (``LIFRecurrence`` with ``impl="triton"``: plain surrogate everywhere)
-    gives the numba kernel's spikes, input gradient and active count."""
+def test_triton_recurrences(triton_interpret, setting):
+    """The Triton recurrences give the reference kernels' spikes, input gradient and active count:
+    masked surrogate (``lif_recurrence_masked``) against the torch loop, dense BPTT on CUDA
+    (``LIFRecurrence`` with ``impl="triton"``: plain surrogate everywhere) against numba."""
     from sparsespike.kernels.recurrence import lif_recurrence
 
     g = torch.Generator().manual_seed(4)
     cur = (torch.randn(11, 3, 7, generator=g) * 0.8 + 0.3).requires_grad_()
     gs = torch.randn(cur.shape, generator=g)
     p = LIFParams(beta=0.9, **setting)
-    out = {}
-    for impl in ["triton", "numba"]:
-        st_ = {}
-        S = lif_recurrence(cur, p, impl=impl, b_th=0.3, stats=st_)
-        out[impl] = (S, torch.autograd.grad(S, cur, gs)[0], st_["n_active"])
-    assert torch.equal(out["triton"][0], out["numba"][0])
-    close(out["triton"][1], out["numba"][1], 1e-5)
-    assert out["triton"][2] == out["numba"][2] > 0
+    runs = {
+        "masked": (lambda c, st_, impl: lif_recurrence_masked(c, p, 0.3, st_, impl=impl), "torch"),
+        "dense": (lambda c, st_, impl: lif_recurrence(c, p, impl=impl, b_th=0.3, stats=st_), "numba"),
+    }
+    grad_triton = {}
+    for kind, (fn, ref) in runs.items():
+        out = {}
+        for impl in ["triton", ref]:
+            st_ = {}
+            S = fn(cur, st_, impl)
+            out[impl] = (S, torch.autograd.grad(S, cur, gs)[0], st_["n_active"])
+        assert torch.equal(out["triton"][0], out[ref][0]), kind
+        close(out["triton"][1], out[ref][1], 1e-5)
+        assert out["triton"][2] == out[ref][2] > 0, kind
+        grad_triton[kind] = out["triton"][1]
     # the dense surrogate is not masked: gradient reaches entries outside the window
-    masked = lif_recurrence_masked(cur, p, 0.3, {}, impl="triton")
-    gm = torch.autograd.grad(masked, cur, gs)[0]
-    assert not torch.allclose(gm, out["triton"][1])
+    assert not torch.allclose(grad_triton["masked"], grad_triton["dense"])
 
 
 def test_triton_kernels_compile_for_sm90(monkeypatch):

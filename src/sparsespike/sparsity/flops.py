@@ -88,22 +88,15 @@ class ExpectedFlops(GatedInputPenalty):
             self._taps[key] = tap_use_counts(mod, spatial)
         return float(math.prod(shape[: -nd - 1])), self._taps[key]
 
-    def terms(self, n_samples: int) -> dict[str, torch.Tensor]:
-        """``E[FLOPs per sample]`` of each gated layer seen since the last :meth:`value`."""
-        out = {}
-        for gw in self._gated:
-            shapes = self._seen.get(id(gw.module))
-            if not shapes:
-                continue
-            p = prob_nonzero(gw)
-            total = p.new_zeros(())
-            for shape, calls in Counter(shapes).items():  # a per-step loop gives T equal shapes: price once
-                frames, taps = self._uses(gw, shape)
-                per_frame = p.sum() if taps is None else (p * taps.to(p.dtype)).sum()
-                total = total + 2.0 * calls * frames / n_samples * per_frame
-            out[gw.name] = total
-        return out
-
+    def _price(self, gw: GatedWeight, seen: list, n_samples: int) -> torch.Tensor:
+        """``E[FLOPs per sample]`` of one gated layer from the input shapes of its calls."""
+        p = prob_nonzero(gw)
+        total = p.new_zeros(())
+        for shape, calls in Counter(seen).items():  # a per-step loop gives T equal shapes: price once
+            frames, taps = self._uses(gw, shape)
+            per_frame = p.sum() if taps is None else (p * taps.to(p.dtype)).sum()
+            total = total + 2.0 * calls * frames / n_samples * per_frame
+        return total
 
 @register_regularizer("flops")
 def flops_regularizer(lam: float = 1e-9) -> ExpectedFlops:

@@ -5,7 +5,7 @@ shapes) both watch the inputs of every gated layer during training-mode forward 
 them, with each gate's probability of being non-zero (Yin et al. KDD'21 eq. 20 / Louizos et al.
 2018 eq. 12), into an expected cost. :class:`GatedInputPenalty` holds the hooks, the
 bookkeeping and ``lam``; a subclass says what it keeps of an input (:meth:`_record`) and how it
-prices a layer (:meth:`terms`).
+prices a layer (:meth:`_price`).
 """
 
 from __future__ import annotations
@@ -80,9 +80,18 @@ class GatedInputPenalty:
         self._handles.clear()
         self._seen.clear()
 
+    def _price(self, gw: GatedWeight, seen: list, n_samples: int) -> torch.Tensor:
+        """Expected cost per sample of one gated layer from what its hooks kept (``seen``)."""
+        raise NotImplementedError
+
     def terms(self, n_samples: int) -> dict[str, torch.Tensor]:
         """The expected cost per sample of each gated layer seen since the last :meth:`value`."""
-        raise NotImplementedError
+        out = {}
+        for gw in self._gated:
+            seen = self._seen.get(id(gw.module))
+            if seen:
+                out[gw.name] = self._price(gw, seen, n_samples)
+        return out
 
     def value(self, n_samples: int) -> torch.Tensor:
         """``lam * sum(terms)`` of the forward passes since the last call (then forgets them)."""

@@ -93,21 +93,14 @@ class ExpectedSynOps(GatedInputPenalty):
         super().__init__(lam)
         self.detach_spikes = bool(detach_spikes)
 
-    def terms(self, n_samples: int) -> dict[str, torch.Tensor]:
-        """``E[SynOps per sample]`` of each gated layer seen in the last training forward pass."""
-        out = {}
-        for gw in self._gated:
-            xs = self._seen.get(id(gw.module))
-            if not xs:
-                continue
-            conv = gw.gate.log_alpha.dim() == 4
-            feats = gw.gate.log_alpha.shape[1]
-            counts = sum(
-                input_spike_counts(x.detach() if self.detach_spikes else x, feats, n_samples, conv) for x in xs
-            )
-            out[gw.name] = expected_synops(gw, counts)
-        return out
-
+    def _price(self, gw: GatedWeight, seen: list, n_samples: int) -> torch.Tensor:
+        """``E[SynOps per sample]`` of one gated layer from its input spikes in the last pass."""
+        conv = gw.gate.log_alpha.dim() == 4
+        feats = gw.gate.log_alpha.shape[1]
+        counts = sum(
+            input_spike_counts(x.detach() if self.detach_spikes else x, feats, n_samples, conv) for x in seen
+        )
+        return expected_synops(gw, counts)
 
 @register_regularizer("synops")
 def synops_regularizer(lam: float = 1e-6, detach_spikes: bool = False) -> ExpectedSynOps:
