@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -513,3 +514,45 @@ def test_train_yin_freeze_after_and_flops_penalty(data_dir):
         c = {**cfg, "connectivity": {**cfg["connectivity"], **bad}}
         with pytest.raises(ConfigError, match="freeze_after"):
             train_yin(c)
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_train_yin_resume_matches_uninterrupted(data_dir, tmp_path, cut):
+    """last.pt after every epoch; a run cut off after `cut` epochs and resumed ends bit-for-bit
+    where the uninterrupted run ends (weights, gates, history), across the freeze_after boundary."""
+    from sparsespike.errors import ConfigError
+    from sparsespike.sparsity.yin_models import load_config, train_yin
+
+    cfg = load_config("experiments/yin_mnist_small.yaml")
+    cfg["data"] = {**cfg["data"], "root": str(data_dir), "train_subset": 40, "test_subset": 20}
+    cfg["connectivity"] = {**cfg["connectivity"], "penalty": "flops", "lam": 1.0e-4, "freeze_after": 1}
+    cfg["optimizer"] = {**cfg["optimizer"], "gate_lr": 2.0, "batch_size": 20}
+    cfg.update(epochs=3, eval_every=1, verbose=False)
+    full = train_yin({**cfg, "out_dir": str(tmp_path / "full")})
+    with pytest.raises(ConfigError, match="last.pt"):
+        train_yin({**cfg, "out_dir": str(tmp_path / "cut"), "resume": True})
+    train_yin({**cfg, "epochs": cut, "out_dir": str(tmp_path / "cut")})
+    assert (tmp_path / "cut" / "last.pt").exists() and not list((tmp_path / "cut").glob("*.tmp"))
+    res = train_yin({**cfg, "out_dir": str(tmp_path / "cut"), "resume": True})
+    drop = ("train_time_s",)
+    strip = [{k: v for k, v in r.items() if k not in drop} for r in res["history"]]
+    assert strip == [{k: v for k, v in r.items() if k not in drop} for r in full["history"]]
+    assert res["sparsity"] == full["sparsity"] and res["test_acc_pruned"] == full["test_acc_pruned"]
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    (tmp_path / "cut" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a readable"):
+        train_yin({**cfg, "out_dir": str(tmp_path / "cut"), "resume": True})
+
+
+def test_train_yin_device_error():
+    from sparsespike.errors import ConfigError
+    from sparsespike.sparsity.yin_models import _device
+
+    assert _device(None) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            _device("cuda")

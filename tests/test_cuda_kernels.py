@@ -204,3 +204,37 @@ def test_sparse_backward_memory_on_cuda():
         del out, gs
     assert acts["dense"] == pytest.approx(acts["sparse"], rel=1e-3) and 0.5 < acts["sparse"] < 4, acts
     assert peak["sparse"] < 0.3 * peak["dense"], peak
+
+
+def test_yin_flops_penalty_and_training_on_cuda(data_dir, tmp_path):
+    """The Yin SCNN trains on CUDA (``device: cuda``): the expected-FLOPs penalty of a gated model
+    is the CPU value, the pruned model scores what the gated one did, and a resumed run ends
+    where the uninterrupted one does up to GPU float noise."""
+    from sparsespike.sparsity.connectivity import add_l0_gates
+    from sparsespike.sparsity.flops import ExpectedFlops
+    from sparsespike.sparsity.yin_models import build_yin_network, load_config, train_yin
+
+    torch.manual_seed(0)
+    net = build_yin_network("mnist")
+    add_l0_gates(net, seed=1, init_mean=0.5, init_std=1.0)
+    x = (torch.rand(4, 3, 1, 28, 28, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    vals = []
+    for dev in ("cpu", "cuda"):
+        net.to(dev).train()
+        pen = ExpectedFlops(1.0).attach(net)
+        net(x.to(dev))
+        vals.append(pen.value(3).item())
+        pen.release()
+    assert math.isclose(vals[0], vals[1], rel_tol=1e-5), vals
+
+    cfg = load_config("experiments/yin_mnist_small.yaml")
+    cfg["data"] = {**cfg["data"], "root": str(data_dir), "train_subset": 200, "test_subset": 100}
+    cfg["connectivity"] = {**cfg["connectivity"], "penalty": "flops", "lam": 1.0e-5, "freeze_after": 1}
+    cfg["optimizer"] = {**cfg["optimizer"], "gate_lr": 0.5, "batch_size": 50}
+    cfg.update(epochs=2, eval_every=1, verbose=False, device="cuda")
+    res = train_yin({**cfg, "out_dir": str(tmp_path / "full")})
+    assert res["test_acc"] == res["test_acc_pruned"] and res["flops_ratio"] < 1.0
+    train_yin({**cfg, "epochs": 1, "out_dir": str(tmp_path / "cut")})
+    again = train_yin({**cfg, "out_dir": str(tmp_path / "cut"), "resume": True})
+    assert [r["epoch"] for r in again["history"]] == [1, 2]
+    assert abs(again["history"][-1]["loss"] - res["history"][-1]["loss"]) < 0.05 * res["history"][-1]["loss"]

@@ -94,7 +94,7 @@ class ExpectedFlops(GatedInputPenalty):
         total = p.new_zeros(())
         for shape, calls in Counter(seen).items():  # a per-step loop gives T equal shapes: price once
             frames, taps = self._uses(gw, shape)
-            per_frame = p.sum() if taps is None else (p * taps.to(p.dtype)).sum()
+            per_frame = p.sum() if taps is None else (p * taps.to(p)).sum()
             total = total + 2.0 * calls * frames / n_samples * per_frame
         return total
 

@@ -62,6 +62,7 @@ from .connectivity import (
     count_ops,
     freeze_gates,
     gate_parameters,
+    gates,
     l0_penalty,
     prune,
     sparsity_report,
@@ -327,11 +328,12 @@ def evaluate(model: nn.Module, x, y, encode, T: int, batch_size: int = 200, seed
     """Test accuracy (%) in eval mode (deterministic gates), fixed encoding seed."""
     was = model.training
     model.eval()
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # encoding on the CPU: the same raster on every device
+    dev = next(model.parameters()).device
     correct = 0
     for i in range(0, len(y), batch_size):
-        votes = model(encode(x[i : i + batch_size], gen))
-        correct += int((votes.argmax(1) == y[i : i + batch_size]).sum())
+        votes = model(encode(x[i : i + batch_size], gen).to(dev, non_blocking=True))
+        correct += int((votes.argmax(1).cpu() == y[i : i + batch_size]).sum())
     model.train(was)
     return 100.0 * correct / max(1, len(y))
 
@@ -397,7 +399,13 @@ def train_yin(config: dict) -> dict:
     that many epochs the gates are frozen at their test-time values and only the weights train),
     ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``, ``batch_size``, ``weight_decay``),
     ``epochs``, ``eval_every``, ``out_dir``, ``progress`` (a progress bar per epoch; off with
-    ``verbose: false``).
+    ``verbose: false``), ``device`` (``cpu`` default, ``cuda``: the model and each batch move
+    there; the Bernoulli encoding is drawn on the CPU so a seed gives the same rasters on every
+    device), ``resume`` (continue from ``out_dir/last.pt``).
+
+    With ``out_dir``, ``last.pt`` (weights, gates, optimizer, history, data and gate generators)
+    is written atomically after every epoch; ``resume: true`` continues from it, so a run cut
+    off between epochs loses nothing and ends as the uninterrupted run would.
 
     Returns a dict with the per-epoch history, final test accuracy (gated model in eval mode and
     after :func:`prune`, which must agree), :func:`sparsity_report`, :func:`count_ops` before
@@ -408,6 +416,7 @@ def train_yin(config: dict) -> dict:
     seed = int(cfg.get("seed", 0))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
+    device = _device(cfg.get("device"))
     torch.manual_seed(seed)
     model, T = network_from_config(cfg)
     ccfg = cfg.get("connectivity", {}) or {}
@@ -441,6 +450,7 @@ def train_yin(config: dict) -> dict:
         penalty = flops_term.value
     elif use_l0:
         penalty = lambda n: l0_penalty(model)  # noqa: E731
+    model.to(device)  # the gates' noise is still drawn from their CPU generator (then moved)
     xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed)
     ocfg = cfg.get("optimizer", {})
     bs = int(ocfg.get("batch_size", 100))
@@ -455,12 +465,23 @@ def train_yin(config: dict) -> dict:
     constrain = bool(ccfg.get("constrain", True))
     gen = torch.Generator().manual_seed(seed + 2)
     out_dir = Path(cfg["out_dir"]) if cfg.get("out_dir") else None
+    history: list[dict] = []
+    start, t_before = 1, 0.0
+    if cfg.get("resume"):
+        if out_dir is None or not (out_dir / "last.pt").exists():
+            raise ConfigError(f"resume: true needs out_dir with a last.pt (looked in {out_dir})")
+        start, history, t_before = _load_yin_checkpoint(out_dir / "last.pt", model, opt, gen, freeze_after)
+        if start > epochs + 1:
+            raise ConfigError(f"resume: {out_dir}/last.pt is at epoch {start - 1}, past epochs={epochs}")
+        if freeze_after is not None and start > int(freeze_after) + 1:
+            if flops_term is not None:
+                flops_term.release()
+            penalty = None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.jsonl").write_text("")
-    history = []
-    t_start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+        (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    t_start = time.perf_counter() - t_before
+    for epoch in range(start, epochs + 1):
         if freeze_after is not None and epoch == int(freeze_after) + 1:
             # fine-tune the weights against the final mask: test-time gates, no penalty, no gate updates
             freeze_gates(model)
@@ -480,9 +501,10 @@ def train_yin(config: dict) -> dict:
         )
         for i in batches:
             idx = perm[i : i + bs]
-            xb = encode(xtr[idx], gen)
+            xb = encode(xtr[idx], gen).to(device, non_blocking=True)
+            yb = ytr[idx].to(device, non_blocking=True)
             votes = model(xb)
-            loss_e = vote_mse_loss(votes, ytr[idx], reduction=reduction)
+            loss_e = vote_mse_loss(votes, yb, reduction=reduction)
             pen = penalty(len(idx)) if penalty is not None else torch.zeros(())
             loss = loss_e + pen
             opt.zero_grad(set_to_none=True)
@@ -492,7 +514,7 @@ def train_yin(config: dict) -> dict:
                 constrain_gates(model)
             tot_loss += float(loss_e.detach()) * len(idx)
             tot_pen += float(pen.detach())
-            correct += int((votes.argmax(1) == ytr[idx]).sum())
+            correct += int((votes.argmax(1) == yb).sum())
         n_batches = math.ceil(len(ytr) / bs)
         row = {
             "epoch": epoch,
@@ -508,17 +530,20 @@ def train_yin(config: dict) -> dict:
         if out_dir:
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            _save_yin_checkpoint(out_dir / "last.pt", model, opt, gen, epoch, history, time.perf_counter() - t_start)
         if cfg.get("verbose", True):
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     train_time = time.perf_counter() - t_start
     probe = encode(xte[:20], torch.Generator().manual_seed(7))
     acc_gated = history[-1]["test_acc"]
+    model.cpu()  # reports, op counts and pruning on the CPU; the pruned test on ``device``
     rep = sparsity_report(model)
     ops_model = count_ops(model, probe)
     if use_l0:
         prune(model)
-    acc_pruned = evaluate(model, xte, yte, encode, T)
     ops_pruned = count_ops(model, probe)
+    acc_pruned = evaluate(model.to(device), xte, yte, encode, T)
+    model.cpu()
     dense_flops = ops_pruned["flops_dense"]
     res = {
         "config": cfg,
@@ -550,6 +575,54 @@ def train_yin(config: dict) -> dict:
         )
         atomic_save({"state_dict": model.state_dict(), "config": cfg}, out_dir / "model.pt")
     return res
+
+
+def _device(name) -> torch.device:
+    dev = torch.device(name or "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda asked for, but torch sees no CUDA device (use device: cpu)")
+    return dev
+
+
+def _gate_generator(model: nn.Module) -> torch.Generator | None:
+    gs = [g.generator for g in gates(model) if g.generator is not None]
+    return gs[0] if gs else None
+
+
+def _save_yin_checkpoint(path: Path, model, opt, gen, epoch: int, history: list, elapsed: float) -> None:
+    """``last.pt`` after ``epoch``: everything :func:`_load_yin_checkpoint` needs to go on exactly."""
+    ggen = _gate_generator(model)
+    atomic_save(
+        {
+            "epoch": epoch,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "data_rng": gen.get_state(),
+            "gate_rng": ggen.get_state() if ggen is not None else None,
+            "history_json": json.dumps(history),
+            "elapsed_s": float(elapsed),
+        },
+        path,
+    )
+
+
+def _load_yin_checkpoint(path: Path, model, opt, gen, freeze_after) -> tuple[int, list, float]:
+    """Restore ``last.pt`` into ``model``/``opt``/``gen``; returns (next epoch, history, seconds spent)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        epoch = int(ck["epoch"])
+        history = json.loads(ck["history_json"])
+    except Exception as e:  # a truncated or foreign file
+        raise ConfigError(f"resume: {path} is not a readable Yin checkpoint ({e})") from e
+    if freeze_after is not None and epoch >= int(freeze_after):
+        freeze_gates(model)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    gen.set_state(ck["data_rng"])
+    ggen = _gate_generator(model)
+    if ggen is not None and ck.get("gate_rng") is not None:
+        ggen.set_state(ck["gate_rng"])
+    return epoch + 1, history, float(ck.get("elapsed_s", 0.0))
 
 
 def load_config(path: str | Path) -> dict:
