@@ -543,6 +543,15 @@ def test_train_yin_resume_matches_uninterrupted(data_dir, tmp_path, cut):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    with pytest.raises(ConfigError, match="connectivity.lam"):
+        train_yin(
+            {
+                **cfg,
+                "connectivity": {**cfg["connectivity"], "lam": 2.0e-4},
+                "out_dir": str(tmp_path / "cut"),
+                "resume": True,
+            }
+        )
     (tmp_path / "cut" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="not a readable"):
         train_yin({**cfg, "out_dir": str(tmp_path / "cut"), "resume": True})

@@ -96,6 +96,8 @@ def cmd_train(args) -> int:
         raw["out_dir"] = args.out or str(Path("runs") / f"{raw.get('name', 'yin')}_seed{raw.get('seed', 0)}")
         if args.data_dir:
             raw.setdefault("data", {})["root"] = args.data_dir
+        if args.resume:
+            raw["resume"] = True
         res = train_yin(raw)
         keys = ("test_acc", "test_acc_pruned", "flops_ratio", "train_time_s")
         print(json.dumps({k: res[k] for k in keys if k in res}))

@@ -470,7 +470,7 @@ def train_yin(config: dict) -> dict:
     if cfg.get("resume"):
         if out_dir is None or not (out_dir / "last.pt").exists():
             raise ConfigError(f"resume: true needs out_dir with a last.pt (looked in {out_dir})")
-        start, history, t_before = _load_yin_checkpoint(out_dir / "last.pt", model, opt, gen, freeze_after)
+        start, history, t_before = _load_yin_checkpoint(out_dir / "last.pt", model, opt, gen, freeze_after, cfg)
         if start > epochs + 1:
             raise ConfigError(f"resume: {out_dir}/last.pt is at epoch {start - 1}, past epochs={epochs}")
         if freeze_after is not None and start > int(freeze_after) + 1:
@@ -530,7 +530,9 @@ def train_yin(config: dict) -> dict:
         if out_dir:
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            _save_yin_checkpoint(out_dir / "last.pt", model, opt, gen, epoch, history, time.perf_counter() - t_start)
+            _save_yin_checkpoint(
+                out_dir / "last.pt", model, opt, gen, epoch, history, time.perf_counter() - t_start, cfg
+            )
         if cfg.get("verbose", True):
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     train_time = time.perf_counter() - t_start
@@ -589,11 +591,27 @@ def _gate_generator(model: nn.Module) -> torch.Generator | None:
     return gs[0] if gs else None
 
 
-def _save_yin_checkpoint(path: Path, model, opt, gen, epoch: int, history: list, elapsed: float) -> None:
+# keys a resumed run may change: how long it runs, where and how it reports, which device
+_RESUMABLE = ("epochs", "eval_every", "resume", "out_dir", "verbose", "progress", "device", "threads", "data.root")
+
+
+def _flat(d: dict, pre: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{pre}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif key not in _RESUMABLE:
+            out[key] = v
+    return out
+
+
+def _save_yin_checkpoint(path: Path, model, opt, gen, epoch: int, history: list, elapsed: float, cfg: dict) -> None:
     """``last.pt`` after ``epoch``: everything :func:`_load_yin_checkpoint` needs to go on exactly."""
     ggen = _gate_generator(model)
     atomic_save(
         {
+            "config_json": json.dumps(_flat(cfg), sort_keys=True, default=str),
             "epoch": epoch,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(),
@@ -606,14 +624,24 @@ def _save_yin_checkpoint(path: Path, model, opt, gen, epoch: int, history: list,
     )
 
 
-def _load_yin_checkpoint(path: Path, model, opt, gen, freeze_after) -> tuple[int, list, float]:
-    """Restore ``last.pt`` into ``model``/``opt``/``gen``; returns (next epoch, history, seconds spent)."""
+def _load_yin_checkpoint(path: Path, model, opt, gen, freeze_after, cfg: dict) -> tuple[int, list, float]:
+    """Restore ``last.pt`` into ``model``/``opt``/``gen``; returns (next epoch, history, seconds spent).
+
+    Refuses a config that differs from the checkpoint's in anything but :data:`_RESUMABLE`."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
         epoch = int(ck["epoch"])
         history = json.loads(ck["history_json"])
+        saved = json.loads(ck.get("config_json", "null"))  # None: written before the check existed
     except Exception as e:  # a truncated or foreign file
         raise ConfigError(f"resume: {path} is not a readable Yin checkpoint ({e})") from e
+    now = json.loads(json.dumps(_flat(cfg), sort_keys=True, default=str))
+    changed = [] if saved is None else sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(
+            f"resume: the config differs from the one {path} was trained with in {', '.join(changed)} "
+            f"(only {', '.join(_RESUMABLE)} may change)"
+        )
     if freeze_after is not None and epoch >= int(freeze_after):
         freeze_gates(model)
     model.load_state_dict(ck["model"])
