@@ -520,7 +520,7 @@ def test_train_yin_freeze_after_and_flops_penalty(data_dir):
 def test_train_yin_resume_matches_uninterrupted(data_dir, tmp_path, cut):
     """last.pt after every epoch; a run cut off after `cut` epochs and resumed ends bit-for-bit
     where the uninterrupted run ends (weights, gates, history), across the freeze_after boundary."""
-    from sparsespike.errors import ConfigError
+    from sparsespike.errors import ConfigError, DataError
     from sparsespike.sparsity.yin_models import load_config, train_yin
 
     cfg = load_config("experiments/yin_mnist_small.yaml")
@@ -553,7 +553,10 @@ def test_train_yin_resume_matches_uninterrupted(data_dir, tmp_path, cut):
             }
         )
     (tmp_path / "cut" / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="not a readable"):
+    with pytest.raises(DataError, match="last.pt cannot be read"):
+        train_yin({**cfg, "out_dir": str(tmp_path / "cut"), "resume": True})
+    torch.save({"epoch": 1}, tmp_path / "cut" / "last.pt")
+    with pytest.raises(ConfigError, match="not a Yin checkpoint"):
         train_yin({**cfg, "out_dir": str(tmp_path / "cut"), "resume": True})
 
 

@@ -72,6 +72,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import ConfigError
 from ..layers import LeakyReadout, SpikingLinear
 
 # Louizos et al. 2018 / Yin et al. 2021 Table 1 constants
@@ -493,6 +494,29 @@ def format_sparsity_report(rep: dict) -> str:
 
 
 # -- FLOPs and SynOps (until sparsespike.metrics lands) ------------------------------------------
+def tap_use_counts(conv: nn.modules.conv._ConvNd, spatial: tuple[int, ...], what: str = "count_ops") -> torch.Tensor:
+    """Output positions at which each kernel tap reads a real input pixel, for one input frame of
+    spatial size ``spatial``; shape ``kernel_size`` (the same for every in/out channel pair).
+
+    It is the gradient of ``sum(conv(ones, ones))`` with respect to a one-channel kernel: each
+    tap's derivative counts the input ones it multiplies. ``what`` names the caller in errors.
+    Used by :func:`count_ops` (FLOPs = 2 x sum of non-zero taps x their counts) and by the
+    expected-FLOPs penalty (:mod:`.flops`).
+    """
+    if conv.transposed or conv.groups != 1:
+        raise ConfigError(f"{what}: transposed or grouped convolutions are not supported")
+    if conv.padding_mode != "zeros":
+        raise ConfigError(f"{what}: padding_mode {conv.padding_mode!r} is not supported")
+    nd = len(spatial)
+    fn = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[nd]
+    k = torch.ones((1, 1, *conv.kernel_size), dtype=torch.float64, requires_grad=True)
+    x = torch.ones((1, 1, *spatial), dtype=torch.float64)
+    with torch.enable_grad():  # count_ops runs under no_grad
+        out = fn(x, k, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+        (g,) = torch.autograd.grad(out.sum(), k)
+    return g[0, 0]
+
+
 def count_ops(
     model: nn.Module,
     x,
@@ -533,22 +557,17 @@ def count_ops(
             inp = args[0]
             w = _effective_weight(mod)
             nzw = (w != 0).to(torch.float64)
-            allw = torch.ones_like(nzw)
             xin = inp.detach()
             st = stats.setdefault(name, {"flops": 0.0, "flops_dense": 0.0, "synops": 0.0, "calls": 0})
             st["calls"] += 1
             if isinstance(mod, nn.modules.conv._ConvNd):
-                if mod.transposed or mod.groups != 1:
-                    raise NotImplementedError(f"count_ops: transposed/grouped conv {name}")
                 nd = w.dim() - 2
+                taps = tap_use_counts(mod, tuple(xin.shape[-nd:]), what=f"count_ops ({name})").to(nzw)
                 conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[nd]
                 kw = dict(stride=mod.stride, padding=mod.padding, dilation=mod.dilation)
-                if mod.padding_mode != "zeros":
-                    raise NotImplementedError(f"count_ops: padding_mode {mod.padding_mode} in {name}")
                 frames = xin.shape[0] if xin.dim() == nd + 2 else 1
-                one = torch.ones((1, *xin.shape[-nd - 1 :]), dtype=torch.float64)
-                st["flops"] += 2.0 * frames * float(conv(one, nzw, **kw).sum())
-                st["flops_dense"] += 2.0 * frames * float(conv(one, allw, **kw).sum())
+                st["flops"] += 2.0 * frames * float((nzw * taps).sum())
+                st["flops_dense"] += 2.0 * frames * float(taps.sum()) * nzw.shape[0] * nzw.shape[1]
                 xs = (xin != 0).to(torch.float64).reshape(-1, *xin.shape[-nd - 1 :])
                 st["synops"] += float(conv(xs, nzw, **kw).sum())
             else:

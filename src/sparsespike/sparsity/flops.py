@@ -34,29 +34,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..train import register_regularizer
-from .connectivity import GatedWeight
+from .connectivity import GatedWeight, tap_use_counts
 from .gate_penalty import GatedInputPenalty, prob_nonzero
 
 __all__ = ["ExpectedFlops", "tap_use_counts"]
-
-
-def tap_use_counts(conv: nn.modules.conv._ConvNd, spatial: tuple[int, ...]) -> torch.Tensor:
-    """Output positions at which each kernel tap reads a real input pixel, for one input frame of
-    spatial size ``spatial``; shape ``kernel_size`` (the same for every in/out channel pair).
-
-    It is the gradient of ``sum(conv(ones, ones))`` with respect to a one-channel kernel: each
-    tap's derivative counts the input ones it multiplies.
-    """
-    if conv.transposed or conv.groups != 1:
-        raise ConfigError("flops penalty: transposed or grouped convolutions are not supported")
-    if conv.padding_mode != "zeros":
-        raise ConfigError(f"flops penalty: padding_mode {conv.padding_mode!r} is not supported")
-    nd = len(spatial)
-    fn = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[nd]
-    k = torch.ones((1, 1, *conv.kernel_size), dtype=torch.float64, requires_grad=True)
-    x = torch.ones((1, 1, *spatial), dtype=torch.float64)
-    (g,) = torch.autograd.grad(fn(x, k, stride=conv.stride, padding=conv.padding, dilation=conv.dilation).sum(), k)
-    return g[0, 0]
 
 
 class ExpectedFlops(GatedInputPenalty):
@@ -85,7 +66,7 @@ class ExpectedFlops(GatedInputPenalty):
         spatial = tuple(shape[-nd:])
         key = (id(mod), spatial)
         if key not in self._taps:
-            self._taps[key] = tap_use_counts(mod, spatial)
+            self._taps[key] = tap_use_counts(mod, spatial, what="flops penalty")
         return float(math.prod(shape[: -nd - 1])), self._taps[key]
 
     def _price(self, gw: GatedWeight, seen: list, n_samples: int) -> torch.Tensor:
@@ -97,6 +78,7 @@ class ExpectedFlops(GatedInputPenalty):
             per_frame = p.sum() if taps is None else (p * taps.to(p)).sum()
             total = total + 2.0 * calls * frames / n_samples * per_frame
         return total
+
 
 @register_regularizer("flops")
 def flops_regularizer(lam: float = 1e-9) -> ExpectedFlops:

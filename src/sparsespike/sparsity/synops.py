@@ -97,10 +97,9 @@ class ExpectedSynOps(GatedInputPenalty):
         """``E[SynOps per sample]`` of one gated layer from its input spikes in the last pass."""
         conv = gw.gate.log_alpha.dim() == 4
         feats = gw.gate.log_alpha.shape[1]
-        counts = sum(
-            input_spike_counts(x.detach() if self.detach_spikes else x, feats, n_samples, conv) for x in seen
-        )
+        counts = sum(input_spike_counts(x.detach() if self.detach_spikes else x, feats, n_samples, conv) for x in seen)
         return expected_synops(gw, counts)
+
 
 @register_regularizer("synops")
 def synops_regularizer(lam: float = 1e-6, detach_spikes: bool = False) -> ExpectedSynOps:

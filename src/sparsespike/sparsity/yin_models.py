@@ -55,7 +55,7 @@ from ..errors import ConfigError
 from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
 from ..neurons import LIFParams
 from ..surrogate import Rectangle, make_surrogate
-from ..train import atomic_save
+from ..train import atomic_save, load_checkpoint
 from .connectivity import (
     add_l0_gates,
     constrain_gates,
@@ -470,20 +470,17 @@ def train_yin(config: dict) -> dict:
     if cfg.get("resume"):
         if out_dir is None or not (out_dir / "last.pt").exists():
             raise ConfigError(f"resume: true needs out_dir with a last.pt (looked in {out_dir})")
-        start, history, t_before = _load_yin_checkpoint(out_dir / "last.pt", model, opt, gen, freeze_after, cfg)
+        start, history, t_before = _load_yin_checkpoint(out_dir / "last.pt", model, opt, gen, cfg)
         if start > epochs + 1:
             raise ConfigError(f"resume: {out_dir}/last.pt is at epoch {start - 1}, past epochs={epochs}")
-        if freeze_after is not None and start > int(freeze_after) + 1:
-            if flops_term is not None:
-                flops_term.release()
-            penalty = None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     t_start = time.perf_counter() - t_before
     for epoch in range(start, epochs + 1):
-        if freeze_after is not None and epoch == int(freeze_after) + 1:
-            # fine-tune the weights against the final mask: test-time gates, no penalty, no gate updates
+        if freeze_after is not None and epoch > int(freeze_after) and penalty is not None:
+            # fine-tune the weights against the final mask: test-time gates, no penalty, no gate
+            # updates (also the first thing a run resumed past freeze_after does)
             freeze_gates(model)
             if flops_term is not None:
                 flops_term.release()  # its hooks record every forward pass
@@ -624,26 +621,24 @@ def _save_yin_checkpoint(path: Path, model, opt, gen, epoch: int, history: list,
     )
 
 
-def _load_yin_checkpoint(path: Path, model, opt, gen, freeze_after, cfg: dict) -> tuple[int, list, float]:
+def _load_yin_checkpoint(path: Path, model, opt, gen, cfg: dict) -> tuple[int, list, float]:
     """Restore ``last.pt`` into ``model``/``opt``/``gen``; returns (next epoch, history, seconds spent).
 
     Refuses a config that differs from the checkpoint's in anything but :data:`_RESUMABLE`."""
+    ck = load_checkpoint(path)  # weights_only; an unreadable file is a DataError naming it
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
         epoch = int(ck["epoch"])
         history = json.loads(ck["history_json"])
-        saved = json.loads(ck.get("config_json", "null"))  # None: written before the check existed
-    except Exception as e:  # a truncated or foreign file
-        raise ConfigError(f"resume: {path} is not a readable Yin checkpoint ({e})") from e
+        saved = json.loads(ck["config_json"])
+    except (KeyError, TypeError, ValueError) as e:  # a torch file, but not ours
+        raise ConfigError(f"resume: {path} is not a Yin checkpoint (no {e})") from e
     now = json.loads(json.dumps(_flat(cfg), sort_keys=True, default=str))
-    changed = [] if saved is None else sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
         raise ConfigError(
             f"resume: the config differs from the one {path} was trained with in {', '.join(changed)} "
             f"(only {', '.join(_RESUMABLE)} may change)"
         )
-    if freeze_after is not None and epoch >= int(freeze_after):
-        freeze_gates(model)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     gen.set_state(ck["data_rng"])
