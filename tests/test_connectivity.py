@@ -560,6 +560,50 @@ def test_train_yin_resume_matches_uninterrupted(data_dir, tmp_path, cut):
         train_yin({**cfg, "out_dir": str(tmp_path / "cut"), "resume": True})
 
 
+def test_train_yin_lr_schedule_and_crash_resume(data_dir, tmp_path, monkeypatch):
+    """optimizer.lr_schedule steps once per epoch (cosine: lr0 (1 + cos(pi e / E)) / 2, gates
+    too); a run killed mid-epoch resumes from last.pt to the uninterrupted result, the schedule
+    included; a cosine run refuses a different epochs on resume, an exponential one extends."""
+    from sparsespike.errors import ConfigError
+    from sparsespike.sparsity import yin_models
+    from sparsespike.sparsity.yin_models import load_config, train_yin
+
+    cfg = load_config("experiments/yin_mnist_small.yaml")
+    cfg["data"] = {**cfg["data"], "root": str(data_dir), "train_subset": 40, "test_subset": 20}
+    cfg["connectivity"] = {**cfg["connectivity"], "lam": 1.0e-3}
+    cfg["optimizer"] = {**cfg["optimizer"], "lr": 1.0e-3, "gate_lr": 0.5, "batch_size": 20}
+    cfg["optimizer"]["lr_schedule"] = {"name": "cosine"}
+    cfg.update(epochs=3, eval_every=1, verbose=False)
+    full = train_yin({**cfg, "out_dir": str(tmp_path / "full")})
+    assert [r["lr"] for r in full["history"]] == pytest.approx(
+        [1e-3 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+    )
+    real_eval, calls = yin_models.evaluate, []
+
+    def dying_eval(*a, **k):  # the process dies in epoch 2, after last.pt of epoch 1 is written
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(yin_models, "evaluate", dying_eval)
+    with pytest.raises(KeyboardInterrupt):
+        train_yin({**cfg, "out_dir": str(tmp_path / "cut")})
+    monkeypatch.setattr(yin_models, "evaluate", real_eval)
+    res = train_yin({**cfg, "out_dir": str(tmp_path / "cut"), "resume": True})
+    drop = ("train_time_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in res["history"]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in full["history"]
+    ]
+    assert res["sparsity"] == full["sparsity"]
+    with pytest.raises(ConfigError, match="cosine"):
+        train_yin({**cfg, "epochs": 4, "out_dir": str(tmp_path / "cut"), "resume": True})
+    cfg["optimizer"]["lr_schedule"] = {"name": "exponential", "gamma": 0.5}
+    train_yin({**cfg, "epochs": 1, "out_dir": str(tmp_path / "exp")})
+    ext = train_yin({**cfg, "epochs": 3, "out_dir": str(tmp_path / "exp"), "resume": True})
+    assert [r["lr"] for r in ext["history"]] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
 def test_train_yin_device_error():
     from sparsespike.errors import ConfigError
     from sparsespike.sparsity.yin_models import _device

@@ -55,7 +55,7 @@ from ..errors import ConfigError
 from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
 from ..neurons import LIFParams
 from ..surrogate import Rectangle, make_surrogate
-from ..train import atomic_save, load_checkpoint
+from ..train import atomic_save, load_checkpoint, make_schedule
 from .connectivity import (
     add_l0_gates,
     constrain_gates,
@@ -397,7 +397,9 @@ def train_yin(config: dict) -> dict:
     ``init_std``, ``constrain``, ``penalty``: ``l0`` (eq. 20, default) or ``flops`` (the
     expected-FLOPs penalty of :mod:`.flops`; ``lam`` is then per FLOP), ``freeze_after``: after
     that many epochs the gates are frozen at their test-time values and only the weights train),
-    ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``, ``batch_size``, ``weight_decay``),
+    ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``, ``batch_size``, ``weight_decay``,
+    ``lr_schedule``: stepped once per epoch, the trainer's ``exponential`` / ``cosine`` / ``step``
+    of :func:`sparsespike.train.make_schedule`; it scales the gates' rate too),
     ``epochs``, ``eval_every``, ``out_dir``, ``progress`` (a progress bar per epoch; off with
     ``verbose: false``), ``device`` (``cpu`` default, ``cuda``: the model and each batch move
     there; the Bernoulli encoding is drawn on the CPU so a seed gives the same rasters on every
@@ -460,6 +462,7 @@ def train_yin(config: dict) -> dict:
     if gate_ids:  # log_alpha: own learning rate (default: lr), never weight decay
         groups.append({"params": gate_parameters(model), "weight_decay": 0.0, "lr": float(ocfg.get("gate_lr") or lr)})
     opt = torch.optim.Adam(groups, lr=lr, weight_decay=float(ocfg.get("weight_decay", 0.0)))
+    sched = make_schedule(opt, ocfg.get("lr_schedule"), epochs)
     reduction = cfg.get("loss", {}).get("reduction", "sum")
     eval_every = int(cfg.get("eval_every", 1))
     constrain = bool(ccfg.get("constrain", True))
@@ -470,7 +473,7 @@ def train_yin(config: dict) -> dict:
     if cfg.get("resume"):
         if out_dir is None or not (out_dir / "last.pt").exists():
             raise ConfigError(f"resume: true needs out_dir with a last.pt (looked in {out_dir})")
-        start, history, t_before = _load_yin_checkpoint(out_dir / "last.pt", model, opt, gen, cfg)
+        start, history, t_before = _load_yin_checkpoint(out_dir / "last.pt", model, opt, sched, gen, cfg)
         if start > epochs + 1:
             raise ConfigError(f"resume: {out_dir}/last.pt is at epoch {start - 1}, past epochs={epochs}")
     if out_dir:
@@ -523,12 +526,15 @@ def train_yin(config: dict) -> dict:
         }
         if epoch % eval_every == 0 or epoch == epochs:
             row["test_acc"] = evaluate(model, xte, yte, encode, T)
+        row["lr"] = opt.param_groups[0]["lr"]
         history.append(row)
+        if sched is not None:
+            sched.step()
         if out_dir:
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             _save_yin_checkpoint(
-                out_dir / "last.pt", model, opt, gen, epoch, history, time.perf_counter() - t_start, cfg
+                out_dir / "last.pt", model, opt, sched, gen, epoch, history, time.perf_counter() - t_start, cfg
             )
         if cfg.get("verbose", True):
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -603,7 +609,9 @@ def _flat(d: dict, pre: str = "") -> dict:
     return out
 
 
-def _save_yin_checkpoint(path: Path, model, opt, gen, epoch: int, history: list, elapsed: float, cfg: dict) -> None:
+def _save_yin_checkpoint(
+    path: Path, model, opt, sched, gen, epoch: int, history: list, elapsed: float, cfg: dict
+) -> None:
     """``last.pt`` after ``epoch``: everything :func:`_load_yin_checkpoint` needs to go on exactly."""
     ggen = _gate_generator(model)
     atomic_save(
@@ -612,6 +620,8 @@ def _save_yin_checkpoint(path: Path, model, opt, gen, epoch: int, history: list,
             "epoch": epoch,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "epochs": int(cfg.get("epochs", 1)),
             "data_rng": gen.get_state(),
             "gate_rng": ggen.get_state() if ggen is not None else None,
             "history_json": json.dumps(history),
@@ -621,7 +631,7 @@ def _save_yin_checkpoint(path: Path, model, opt, gen, epoch: int, history: list,
     )
 
 
-def _load_yin_checkpoint(path: Path, model, opt, gen, cfg: dict) -> tuple[int, list, float]:
+def _load_yin_checkpoint(path: Path, model, opt, sched, gen, cfg: dict) -> tuple[int, list, float]:
     """Restore ``last.pt`` into ``model``/``opt``/``gen``; returns (next epoch, history, seconds spent).
 
     Refuses a config that differs from the checkpoint's in anything but :data:`_RESUMABLE`."""
@@ -639,8 +649,15 @@ def _load_yin_checkpoint(path: Path, model, opt, gen, cfg: dict) -> tuple[int, l
             f"resume: the config differs from the one {path} was trained with in {', '.join(changed)} "
             f"(only {', '.join(_RESUMABLE)} may change)"
         )
+    if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) and ck.get("epochs") != int(cfg.get("epochs", 1)):
+        raise ConfigError(
+            f"resume: a cosine lr_schedule spans the epochs it started with ({ck.get('epochs')}); "
+            f"epochs={cfg.get('epochs')} would bend it (use an exponential or step schedule to extend runs)"
+        )
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(ck["scheduler"])
     gen.set_state(ck["data_rng"])
     ggen = _gate_generator(model)
     if ggen is not None and ck.get("gate_rng") is not None:
