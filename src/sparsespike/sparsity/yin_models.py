@@ -632,7 +632,7 @@ def _save_yin_checkpoint(
 
 
 def _load_yin_checkpoint(path: Path, model, opt, sched, gen, cfg: dict) -> tuple[int, list, float]:
-    """Restore ``last.pt`` into ``model``/``opt``/``gen``; returns (next epoch, history, seconds spent).
+    """Restore ``last.pt`` into ``model``/``opt``/``sched``/``gen``; returns (next epoch, history, seconds spent).
 
     Refuses a config that differs from the checkpoint's in anything but :data:`_RESUMABLE`."""
     ck = load_checkpoint(path)  # weights_only; an unreadable file is a DataError naming it
