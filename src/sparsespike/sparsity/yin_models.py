@@ -621,7 +621,6 @@ def _save_yin_checkpoint(
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
-            "epochs": int(cfg.get("epochs", 1)),
             "data_rng": gen.get_state(),
             "gate_rng": ggen.get_state() if ggen is not None else None,
             "history_json": json.dumps(history),
@@ -649,9 +648,10 @@ def _load_yin_checkpoint(path: Path, model, opt, sched, gen, cfg: dict) -> tuple
             f"resume: the config differs from the one {path} was trained with in {', '.join(changed)} "
             f"(only {', '.join(_RESUMABLE)} may change)"
         )
-    if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) and ck.get("epochs") != int(cfg.get("epochs", 1)):
+    span = (ck.get("scheduler") or {}).get("T_max")  # a cosine schedule's length, in its own state
+    if span is not None and span != getattr(sched, "T_max", span):
         raise ConfigError(
-            f"resume: a cosine lr_schedule spans the epochs it started with ({ck.get('epochs')}); "
+            f"resume: a cosine lr_schedule spans the epochs it started with ({span}); "
             f"epochs={cfg.get('epochs')} would bend it (use an exponential or step schedule to extend runs)"
         )
     model.load_state_dict(ck["model"])
