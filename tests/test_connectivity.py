@@ -495,6 +495,44 @@ def test_train_yin_checkpoint_reloads_pruned(data_dir, tmp_path):
     assert model(x).shape == (2, 10)
 
 
+def test_train_yin_init_from_prunes_a_trained_network(data_dir, tmp_path):
+    """init_from loads a trained model.pt before the gates are added: with nothing learning
+    (lr 0), the pruned result is exactly the source weights times the test-time gates."""
+    from sparsespike.errors import ConfigError
+    from sparsespike.sparsity.yin_models import load_config, load_yin_model, train_yin
+
+    cfg = load_config("experiments/yin_mnist_small.yaml")
+    cfg["data"] = {**cfg["data"], "root": str(data_dir), "train_subset": 60, "test_subset": 20}
+    cfg.update(epochs=1, eval_every=1, verbose=False)
+    dense_dir = tmp_path / "dense"
+    train_yin({**cfg, "connectivity": {"l0": False}, "out_dir": str(dense_dir)})
+    src, _ = load_yin_model(dense_dir / "model.pt")
+    frozen = {**cfg, "init_from": str(dense_dir / "model.pt"), "out_dir": str(tmp_path / "ft")}
+    frozen["optimizer"] = {**cfg["optimizer"], "lr": 0.0, "gate_lr": 0.0}
+    res = train_yin(frozen)
+    pruned, _ = load_yin_model(tmp_path / "ft" / "model.pt")
+    # log_alpha ~ N(1, 0.01) with gate lr 0: test-time gate clamp(sigmoid(1) * 1.2 - 0.1, 0, 1)
+    # = 0.777 on every weight
+    gate = min(1.0, max(0.0, 1.2 / (1 + math.exp(-1.0)) - 0.1))
+    ref = src.state_dict()
+    for k, v in pruned.state_dict().items():
+        if k.endswith("weight"):
+            dev = (v / ref[k] - gate).abs().flatten()  # the N(1, 0.01) spread moves it by ~0.003
+            assert dev.median() < 0.003 and dev.max() < 0.03, k
+        else:
+            assert torch.equal(v, ref[k]), k
+    assert res["test_acc"] == res["test_acc_pruned"]
+    with pytest.raises(ConfigError, match="not found"):
+        train_yin({**frozen, "init_from": str(tmp_path / "missing.pt")})
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a model.pt"):
+        train_yin({**frozen, "init_from": str(tmp_path / "bad.pt")})
+    layers = [{"type": "flatten"}, {"type": "linear", "out_features": 10}, {"type": "spike_count", "mean": True}]
+    other = {**frozen, "model": {**cfg["model"], "layers": layers}}
+    with pytest.raises(ConfigError, match="different network"):
+        train_yin(other)
+
+
 def test_train_yin_freeze_after_and_flops_penalty(data_dir):
     """freeze_after: the gates stop moving after that epoch and the weights go on learning."""
     from sparsespike.errors import ConfigError

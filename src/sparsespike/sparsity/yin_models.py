@@ -403,7 +403,9 @@ def train_yin(config: dict) -> dict:
     ``epochs``, ``eval_every``, ``out_dir``, ``progress`` (a progress bar per epoch; off with
     ``verbose: false``), ``device`` (``cpu`` default, ``cuda``: the model and each batch move
     there; the Bernoulli encoding is drawn on the CPU so a seed gives the same rasters on every
-    device), ``resume`` (continue from ``out_dir/last.pt``).
+    device), ``resume`` (continue from ``out_dir/last.pt``), ``init_from`` (the weights of a
+    trained ``model.pt`` of the same network, dense or pruned, loaded before the gates are added:
+    prune a trained network instead of training weights and gates from scratch).
 
     With ``out_dir``, ``last.pt`` (weights, gates, optimizer, history, data and gate generators)
     is written atomically after every epoch; ``resume: true`` continues from it, so a run cut
@@ -421,6 +423,8 @@ def train_yin(config: dict) -> dict:
     device = _device(cfg.get("device"))
     torch.manual_seed(seed)
     model, T = network_from_config(cfg)
+    if cfg.get("init_from"):
+        _init_weights_from(model, Path(cfg["init_from"]))
     ccfg = cfg.get("connectivity", {}) or {}
     use_l0 = bool(ccfg.get("l0", False))
     if use_l0:
@@ -580,6 +584,21 @@ def train_yin(config: dict) -> dict:
         )
         atomic_save({"state_dict": model.state_dict(), "config": cfg}, out_dir / "model.pt")
     return res
+
+
+def _init_weights_from(model: nn.Module, path: Path) -> None:
+    """Load the weights of a ``model.pt`` (written by :func:`train_yin`) into ``model`` (no gates yet)."""
+    if not path.is_file():
+        raise ConfigError(f"init_from: {path} not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        state = ck["state_dict"]
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign file: say which
+        raise ConfigError(f"init_from: {path} is not a model.pt written by train_yin ({e})") from e
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ConfigError(f"init_from: {path} holds a different network than this config's model ({e})") from e
 
 
 def _device(name) -> torch.device:
