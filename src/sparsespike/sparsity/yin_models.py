@@ -380,10 +380,23 @@ def network_from_config(cfg: dict) -> tuple[nn.Module, int]:
 
 def load_yin_model(path: str | Path) -> tuple[nn.Module, dict]:
     """``(model in eval mode, config)`` from a ``model.pt`` written by :func:`train_yin` (pruned weights)."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = _read_model_pt(Path(path), "load_yin_model")
     model, _ = network_from_config(ck["config"])
     model.load_state_dict(ck["state_dict"])
     return model.eval(), ck["config"]
+
+
+def _read_model_pt(path: Path, what: str) -> dict:
+    """The ``{"state_dict", "config"}`` of a ``model.pt`` written by :func:`train_yin` (weights only)."""
+    if not path.is_file():
+        raise ConfigError(f"{what}: {path} not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign file: say which
+        raise ConfigError(f"{what}: {path} is not a model.pt written by train_yin ({e})") from e
+    if not (isinstance(ck, dict) and "state_dict" in ck and "config" in ck):
+        raise ConfigError(f"{what}: {path} is not a model.pt written by train_yin (no state_dict/config)")
+    return ck
 
 
 def train_yin(config: dict) -> dict:
@@ -588,13 +601,7 @@ def train_yin(config: dict) -> dict:
 
 def _init_weights_from(model: nn.Module, path: Path) -> None:
     """Load the weights of a ``model.pt`` (written by :func:`train_yin`) into ``model`` (no gates yet)."""
-    if not path.is_file():
-        raise ConfigError(f"init_from: {path} not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        state = ck["state_dict"]
-    except Exception as e:  # noqa: BLE001 - corrupt or foreign file: say which
-        raise ConfigError(f"init_from: {path} is not a model.pt written by train_yin ({e})") from e
+    state = _read_model_pt(path, "init_from")["state_dict"]
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
