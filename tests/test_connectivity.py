@@ -498,7 +498,7 @@ def test_train_yin_checkpoint_reloads_pruned(data_dir, tmp_path):
 def test_train_yin_init_from_prunes_a_trained_network(data_dir, tmp_path):
     """init_from loads a trained model.pt before the gates are added: with nothing learning
     (lr 0), the pruned result is exactly the source weights times the test-time gates."""
-    from sparsespike.errors import ConfigError
+    from sparsespike.errors import ConfigError, DataError
     from sparsespike.sparsity.yin_models import load_config, load_yin_model, train_yin
 
     cfg = load_config("experiments/yin_mnist_small.yaml")
@@ -522,11 +522,14 @@ def test_train_yin_init_from_prunes_a_trained_network(data_dir, tmp_path):
         else:
             assert torch.equal(v, ref[k]), k
     assert res["test_acc"] == res["test_acc_pruned"]
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(DataError, match="missing.pt cannot be read"):
         train_yin({**frozen, "init_from": str(tmp_path / "missing.pt")})
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="not a model.pt"):
+    with pytest.raises(DataError, match="bad.pt cannot be read"):
         train_yin({**frozen, "init_from": str(tmp_path / "bad.pt")})
+    torch.save({"epoch": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(ConfigError, match="not a model.pt"):
+        train_yin({**frozen, "init_from": str(tmp_path / "foreign.pt")})
     layers = [{"type": "flatten"}, {"type": "linear", "out_features": 10}, {"type": "spike_count", "mean": True}]
     other = {**frozen, "model": {**cfg["model"], "layers": layers}}
     with pytest.raises(ConfigError, match="different network"):

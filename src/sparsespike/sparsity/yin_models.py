@@ -387,13 +387,10 @@ def load_yin_model(path: str | Path) -> tuple[nn.Module, dict]:
 
 
 def _read_model_pt(path: Path, what: str) -> dict:
-    """The ``{"state_dict", "config"}`` of a ``model.pt`` written by :func:`train_yin` (weights only)."""
-    if not path.is_file():
-        raise ConfigError(f"{what}: {path} not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt or foreign file: say which
-        raise ConfigError(f"{what}: {path} is not a model.pt written by train_yin ({e})") from e
+    """The ``{"state_dict", "config"}`` of a ``model.pt`` written by :func:`train_yin`, read by
+    :func:`sparsespike.train.load_checkpoint` (weights only; a missing or unreadable file is a
+    ``DataError`` naming it)."""
+    ck = load_checkpoint(path)
     if not (isinstance(ck, dict) and "state_dict" in ck and "config" in ck):
         raise ConfigError(f"{what}: {path} is not a model.pt written by train_yin (no state_dict/config)")
     return ck
