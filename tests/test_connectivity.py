@@ -653,3 +653,53 @@ def test_train_yin_device_error():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             _device("cuda")
+
+
+def test_yin_event_data_bin_width(data_dir):
+    """``encoding.dt_us`` bins N-MNIST's ~300 ms into T coarser frames, as the time-stepped engine does."""
+    import numpy as np
+
+    from sparsespike.data.nmnist import load_nmnist_small, nmnist_rasters
+    from sparsespike.errors import ConfigError
+    from sparsespike.sparsity.yin_models import _load_dataset, train_yin
+
+    data = {"dataset": "nmnist_small", "root": str(data_dir)}
+    _, _, xte, yte, encode = _load_dataset(data, 30, 0, dt_us=10_000.0)
+    ev, y = load_nmnist_small(data_dir, "test")
+    assert torch.equal(yte, torch.as_tensor(y))
+    assert torch.equal(xte, nmnist_rasters(ev, T=30, dt_us=10_000.0))
+    x = encode(xte[:4], None)
+    assert x.shape == (30, 4, 2, 34, 34)
+    # a hand count for sample 0: each (polarity, y, x, bin) cell is on iff an event rounds into it
+    e = ev[0]
+    bins = np.rint(e["t"] / 10_000.0).astype(int)
+    keep = bins < 30
+    hand = np.zeros((30, 2, 34, 34), dtype=np.float32)
+    hand[bins[keep], e["p"][keep].astype(int), e["y"][keep].astype(int), e["x"][keep].astype(int)] = 1
+    assert torch.equal(x[:, 0], torch.from_numpy(hand))
+    # 30 bins of 10 ms reach the last saccade; 30 bins of 1 ms (the default width) do not
+    assert x[20:].sum() > 0
+    _, _, x1, _, _ = _load_dataset(data, 30, 0)
+    assert x1.sum() < xte.sum() / 5
+    with pytest.raises(ConfigError, match="rate coded"):
+        _load_dataset({"dataset": "mnist", "root": str(data_dir)}, 12, 0, dt_us=1000.0)
+    cfg = {"model": {"name": "nmnist"}, "data": data, "encoding": {"T": 30, "dt_us": 0}}
+    with pytest.raises(ConfigError, match="dt_us"):
+        train_yin(cfg)
+
+
+def test_train_yin_warns_when_the_output_is_silent(data_dir):
+    """A network whose readout never spikes gets no task gradient: say so instead of training blind."""
+    from sparsespike.sparsity.yin_models import load_config, train_yin
+
+    cfg = load_config("experiments/yin_mnist_small.yaml")
+    cfg["data"] = {**cfg["data"], "root": str(data_dir), "train_subset": 20, "test_subset": 10}
+    cfg["optimizer"] = {**cfg["optimizer"], "batch_size": 10}
+    cfg.update(epochs=1, verbose=False)
+    cfg["connectivity"] = {**cfg["connectivity"], "l0": False}
+    res = train_yin(cfg)  # the dense network spikes from the start: no warning
+    assert 0.0 <= res["history"][0]["silent_output_pct"] < 100.0
+    cfg["model"] = {**cfg["model"], "neuron": {**cfg["model"]["neuron"], "threshold": 1.0e6}}
+    with pytest.warns(RuntimeWarning, match="did not spike for any training sample"):
+        res = train_yin(cfg)
+    assert res["history"][0]["silent_output_pct"] == 100.0

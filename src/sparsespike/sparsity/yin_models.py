@@ -45,6 +45,7 @@ import json
 import math
 import re
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -260,13 +261,19 @@ def vote_mse_loss(
 
 
 # -- data ---------------------------------------------------------------------------------------
-def _load_dataset(data: dict, T: int, seed: int):
-    """Returns ``(x_train, y_train, x_test, y_test, encode)``; ``encode(xb, gen) -> [T,B,C,H,W]``."""
+def _load_dataset(data: dict, T: int, seed: int, dt_us: float | None = None):
+    """Returns ``(x_train, y_train, x_test, y_test, encode)``; ``encode(xb, gen) -> [T,B,C,H,W]``.
+
+    ``dt_us`` is the event datasets' bin width (N-MNIST default 1 ms, so ``T`` bins cover
+    ``T * dt_us``); it has no meaning for the rate-coded static datasets and must then be unset.
+    """
     from ..data.encoding import rate_raster
 
     name = data.get("dataset", "mnist")
     root = data.get("root")
     if name in ("mnist", "fashion_mnist", "fashion-mnist", "cifar10"):
+        if dt_us is not None:
+            raise ConfigError(f"encoding.dt_us is the event-bin width of event datasets; {name!r} is rate coded")
         if name == "cifar10":
             from ..data.cifar import load_cifar10 as load
         elif name == "mnist":
@@ -285,10 +292,11 @@ def _load_dataset(data: dict, T: int, seed: int):
         from ..data.nmnist import NMNISTDataset, nmnist_rasters
 
         full = name == "nmnist"
-        tr = NMNISTDataset(root, "train", T=T, full=full)
-        te = NMNISTDataset(root, "test", T=T, full=full)
-        xtr, ytr = nmnist_rasters(tr.events, T=T), tr.labels
-        xte, yte = nmnist_rasters(te.events, T=T), te.labels
+        rk = {} if dt_us is None else {"dt_us": dt_us}
+        tr = NMNISTDataset(root, "train", T=T, full=full, **rk)
+        te = NMNISTDataset(root, "test", T=T, full=full, **rk)
+        xtr, ytr = nmnist_rasters(tr.events, T=T, **rk), tr.labels
+        xte, yte = nmnist_rasters(te.events, T=T, **rk), te.labels
 
         def encode(xb, gen):  # [B, T, 2312] uint8 -> [T, B, 2, 34, 34]
             return xb.float().transpose(0, 1).reshape(T, xb.shape[0], 2, 34, 34).contiguous()
@@ -403,7 +411,7 @@ def train_yin(config: dict) -> dict:
     network and/or ``layers``/``input_shape``, ``neuron``: ``k_tau``, ``threshold``, ``delta``,
     ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
     (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
-    (``T``), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
+    (``T``; for event datasets ``dt_us``, the bin width, default 1 ms), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
     ``init_std``, ``constrain``, ``penalty``: ``l0`` (eq. 20, default) or ``flops`` (the
     expected-FLOPs penalty of :mod:`.flops`; ``lam`` is then per FLOP), ``freeze_after``: after
     that many epochs the gates are frozen at their test-time values and only the weights train),
@@ -467,7 +475,12 @@ def train_yin(config: dict) -> dict:
     elif use_l0:
         penalty = lambda n: l0_penalty(model)  # noqa: E731
     model.to(device)  # the gates' noise is still drawn from their CPU generator (then moved)
-    xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed)
+    dt_us = (cfg.get("encoding") or {}).get("dt_us")
+    if dt_us is not None and not float(dt_us) > 0:
+        raise ConfigError(f"encoding.dt_us must be a positive bin width in microseconds, got {dt_us!r}")
+    xtr, ytr, xte, yte, encode = _load_dataset(
+        cfg.get("data", {}), T, seed, None if dt_us is None else float(dt_us)
+    )
     ocfg = cfg.get("optimizer", {})
     bs = int(ocfg.get("batch_size", 100))
     lr = float(ocfg.get("lr", 1e-3))
@@ -506,7 +519,7 @@ def train_yin(config: dict) -> dict:
         t0 = time.perf_counter()
         perm = torch.randperm(len(ytr), generator=gen)
         tot_loss = tot_pen = 0.0
-        correct = 0
+        correct = silent = 0
         batches = tqdm(
             range(0, len(ytr), bs),
             desc=f"epoch {epoch}/{epochs}",
@@ -529,15 +542,26 @@ def train_yin(config: dict) -> dict:
             tot_loss += float(loss_e.detach()) * len(idx)
             tot_pen += float(pen.detach())
             correct += int((votes.argmax(1) == yb).sum())
+            silent += int((votes.detach() == 0).all(1).sum())
         n_batches = math.ceil(len(ytr) / bs)
         row = {
             "epoch": epoch,
             "loss": tot_loss / len(ytr),
             "l0_penalty": tot_pen / n_batches,
             "train_acc": 100.0 * correct / len(ytr),
+            "silent_output_pct": 100.0 * silent / len(ytr),
             "density": sparsity_report(model)["total"]["density"],
             "train_time_s": time.perf_counter() - t0,
         }
+        if silent == len(ytr):
+            warnings.warn(
+                f"train_yin epoch {epoch}: the output layer did not spike for any training sample; the task "
+                "loss reaches the weights only through the surrogate window and training may stall (loss stuck "
+                "at 1.0). Start the gates more open (connectivity.init_mean, e.g. 3.0), lower "
+                "model.neuron.threshold, or warm-start from a dense model (init_from)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if epoch % eval_every == 0 or epoch == epochs:
             row["test_acc"] = evaluate(model, xte, yte, encode, T)
         row["lr"] = opt.param_groups[0]["lr"]
