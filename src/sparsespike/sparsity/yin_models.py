@@ -411,8 +411,9 @@ def train_yin(config: dict) -> dict:
     network and/or ``layers``/``input_shape``, ``neuron``: ``k_tau``, ``threshold``, ``delta``,
     ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
     (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
-    (``T``; for event datasets ``dt_us``, the bin width, default 1 ms), ``loss`` (``reduction``), ``connectivity`` (``l0``, ``lam``, ``init_mean``,
-    ``init_std``, ``constrain``, ``penalty``: ``l0`` (eq. 20, default) or ``flops`` (the
+    (``T``; for event datasets ``dt_us``, the bin width, default 1 ms), ``loss`` (``reduction``),
+    ``connectivity`` (``l0``, ``lam``, ``init_mean``, ``init_std``, ``constrain``, ``penalty``: ``l0``
+    (eq. 20, default) or ``flops`` (the
     expected-FLOPs penalty of :mod:`.flops`; ``lam`` is then per FLOP), ``freeze_after``: after
     that many epochs the gates are frozen at their test-time values and only the weights train),
     ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``, ``batch_size``, ``weight_decay``,
@@ -429,7 +430,9 @@ def train_yin(config: dict) -> dict:
     is written atomically after every epoch; ``resume: true`` continues from it, so a run cut
     off between epochs loses nothing and ends as the uninterrupted run would.
 
-    Returns a dict with the per-epoch history, final test accuracy (gated model in eval mode and
+    Returns a dict with the per-epoch history (``silent_output_pct``: the share of training samples
+    whose readout never spiked; a ``RuntimeWarning`` when it is all of them), final test accuracy
+    (gated model in eval mode and
     after :func:`prune`, which must agree), :func:`sparsity_report`, :func:`count_ops` before
     (``ops_dense``) and after pruning, wall time. With ``out_dir`` writes ``run.json``,
     ``metrics.jsonl`` and the pruned ``model.pt`` there.
@@ -478,9 +481,7 @@ def train_yin(config: dict) -> dict:
     dt_us = (cfg.get("encoding") or {}).get("dt_us")
     if dt_us is not None and not float(dt_us) > 0:
         raise ConfigError(f"encoding.dt_us must be a positive bin width in microseconds, got {dt_us!r}")
-    xtr, ytr, xte, yte, encode = _load_dataset(
-        cfg.get("data", {}), T, seed, None if dt_us is None else float(dt_us)
-    )
+    xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed, None if dt_us is None else float(dt_us))
     ocfg = cfg.get("optimizer", {})
     bs = int(ocfg.get("batch_size", 100))
     lr = float(ocfg.get("lr", 1e-3))
