@@ -484,8 +484,9 @@ def test_train_yin_checkpoint_reloads_pruned(data_dir, tmp_path):
     cfg = load_config("experiments/yin_mnist_small.yaml")
     cfg["data"] = {**cfg["data"], "root": str(data_dir), "train_subset": 100, "test_subset": 50}
     cfg.update(epochs=1, eval_every=1, out_dir=str(tmp_path))
-    train_yin(cfg)
+    res = train_yin(cfg)
     assert not list(tmp_path.glob("*.tmp"))
+    assert res["curves"] == str(tmp_path / "curves.png") and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     model, saved = load_yin_model(tmp_path / "model.pt")
     assert saved["connectivity"]["l0"] and not gated_weights(model)
     state = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]

@@ -119,3 +119,37 @@ def plot_tradeoff(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_yin_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
+    """Yin-engine training curves of one or more runs (label -> ``metrics.jsonl`` records): test
+    (solid, markers where evaluated) and training (dashed) accuracy, and the share of weights whose
+    test-time gate is non-zero, per epoch; a dotted vertical marks where the gates froze."""
+    path = Path(path)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for k, (label, hist) in enumerate(runs.items()):
+        color = f"C{k}"
+        ep = [h["epoch"] for h in hist]
+        ev = [h for h in hist if "test_acc" in h]
+        axes[0].plot(
+            [h["epoch"] for h in ev], [h["test_acc"] for h in ev], "o-", ms=3, color=color, label=f"{label} (test)"
+        )
+        axes[0].plot(ep, [h["train_acc"] for h in hist], "--", color=color, alpha=0.6, label=f"{label} (train)")
+        axes[1].plot(ep, [100.0 * h["density"] for h in hist], color=color, label=label)
+        frozen = [
+            b["epoch"] for a, b in zip(hist, hist[1:], strict=False) if a["l0_penalty"] > 0 and b["l0_penalty"] == 0
+        ]
+        for e in frozen:
+            axes[1].axvline(e - 0.5, color=color, ls=":", lw=1)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("accuracy %")
+    axes[0].legend(fontsize=7)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("non-zero weights %")
+    axes[1].set_ylim(0, 105)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -435,7 +435,8 @@ def train_yin(config: dict) -> dict:
     (gated model in eval mode and
     after :func:`prune`, which must agree), :func:`sparsity_report`, :func:`count_ops` before
     (``ops_dense``) and after pruning, wall time. With ``out_dir`` writes ``run.json``,
-    ``metrics.jsonl`` and the pruned ``model.pt`` there.
+    ``metrics.jsonl``, the pruned ``model.pt`` and ``curves.png`` (:func:`~sparsespike.plots.plot_yin_curves`)
+    there.
     """
     cfg = dict(config)
     seed = int(cfg.get("seed", 0))
@@ -618,6 +619,11 @@ def train_yin(config: dict) -> dict:
             )
         )
         atomic_save({"state_dict": model.state_dict(), "config": cfg}, out_dir / "model.pt")
+        from ..plots import plot_yin_curves
+
+        res["curves"] = str(
+            plot_yin_curves({cfg.get("name", "yin"): history}, out_dir / "curves.png", cfg.get("name", ""))
+        )
     return res
 
 
