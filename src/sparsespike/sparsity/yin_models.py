@@ -293,8 +293,8 @@ def _load_dataset(data: dict, T: int, seed: int, dt_us: float | None = None):
 
         full = name == "nmnist"
         rk = {} if dt_us is None else {"dt_us": dt_us}
-        tr = NMNISTDataset(root, "train", T=T, full=full, **rk)
-        te = NMNISTDataset(root, "test", T=T, full=full, **rk)
+        tr = NMNISTDataset(root, "train", T=T, full=full)
+        te = NMNISTDataset(root, "test", T=T, full=full)
         xtr, ytr = nmnist_rasters(tr.events, T=T, **rk), tr.labels
         xte, yte = nmnist_rasters(te.events, T=T, **rk), te.labels
 
@@ -412,10 +412,10 @@ def train_yin(config: dict) -> dict:
     ``surrogate_height``, ``detach_reset``; ``padding``, ``pool``, ``bias``), ``data``
     (``dataset``, ``root``, ``train_subset``, ``test_subset``, ``balanced``), ``encoding``
     (``T``; for event datasets ``dt_us``, the bin width, default 1 ms), ``loss`` (``reduction``),
-    ``connectivity`` (``l0``, ``lam``, ``init_mean``, ``init_std``, ``constrain``, ``penalty``: ``l0``
-    (eq. 20, default) or ``flops`` (the
-    expected-FLOPs penalty of :mod:`.flops`; ``lam`` is then per FLOP), ``freeze_after``: after
-    that many epochs the gates are frozen at their test-time values and only the weights train),
+    ``connectivity`` (``l0``, ``lam``, ``init_mean``, ``init_std``, ``constrain``, ``penalty``:
+    ``l0`` (eq. 20, default) or ``flops`` (the expected-FLOPs penalty of :mod:`.flops`; ``lam``
+    is then per FLOP), ``freeze_after``: after that many epochs the gates are frozen at their
+    test-time values and only the weights train),
     ``optimizer`` (``lr``, ``gate_lr`` for ``log_alpha``, ``batch_size``, ``weight_decay``,
     ``lr_schedule``: stepped once per epoch, the trainer's ``exponential`` / ``cosine`` / ``step``
     of :func:`sparsespike.train.make_schedule`; it scales the gates' rate too),
@@ -432,9 +432,8 @@ def train_yin(config: dict) -> dict:
 
     Returns a dict with the per-epoch history (``silent_output_pct``: the share of training samples
     whose readout never spiked; a ``RuntimeWarning`` when it is all of them), final test accuracy
-    (gated model in eval mode and
-    after :func:`prune`, which must agree), :func:`sparsity_report`, :func:`count_ops` before
-    (``ops_dense``) and after pruning, wall time. With ``out_dir`` writes ``run.json``,
+    (gated model in eval mode and after :func:`prune`, which must agree), :func:`sparsity_report`,
+    :func:`count_ops` before (``ops_dense``) and after pruning, wall time. With ``out_dir`` writes ``run.json``,
     ``metrics.jsonl``, the pruned ``model.pt`` and ``curves.png`` (:func:`~sparsespike.plots.plot_yin_curves`)
     there.
     """
@@ -479,10 +478,8 @@ def train_yin(config: dict) -> dict:
     elif use_l0:
         penalty = lambda n: l0_penalty(model)  # noqa: E731
     model.to(device)  # the gates' noise is still drawn from their CPU generator (then moved)
-    dt_us = (cfg.get("encoding") or {}).get("dt_us")
-    if dt_us is not None and not float(dt_us) > 0:
-        raise ConfigError(f"encoding.dt_us must be a positive bin width in microseconds, got {dt_us!r}")
-    xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed, None if dt_us is None else float(dt_us))
+    dt_us = _positive_or_none((cfg.get("encoding") or {}).get("dt_us"), "encoding.dt_us (bin width in microseconds)")
+    xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed, dt_us)
     ocfg = cfg.get("optimizer", {})
     bs = int(ocfg.get("batch_size", 100))
     lr = float(ocfg.get("lr", 1e-3))
@@ -558,9 +555,9 @@ def train_yin(config: dict) -> dict:
         if silent == len(ytr):
             warnings.warn(
                 f"train_yin epoch {epoch}: the output layer did not spike for any training sample; the task "
-                "loss reaches the weights only through the surrogate window and training may stall (loss stuck "
-                "at 1.0). Start the gates more open (connectivity.init_mean, e.g. 3.0), lower "
-                "model.neuron.threshold, or warm-start from a dense model (init_from)",
+                "loss reaches the weights only through the surrogate window and training may stall. Start "
+                "the gates more open (connectivity.init_mean, e.g. 3.0), lower model.neuron.threshold, or "
+                "warm-start from a dense model (init_from)",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -634,6 +631,19 @@ def _init_weights_from(model: nn.Module, path: Path) -> None:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ConfigError(f"init_from: {path} holds a different network than this config's model ({e})") from e
+
+
+def _positive_or_none(value, what: str) -> float | None:
+    """``None`` stays ``None``; anything else must be a positive number (else a ``ConfigError``)."""
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not x > 0:
+        raise ConfigError(f"{what} must be a positive number, got {value!r}")
+    return x
 
 
 def _device(name) -> torch.device:
