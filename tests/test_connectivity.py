@@ -684,7 +684,7 @@ def test_yin_event_data_bin_width(data_dir):
     assert x1.sum() < xte.sum() / 5
     with pytest.raises(ConfigError, match="rate coded"):
         _load_dataset({"dataset": "mnist", "root": str(data_dir)}, 12, 0, dt_us=1000.0)
-    for bad in (0, -5.0, "ten", float("nan")):
+    for bad in (0, -5.0, "ten", float("nan"), float("inf")):
         cfg = {"model": {"name": "nmnist"}, "data": data, "encoding": {"T": 30, "dt_us": bad}}
         with pytest.raises(ConfigError, match="dt_us"):
             train_yin(cfg)

@@ -165,3 +165,14 @@ def test_full_nmnist_layout(tmp_path: Path) -> None:
     ev, y = load_nmnist(tmp_path, "test")
     assert y.tolist() == [d for d in range(10) for _ in (0, 1)]
     assert [int(e["y"][0]) for e in ev[:2]] == [2, 10]  # numeric order of file ids
+
+
+def test_event_bins_refuses_meaningless_bin_widths() -> None:
+    from sparsespike.data.events import event_bins
+
+    t = np.array([0.0, 1499.0, 1501.0, 9999.0])
+    assert event_bins(t, 1000.0).tolist() == [0, 1, 2, 10]
+    assert event_bins(t, 1000.0, "floor").tolist() == [0, 1, 1, 9]
+    for dt in (0.0, -1000.0, float("nan"), float("inf")):
+        with pytest.raises(SpikeInputError, match="bin width"):
+            event_bins(t, dt)

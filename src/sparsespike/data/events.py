@@ -21,6 +21,7 @@ Rasters are time-major: one sample is ``[T, C]``; :func:`collate_time_major` sta
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,8 +131,8 @@ def event_units(
 
 def event_bins(t: np.ndarray, dt: float, binning: str = "round") -> np.ndarray:
     """Time-bin index of each time ``t`` for bin width ``dt`` (same unit): round or floor."""
-    if dt <= 0:
-        raise SpikeInputError(f"bin width must be > 0, got {dt}")
+    if not 0 < dt < math.inf:  # also refuses NaN, which compares false with everything
+        raise SpikeInputError(f"bin width must be a finite number > 0, got {dt}")
     q = np.asarray(t, dtype=np.float64) / float(dt)
     if binning == "round":
         return np.round(q).astype(np.int64)

@@ -634,15 +634,16 @@ def _init_weights_from(model: nn.Module, path: Path) -> None:
 
 
 def _positive_or_none(value, what: str) -> float | None:
-    """``None`` stays ``None``; anything else must be a positive number (else a ``ConfigError``)."""
+    """``None`` stays ``None``; anything else must be a finite number > 0 (else a ``ConfigError``,
+    raised before any data is read)."""
     if value is None:
         return None
     try:
         x = float(value)
     except (TypeError, ValueError):
-        x = float("nan")
-    if not x > 0:
-        raise ConfigError(f"{what} must be a positive number, got {value!r}")
+        x = math.nan
+    if not 0 < x < math.inf:
+        raise ConfigError(f"{what} must be a finite number > 0, got {value!r}")
     return x
 
 
