@@ -181,3 +181,30 @@ def test_trainer_runs_the_penalty_and_releases_its_hooks(tmp_path):
     tr.fit()
     assert len(seen) == 10 and all(v > 0 for v in seen)
     assert not reg._handles and not reg._seen
+
+
+def test_ramp_raises_the_weight_linearly_over_the_phase():
+    """``ramp_epochs = 2`` with 4 batches per epoch: lam x 1/8, 2/8, ..., 8/8 over the first two
+    epochs' batches, then lam; the applied term is exactly that share of the un-ramped value."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 4, bias=False)
+    add_l0_gates(lin, seed=0, init_mean=1.0)
+    x = (torch.rand(6, 2, 3) < 0.5).float()
+    ramped = ExpectedSynOps(lam=0.5, ramp_epochs=2).attach(lin)
+    plain = ExpectedSynOps(lam=0.5).attach(lin)
+    lin.train()
+    lin(x)  # both hooks record the same input
+    full = float(plain.value(2))
+    assert full > 0
+    shares = [ramped.ramp(e, b, 4) for e in range(3) for b in range(4)]
+    assert shares == pytest.approx([k / 8 for k in range(1, 9)] + [1.0] * 4)
+    ctx = LossContext(0, 5, 1, 4, lin, torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), None)
+    assert float(ramped(ctx)) == pytest.approx(full * 2 / 8)
+    assert ExpectedSynOps(lam=1.0).ramp(0, 0, 100) == 1.0  # no ramp: full weight from the start
+    reg = make_regularizer({"name": "synops", "lam": 1e-6, "ramp_epochs": "3"})
+    assert reg.ramp_epochs == 3.0 and reg.ramp(0, 9, 10) == pytest.approx(1 / 3)
+    for bad in (-1.0, float("nan"), float("inf"), "soon"):
+        with pytest.raises(ConfigError, match="ramp_epochs"):
+            make_regularizer({"name": "synops", "lam": 1e-6, "ramp_epochs": bad})
+    with pytest.raises(ConfigError, match="ramp_epochs"):
+        make_regularizer({"name": "flops", "lam": 1e-9, "ramp_epochs": -2})

@@ -46,8 +46,8 @@ class ExpectedFlops(GatedInputPenalty):
 
     what = "flops penalty"
 
-    def __init__(self, lam: float = 1e-9) -> None:
-        super().__init__(lam)
+    def __init__(self, lam: float = 1e-9, ramp_epochs: float = 0.0) -> None:
+        super().__init__(lam, ramp_epochs)
         self._taps: dict[tuple, torch.Tensor] = {}
 
     def _record(self, x: torch.Tensor) -> tuple[int, ...]:
@@ -81,6 +81,7 @@ class ExpectedFlops(GatedInputPenalty):
 
 
 @register_regularizer("flops")
-def flops_regularizer(lam: float = 1e-9) -> ExpectedFlops:
-    """YAML: ``{name: flops, lam: 1.0e-9}`` (module doc)."""
-    return ExpectedFlops(lam)
+def flops_regularizer(lam: float = 1e-9, ramp_epochs: float = 0.0) -> ExpectedFlops:
+    """YAML: ``{name: flops, lam: 1.0e-9, ramp_epochs: 0}`` (module doc; ``ramp_epochs``:
+    :class:`~.gate_penalty.GatedInputPenalty`, "Ramp")."""
+    return ExpectedFlops(lam, ramp_epochs)

@@ -6,9 +6,18 @@ them, with each gate's probability of being non-zero (Yin et al. KDD'21 eq. 20 /
 2018 eq. 12), into an expected cost. :class:`GatedInputPenalty` holds the hooks, the
 bookkeeping and ``lam``; a subclass says what it keeps of an input (:meth:`_record`) and how it
 prices a layer (:meth:`_price`).
+
+**Ramp.** ``ramp_epochs = R > 0`` raises the weight linearly, batch by batch, from 0 to ``lam``
+over the first ``R`` epochs of the training phase (``lam * min(1, (e + (b + 1) / n_b) / R)`` at
+batch ``b`` of the phase's 0-based epoch ``e``), then holds it. Sparsifying gradually gives the
+network time to adapt to the synapses and spikes it loses, the way gradual pruning does (Zhu &
+Gupta 2017, "To prune, or not to prune"); a constant ``lam`` (``R = 0``, the default) strikes
+at full strength from the first batch.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -39,14 +48,9 @@ class GatedInputPenalty:
     #: name used in error messages
     what = "gate penalty"
 
-    def __init__(self, lam: float) -> None:
-        try:
-            lam = float(lam)  # YAML reads 1e-6 (no dot) as a string
-        except (TypeError, ValueError):
-            raise ConfigError(f"{self.what}: lam must be a number, got {lam!r}") from None
-        if not lam >= 0:
-            raise ConfigError(f"{self.what}: lam must be >= 0, got {lam}")
-        self.lam = lam
+    def __init__(self, lam: float, ramp_epochs: float = 0.0) -> None:
+        self.lam = _number(self.what, "lam", lam)
+        self.ramp_epochs = _number(self.what, "ramp_epochs", ramp_epochs)
         self._seen: dict[int, list] = {}
         self._gated: list[GatedWeight] = []
         self._handles: list = []
@@ -103,5 +107,23 @@ class GatedInputPenalty:
             return torch.zeros(())
         return self.lam * torch.stack(list(parts.values())).sum()
 
+    def ramp(self, epoch: int, batch: int, n_batches: int) -> float:
+        """The share of ``lam`` applied at ``batch`` (0-based) of the phase's 0-based ``epoch``
+        (module doc, "Ramp"): 1 without a ramp."""
+        if self.ramp_epochs <= 0:
+            return 1.0
+        return min(1.0, (epoch + (batch + 1) / max(1, n_batches)) / self.ramp_epochs)
+
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        return self.value(len(ctx.targets))
+        return self.ramp(ctx.epoch, ctx.batch, ctx.n_batches) * self.value(len(ctx.targets))
+
+
+def _number(what: str, key: str, v) -> float:
+    """``v`` as a finite float ``>= 0``, or a :class:`ConfigError` naming ``key``."""
+    try:
+        v = float(v)  # YAML reads 1e-6 (no dot) as a string
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: {key} must be a number, got {v!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise ConfigError(f"{what}: {key} must be a finite number >= 0, got {v}")
+    return v

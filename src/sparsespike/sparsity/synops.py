@@ -22,7 +22,8 @@ the full kernel fan-out ``sum_{o,kh,kw} P(b_{o,c,kh,kw} != 0)``, an upper bound 
 positions a kernel loses at the borders (exact for interior positions). Grouped convolutions
 are not supported.
 
-YAML: ``train.regularizers: [{name: synops, lam: 1.0e-6}]`` beside ``model.gates``.
+YAML: ``train.regularizers: [{name: synops, lam: 1.0e-6}]`` beside ``model.gates``; add
+``ramp_epochs: R`` to raise the weight linearly from 0 over the phase's first ``R`` epochs.
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ class ExpectedSynOps(GatedInputPenalty):
 
     what = "synops penalty"
 
-    def __init__(self, lam: float = 1e-6, detach_spikes: bool = False) -> None:
-        super().__init__(lam)
+    def __init__(self, lam: float = 1e-6, detach_spikes: bool = False, ramp_epochs: float = 0.0) -> None:
+        super().__init__(lam, ramp_epochs)
         self.detach_spikes = bool(detach_spikes)
 
     def _price(self, gw: GatedWeight, seen: list, n_samples: int) -> torch.Tensor:
@@ -102,6 +103,7 @@ class ExpectedSynOps(GatedInputPenalty):
 
 
 @register_regularizer("synops")
-def synops_regularizer(lam: float = 1e-6, detach_spikes: bool = False) -> ExpectedSynOps:
-    """YAML: ``{name: synops, lam: 1.0e-6, detach_spikes: false}`` (module doc)."""
-    return ExpectedSynOps(lam, detach_spikes)
+def synops_regularizer(lam: float = 1e-6, detach_spikes: bool = False, ramp_epochs: float = 0.0) -> ExpectedSynOps:
+    """YAML: ``{name: synops, lam: 1.0e-6, detach_spikes: false, ramp_epochs: 0}`` (module doc;
+    ``ramp_epochs``: :class:`~.gate_penalty.GatedInputPenalty`, "Ramp")."""
+    return ExpectedSynOps(lam, detach_spikes, ramp_epochs)
