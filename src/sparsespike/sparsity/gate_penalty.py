@@ -12,7 +12,12 @@ over the first ``R`` epochs of the training phase (``lam * min(1, (e + (b + 1) /
 batch ``b`` of the phase's 0-based epoch ``e``), then holds it. Sparsifying gradually gives the
 network time to adapt to the synapses and spikes it loses, the way gradual pruning does (Zhu &
 Gupta 2017, "To prune, or not to prune"); a constant ``lam`` (``R = 0``, the default) strikes
-at full strength from the first batch.
+at full strength from the first batch. The ramp is applied when the penalty is called with the
+trainer's :class:`~sparsespike.train.LossContext` (which carries the epoch and batch);
+:meth:`GatedInputPenalty.value` is always the un-ramped ``lam * cost``. It is not one of the
+spike-count schedules of ``sparsity/activity.py`` (Allred et al. eqs. 5-8): those step once per
+epoch and span the whole phase, whereas the ramp is per batch and reaches ``lam`` after ``R``
+epochs.
 """
 
 from __future__ import annotations
