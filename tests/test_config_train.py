@@ -222,3 +222,23 @@ def test_only_the_last_phase_competes_for_the_best_checkpoint(tmp_path, data_dir
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert lines[2]["val_acc"] == lines[1]["val_acc"]  # lr 0: phase b changes nothing
     assert res["best_epoch"] == 3 and res["best_val_acc"] == lines[2]["val_acc"]
+
+
+def test_config_float_parses_yaml_strings_and_names_the_key():
+    from sparsespike.config import config_float
+
+    assert config_float("1e-6", "k") == 1e-6 and config_float(0, "k") == 0.0 and config_float(2, "k") == 2.0
+    cases = [
+        ("small", "must be a number"),
+        (None, "must be a number"),
+        (True, "must be a number"),
+        (float("nan"), "must be a finite number >= 0"),
+        (float("inf"), "must be a finite number >= 0"),
+        (-1, "must be a finite number >= 0"),
+    ]
+    for bad, msg in cases:
+        with pytest.raises(ConfigError, match=msg) as err:
+            config_float(bad, "model.k")
+        assert str(err.value).startswith("model.k ")
+    with pytest.raises(ConfigError, match="must be a finite number > 0"):
+        config_float(0.0, "k", strict=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,21 @@ class ExperimentConfig:
         if not self.train.phases:
             return [PhaseConfig(name="main", epochs=self.train.epochs)]
         return [from_dict(PhaseConfig, p, "train.phases[]") for p in self.train.phases]
+
+
+def config_float(value, where: str, *, strict: bool = False) -> float:
+    """``value`` as a finite float ``>= 0`` (``> 0`` when ``strict``), else a :class:`ConfigError`
+    naming ``where``. Strings are parsed, since PyYAML reads ``1e-6`` (no dot) as a string;
+    booleans, NaN and infinities are refused."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if not ((x > 0 if strict else x >= 0) and math.isfinite(x)):
+        raise ConfigError(f"{where} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
+    return x
 
 
 def from_dict(cls, data: dict | None, path: str = ""):

@@ -11,6 +11,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path: Path, suptitle: str | None = None) -> Path:
+    """Title (optional), lay out, write ``path`` as a 110-dpi PNG and free the figure."""
+    if suptitle is not None:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Training curves: loss, accuracy (train/validation) and spikes per sample over epochs."""
     path = Path(path)
@@ -31,11 +41,7 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
         axes[2].plot(ep, [h.get("train_spikes") or 0 for h in history])
         axes[2].set_xlabel("epoch")
         axes[2].set_ylabel("spikes / sample (train)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_eventprop_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
@@ -61,11 +67,7 @@ def plot_eventprop_curves(runs: dict[str, list[dict]], path: str | Path, title: 
     axes[2].set_yscale("log")
     axes[2].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes[2].yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_tradeoff(
@@ -115,10 +117,7 @@ def plot_tradeoff(
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_yin_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
@@ -148,8 +147,4 @@ def plot_yin_curves(runs: dict[str, list[dict]], path: str | Path, title: str = 
     axes[1].set_ylabel("non-zero weights %")
     axes[1].set_ylim(0, 105)
     axes[1].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)

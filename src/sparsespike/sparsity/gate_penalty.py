@@ -22,11 +22,10 @@ epochs.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from ..config import config_float
 from ..errors import ConfigError
 from ..train import LossContext
 from .connectivity import GatedWeight, gated_weights
@@ -54,8 +53,8 @@ class GatedInputPenalty:
     what = "gate penalty"
 
     def __init__(self, lam: float, ramp_epochs: float = 0.0) -> None:
-        self.lam = _number(self.what, "lam", lam)
-        self.ramp_epochs = _number(self.what, "ramp_epochs", ramp_epochs)
+        self.lam = config_float(lam, f"{self.what}: lam")
+        self.ramp_epochs = config_float(ramp_epochs, f"{self.what}: ramp_epochs")
         self._seen: dict[int, list] = {}
         self._gated: list[GatedWeight] = []
         self._handles: list = []
@@ -121,14 +120,3 @@ class GatedInputPenalty:
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
         return self.ramp(ctx.epoch, ctx.batch, ctx.n_batches) * self.value(len(ctx.targets))
-
-
-def _number(what: str, key: str, v) -> float:
-    """``v`` as a finite float ``>= 0``, or a :class:`ConfigError` naming ``key``."""
-    try:
-        v = float(v)  # YAML reads 1e-6 (no dot) as a string
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what}: {key} must be a number, got {v!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise ConfigError(f"{what}: {key} must be a finite number >= 0, got {v}")
-    return v

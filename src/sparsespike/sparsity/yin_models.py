@@ -52,6 +52,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import config_float
 from ..errors import ConfigError
 from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
 from ..neurons import LIFParams
@@ -478,7 +479,9 @@ def train_yin(config: dict) -> dict:
     elif use_l0:
         penalty = lambda n: l0_penalty(model)  # noqa: E731
     model.to(device)  # the gates' noise is still drawn from their CPU generator (then moved)
-    dt_us = _positive_or_none((cfg.get("encoding") or {}).get("dt_us"), "encoding.dt_us (bin width in microseconds)")
+    dt_us = (cfg.get("encoding") or {}).get("dt_us")
+    if dt_us is not None:  # checked before any data is read
+        dt_us = config_float(dt_us, "encoding.dt_us (bin width in microseconds)", strict=True)
     xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed, dt_us)
     ocfg = cfg.get("optimizer", {})
     bs = int(ocfg.get("batch_size", 100))
@@ -631,20 +634,6 @@ def _init_weights_from(model: nn.Module, path: Path) -> None:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ConfigError(f"init_from: {path} holds a different network than this config's model ({e})") from e
-
-
-def _positive_or_none(value, what: str) -> float | None:
-    """``None`` stays ``None``; anything else must be a finite number > 0 (else a ``ConfigError``,
-    raised before any data is read)."""
-    if value is None:
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        x = math.nan
-    if not 0 < x < math.inf:
-        raise ConfigError(f"{what} must be a finite number > 0, got {value!r}")
-    return x
 
 
 def _device(name) -> torch.device:
