@@ -208,3 +208,36 @@ def test_ramp_raises_the_weight_linearly_over_the_phase():
             make_regularizer({"name": "synops", "lam": 1e-6, "ramp_epochs": bad})
     with pytest.raises(ConfigError, match="ramp_epochs"):
         make_regularizer({"name": "flops", "lam": 1e-9, "ramp_epochs": -2})
+
+
+def test_spike_counts_from_lists_equal_the_dense_sums_with_their_gradients():
+    """``kernels.sparse.spike_counts`` reads a sparse layer's spike list instead of the dense
+    ``[T, B, F]`` tensor: same counts (per sample and in all) and the same gradient as the sums."""
+    from sparsespike.kernels.sparse import attach_spike_list, get_meta, spike_counts, spike_list
+
+    torch.manual_seed(3)
+    lay = SpikingLinear(40, 30, LIFParams(beta=0.9), weight_scale=4.0, backward="sparse")
+    x = (torch.rand(25, 6, 40) < 0.2).float()
+    wa, wb = torch.randn(30), torch.randn(6, 30)
+    grads = []
+    for use_list in (True, False):
+        lay.zero_grad()
+        s = lay(x)
+        if use_list:
+            assert get_meta(s) is not None and get_meta(s).spike_list() is not None
+        else:
+            s = s * 1.0  # a new tensor: no spike list, the dense sums
+            assert get_meta(s) is None
+        tot, per = spike_counts(s), spike_counts(s, per_sample=True)
+        assert torch.equal(tot, s.detach().sum((0, 1))) and torch.equal(per, s.detach().sum(0))
+        assert float(tot.sum()) > 0
+        ((wa * tot).sum() + (wb * per).sum()).backward()
+        grads.append(lay.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+    # non-binary values and a conv-shaped input: counted with their values, summed per channel
+    v = torch.rand(7, 3, 2, 4, 4) * (torch.rand(7, 3, 2, 4, 4) < 0.3)
+    attach_spike_list(v, spike_list(v.reshape(7, 3, 32)), (7, 3, 32))
+    assert torch.allclose(spike_counts(v, per_sample=True), v.reshape(7, 3, 32).sum(0))
+    assert torch.allclose(input_spike_counts(v, 2, 3, conv=True), v.sum((0, 1, 3, 4)) / 3)
+    with pytest.raises(ValueError, match="spike_counts"):
+        spike_counts(torch.zeros(3, 4))

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .config import ExperimentConfig, PhaseConfig
 from .errors import ConfigError
+from .kernels.sparse import spike_counts
 from .metrics import MetricsRecorder
 from .models import build_network
 from .pipeline import DataBundle, batches, build_data
@@ -112,9 +113,8 @@ def activity_bounds(
             for s in recs:
                 if s.dim() < 3:
                     continue
-                s3 = s.reshape(s.shape[0], s.shape[1], -1)
-                n = s3.shape[-1]
-                per = s3.sum(0)  # [B, N]
+                per = spike_counts(s, per_sample=True)  # [B, N]; from the spike list if s has one
+                n = per.shape[-1]
                 up = torch.relu(per.sum(-1) / n - f_up) ** p_up
                 low = (torch.relu(f_low - per) ** 2).sum(-1) / n
                 total = total + lam_up * up.mean() + lam_low * low.mean()

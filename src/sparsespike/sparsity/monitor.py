@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ..kernels.sparse import spike_counts
+
 
 def _default_extract(out):
     if isinstance(out, torch.Tensor):
@@ -124,7 +126,7 @@ class SpikeMonitor:
 
                 for r in recs:
                     check_spikes(r.detach(), f"SpikeMonitor[{name}]")
-            total = sum(r.sum() for r in recs)
+            total = sum(spike_counts(r).sum() if r.dim() >= 3 else r.sum() for r in recs)
             batch = recs[0].shape[self.batch_dim] if recs[0].dim() > self.batch_dim else 1
             out[name] = total / batch
         return out

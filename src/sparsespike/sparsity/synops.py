@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from ..kernels.sparse import get_meta, spike_counts
 from ..train import register_regularizer
 from .connectivity import GatedWeight
 from .gate_penalty import GatedInputPenalty, prob_nonzero
@@ -42,17 +43,16 @@ def input_spike_counts(x: torch.Tensor, features: int, n_samples: int, conv: boo
     """Spikes per sample on each input feature (``conv``: on each input channel, summed over
     space) of a layer input ``x`` with any leading dims (``[T, B, ...]``, ``[B, ...]``).
 
-    An input that carries a spike list (an encoder's raster) is counted from the list without
-    reading the dense raster; it needs no gradient.
+    An input that carries a spike list (an encoder's raster, a sparse layer's output) is counted
+    from the list (``kernels.sparse.spike_counts``), without reading the dense tensor; the
+    gradient, if ``x`` needs one, is the same as the dense sum's.
     """
-    if not x.requires_grad and not conv and x.device.type == "cpu":
-        from ..kernels.sparse import get_meta
-
-        meta = get_meta(x)
-        lst = meta.spike_list() if meta is not None else None
-        if lst is not None and lst.F == features:
-            i = (lst.idx % features).long()
-            return torch.bincount(i, weights=lst.vals, minlength=features).to(x.dtype) / n_samples
+    if x.dim() >= 3 and get_meta(x) is not None:
+        c = spike_counts(x)  # [prod(x.shape[2:])]
+        if c.numel() % features == 0:
+            c = c.reshape(features, -1).sum(1) if conv else c
+            if c.numel() == features:
+                return c / n_samples
     if conv:
         xs = x.reshape(-1, features, x.shape[-2] * x.shape[-1]).sum((0, 2))
     else:
@@ -98,7 +98,11 @@ class ExpectedSynOps(GatedInputPenalty):
         """``E[SynOps per sample]`` of one gated layer from its input spikes in the last pass."""
         conv = gw.gate.log_alpha.dim() == 4
         feats = gw.gate.log_alpha.shape[1]
-        counts = sum(input_spike_counts(x.detach() if self.detach_spikes else x, feats, n_samples, conv) for x in seen)
+        if self.detach_spikes:  # counted without a graph (and from the spike lists, which .detach() drops)
+            with torch.no_grad():
+                counts = sum(input_spike_counts(x, feats, n_samples, conv) for x in seen)
+        else:
+            counts = sum(input_spike_counts(x, feats, n_samples, conv) for x in seen)
         return expected_synops(gw, counts)
 
 
