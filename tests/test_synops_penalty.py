@@ -178,8 +178,13 @@ def test_trainer_runs_the_penalty_and_releases_its_hooks(tmp_path):
 
     reg.terms = spy
     tr = Trainer(cfg, out_dir=tmp_path / "run", progress=False, regularizers=[reg])
+    draws = []
+    for g in gates(tr.model):  # the gates' forward hook draws the noise: once per batch, not twice
+        orig_resample = g.resample
+        g.resample = lambda gen=None, f=orig_resample: (draws.append(1), f(gen))
     tr.fit()
     assert len(seen) == 10 and all(v > 0 for v in seen)
+    assert len(draws) == 10 * len(gates(tr.model))
     assert not reg._handles and not reg._seen
 
 

@@ -299,6 +299,11 @@ class Trainer:
 
             add_l0_gates(self.model, **{k: v for k, v in cfg.model.gates.items() if k not in ("lam", "lr")})
             self.gated = True
+        # gates added with resample="forward" draw new noise in the model's own pre-hook on every
+        # training call; a second draw here would only waste the first
+        from .sparsity.connectivity import _has_resample_hook
+
+        self._gates_resample_on_forward = _has_resample_hook(self.model)
         dev = cfg.train.device
         if dev == "auto":
             dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
@@ -388,7 +393,7 @@ class Trainer:
                 lo = self.rank * n_global // self.world
                 hi = (self.rank + 1) * n_global // self.world
                 x, yb = x[:, lo:hi], yb[lo:hi]
-            if self.gated:
+            if self.gated and not self._gates_resample_on_forward:
                 from .sparsity.connectivity import resample_gates
 
                 resample_gates(self.model)
