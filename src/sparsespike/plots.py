@@ -76,11 +76,13 @@ def plot_tradeoff(
     title: str = "",
     acc_drop: float = 0.01,
     synops_factor: float = 10.0,
+    max_labels: int = 12,
 ) -> Path:
     """Test accuracy against SynOps per sample (log axis) for finished runs; the first point is
     the baseline (star). The shaded box is the target region of issue 7 relative to it: at least
     ``synops_factor`` x fewer SynOps with at most ``acc_drop`` accuracy lost. The non-dominated
-    runs (``pareto.pareto_front``) are joined by a line.
+    runs (``pareto.pareto_front``) are joined by a line. With more than ``max_labels`` points
+    only the baseline and the front are named (the rest would overlap; the table names them).
 
     ``points``: ``[(label, synops, accuracy in [0, 1]), ...]``.
     """
@@ -110,7 +112,8 @@ def plot_tradeoff(
                 color="black" if i == 0 else ("tab:blue" if i in front else "tab:orange"),
                 zorder=3,
             )
-            ax.annotate(lab, (s, 100 * a), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            if len(points) <= max_labels or i == 0 or i in front:
+                ax.annotate(lab, (s, 100 * a), textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("SynOps per sample (test)")
     ax.set_ylabel("test accuracy %")
