@@ -28,6 +28,8 @@ YAML: ``train.regularizers: [{name: synops, lam: 1.0e-6}]`` beside ``model.gates
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..errors import ConfigError
@@ -98,10 +100,8 @@ class ExpectedSynOps(GatedInputPenalty):
         """``E[SynOps per sample]`` of one gated layer from its input spikes in the last pass."""
         conv = gw.gate.log_alpha.dim() == 4
         feats = gw.gate.log_alpha.shape[1]
-        if self.detach_spikes:  # counted without a graph (and from the spike lists, which .detach() drops)
-            with torch.no_grad():
-                counts = sum(input_spike_counts(x, feats, n_samples, conv) for x in seen)
-        else:
+        # detached: counted without a graph, on the inputs themselves (.detach() would drop their spike lists)
+        with torch.no_grad() if self.detach_spikes else contextlib.nullcontext():
             counts = sum(input_spike_counts(x, feats, n_samples, conv) for x in seen)
         return expected_synops(gw, counts)
 
