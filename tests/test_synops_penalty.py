@@ -246,3 +246,32 @@ def test_spike_counts_from_lists_equal_the_dense_sums_with_their_gradients():
     assert torch.allclose(input_spike_counts(v, 2, 3, conv=True), v.sum((0, 1, 3, 4)) / 3)
     with pytest.raises(ValueError, match="spike_counts"):
         spike_counts(torch.zeros(3, 4))
+
+
+def test_detach_spikes_prices_the_gates_only_with_the_same_value():
+    """``detach_spikes=True``: the same E[SynOps] (counted from the sparse layers' spike lists),
+    the same gate gradients, and no gradient through the spikes."""
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        SpikingLinear(30, 25, LIFParams(beta=0.9), weight_scale=4.0, backward="sparse"),
+        SpikingLinear(25, 12, LIFParams(beta=0.9), weight_scale=4.0, backward="sparse"),
+    )
+    add_l0_gates(net, seed=1, resample="manual")
+    x = (torch.rand(20, 6, 30) < 0.2).float()
+    out = {}
+    for detach in (False, True):
+        pen = ExpectedSynOps(lam=1.0, detach_spikes=detach).attach(net)
+        net.zero_grad()
+        net.train()
+        net(x)
+        val = pen(_ctx(net, 6))
+        val.backward()
+        gate_grads = [g.log_alpha.grad.clone() for g in gates(net)]
+        w0 = net[0].parametrizations.weight.original.grad
+        out[detach] = (float(val.detach()), gate_grads, None if w0 is None else w0.clone())
+        pen.release()
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-6) and out[True][0] > 0
+    for a, b in zip(out[True][1][1:], out[False][1][1:], strict=True):  # layer 2's gates see layer 1's spikes
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert out[False][2] is not None and out[False][2].abs().sum() > 0  # spikes carry the fan-out price to W1
+    assert out[True][2] is None or out[True][2].abs().sum() == 0
