@@ -27,6 +27,7 @@ from sparsespike.sparsity.connectivity import (
     l0_penalty,
     prune,
     resample_gates,
+    resamples_on_forward,
     sparsity_report,
 )
 from sparsespike.sparsity.yin_models import (
@@ -174,7 +175,9 @@ class PerStepNet(nn.Module):
 
 def test_gate_constant_across_time_steps_and_resampled_per_forward():
     net = PerStepNet()
+    assert not resamples_on_forward(net)
     add_l0_gates(net, seed=0)
+    assert resamples_on_forward(net)
     net.train()
     net(torch.rand(5, 2, 6))
     first = net.seen
@@ -192,6 +195,7 @@ def test_gate_constant_across_time_steps_and_resampled_per_forward():
 def test_manual_resampling_freezes_until_called():
     fc = nn.Linear(6, 4)
     add_l0_gates(fc, modules=[fc], seed=0, resample="manual")
+    assert not resamples_on_forward(fc)
     fc.train()
     w1 = fc.weight.detach().clone()
     for _ in range(3):

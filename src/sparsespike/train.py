@@ -299,11 +299,13 @@ class Trainer:
 
             add_l0_gates(self.model, **{k: v for k, v in cfg.model.gates.items() if k not in ("lam", "lr")})
             self.gated = True
-        # gates added with resample="forward" draw new noise in the model's own pre-hook on every
-        # training call; a second draw here would only waste the first
-        from .sparsity.connectivity import _has_resample_hook
+        # the trainer draws the gate noise per batch only for a model that does not draw it itself
+        # on every training call (gates added with resample="forward"): a second draw would be waste
+        self.manual_resample = False
+        if self.gated:
+            from .sparsity.connectivity import resamples_on_forward
 
-        self._gates_resample_on_forward = _has_resample_hook(self.model)
+            self.manual_resample = not resamples_on_forward(self.model)
         dev = cfg.train.device
         if dev == "auto":
             dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
@@ -393,7 +395,7 @@ class Trainer:
                 lo = self.rank * n_global // self.world
                 hi = (self.rank + 1) * n_global // self.world
                 x, yb = x[:, lo:hi], yb[lo:hi]
-            if self.gated and not self._gates_resample_on_forward:
+            if self.manual_resample:
                 from .sparsity.connectivity import resample_gates
 
                 resample_gates(self.model)

@@ -330,12 +330,14 @@ def add_l0_gates(
         )
         parametrize.register_parametrization(m, tensor_name, gate)
         created.append(GatedWeight(name, m, tensor_name, gate))
-    if resample == "forward" and created and not _has_resample_hook(model):
+    if resample == "forward" and created and not resamples_on_forward(model):
         model.register_forward_pre_hook(_resample_hook)
     return created
 
 
-def _has_resample_hook(model: nn.Module) -> bool:
+def resamples_on_forward(model: nn.Module) -> bool:
+    """Whether ``model`` draws new gate noise itself on every training-mode call (the pre-hook of
+    ``add_l0_gates(..., resample="forward")``); if not, call :func:`resample_gates` per batch."""
     return any(h is _resample_hook for h in model._forward_pre_hooks.values())
 
 
@@ -636,5 +638,6 @@ __all__ = [
     "l0_penalty",
     "prune",
     "resample_gates",
+    "resamples_on_forward",
     "sparsity_report",
 ]
