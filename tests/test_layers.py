@@ -123,3 +123,22 @@ def test_nan_and_nonbinary_spikes_are_named():
     net(torch.ones(2, 4))
     with pytest.raises(SpikeInputError, match="binary"):
         mon.spike_counts(check=True)
+
+
+def test_leaky_scan_kernel_matches_the_torch_loop_bit_for_bit():
+    """The readout's leaky integration runs as a numba kernel on CPU: the same numbers as the
+    loop of torch ops, forwards and backwards in time, and a gradient that passes gradcheck."""
+    from sparsespike.layers import _leaky_scan
+
+    torch.manual_seed(0)
+    x = torch.randn(30, 4, 5)
+    for reverse in (False, True):
+        ref = torch.empty_like(x)
+        acc = torch.zeros_like(x[0])
+        for t in range(29, -1, -1) if reverse else range(30):
+            acc = acc.mul_(0.87).add_(x[t])
+            ref[t] = acc
+        assert torch.equal(_leaky_scan(x, 0.87, reverse), ref)
+        assert torch.equal(_leaky_scan(x.transpose(1, 2), 0.87, reverse), ref.transpose(1, 2))
+    xd = torch.randn(9, 3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: leaky_integrate(a, 0.8), (xd,))

@@ -626,6 +626,18 @@ def test_triton_sparse_linear_matches_numba(triton_interpret):
     r = grads(sparse_spiking_linear(xv, W1, None, p, 0.4, impl="numba"), [W1], torch.ones(T, B, H))[0]
     close(a, r, 1e-5)
     assert a.abs().sum() > 0
+    # spike counts returned beside the spikes: their gradient enters the Triton backward as well
+    from sparsespike.kernels.sparse import spike_counts
+
+    wc = torch.randn(B, N)
+    for counted in (True, False):
+        S2 = sparse_spiking_linear(
+            sparse_spiking_linear(x, W1, None, p, 0.4, impl="triton"), W2, b2, p, 0.4, impl="triton"
+        )
+        c = spike_counts(S2, per_sample=True) if counted else S2.sum(0)
+        res[counted] = torch.autograd.grad((wc * c).sum() + (gs * S2).sum(), [W1, W2, b2])
+    for a, b in zip(res[True], res[False], strict=True):
+        close(a, b, 1e-5)
 
 
 @pytest.mark.parametrize("setting", [dict(), dict(reset="zero"), dict(alpha=0.6), dict(detach_reset=False)])

@@ -275,3 +275,65 @@ def test_detach_spikes_prices_the_gates_only_with_the_same_value():
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
     assert out[False][2] is not None and out[False][2].abs().sum() > 0  # spikes carry the fan-out price to W1
     assert out[True][2] is None or out[True][2].abs().sum() == 0
+
+
+def test_count_gradients_enter_the_producing_layer_like_the_dense_sums():
+    """A sparse layer returns its per-sample spike counts beside its spikes: a regulariser on
+    ``spike_counts`` then sends its gradient straight into that layer's backward instead of a
+    dense ``[T, B, N]`` one summed with the next layer's COO gradient. With the next layer
+    consuming the same spikes, every weight gradient equals the one through the dense sums."""
+    from sparsespike.kernels.sparse import get_meta, spike_counts
+
+    torch.manual_seed(5)
+    p = LIFParams(beta=0.9)
+    l1 = SpikingLinear(40, 30, p, weight_scale=4.0, backward="sparse", b_th=0.5)
+    l2 = SpikingLinear(30, 20, p, weight_scale=4.0, backward="sparse", b_th=0.5)
+    x = (torch.rand(25, 6, 40) < 0.2).float()
+    wa, wb, wc = torch.randn(6, 30), torch.randn(30), torch.randn(6, 20)
+    grads = []
+    for fast in (True, False):
+        l1.zero_grad()
+        l2.zero_grad()
+        s1 = l1(x)
+        assert get_meta(s1).counts is not None
+        s2 = l2(s1)
+        if fast:
+            c1, t1, c2 = spike_counts(s1, per_sample=True), spike_counts(s1), spike_counts(s2, per_sample=True)
+            assert c1.grad_fn is not None and "Counts" not in type(c1.grad_fn).__name__
+        else:
+            c1, t1, c2 = s1.sum(0), s1.sum((0, 1)), s2.sum(0)
+        loss = (wa * c1).sum() + (wb * t1).sum() + ((wc * c2).sum()) ** 2
+        loss.backward()
+        grads.append((l1.weight.grad.clone(), l2.weight.grad.clone()))
+    for a, b in zip(*grads, strict=True):
+        assert float(a.abs().max()) > 0
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    # counted under no_grad (detach_spikes): no graph
+    s1 = l1(x)
+    with torch.no_grad():
+        assert spike_counts(s1, per_sample=True).grad_fn is None
+
+
+def test_two_sparse_consumers_sum_their_coo_gradients_without_densifying(monkeypatch):
+    """Two sparse layers reading the same spikes each return a COO gradient on its active set;
+    the autograd engine's sum is read back at the entries (no ``to_dense``) and gives the sum of
+    the two separate gradients."""
+
+    torch.manual_seed(6)
+    p = LIFParams(beta=0.9)
+    l1 = SpikingLinear(40, 30, p, weight_scale=4.0, backward="sparse", b_th=0.5)
+    la = SpikingLinear(30, 10, p, weight_scale=4.0, backward="sparse", b_th=0.5)
+    lb = SpikingLinear(30, 12, p, weight_scale=4.0, backward="sparse", b_th=0.5)
+    x = (torch.rand(25, 6, 40) < 0.2).float()
+    wa, wb = torch.randn(25, 6, 10), torch.randn(25, 6, 12)
+    s1 = l1(x)
+    la_out, lb_out = la(s1), lb(s1)
+    (ga,) = torch.autograd.grad((wa * la_out).sum(), l1.weight, retain_graph=True)
+    (gb,) = torch.autograd.grad((wb * lb_out).sum(), l1.weight, retain_graph=True)
+    densified = []
+    orig = torch.Tensor.to_dense
+    monkeypatch.setattr(torch.Tensor, "to_dense", lambda self, *a, **k: densified.append(1) or orig(self, *a, **k))
+    (g,) = torch.autograd.grad((wa * la_out).sum() + (wb * lb_out).sum(), l1.weight)
+    assert not densified
+    assert float(ga.abs().max()) > 0 and float(gb.abs().max()) > 0
+    assert torch.allclose(g, ga + gb, rtol=1e-5, atol=1e-6)

@@ -272,22 +272,31 @@ class _LeakyIntegrate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current: torch.Tensor, beta: float) -> torch.Tensor:  # type: ignore[override]
-        v = torch.empty_like(current)
-        acc = torch.zeros_like(current[0])
-        for t in range(current.shape[0]):
-            acc = acc.mul_(beta).add_(current[t])
-            v[t] = acc
         ctx.beta = beta
-        return v
+        return _leaky_scan(current, beta, reverse=False)
 
     @staticmethod
     def backward(ctx, gv: torch.Tensor):  # type: ignore[override]
-        gi = torch.empty_like(gv)
-        acc = torch.zeros_like(gv[0])
-        for t in range(gv.shape[0] - 1, -1, -1):
-            acc = acc.mul_(ctx.beta).add_(gv[t])
-            gi[t] = acc
-        return gi, None
+        return _leaky_scan(gv, ctx.beta, reverse=True), None
+
+
+def _leaky_scan(x: torch.Tensor, beta: float, reverse: bool) -> torch.Tensor:
+    """``out[t] = beta out[t -/+ 1] + x[t]`` over time: a numba kernel for CPU float tensors
+    (``kernels.cpu.leaky_scan``), else a loop of torch ops (any device, same order of operations)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() >= 1 and x.numel():
+        from .kernels import cpu
+
+        xc = x.detach().contiguous()
+        out = torch.empty_like(xc)
+        cpu.leaky_scan(xc.reshape(x.shape[0], -1).numpy(), float(beta), reverse, out.reshape(x.shape[0], -1).numpy())
+        return out
+    out = torch.empty_like(x)
+    acc = torch.zeros_like(x[0])
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    for t in steps:
+        acc = acc.mul_(beta).add_(x[t])
+        out[t] = acc
+    return out
 
 
 def leaky_integrate(current: torch.Tensor, beta: float) -> torch.Tensor:

@@ -120,20 +120,21 @@ def times_to_raster(steps: torch.Tensor, T: int) -> torch.Tensor:
 
 def _attach_spike_list(out: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> None:
     """Attach the b-major spike list (``t*K + i`` sorted per sample, features flattened) of a
-    one-spike-per-input raster ``out[T, B, *features]``, built from the spike steps in
-    ``O(B K log K)`` when a sparse first layer first asks for it -- so it does not scan the
-    ``T*B*K`` raster (kernels/sparse.py ``attach_spike_list``); a dense layer never builds it."""
+    one-spike-per-input raster ``out[T, B, *features]``, built from the spike steps by a counting
+    sort over the steps, ``O(B (K + T))`` (``kernels.sparse_cpu.one_spike_list``), when a sparse
+    first layer first asks for it -- so it does not scan the ``T*B*K`` raster (kernels/sparse.py
+    ``attach_spike_list``); a dense layer never builds it."""
     from ..kernels.sparse import ActiveSet, attach_spike_list
+    from ..kernels.sparse_cpu import one_spike_list
 
     T, B, K = out.shape[0], out.shape[1], idx.shape[1]
 
     def build() -> ActiveSet:
-        none = T * K  # sorts after every real entry
-        flat = torch.where(valid, idx * K + torch.arange(K), torch.full_like(idx, none))
-        flat, _ = torch.sort(flat, dim=1)
         ptr = torch.zeros(B + 1, dtype=torch.int64)
         torch.cumsum(valid.sum(1), 0, out=ptr[1:])
-        return ActiveSet(T, B, K, ptr, flat[flat < none].to(torch.int32))
+        flat = torch.empty(int(ptr[-1]), dtype=torch.int32)
+        one_spike_list(idx.contiguous().numpy(), valid.contiguous().numpy(), T, ptr.numpy(), flat.numpy())
+        return ActiveSet(T, B, K, ptr, flat)
 
     attach_spike_list(out, build, (T, B, K))
 

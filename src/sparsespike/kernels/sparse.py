@@ -234,6 +234,9 @@ class SpikeMeta:
     version: int
     shape: tuple[int, int, int]  # (T, B, F) of the sets
     device: torch.device
+    # per-sample spike counts [B, F] returned by the producing layer's autograd function beside
+    # the spikes: their gradient enters that layer's backward directly (spike_counts)
+    counts: torch.Tensor | None = None
 
     def spike_list(self) -> ActiveSet | None:
         """The spike list (built and kept on first call if it was attached as a function)."""
@@ -247,18 +250,25 @@ def _flat_shape(x: torch.Tensor) -> tuple[int, int, int] | None:
 
 
 def attach_active_set(
-    x: torch.Tensor, active: ActiveSet | torch.Tensor, spikes: ActiveSet | None = None
+    x: torch.Tensor,
+    active: ActiveSet | torch.Tensor,
+    spikes: ActiveSet | None = None,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mark ``x[T, B, F]`` with the active set of the layer that produced it (or a bool mask).
 
     A sparse layer consuming ``x`` then computes its input gradient only at these entries
-    (eq. 12) and returns it as a sparse COO tensor. Returns ``x``.
+    (eq. 12) and returns it as a sparse COO tensor. ``counts`` (``[B, F]``, ``x`` summed over
+    time, from the same autograd function as ``x``) is what :func:`spike_counts` returns for
+    ``x``. Returns ``x``.
     """
     if isinstance(active, torch.Tensor):
         active = ActiveSet.from_mask(active)
     if tuple(active.shape) != tuple(x.shape):
         raise ValueError(f"active set shape {active.shape} does not match tensor {tuple(x.shape)}")
-    setattr(x, ATTR, SpikeMeta(active, spikes, x._version, active.shape, active.device))
+    if counts is not None and tuple(counts.shape) != (active.shape[1], active.shape[2]):
+        raise ValueError(f"counts shape {tuple(counts.shape)} does not match active set {active.shape}")
+    setattr(x, ATTR, SpikeMeta(active, spikes, x._version, active.shape, active.device, counts))
     return x
 
 
@@ -330,12 +340,27 @@ def spike_counts(x: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
     carries a spike list (a sparse layer's output, an encoder's raster; :class:`SpikeMeta`) it is
     counted from the list in O(spikes) instead of reading the ``T*B*F`` tensor, which at ~1 %
     activity is most of what the regularisers that price spikes cost per batch.
+
+    For the output of a sparse layer (:func:`sparse_spiking_linear`) the counts are the second
+    output of the layer's own autograd function: their gradient enters its backward directly,
+    added to ``dL/dS`` at the active entries, the only ones that backward reads (eq. 8: the
+    surrogate is 0 elsewhere). Parameter gradients are those of the dense sum; no dense
+    ``[T, B, F]`` gradient is built, nor summed with the COO one from the next layer (each such
+    sum costs as much as the layer's whole sparse backward). The counts are then not a function
+    of ``x`` in the autograd graph: ``torch.autograd.grad(counts, x)`` does not reach ``x``.
     """
     if x.dim() < 3:
         raise ValueError(f"spike_counts: expected x[T, B, *features], got shape {tuple(x.shape)}")
     T, B = x.shape[0], x.shape[1]
     F = math.prod(x.shape[2:])
-    meta = get_meta(x) if x.device.type == "cpu" else None
+    meta = get_meta(x)
+    if meta is not None and meta.counts is not None:
+        # the producing sparse layer returned them beside x: their gradient goes straight into
+        # its backward (added to dL/dS at its active entries) instead of a dense [T, B, F] one
+        c = meta.counts if x.requires_grad and torch.is_grad_enabled() else meta.counts.detach()
+        return c if per_sample else c.sum(0)
+    if x.device.type != "cpu":
+        meta = None
     lst = meta.spike_list() if meta is not None else None
     if lst is None or lst.shape != (T, B, F):
         x3 = x.reshape(T, B, F)
@@ -474,7 +499,10 @@ def _sparse_forward_numba(x, W, bias, p: LIFParams, b_th: float, spikes_in: Acti
         )
         extra = (over, a2, d2, o2, ac2, oc2)
     if B:
-        _CAP_HINT[(T, N)] = (float(a_cnt.max()) / TN, float(o_cnt.max()) / TN)
+        # layers of the same (T, N) share the hint: keep the larger with a slow decay, since
+        # unused room costs nothing (empty buffers) and every overflow reruns batch elements
+        fa_new, fo_new = float(a_cnt.max()) / TN, float(o_cnt.max()) / TN
+        _CAP_HINT[(T, N)] = (max(fa_new, 0.9 * fa), max(fo_new, 0.9 * fo)) if (T, N) in _CAP_HINT else (fa_new, fo_new)
 
     def compact(buf, cnt, which):
         ptr = torch.zeros(B + 1, dtype=torch.int64)
@@ -509,8 +537,9 @@ def _block(cols: int, rows: int, itemsize: int, parts: int) -> int:
     return max(1, min(b, cols))
 
 
-def _sparse_backward_numba(ctx, gs: torch.Tensor):
-    """Weight, bias and input gradients on CPU from the incoming ``dL/dS`` (dense or COO)."""
+def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None = None):
+    """Weight, bias and input gradients on CPU from the incoming ``dL/dS`` (dense or COO, or
+    ``None``) and the gradient ``gc`` of the per-sample spike counts (or ``None``)."""
     act: ActiveSet = ctx.active
     T, B, N = act.shape
     K = ctx.K
@@ -537,13 +566,20 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor):
     # e = dL/dS * g at the active entries: read inside the weight-gradient walk when it runs as
     # one block on a dense gradient (its cache misses then overlap the arithmetic), else gathered
     fuse = bool(
-        work and (need_dw or need_db) and nblk == 1 and not by_inputs and not gs.is_sparse and gs.dtype == dtype
+        work
+        and (need_dw or need_db)
+        and nblk == 1
+        and not by_inputs
+        and gc is None
+        and gs is not None
+        and not gs.is_sparse
+        and gs.dtype == dtype
     )
     if fuse:
         gs = gs.contiguous()
         e = torch.empty(act.n, dtype=dtype)
     else:
-        e = (_compact_grad(gs, act) * g).to(dtype).contiguous()
+        e = (_grad_at_active(gs, gc, act, dtype) * g).to(dtype).contiguous()
         gs = torch.zeros(1, 1, 1, dtype=dtype)
     if by_inputs:
         sp = ctx.spikes_in
@@ -633,12 +669,40 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor):
     return dx, dW, db
 
 
+def _per_sample_counts(spikes: ActiveSet, dtype) -> torch.Tensor:
+    """``[B, F]`` spikes per sample and feature from a b-major spike list (O(spikes))."""
+    B, F = spikes.B, spikes.F
+    f = (spikes.idx % F).long()
+    w = None if spikes.vals is None else spikes.vals.to(dtype)
+    c = torch.bincount(spikes.batch_index() * F + f, weights=w, minlength=B * F)
+    return c.reshape(B, F).to(dtype)
+
+
+def _grad_at_active(gs: torch.Tensor | None, gc: torch.Tensor | None, act: ActiveSet, dtype) -> torch.Tensor:
+    """``dL/dS`` at the active entries: the spikes' own gradient ``gs`` (dense or COO, or
+    ``None``) plus the gradient ``gc[B, N]`` of their per-sample counts (``S`` summed over time,
+    so ``dL/dS[t, b, j]`` gains ``gc[b, j]`` at every step; or ``None``)."""
+    e = _compact_grad(gs, act) if gs is not None else None
+    if gc is not None:
+        idx = act.idx.long()
+        extra = gc[act.batch_index(), idx % act.F]
+        e = extra if e is None else e + extra.to(e.dtype)
+    if e is None:
+        e = torch.zeros(act.n, dtype=dtype, device=act.device)
+    return e
+
+
 def _compact_grad(gs: torch.Tensor, act: ActiveSet) -> torch.Tensor:
     """``dL/dS`` at the active entries, from a dense or sparse COO gradient."""
     if gs.is_sparse:
         coo = act._coo
-        if coo is not None and gs._nnz() == act.n and gs._indices().data_ptr() == coo.data_ptr():
-            return gs._values()
+        if coo is not None and gs._nnz() == act.n:
+            ind = gs._indices()
+            # our COO gradients carry the set's cached indices; the autograd engine's sum of two
+            # of them (e.g. the next layer's input gradient + a spike-count regulariser's) keeps
+            # the entries in order but in a copy of the indices: compare them, O(n)
+            if ind.data_ptr() == coo.data_ptr() or torch.equal(ind, coo):
+                return gs._values()
         gs = gs.to_dense()
     return act.gather(gs)
 
@@ -688,18 +752,21 @@ class SparseSpikingLinearFn(torch.autograd.Function):
         ctx.K, ctx.beta, ctx.has_bias, ctx.backend = K, float(p.beta), bias is not None, backend
         saved = _bytes(act, g, ctx.spikes_in)
         out.update(active=act, spikes=spikes_out, n_active=act.n, saved_bytes=saved)
-        return S
+        ctx.set_materialize_grads(False)
+        return S, _per_sample_counts(spikes_out, S.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gs):  # type: ignore[override]
+    def backward(ctx, gs, gc):  # type: ignore[override]
         act: ActiveSet = ctx.active
+        if gs is None and gc is None:
+            return (None,) * 8
         if ctx.backend == "triton":
             from . import triton_gpu
 
-            dx, dW, db = triton_gpu.sparse_backward(ctx, _compact_grad(gs, act) * ctx.g)
+            dx, dW, db = triton_gpu.sparse_backward(ctx, _grad_at_active(gs, gc, act, ctx.g.dtype) * ctx.g)
         else:
-            dx, dW, db = _sparse_backward_numba(ctx, gs)
+            dx, dW, db = _sparse_backward_numba(ctx, gs, gc)
         return dx, dW, db, None, None, None, None, None
 
 
@@ -758,8 +825,8 @@ def sparse_spiking_linear(
         stats["backend"] = "fallback"
         return s
     out: dict = {}
-    S = SparseSpikingLinearFn.apply(x, W, bias, p, float(b_th), backend, meta, out)
-    attach_active_set(S, out["active"], out["spikes"])
+    S, counts = SparseSpikingLinearFn.apply(x, W, bias, p, float(b_th), backend, meta, out)
+    attach_active_set(S, out["active"], out["spikes"], counts)
     stats["n_active"] = int(out["n_active"])
     stats["n_total"] = T * B * N
     stats["saved_bytes"] = int(out["saved_bytes"])

@@ -669,3 +669,26 @@ def delta_dense(a_ptr, a_idx, e, beta, out):
     for c in prange(nchunk):
         b0, b1 = _split(B, nchunk, c)
         _delta_dense_part(b0, b1, a_ptr, a_idx, e, beta_, out)
+
+
+@njit(cache=True)
+def one_spike_list(steps, valid, T, ptr, idx):
+    """b-major spike list (``idx = t*K + i``, sorted) of a one-spike-per-input raster from the
+    spike step ``steps[b, i]`` of every input (``valid[b, i]``: it spikes at all): a counting sort
+    over the ``T`` steps, ``O(K + T)`` per sample. ``ptr[B+1]`` must hold the offsets."""
+    B, K = steps.shape
+    cnt = np.zeros(T + 1, dtype=np.int64)
+    for b in range(B):
+        for t in range(T + 1):
+            cnt[t] = 0
+        for i in range(K):
+            if valid[b, i]:
+                cnt[steps[b, i] + 1] += 1
+        for t in range(T):
+            cnt[t + 1] += cnt[t]
+        base = ptr[b]
+        for i in range(K):  # ascending i inside each step: the list is sorted by t*K + i
+            if valid[b, i]:
+                t = steps[b, i]
+                idx[base + cnt[t]] = t * K + i
+                cnt[t] += 1
