@@ -68,6 +68,7 @@ class TrainConfig:
     regularizers: list = field(default_factory=list)
     phases: list | None = None
     grad_clip: float | None = None
+    ema: float | None = None  # decay of an average of the weights used for validation and test (ema.py)
     select_best: bool = True  # test the best-validation epoch (of the last phase) rather than the last
     num_threads: int | None = None
     measure_every: int = 0  # >0: record per-layer activity % every N batches (Fig. 3A)

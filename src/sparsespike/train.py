@@ -172,6 +172,12 @@ def load_run(run: str | Path, data_dir: str | Path | None = None, last: bool = F
     ck = run / ("last.pt" if last else "best.pt")
     state = load_checkpoint(ck)
     tr.model.load_state_dict(state["model"])
+    if last and state.get("ema"):  # a run with train.ema: its averaged weights are the result
+        from .ema import EmaWeights
+
+        ema = EmaWeights(tr.model, state["ema"]["decay"])
+        ema.load_state_dict(state["ema"])
+        ema.copy_to(tr.model)
     return tr, state, ck
 
 
@@ -318,6 +324,7 @@ class Trainer:
             if ph.gates == "freeze" and not self.gated:
                 raise ConfigError(f"phase {ph.name!r} has gates: freeze but the model has no L0 gates (model.gates)")
         self.extra_regs = regularizers or []
+        self.ema = None  # EmaWeights when train.ema is set (built by epochs())
         self.history: list[dict] = []
         self.net: nn.Module = self.model
         if self.world > 1:
@@ -426,6 +433,8 @@ class Trainer:
                 from .sparsity.connectivity import constrain_gates
 
                 constrain_gates(self.model)
+            if self.ema is not None:
+                self.ema.update(self.model)
             n = len(yb)
             seen += n
             tot_loss += float(loss.detach()) * n
@@ -480,9 +489,16 @@ class Trainer:
                 rec.remove()
             self.model.train()
 
+    def _averaged(self):
+        """Context in which the model holds its EMA weights (``train.ema``), else a no-op."""
+        import contextlib
+
+        return self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
+
     # -- checkpoints
     def _state(self, phase_idx, epoch_in_phase, global_epoch, opt, sched, best) -> dict:
         return {
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "model": self.model.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else {},
@@ -526,11 +542,20 @@ class Trainer:
         start_phase, start_epoch, global_epoch = 0, 0, 0
         best = {"val_acc": -1.0, "epoch": -1}
         ckpt = None
+        self.ema = None
+        if self.cfg.train.ema is not None:
+            from .ema import EmaWeights
+
+            self.ema = EmaWeights(self.model, self.cfg.train.ema)
         if self.resume:
             if not last.exists():
                 raise ConfigError(f"--resume: no checkpoint at {last}")
             ckpt = load_checkpoint(last)
             self.model.load_state_dict(ckpt["model"])
+            if self.ema is not None:
+                if not ckpt.get("ema"):
+                    raise ConfigError(f"--resume with train.ema: {last} holds no EMA weights")
+                self.ema.load_state_dict(ckpt["ema"])
             start_phase, start_epoch = int(ckpt["phase"]), int(ckpt["epoch_in_phase"])
             global_epoch, best = int(ckpt["global_epoch"]), dict(ckpt["best"])
             self.history = json.loads(ckpt["history"])
@@ -556,7 +581,14 @@ class Trainer:
                     t0 = time.perf_counter()
                     rec = self._train_epoch(ph, e, global_epoch, opt, loss_fn, terms)
                     train_time = time.perf_counter() - t0
-                    val = self.evaluate(self.data.val)
+                    with self._averaged():
+                        val = self.evaluate(self.data.val)
+                        # a copy: the model gets its own weights back when the block ends
+                        best_state = (
+                            {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                            if self.ema is not None
+                            else None
+                        )
                     rec.update(
                         epoch=global_epoch + 1,
                         phase=ph.name,
@@ -577,7 +609,8 @@ class Trainer:
                         best = {"val_acc": val["acc"], "epoch": global_epoch}
                     if self.rank == 0:  # metrics and checkpoints are written by rank 0 only
                         if improved:
-                            atomic_save({"model": self.model.state_dict(), "epoch": global_epoch}, self.out / "best.pt")
+                            state = best_state if best_state is not None else self.model.state_dict()
+                            atomic_save({"model": state, "epoch": global_epoch}, self.out / "best.pt")
                         with open(self.out / "metrics.jsonl", "a") as f:
                             f.write(json.dumps(rec) + "\n")
                         nxt = (pi, e + 1) if e + 1 < ph.epochs else (pi + 1, 0)
@@ -600,7 +633,8 @@ class Trainer:
             import torch.distributed as dist
 
             dist.barrier()  # rank 0 has written best.pt
-        final = self.evaluate(self.data.test, metrics=True)
+        with self._averaged():
+            final = self.evaluate(self.data.test, metrics=True)
         res = {
             "name": self.cfg.name,
             "seed": self.cfg.seed,
@@ -619,6 +653,8 @@ class Trainer:
         else:
             res["test_acc"] = final["acc"]
             res["metrics"] = final["metrics"]
+            if self.ema is not None:  # the averaged weights are the run's result
+                self.ema.copy_to(self.model)
         if self.rank != 0:
             return res
         return self._write_results(res)
