@@ -40,18 +40,17 @@ class EmaWeights:
             self.shadow[k].lerp_(p.detach(), 1.0 - self.decay)
 
     @contextlib.contextmanager
-    @torch.no_grad()
     def swapped(self, model: nn.Module) -> Iterator[None]:
         """Inside the block ``model`` holds the averaged parameters; its own come back after."""
         params = self._params(model)
         saved = {k: p.detach().clone() for k, p in params}
-        for k, p in params:
-            p.copy_(self.shadow[k])
+        self.copy_to(model)
         try:
             yield
         finally:
-            for k, p in params:
-                p.copy_(saved[k])
+            with torch.no_grad():
+                for k, p in params:
+                    p.copy_(saved[k])
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

@@ -16,6 +16,7 @@ by a :class:`~sparsespike.sparsity.monitor.SpikeMonitor`. Register a named one w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -491,8 +492,6 @@ class Trainer:
 
     def _averaged(self):
         """Context in which the model holds its EMA weights (``train.ema``), else a no-op."""
-        import contextlib
-
         return self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
 
     # -- checkpoints
@@ -581,14 +580,16 @@ class Trainer:
                     t0 = time.perf_counter()
                     rec = self._train_epoch(ph, e, global_epoch, opt, loss_fn, terms)
                     train_time = time.perf_counter() - t0
-                    with self._averaged():
+                    # with several phases only the last one competes for the best checkpoint: the
+                    # phases are one recipe (e.g. a dense warm-up before sparsification), and an
+                    # earlier phase's network is not the one the recipe produces
+                    with self._averaged():  # validated (and kept as best) with EMA weights if any
                         val = self.evaluate(self.data.val)
-                        # a copy: the model gets its own weights back when the block ends
-                        best_state = (
-                            {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                            if self.ema is not None
-                            else None
-                        )
+                        improved = pi == len(self.phases) - 1 and val["acc"] > best["val_acc"]
+                        if improved and self.rank == 0:  # checkpoints are written by rank 0 only
+                            atomic_save(
+                                {"model": self.model.state_dict(), "epoch": global_epoch + 1}, self.out / "best.pt"
+                            )
                     rec.update(
                         epoch=global_epoch + 1,
                         phase=ph.name,
@@ -601,16 +602,9 @@ class Trainer:
                         sched.step()
                     global_epoch += 1
                     self.history.append(rec)
-                    # with several phases only the last one competes for the best checkpoint: the
-                    # phases are one recipe (e.g. a dense warm-up before sparsification), and an
-                    # earlier phase's network is not the one the recipe produces
-                    improved = pi == len(self.phases) - 1 and val["acc"] > best["val_acc"]
                     if improved:
                         best = {"val_acc": val["acc"], "epoch": global_epoch}
                     if self.rank == 0:  # metrics and checkpoints are written by rank 0 only
-                        if improved:
-                            state = best_state if best_state is not None else self.model.state_dict()
-                            atomic_save({"model": state, "epoch": global_epoch}, self.out / "best.pt")
                         with open(self.out / "metrics.jsonl", "a") as f:
                             f.write(json.dumps(rec) + "\n")
                         nxt = (pi, e + 1) if e + 1 < ph.epochs else (pi + 1, 0)

@@ -359,19 +359,11 @@ def spike_counts(x: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
         # its backward (added to dL/dS at its active entries) instead of a dense [T, B, F] one
         c = meta.counts if x.requires_grad and torch.is_grad_enabled() else meta.counts.detach()
         return c if per_sample else c.sum(0)
-    if x.device.type != "cpu":
-        meta = None
-    lst = meta.spike_list() if meta is not None else None
+    lst = meta.spike_list() if meta is not None and x.device.type == "cpu" else None
     if lst is None or lst.shape != (T, B, F):
         x3 = x.reshape(T, B, F)
         return x3.sum(0) if per_sample else x3.sum((0, 1))
-    f = (lst.idx % F).long()
-    w = None if lst.vals is None else lst.vals.to(x.dtype)
-    if per_sample:
-        counts = torch.bincount(lst.batch_index() * F + f, weights=w, minlength=B * F).reshape(B, F)
-    else:
-        counts = torch.bincount(f, weights=w, minlength=F)
-    counts = counts.to(x.dtype)
+    counts = _list_counts(lst, x.dtype, per_sample)
     if x.requires_grad and torch.is_grad_enabled():
         return _CountsFromList.apply(x, counts, per_sample)
     return counts
@@ -501,8 +493,7 @@ def _sparse_forward_numba(x, W, bias, p: LIFParams, b_th: float, spikes_in: Acti
     if B:
         # layers of the same (T, N) share the hint: keep the larger with a slow decay, since
         # unused room costs nothing (empty buffers) and every overflow reruns batch elements
-        fa_new, fo_new = float(a_cnt.max()) / TN, float(o_cnt.max()) / TN
-        _CAP_HINT[(T, N)] = (max(fa_new, 0.9 * fa), max(fo_new, 0.9 * fo)) if (T, N) in _CAP_HINT else (fa_new, fo_new)
+        _CAP_HINT[(T, N)] = (max(float(a_cnt.max()) / TN, 0.9 * fa), max(float(o_cnt.max()) / TN, 0.9 * fo))
 
     def compact(buf, cnt, which):
         ptr = torch.zeros(B + 1, dtype=torch.int64)
@@ -669,13 +660,15 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
     return dx, dW, db
 
 
-def _per_sample_counts(spikes: ActiveSet, dtype) -> torch.Tensor:
-    """``[B, F]`` spikes per sample and feature from a b-major spike list (O(spikes))."""
+def _list_counts(spikes: ActiveSet, dtype, per_sample: bool = True) -> torch.Tensor:
+    """Spikes per sample and feature ``[B, F]`` (or per feature ``[F]``) of a b-major spike list,
+    values summed when it has them; O(spikes)."""
     B, F = spikes.B, spikes.F
     f = (spikes.idx % F).long()
     w = None if spikes.vals is None else spikes.vals.to(dtype)
-    c = torch.bincount(spikes.batch_index() * F + f, weights=w, minlength=B * F)
-    return c.reshape(B, F).to(dtype)
+    if per_sample:
+        return torch.bincount(spikes.batch_index() * F + f, weights=w, minlength=B * F).reshape(B, F).to(dtype)
+    return torch.bincount(f, weights=w, minlength=F).to(dtype)
 
 
 def _grad_at_active(gs: torch.Tensor | None, gc: torch.Tensor | None, act: ActiveSet, dtype) -> torch.Tensor:
@@ -753,7 +746,7 @@ class SparseSpikingLinearFn(torch.autograd.Function):
         saved = _bytes(act, g, ctx.spikes_in)
         out.update(active=act, spikes=spikes_out, n_active=act.n, saved_bytes=saved)
         ctx.set_materialize_grads(False)
-        return S, _per_sample_counts(spikes_out, S.dtype)
+        return S, _list_counts(spikes_out, S.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
