@@ -208,6 +208,22 @@ def test_evaluate_reloads_a_run(tmp_path, capsys) -> None:
     assert main(["evaluate", str(run)]) == 0
     ev = json.loads((run / "evaluate_best.json").read_text())
     assert ev["test_acc"] == json.loads((run / "results.json").read_text())["test_acc"]
+    # the training split (first 50 samples), against the checkpoint's model applied by hand
+    assert main(["evaluate", str(run), "--split", "train", "--limit", "50"]) == 0
+    ev = json.loads((run / "evaluate_best_train50.json").read_text())
+    assert ev["split"] == "train" and ev["samples"] == 50 and "test_acc" not in ev
+    import torch
+
+    from sparsespike.train import epoch_seed, load_run
+
+    tr, _, _ = load_run(run)
+    tr.model.eval()
+    sub = tr.data.train.subset(torch.arange(50))
+    gen = torch.Generator().manual_seed(epoch_seed(tr.cfg.seed, 10**6))
+    with torch.no_grad():
+        pred = tr.model(tr.data.encode(sub.x, gen)).argmax(-1)
+    assert ev["acc"] == int((pred == sub.y).sum()) / 50
+    assert main(["evaluate", str(run), "--limit", "0"]) == 2
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "no run.json" in capsys.readouterr().err
 

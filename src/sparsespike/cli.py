@@ -9,7 +9,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .errors import SparseSpikeError
+from .errors import ConfigError, SparseSpikeError
 
 
 def _builtin_config(name: str) -> Path:
@@ -122,13 +122,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    """Test accuracy and metrics of a run's best (or last) checkpoint, e.g. of an interrupted run."""
+    """Accuracy and metrics of a run's best (or last) checkpoint on its test split (or on its
+    validation or training split: the training accuracy with the test-time gates and encoder
+    tells under-fitting from over-fitting), e.g. of an interrupted run."""
+    import torch
+
     from .train import load_run
 
     run = Path(args.run)
     tr, state, ck = load_run(run, args.data_dir, args.last)
     cfg = tr.cfg
-    res = tr.evaluate(tr.data.test, metrics=True)
+    split = getattr(tr.data, args.split)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+        split = split.subset(torch.arange(min(args.limit, len(split))))
+    res = tr.evaluate(split, metrics=True)
     epochs = len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else None
     out = {
         "name": cfg.name,
@@ -136,14 +145,24 @@ def cmd_evaluate(args) -> int:
         "checkpoint": ck.name,
         "checkpoint_epoch": state.get("epoch"),
         "epochs_logged": epochs,
-        "test_acc": res["acc"],
+        "split": args.split,
+        "samples": len(split),
+        "acc": res["acc"],
+        "loss": res["loss"],
         "metrics": res["metrics"],
     }
-    (run / f"evaluate_{ck.stem}.json").write_text(json.dumps(out, indent=2))
+    if args.split == "test":
+        out["test_acc"] = res["acc"]
+    suffix = "" if args.split == "test" else f"_{args.split}"  # the test file keeps its old name
+    if args.limit is not None:
+        suffix = f"_{args.split}{len(split)}"
+    dest = run / f"evaluate_{ck.stem}{suffix}.json"
+    dest.write_text(json.dumps(out, indent=2))
     m = res["metrics"]
     print(
-        f"[{cfg.name}] {ck.name} (epoch {state.get('epoch')}, {epochs} epochs logged): test accuracy "
-        f"{100 * res['acc']:.2f} % | spikes/sample {m['spike_count']:.1f} | SynOps {m['synops']:.4g}"
+        f"[{cfg.name}] {ck.name} (epoch {state.get('epoch')}, {epochs} epochs logged): {args.split} accuracy "
+        f"{100 * res['acc']:.2f} % (loss {res['loss']:.4f}, {len(split)} samples) | spikes/sample "
+        f"{m['spike_count']:.1f} | SynOps {m['synops']:.4g} -> {dest}"
     )
     return 0
 
@@ -307,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run")
     ev.add_argument("--data-dir")
     ev.add_argument("--last", action="store_true", help="use last.pt instead of best.pt")
+    ev.add_argument(
+        "--split",
+        choices=("test", "val", "train"),
+        default="test",
+        help="split to evaluate (train: training accuracy with the test-time gates, no augmentation)",
+    )
+    ev.add_argument("--limit", type=int, help="only the first N samples of the split")
     ev.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="print the metrics table of a finished run")
