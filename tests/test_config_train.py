@@ -212,8 +212,6 @@ def test_evaluate_reloads_a_run(tmp_path, capsys) -> None:
     assert main(["evaluate", str(run), "--split", "train", "--limit", "50"]) == 0
     ev = json.loads((run / "evaluate_best_train50.json").read_text())
     assert ev["split"] == "train" and ev["samples"] == 50 and "test_acc" not in ev
-    import torch
-
     from sparsespike.train import epoch_seed, load_run
 
     tr, _, _ = load_run(run)

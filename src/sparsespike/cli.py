@@ -129,13 +129,13 @@ def cmd_evaluate(args) -> int:
 
     from .train import load_run
 
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
     run = Path(args.run)
     tr, state, ck = load_run(run, args.data_dir, args.last)
     cfg = tr.cfg
     split = getattr(tr.data, args.split)
     if args.limit is not None:
-        if args.limit < 1:
-            raise ConfigError(f"--limit must be at least 1, got {args.limit}")
         split = split.subset(torch.arange(min(args.limit, len(split))))
     res = tr.evaluate(split, metrics=True)
     epochs = len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else None
