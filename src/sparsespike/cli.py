@@ -153,10 +153,10 @@ def cmd_evaluate(args) -> int:
     }
     if args.split == "test":
         out["test_acc"] = res["acc"]
-    suffix = "" if args.split == "test" else f"_{args.split}"  # the test file keeps its old name
-    if args.limit is not None:
-        suffix = f"_{args.split}{len(split)}"
-    dest = run / f"evaluate_{ck.stem}{suffix}.json"
+    # the whole test split keeps its old file name; other splits and --limit get their own
+    n = "" if args.limit is None else len(split)
+    part = "" if args.split == "test" and args.limit is None else f"_{args.split}{n}"
+    dest = run / f"evaluate_{ck.stem}{part}.json"
     dest.write_text(json.dumps(out, indent=2))
     m = res["metrics"]
     print(

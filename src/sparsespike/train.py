@@ -541,11 +541,9 @@ class Trainer:
         start_phase, start_epoch, global_epoch = 0, 0, 0
         best = {"val_acc": -1.0, "epoch": -1}
         ckpt = None
-        self.ema = None
-        if self.cfg.train.ema is not None:
-            from .ema import EmaWeights
+        from .ema import EmaWeights
 
-            self.ema = EmaWeights(self.model, self.cfg.train.ema)
+        self.ema = EmaWeights(self.model, self.cfg.train.ema) if self.cfg.train.ema is not None else None
         if self.resume:
             if not last.exists():
                 raise ConfigError(f"--resume: no checkpoint at {last}")
