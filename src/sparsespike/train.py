@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import ExperimentConfig, PhaseConfig
+from .ema import EmaWeights
 from .errors import ConfigError
 from .kernels.sparse import spike_counts
 from .metrics import MetricsRecorder
@@ -174,8 +175,6 @@ def load_run(run: str | Path, data_dir: str | Path | None = None, last: bool = F
     state = load_checkpoint(ck)
     tr.model.load_state_dict(state["model"])
     if last and state.get("ema"):  # a run with train.ema: its averaged weights are the result
-        from .ema import EmaWeights
-
         ema = EmaWeights(tr.model, state["ema"]["decay"])
         ema.load_state_dict(state["ema"])
         ema.copy_to(tr.model)
@@ -541,8 +540,6 @@ class Trainer:
         start_phase, start_epoch, global_epoch = 0, 0, 0
         best = {"val_acc": -1.0, "epoch": -1}
         ckpt = None
-        from .ema import EmaWeights
-
         self.ema = EmaWeights(self.model, self.cfg.train.ema) if self.cfg.train.ema is not None else None
         if self.resume:
             if not last.exists():
