@@ -118,6 +118,39 @@ def test_event_driven_synapse_matches_matmul(density):
         torch.testing.assert_close(a, r)
 
 
+@pytest.mark.parametrize("event_driven", [None, True])
+def test_event_synapse_reads_the_attached_spike_list(event_driven):
+    """Behind a sparse layer the event path builds its CSR from the layer's spike list (counting
+    sort over T*B rows), not from a raster scan: same CSR as the scan, same outputs and
+    gradients as the dense matmul."""
+    import numpy as np
+
+    from sparsespike.kernels import synapse
+    from sparsespike.kernels.sparse import sparse_spiking_linear
+
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(30, 6, 40, generator=g) < 0.2).double()
+    W1 = (torch.randn(25, 40, generator=g, dtype=torch.float64) * 0.6).requires_grad_()
+    s = sparse_spiking_linear(x, W1, None, LIFParams(beta=0.9), b_th=0.5)
+    assert 0 < int(s.sum()) < s.numel()
+    listed = synapse._csr_from_spike_list(s)
+    scanned = synapse.to_csr(s.detach().reshape(-1, 25).contiguous().numpy())
+    assert listed is not None
+    for a, b in zip(listed, scanned, strict=True):
+        np.testing.assert_array_equal(a, b)
+    w = torch.randn(7, 25, dtype=torch.float64, requires_grad=True)
+    gout = torch.randn(30, 6, 7, dtype=torch.float64)
+    y = synaptic_linear(s, w, event_driven=event_driven)
+    gw, gW1 = torch.autograd.grad((y * gout).sum(), (w, W1))
+    y0 = torch.nn.functional.linear(s, w)
+    gw0, gW10 = torch.autograd.grad((y0 * gout).sum(), (w, W1))
+    torch.testing.assert_close(y, y0)
+    torch.testing.assert_close(gw, gw0)
+    torch.testing.assert_close(gW1, gW10)
+    # an input without a list (or changed in place since) is scanned as before
+    assert synapse._csr_from_spike_list(s.detach().clone()) is None
+
+
 def test_custom_surrogate_falls_back_to_torch():
     class Gauss:
         def grad(self, x):
@@ -125,3 +158,63 @@ def test_custom_surrogate_falls_back_to_torch():
 
     p = LIFParams(beta=0.9, surrogate=Gauss())
     _check(p, T=10, B=2, N=5, seed=0, impl="auto")
+
+
+def test_parallel_kernel_pairs_are_distinct_and_single_thread_runs_serial():
+    """numba's disk cache ignores the ``parallel`` flag, so the serial twin must be its own
+    function (else a later process loads the parallel build for both); with one numba thread the
+    wrapper runs the serial build (a parallel region only adds a ~90 us hand-off)."""
+    import numba
+    import numpy as np
+    from numba import prange
+
+    from sparsespike.kernels.cpu import compile_pair, parallel_kernel
+
+    def add_one(x, out):
+        for i in prange(x.shape[0]):
+            out[i] = x[i] + 1.0
+
+    par, ser = compile_pair(add_one)
+    assert par.py_func is add_one and ser.py_func is not add_one
+    assert ser.py_func.__qualname__ == add_one.__qualname__ + "__serial"
+    assert par.targetoptions.get("parallel") and not ser.targetoptions.get("parallel")
+
+    k = parallel_kernel(add_one)
+    x = np.arange(5.0)
+    out = np.zeros(5)
+    n = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        k(x, out)
+    finally:
+        numba.set_num_threads(n)
+    np.testing.assert_array_equal(out, x + 1.0)
+    assert k.serial.signatures and not k.parallel.signatures
+
+
+@pytest.mark.parametrize("with_vals", [False, True])
+def test_list_counts_and_count_grad_kernels_match_torch(with_vals):
+    """Per-sample spike counts of a b-major list and the count gradient spread to its entries
+    (numba kernels) against the torch bincount / gather formulations."""
+    from sparsespike.kernels.sparse import ActiveSet, _grad_at_active, _list_counts
+
+    g = torch.Generator().manual_seed(11)
+    T, B, F = 7, 4, 9
+    mask = torch.rand(T, B, F, generator=g) < 0.3
+    s = ActiveSet.from_mask(mask)
+    if with_vals:
+        s.vals = torch.rand(s.n, generator=g, dtype=torch.float64)
+    dense = torch.zeros(T, B, F, dtype=torch.float64)
+    dense[mask] = 1.0
+    if with_vals:
+        dense.reshape(-1)[s.flat_index()] = s.vals
+    torch.testing.assert_close(_list_counts(s, torch.float64), dense.sum(0))
+    gc = torch.randn(B, F, generator=g, dtype=torch.float64)
+    gs = torch.randn(s.n, generator=g, dtype=torch.float64)
+    t_idx, b_idx, f_idx = s.coo_indices()
+    want = gs + gc[b_idx, f_idx]
+    coo = s.sparse_tensor(gs.clone())
+    got = _grad_at_active(coo, gc, s, torch.float64)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(coo._values(), gs)  # the incoming gradient is not modified
+    torch.testing.assert_close(_grad_at_active(None, gc, s, torch.float64), gc[b_idx, f_idx])

@@ -41,15 +41,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ..kernels.cpu import parallel_kernel
 from .params import DEFAULT_PARAMS, DEFAULT_SOLVER, LIFParams, SolverOptions
 from .simulate import EventList, LayerSpikes, gap_decays, kernel_threads
 
 __all__ = ["adjoint_layer", "scatter_event_errors", "adjoint_network"]
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _adjoint_layer_kernel(
     ev_t, ev_n, ev_count, dm, ds, W, out_t, out_i, out_count, err_spk,
     tau_m, tau_s, r_m, theta, t_window, grazing_eps,

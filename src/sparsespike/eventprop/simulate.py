@@ -49,6 +49,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import SpikeInputError
+from ..kernels.cpu import parallel_kernel
 from .params import DEFAULT_PARAMS, DEFAULT_SOLVER, LIFParams, SolverOptions
 
 __all__ = [
@@ -157,7 +158,7 @@ def _next_crossing(V0, I0, D, em, es, tau_m, tau_s, r_m, theta, k, peak_tol, xto
     return -1.0
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _gap_decays_kernel(ev_t, ev_count, t_window, tau_m, tau_s, dm, ds):
     """Per sample: decay factors over the gap before each input event (t_{-1} = 0)."""
     B = ev_t.shape[0]
@@ -179,7 +180,7 @@ def gap_decays(events, params):
     return dm, ds
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _forward_layer_kernel(
     ev_t, ev_n, ev_count, dm, ds, W, tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol,
     out_t, out_i, out_count, capped,
@@ -256,7 +257,7 @@ def _forward_layer_kernel(
         out_count[b, m] = cnt
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _count_finite(times, counts):
     B, N, S = times.shape
     for b in prange(B):
@@ -268,7 +269,7 @@ def _count_finite(times, counts):
         counts[b] = c
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _merge_kernel(times, counts, ev_t, ev_n, ev_p):
     B, N, S = times.shape
     for b in prange(B):

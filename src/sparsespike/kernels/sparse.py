@@ -664,6 +664,11 @@ def _list_counts(spikes: ActiveSet, dtype, per_sample: bool = True) -> torch.Ten
     """Spikes per sample and feature ``[B, F]`` (or per feature ``[F]``) of a b-major spike list,
     values summed when it has them; O(spikes)."""
     B, F = spikes.B, spikes.F
+    if spikes.device.type == "cpu" and per_sample and dtype in _FLOATS:
+        out = torch.zeros(B, F, dtype=dtype)
+        vals = spikes.vals.to(dtype).contiguous() if spikes.vals is not None else out.reshape(-1)[:0]
+        kc.list_counts(spikes.ptr.numpy(), spikes.idx.numpy(), vals.numpy(), spikes.vals is not None, F, out.numpy())
+        return out
     f = (spikes.idx % F).long()
     w = None if spikes.vals is None else spikes.vals.to(dtype)
     if per_sample:
@@ -676,7 +681,11 @@ def _grad_at_active(gs: torch.Tensor | None, gc: torch.Tensor | None, act: Activ
     ``None``) plus the gradient ``gc[B, N]`` of their per-sample counts (``S`` summed over time,
     so ``dL/dS[t, b, j]`` gains ``gc[b, j]`` at every step; or ``None``)."""
     e = _compact_grad(gs, act) if gs is not None else None
-    if gc is not None:
+    if gc is not None and act.device.type == "cpu" and gc.dtype in _FLOATS:
+        e = torch.zeros(act.n, dtype=gc.dtype) if e is None else e.clone()  # e may be a grad's own values
+        gcn = gc.detach().to(e.dtype).contiguous().numpy()
+        kc.add_count_grad(act.ptr.numpy(), act.idx.numpy(), act.F, gcn, e.numpy())
+    elif gc is not None:
         idx = act.idx.long()
         extra = gc[act.batch_index(), idx % act.F]
         e = extra if e is None else e + extra.to(e.dtype)

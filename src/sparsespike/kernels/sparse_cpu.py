@@ -34,7 +34,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .cpu import parallel_kernel
 from .simd import dot
+
+_parallel = parallel_kernel
 
 # no nnan/ninf: b_th may legitimately be +inf ("every neuron active")
 FM = {"contract", "arcp", "reassoc", "nsz"}
@@ -65,7 +68,7 @@ def _scan_counts_part(x, b0, b1, counts, nonbinary):
         nonbinary[b] = nb
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def scan_counts(x, counts, nonbinary):
     """Per batch element: number of non-zeros of a b-major ``x[B, T, K]`` (any strides, so a
     transposed view of a time-major raster or a sample-major ``uint8`` batch) and whether any
@@ -92,7 +95,7 @@ def _scan_fill_part(x, b0, b1, ptr, idx, vals, store_vals):
                     p += 1
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def scan_fill(x, ptr, idx, vals, store_vals):
     """Fill the b-major spike list (``idx = t*K + i``) of a b-major ``x[B, T, K]``; values if asked."""
     B = x.shape[0]
@@ -131,7 +134,7 @@ def _scan_words_part(w, b0, b1, counts, nonbinary, ptr, idx, vals, store_vals, f
             nonbinary[b] = nb
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def scan_word_counts(w, counts, nonbinary):
     """:func:`scan_counts` of a contiguous ``uint8`` batch ``[B, T*K]`` viewed as ``uint64
     [B, T*K/8]``: at ~1 % activity most words are zero, so this reads 8 inputs per compare."""
@@ -142,7 +145,7 @@ def scan_word_counts(w, counts, nonbinary):
         _scan_words_part(w, b0, b1, counts, nonbinary, counts, counts, counts, False, False)  # ptr, idx, vals unused
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def scan_word_fill(w, ptr, idx, vals, store_vals):
     """:func:`scan_fill` of the ``uint64`` word view of a contiguous ``uint8`` batch."""
     B = w.shape[0]
@@ -163,7 +166,7 @@ def _mask_counts_part(mask, b0, b1, counts):
         counts[b] = c
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def mask_counts(mask, counts):
     """Per batch element: number of non-zeros of a ``uint8`` mask ``[T, B, F]``."""
     B = mask.shape[1]
@@ -185,7 +188,7 @@ def _mask_fill_part(mask, b0, b1, ptr, idx):
                     p += 1
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def mask_fill(mask, ptr, idx):
     """Fill the b-major index list (``t*F + i``) of the non-zeros of a mask ``[T, B, F]``."""
     B = mask.shape[1]
@@ -195,17 +198,18 @@ def mask_fill(mask, ptr, idx):
         _mask_fill_part(mask, b0, b1, ptr, idx)
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def compact_rows(buf, cnt, ptr, out):
     """Concatenate the first ``cnt[r]`` entries of every row of ``buf`` at ``ptr[r]``."""
     R = buf.shape[0]
     for r in prange(R):
         o = ptr[r]
-        for k in range(cnt[r]):
-            out[o + k] = buf[r, k]
+        c = cnt[r]
+        # a slice copy is a memcpy: 20x faster than the element loop (measured, [128, 916] rows)
+        out[o : o + c] = buf[r, :c]
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def coo_indices(ptr, idx, F, out):
     """``[3, n]`` int64 COO indices ``(t, b, i)`` of a b-major compact set over ``[T, B, F]``."""
     B = ptr.shape[0] - 1
@@ -236,7 +240,7 @@ def _gather_part(ptr, idx, dense, b0, b1, out):
             cur[k] = p
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def gather_bmajor(ptr, idx, dense, out):
     """``out[p] = dense[t, b, i]`` for the compact set (``idx = t*F + i``) over ``dense[T, B, F]``.
 
@@ -349,7 +353,7 @@ def _forward_part(
         o_cnt[r0 + k] = no[k]
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def fused_forward(
     blist,
     nchunk,
@@ -473,7 +477,7 @@ def _weight_grad_part(
                 a += 1
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def weight_grad_active(
     nblk, kb, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dw, db,
     fuse_e, gs, g,
@@ -574,7 +578,7 @@ def _delta_walk_part(
                 q -= 1
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def input_grad_active(nchunk, nb, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx, powb, ipow, L, dx_vals):
     """Eqs. 11-12: the input gradient only at the previous layer's active entries.
 
@@ -614,7 +618,7 @@ def _bias_grad_part(n0, n1, N, a_ptr, a_idx, e, geo, db):
                 db[j] += e[p] * geo[ta]
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def weight_grad_inputs(
     nblk, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_db, dwt, db
 ):  # fmt: skip
@@ -657,7 +661,7 @@ def _delta_dense_part(b0, b1, a_ptr, a_idx, e, beta_, out):
                 out[t, b, j] = D[j]
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def delta_dense(a_ptr, a_idx, e, beta, out):
     """Dense ``delta[T, B, N]`` (Prop. 1 run over every step) from the compact ``e``.
 
@@ -692,3 +696,53 @@ def one_spike_list(steps, valid, T, ptr, idx):
                 t = steps[b, i]
                 idx[base + cnt[t]] = t * K + i
                 cnt[t] += 1
+
+
+@njit(cache=True)
+def list_to_time_major_csr(ptr, idx, F, T, indptr, indices):
+    """Time-major CSR (rows ``t*B + b``, column ``i``) of a b-major spike list (``idx = t*F + i``,
+    sorted per sample): a counting sort over the ``T*B`` rows, ``O(nnz + T*B)`` -- instead of a
+    scan of the ``T*B*F`` raster. Columns stay ascending inside each row (the list is sorted).
+    ``indptr[T*B+1]`` and ``indices[nnz]`` are written."""
+    B = ptr.shape[0] - 1
+    R = T * B
+    for r in range(R + 1):
+        indptr[r] = 0
+    for b in range(B):
+        for p in range(ptr[b], ptr[b + 1]):
+            t = idx[p] // F
+            indptr[t * B + b + 1] += 1
+    for r in range(R):
+        indptr[r + 1] += indptr[r]
+    fill = indptr[:R].copy()
+    for b in range(B):
+        for p in range(ptr[b], ptr[b + 1]):
+            f = idx[p]
+            t = f // F
+            r = t * B + b
+            indices[fill[r]] = f - t * F
+            fill[r] += 1
+
+
+@njit(cache=True)
+def list_counts(ptr, idx, vals, has_val, F, out):
+    """``out[b, i] = `` number of entries (or sum of ``vals``) of sample ``b`` at feature ``i`` of
+    a b-major list over ``[T, B, F]`` (``idx = t*F + i``); ``out`` must be zeroed. O(entries)."""
+    B = ptr.shape[0] - 1
+    for b in range(B):
+        for p in range(ptr[b], ptr[b + 1]):
+            i = idx[p] % F
+            if has_val:
+                out[b, i] += vals[p]
+            else:
+                out[b, i] += 1.0
+
+
+@njit(cache=True)
+def add_count_grad(ptr, idx, F, gc, e):
+    """``e[p] += gc[b, i]`` for every entry ``p`` (sample ``b``, feature ``i = idx[p] % F``) of a
+    b-major set: the gradient of per-sample spike counts reaching every step (O(entries))."""
+    B = ptr.shape[0] - 1
+    for b in range(B):
+        for p in range(ptr[b], ptr[b + 1]):
+            e[p] += gc[b, idx[p] % F]

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 
-from .cpu import pick
+from .cpu import compile_pair, pick
 
 
 def _py_row_counts(x, counts, nonbinary):
@@ -192,6 +192,26 @@ class EventLinearActive(torch.autograd.Function):
         return gs, gw, None, None
 
 
+def _csr_from_spike_list(s: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+    """CSR of ``s[T, B, K]`` (rows ``t*B + b``) from the binary spike list a sparse layer or an
+    encoder attached to it (:mod:`sparsespike.kernels.sparse`), in ``O(nnz + T*B)``; ``None``
+    when there is none (then :func:`to_csr` scans the raster)."""
+    if s.dim() != 3 or s.device.type != "cpu":
+        return None
+    from .sparse import get_meta  # lazy: sparse imports this module's neighbours
+    from .sparse_cpu import list_to_time_major_csr
+
+    m = get_meta(s)
+    lst = None if m is None else m.spike_list()
+    if lst is None or lst.vals is not None or tuple(lst.shape) != tuple(s.shape):
+        return None
+    T, B, _ = lst.shape
+    indptr = np.empty(T * B + 1, dtype=np.int64)
+    indices = np.empty(lst.n, dtype=np.int32)
+    list_to_time_major_csr(lst.ptr.numpy(), lst.idx.numpy(), lst.F, T, indptr, indices)
+    return indptr, indices
+
+
 def _active_set_of(s: torch.Tensor):
     """The active set a ``backward="sparse"`` layer attached to ``s`` (if ``s`` needs a gradient)."""
     if not s.requires_grad or s.dim() != 3:
@@ -219,16 +239,20 @@ def synaptic_linear(
     cpu_ok = s2.device.type == "cpu" and s2.dtype == w.dtype and s2.dtype in (torch.float32, torch.float64)
     csr = None
     act = _active_set_of(s) if cpu_ok and event_driven is not False else None
+    listed = _csr_from_spike_list(s) if cpu_ok and event_driven is not False else None
     if act is not None:  # behind a sparse layer: the compact input gradient pays at any size
-        csr = to_csr(s2.detach().contiguous().numpy())
+        csr = listed if listed is not None else to_csr(s2.detach().contiguous().numpy())
         if csr is None:
             act = None
     if csr is None and event_driven is None and cpu_ok and w.shape[0] >= 8:
-        csr = to_csr(s2.detach().contiguous().numpy(), max_density)
-    elif event_driven:
+        if listed is not None and len(listed[1]) <= max_density * max(1, s2.numel()):
+            csr = listed
+        else:
+            csr = to_csr(s2.detach().contiguous().numpy(), max_density)
+    elif event_driven and csr is None:
         if not cpu_ok:
             raise ValueError("event-driven synaptic input needs float32/float64 CPU tensors of the weight's dtype")
-        csr = to_csr(s2.detach().contiguous().numpy())
+        csr = listed if listed is not None else to_csr(s2.detach().contiguous().numpy())
         if csr is None:
             raise ValueError("event_driven=True needs a binary spike input (entries 0 or 1)")
     if csr is not None:
@@ -242,13 +266,8 @@ def synaptic_linear(
 
 # serial and parallel compilations of each kernel; small problems run serially
 # (a thread barrier costs more than the work on a [30, 4000] array, worst on a busy machine)
-_row_counts_par = njit(parallel=True, cache=True, fastmath=True)(_py_row_counts)
-_row_counts_ser = njit(parallel=False, cache=True, fastmath=True)(_py_row_counts)
-_fill_csr_par = njit(parallel=True, cache=True, fastmath=True)(_py_fill_csr)
-_fill_csr_ser = njit(parallel=False, cache=True, fastmath=True)(_py_fill_csr)
-_csr_matmul_par = njit(parallel=True, cache=True, fastmath=True)(_py_csr_matmul)
-_csr_matmul_ser = njit(parallel=False, cache=True, fastmath=True)(_py_csr_matmul)
-_csr_weight_grad_par = njit(parallel=True, cache=True, fastmath=True)(_py_csr_weight_grad)
-_csr_weight_grad_ser = njit(parallel=False, cache=True, fastmath=True)(_py_csr_weight_grad)
-_active_rows_grad_par = njit(parallel=True, cache=True, fastmath=True)(_py_active_rows_grad)
-_active_rows_grad_ser = njit(parallel=False, cache=True, fastmath=True)(_py_active_rows_grad)
+_row_counts_par, _row_counts_ser = compile_pair(_py_row_counts, fastmath=True)
+_fill_csr_par, _fill_csr_ser = compile_pair(_py_fill_csr, fastmath=True)
+_csr_matmul_par, _csr_matmul_ser = compile_pair(_py_csr_matmul, fastmath=True)
+_csr_weight_grad_par, _csr_weight_grad_ser = compile_pair(_py_csr_weight_grad, fastmath=True)
+_active_rows_grad_par, _active_rows_grad_ser = compile_pair(_py_active_rows_grad, fastmath=True)
