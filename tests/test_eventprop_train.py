@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparsespike.errors import ConfigError
-from sparsespike.eventprop.train import augment_images, load_config, train_eventprop
+from sparsespike.eventprop.train import augment_images, bump_silent, load_config, train_eventprop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,35 @@ def test_train_is_deterministic():
     a = train_eventprop(_tiny(eval_test=False))
     b = train_eventprop(_tiny(eval_test=False))
     assert a["final"]["val"] == b["final"]["val"]
+
+
+def test_bump_silent_raises_only_the_inputs_of_neurons_silent_on_the_whole_batch():
+    w1 = torch.zeros(3, 2, dtype=torch.float64)
+    w2 = torch.ones(2, 3, dtype=torch.float64)
+    c1 = torch.tensor([[0, 2, 0], [1, 0, 0]])  # neuron 2 silent in both samples
+    c2 = torch.tensor([[0, 0], [0, 0]])  # both silent
+    assert bump_silent([w1, w2], [c1, c2], 0.25) == [1, 2]
+    torch.testing.assert_close(w1, torch.tensor([[0, 0], [0, 0], [0.25, 0.25]], dtype=torch.float64))
+    torch.testing.assert_close(w2, torch.full((2, 3), 1.25, dtype=torch.float64))
+
+
+def test_silent_bump_moves_a_silenced_layer():
+    """With every hidden weight zeroed the hidden layer is silent: no gradient reaches it and
+    plain training leaves it at zero; with weight bumping its input weights grow."""
+    from sparsespike.eventprop import train as ep_train
+
+    def run(bump):
+        tr = ep_train.EventPropTraining(load_config(_tiny(silent_bump=bump, eval_test=False)))
+        with torch.no_grad():
+            tr.net.weights[0].zero_()
+        for _ in tr.epochs():
+            pass
+        return tr.net.weights[0].detach().clone()
+
+    assert torch.count_nonzero(run(0.0)) == 0
+    assert float(run(0.05).min()) > 0
+    with pytest.raises(ConfigError, match="silent_bump"):
+        load_config(_tiny(silent_bump=-1.0))
 
 
 def test_config_errors():

@@ -79,6 +79,10 @@ class EventPropConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
     grad_clip: float | None = None  # max grad norm, off by default (the paper uses none)
+    # not in the paper (off by default): after each step, add this to the input weights of every
+    # neuron that fired in no sample of the batch ("weight bumping", Goeltz et al. 2021), so that
+    # a silent neuron, which gets no gradient (Fontanini eq. 8), can come back
+    silent_bump: float = 0.0
     seed: int = 0
     threads: int = 1
     # neuron / solver / loss constants (Fontanini Table 1)
@@ -112,6 +116,8 @@ class EventPropConfig:
             raise ConfigError(f"dataset must be 'yinyang' or 'mnist', got {self.dataset!r}")
         if len(self.sizes) < 2:
             raise ConfigError(f"sizes must have >= 2 entries, got {self.sizes}")
+        if self.silent_bump < 0:
+            raise ConfigError(f"silent_bump must be >= 0, got {self.silent_bump}")
         if self.batch_size < 1 or self.threads < 1:
             raise ConfigError("batch_size and threads must be >= 1")
         if not self.phases:
@@ -210,6 +216,22 @@ def augment_images(images: torch.Tensor, gen: torch.Generator, shift: float = 0.
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def bump_silent(weights, counts: list[torch.Tensor], bump: float) -> list[int]:
+    """Weight bumping (Goeltz et al. 2021, not part of Fontanini et al.): ``W_l[m, :] += bump``
+    for every neuron ``m`` of layer ``l`` with no spike in any sample of the batch (``counts[l]``
+    ``[B, N_l]``). Silent neurons get no gradient (eq. 8: it is sampled at spikes), so without
+    this a neuron that stops firing never fires again. Returns the number bumped per layer."""
+    n = []
+    for w, c in zip(weights, counts, strict=True):
+        silent = c.sum(0) == 0
+        k = int(silent.sum())
+        if k:
+            w[silent] += bump
+        n.append(k)
+    return n
+
+
 def _versions() -> dict:
     v = {
         "python": platform.python_version(),
@@ -328,6 +350,7 @@ class EventPropTraining:
             dict(zip(("loss", "alpha", "eta", "lr"), p, strict=True)) if isinstance(p, list) else p
             for p in old.get("phases", [])
         ]
+        old.setdefault("silent_bump", 0.0)  # checkpoints from before the option ran without it
         new = json.loads(json.dumps(self._fingerprint()))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
@@ -416,6 +439,8 @@ class EventPropTraining:
                         if cfg.grad_clip:
                             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
                         opt.step()
+                    if cfg.silent_bump:
+                        bump_silent(net.weights, out.counts, cfg.silent_bump)
                     stats.update(out, y, parts)
                     if bar is not None and (i // cfg.batch_size) % 20 == 0:
                         bar.set_postfix(loss=f"{parts['total']:.3f}", acc=f"{stats.n_correct / stats.n:.3f}")
