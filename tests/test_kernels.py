@@ -218,3 +218,33 @@ def test_list_counts_and_count_grad_kernels_match_torch(with_vals):
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(coo._values(), gs)  # the incoming gradient is not modified
     torch.testing.assert_close(_grad_at_active(None, gc, s, torch.float64), gc[b_idx, f_idx])
+
+
+def test_sparse_layer_serial_builds_match_parallel_builds():
+    """With one numba thread the sparse layer runs every kernel's serial build
+    (``parallel_kernel``); spikes and gradients equal those of the parallel builds."""
+    import numba
+
+    from sparsespike.kernels.sparse import sparse_spiking_linear
+
+    g = torch.Generator().manual_seed(9)
+    x = (torch.rand(40, 8, 60, generator=g) < 0.15).float()
+    W1 = (torch.randn(50, 60, generator=g) * 0.5).requires_grad_()
+    W2 = (torch.randn(30, 50, generator=g) * 0.5).requires_grad_()
+    gout = torch.randn(40, 8, 30, generator=g)
+
+    def run():
+        s1 = sparse_spiking_linear(x, W1, None, LIFParams(beta=0.9), b_th=0.4)
+        s2 = sparse_spiking_linear(s1, W2, None, LIFParams(beta=0.9), b_th=0.4)
+        return (s2,) + torch.autograd.grad((s2 * gout).sum(), (W1, W2))
+
+    n = numba.get_num_threads()
+    ref = run()
+    numba.set_num_threads(1)
+    try:
+        one = run()
+    finally:
+        numba.set_num_threads(n)
+    assert int(ref[0].sum()) > 0
+    for a, b in zip(one, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
