@@ -32,7 +32,7 @@ def compile_pair(fn, **flags):
     The serial build is made from a copy of ``fn`` under another qualified name: numba's cache
     key holds the signature and bytecode but not the ``parallel`` flag, so two builds of one
     function share a cache entry and a later process would load whichever was compiled first for
-    both (observed with numba 0.6x: one ``.nbc`` file for the pair).
+    both (observed with numba 0.68: one ``.nbc`` file for the pair).
     """
     twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + "__serial"

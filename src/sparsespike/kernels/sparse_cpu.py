@@ -37,8 +37,6 @@ from numba import njit, prange
 from .cpu import parallel_kernel
 from .simd import dot
 
-_parallel = parallel_kernel
-
 # no nnan/ninf: b_th may legitimately be +inf ("every neuron active")
 FM = {"contract", "arcp", "reassoc", "nsz"}
 
@@ -68,7 +66,7 @@ def _scan_counts_part(x, b0, b1, counts, nonbinary):
         nonbinary[b] = nb
 
 
-@_parallel
+@parallel_kernel
 def scan_counts(x, counts, nonbinary):
     """Per batch element: number of non-zeros of a b-major ``x[B, T, K]`` (any strides, so a
     transposed view of a time-major raster or a sample-major ``uint8`` batch) and whether any
@@ -95,7 +93,7 @@ def _scan_fill_part(x, b0, b1, ptr, idx, vals, store_vals):
                     p += 1
 
 
-@_parallel
+@parallel_kernel
 def scan_fill(x, ptr, idx, vals, store_vals):
     """Fill the b-major spike list (``idx = t*K + i``) of a b-major ``x[B, T, K]``; values if asked."""
     B = x.shape[0]
@@ -134,7 +132,7 @@ def _scan_words_part(w, b0, b1, counts, nonbinary, ptr, idx, vals, store_vals, f
             nonbinary[b] = nb
 
 
-@_parallel
+@parallel_kernel
 def scan_word_counts(w, counts, nonbinary):
     """:func:`scan_counts` of a contiguous ``uint8`` batch ``[B, T*K]`` viewed as ``uint64
     [B, T*K/8]``: at ~1 % activity most words are zero, so this reads 8 inputs per compare."""
@@ -145,7 +143,7 @@ def scan_word_counts(w, counts, nonbinary):
         _scan_words_part(w, b0, b1, counts, nonbinary, counts, counts, counts, False, False)  # ptr, idx, vals unused
 
 
-@_parallel
+@parallel_kernel
 def scan_word_fill(w, ptr, idx, vals, store_vals):
     """:func:`scan_fill` of the ``uint64`` word view of a contiguous ``uint8`` batch."""
     B = w.shape[0]
@@ -166,7 +164,7 @@ def _mask_counts_part(mask, b0, b1, counts):
         counts[b] = c
 
 
-@_parallel
+@parallel_kernel
 def mask_counts(mask, counts):
     """Per batch element: number of non-zeros of a ``uint8`` mask ``[T, B, F]``."""
     B = mask.shape[1]
@@ -188,7 +186,7 @@ def _mask_fill_part(mask, b0, b1, ptr, idx):
                     p += 1
 
 
-@_parallel
+@parallel_kernel
 def mask_fill(mask, ptr, idx):
     """Fill the b-major index list (``t*F + i``) of the non-zeros of a mask ``[T, B, F]``."""
     B = mask.shape[1]
@@ -198,18 +196,17 @@ def mask_fill(mask, ptr, idx):
         _mask_fill_part(mask, b0, b1, ptr, idx)
 
 
-@_parallel
+@parallel_kernel
 def compact_rows(buf, cnt, ptr, out):
     """Concatenate the first ``cnt[r]`` entries of every row of ``buf`` at ``ptr[r]``."""
     R = buf.shape[0]
     for r in prange(R):
         o = ptr[r]
         c = cnt[r]
-        # a slice copy is a memcpy: 20x faster than the element loop (measured, [128, 916] rows)
-        out[o : o + c] = buf[r, :c]
+        out[o : o + c] = buf[r, :c]  # a slice copy: faster than an element loop (17 against 23 us)
 
 
-@_parallel
+@parallel_kernel
 def coo_indices(ptr, idx, F, out):
     """``[3, n]`` int64 COO indices ``(t, b, i)`` of a b-major compact set over ``[T, B, F]``."""
     B = ptr.shape[0] - 1
@@ -240,7 +237,7 @@ def _gather_part(ptr, idx, dense, b0, b1, out):
             cur[k] = p
 
 
-@_parallel
+@parallel_kernel
 def gather_bmajor(ptr, idx, dense, out):
     """``out[p] = dense[t, b, i]`` for the compact set (``idx = t*F + i``) over ``dense[T, B, F]``.
 
@@ -353,7 +350,7 @@ def _forward_part(
         o_cnt[r0 + k] = no[k]
 
 
-@_parallel
+@parallel_kernel
 def fused_forward(
     blist,
     nchunk,
@@ -477,7 +474,7 @@ def _weight_grad_part(
                 a += 1
 
 
-@_parallel
+@parallel_kernel
 def weight_grad_active(
     nblk, kb, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dw, db,
     fuse_e, gs, g,
@@ -578,7 +575,7 @@ def _delta_walk_part(
                 q -= 1
 
 
-@_parallel
+@parallel_kernel
 def input_grad_active(nchunk, nb, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx, powb, ipow, L, dx_vals):
     """Eqs. 11-12: the input gradient only at the previous layer's active entries.
 
@@ -618,7 +615,7 @@ def _bias_grad_part(n0, n1, N, a_ptr, a_idx, e, geo, db):
                 db[j] += e[p] * geo[ta]
 
 
-@_parallel
+@parallel_kernel
 def weight_grad_inputs(
     nblk, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_db, dwt, db
 ):  # fmt: skip
@@ -661,7 +658,7 @@ def _delta_dense_part(b0, b1, a_ptr, a_idx, e, beta_, out):
                 out[t, b, j] = D[j]
 
 
-@_parallel
+@parallel_kernel
 def delta_dense(a_ptr, a_idx, e, beta, out):
     """Dense ``delta[T, B, N]`` (Prop. 1 run over every step) from the compact ``e``.
 
