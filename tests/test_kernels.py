@@ -191,6 +191,21 @@ def test_parallel_kernel_pairs_are_distinct_and_single_thread_runs_serial():
     np.testing.assert_array_equal(out, x + 1.0)
     assert k.serial.signatures and not k.parallel.signatures
 
+    # the selection rule: small work -> serial; one thread -> serial unless the serial build
+    # does not vectorise (serial_on_one_thread=False); otherwise parallel
+    from sparsespike.kernels.cpu import Kernel
+
+    lif_like = Kernel(add_one, min_work=100, serial_on_one_thread=False)
+    assert lif_like.select(10) is lif_like.serial
+    numba.set_num_threads(1)
+    try:
+        assert lif_like.select(1000) is lif_like.parallel
+        assert k.select(1000) is k.serial
+    finally:
+        numba.set_num_threads(n)
+    if n > 1:
+        assert k.select(1000) is k.parallel and lif_like.select(1000) is lif_like.parallel
+
 
 @pytest.mark.parametrize("with_vals", [False, True])
 def test_list_counts_and_count_grad_kernels_match_torch(with_vals):
@@ -209,6 +224,7 @@ def test_list_counts_and_count_grad_kernels_match_torch(with_vals):
     if with_vals:
         dense.reshape(-1)[s.flat_index()] = s.vals
     torch.testing.assert_close(_list_counts(s, torch.float64), dense.sum(0))
+    torch.testing.assert_close(_list_counts(s, torch.float64, per_sample=False), dense.sum((0, 1)))
     gc = torch.randn(B, F, generator=g, dtype=torch.float64)
     gs = torch.randn(s.n, generator=g, dtype=torch.float64)
     t_idx, b_idx, f_idx = s.coo_indices()

@@ -45,12 +45,12 @@ from numba import prange
 
 from ..kernels.cpu import parallel_kernel
 from .params import DEFAULT_PARAMS, DEFAULT_SOLVER, LIFParams, SolverOptions
-from .simulate import EventList, LayerSpikes, gap_decays, kernel_threads
+from .simulate import PARALLEL_MIN_WORK, EventList, LayerSpikes, gap_decays
 
 __all__ = ["adjoint_layer", "scatter_event_errors", "adjoint_network"]
 
 
-@parallel_kernel
+@parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _adjoint_layer_kernel(
     ev_t, ev_n, ev_count, dm, ds, W, out_t, out_i, out_count, err_spk,
     tau_m, tau_s, r_m, theta, t_window, grazing_eps,
@@ -133,15 +133,15 @@ def adjoint_layer(
     grad_b = np.zeros((B, W.shape[0], W.shape[1]))
     err_in = np.zeros((B, K))
     p = params
-    with kernel_threads(B * W.shape[0] * K):
-        dm, ds = gap_decays(events, params)
-        _adjoint_layer_kernel(
-            events.times, events.neuron, events.count, dm, ds, W,
-            spikes.times, spikes.currents, spikes.counts, err,
-            float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
-            float(options.grazing_eps),
-            grad_b, err_in,
-        )  # fmt: skip
+    work = B * W.shape[0] * K
+    dm, ds = gap_decays(events, params, work)
+    _adjoint_layer_kernel.select(work)(
+        events.times, events.neuron, events.count, dm, ds, W,
+        spikes.times, spikes.currents, spikes.counts, err,
+        float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
+        float(options.grazing_eps),
+        grad_b, err_in,
+    )  # fmt: skip
     return grad_b.sum(axis=0), err_in
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numba
@@ -63,23 +62,10 @@ __all__ = [
 ]
 
 
-#: Below this many (sample x neuron x event) steps a kernel runs on one thread: launching the
-#: numba thread pool costs more than it saves on small batches (and far more on a loaded machine).
+#: Below this many (sample x neuron x event) steps a kernel runs its serial build
+#: (``kernels.cpu.Kernel``): launching the numba thread pool costs more than it saves on small
+#: batches (and far more on a loaded machine).
 PARALLEL_MIN_WORK = 100_000
-
-
-@contextmanager
-def kernel_threads(work: int):
-    """Run the enclosed numba kernels single-threaded when ``work`` is small."""
-    n = numba.get_num_threads()
-    if n > 1 and work < PARALLEL_MIN_WORK:
-        numba.set_num_threads(1)
-        try:
-            yield
-        finally:
-            numba.set_num_threads(n)
-    else:
-        yield
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +144,7 @@ def _next_crossing(V0, I0, D, em, es, tau_m, tau_s, r_m, theta, k, peak_tol, xto
     return -1.0
 
 
-@parallel_kernel
+@parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _gap_decays_kernel(ev_t, ev_count, t_window, tau_m, tau_s, dm, ds):
     """Per sample: decay factors over the gap before each input event (t_{-1} = 0)."""
     B = ev_t.shape[0]
@@ -171,16 +157,17 @@ def _gap_decays_kernel(ev_t, ev_count, t_window, tau_m, tau_s, dm, ds):
             prev = t
 
 
-def gap_decays(events, params):
-    """``(dm, ds)`` ``[B, K]``: ``exp(-(t_e - t_{e-1})/tau)`` for the merged input events."""
+def gap_decays(events, params, work: int | None = None):
+    """``(dm, ds)`` ``[B, K]``: ``exp(-(t_e - t_{e-1})/tau)`` for the merged input events.
+    ``work``: that of the layer kernel they serve, which picks the build (``Kernel.select``)."""
     dm = np.ones(events.times.shape)
     ds = np.ones(events.times.shape)
-    _gap_decays_kernel(events.times, events.count, float(params.t_window), float(params.tau_m),
-                       float(params.tau_s), dm, ds)  # fmt: skip
+    _gap_decays_kernel.select(work)(events.times, events.count, float(params.t_window), float(params.tau_m),
+                                    float(params.tau_s), dm, ds)  # fmt: skip
     return dm, ds
 
 
-@parallel_kernel
+@parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _forward_layer_kernel(
     ev_t, ev_n, ev_count, dm, ds, W, tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol,
     out_t, out_i, out_count, capped,
@@ -257,7 +244,7 @@ def _forward_layer_kernel(
         out_count[b, m] = cnt
 
 
-@parallel_kernel
+@parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _count_finite(times, counts):
     B, N, S = times.shape
     for b in prange(B):
@@ -269,7 +256,7 @@ def _count_finite(times, counts):
         counts[b] = c
 
 
-@parallel_kernel
+@parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _merge_kernel(times, counts, ev_t, ev_n, ev_p):
     B, N, S = times.shape
     for b in prange(B):
@@ -344,14 +331,13 @@ def merge_events(times: np.ndarray) -> EventList:
     times = np.ascontiguousarray(times, dtype=np.float64)
     B = times.shape[0]
     counts = np.zeros(B, dtype=np.int64)
-    with kernel_threads(times.size):
-        _count_finite(times, counts)
-        K = int(counts.max()) if B else 0
-        K = max(K, 1)
-        ev_t = np.full((B, K), np.inf)
-        ev_n = np.full((B, K), -1, dtype=np.int64)
-        ev_p = np.full((B, K), -1, dtype=np.int64)
-        _merge_kernel(times, counts, ev_t, ev_n, ev_p)
+    _count_finite.select(times.size)(times, counts)
+    K = int(counts.max()) if B else 0
+    K = max(K, 1)
+    ev_t = np.full((B, K), np.inf)
+    ev_n = np.full((B, K), -1, dtype=np.int64)
+    ev_p = np.full((B, K), -1, dtype=np.int64)
+    _merge_kernel.select(times.size)(times, counts, ev_t, ev_n, ev_p)
     return EventList(ev_t, ev_n, ev_p, counts)
 
 
@@ -386,14 +372,14 @@ def simulate_layer(
     out_c = np.zeros((B, N), dtype=np.int64)
     capped = np.zeros((B, N), dtype=np.int8)
     p = params
-    with kernel_threads(B * N * (events.times.shape[1] + 1)):
-        dm, ds = gap_decays(events, params)
-        _forward_layer_kernel(
-            events.times, events.neuron, events.count, dm, ds, W,
-            float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
-            float(options.peak_tol), float(options.root_xtol),
-            out_t, out_i, out_c, capped,
-        )  # fmt: skip
+    work = B * N * (events.times.shape[1] + 1)
+    dm, ds = gap_decays(events, params, work)
+    _forward_layer_kernel.select(work)(
+        events.times, events.neuron, events.count, dm, ds, W,
+        float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
+        float(options.peak_tol), float(options.root_xtol),
+        out_t, out_i, out_c, capped,
+    )  # fmt: skip
     n_capped = int(capped.sum())
     if n_capped:
         msg = (

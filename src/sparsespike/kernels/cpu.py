@@ -47,26 +47,44 @@ def single_thread() -> bool:
     return numba.get_num_threads() == 1
 
 
-def parallel_kernel(fn=None, **flags):
-    """Decorator: parallel and serial builds of ``fn`` (:func:`compile_pair`), called through a
-    Python wrapper that runs the serial one when numba has one thread. A parallel region then
-    only adds a hand-off to the worker pool: ~90 us per call with the workqueue layer on the
-    2-core CI machine, 5x the work of compacting a [128, 900] buffer, and a sparse training step
-    or an EventProp batch makes ~20 such calls. Only for kernels whose serial build is as fast
-    (measured for each user; the LIF forward's is not, see :func:`pick`). The builds are
-    ``wrapper.parallel`` / ``wrapper.serial``; the wrapper cannot be called from numba code."""
+class Kernel:
+    """A numba kernel in two builds, parallel and serial (:func:`compile_pair`), and the rule that
+    picks one per call (:meth:`select`; calling the object selects and runs):
 
-    def deco(f):
-        par, ser = compile_pair(f, **flags)
+    * ``work < min_work`` (elements touched, when the caller gives it): serial -- a thread
+      barrier costs more than the work on a [30, 4000] array, worst on a busy machine;
+    * numba has one thread and ``serial_on_one_thread``: serial -- a parallel region then only
+      adds a hand-off to the worker pool, ~90 us per call with the workqueue layer on the 2-core
+      CI machine (5x the work of compacting a [128, 900] buffer; a sparse training step or an
+      EventProp batch makes ~20 such calls);
+    * else parallel.
 
-        @functools.wraps(f)
-        def call(*args):
-            return (ser if single_thread() else par)(*args)
+    ``serial_on_one_thread=False`` is for kernels whose serial build does not vectorise (the
+    dense LIF forward: 7.3 against 2.4 ms on [100, 25600], measured). The object cannot be
+    called from numba code.
+    """
 
-        call.parallel, call.serial = par, ser  # type: ignore[attr-defined]
-        return call
+    def __init__(self, fn, *, min_work: int = 0, serial_on_one_thread: bool = True, **flags) -> None:
+        self.parallel, self.serial = compile_pair(fn, **flags)
+        self.min_work = int(min_work)
+        self.serial_on_one_thread = serial_on_one_thread
+        functools.update_wrapper(self, fn)
 
-    return deco(fn) if fn is not None else deco
+    def select(self, work: int | None = None):
+        """The build to run for a call touching ``work`` elements (``None``: unknown)."""
+        if work is not None and work < self.min_work:
+            return self.serial
+        if self.serial_on_one_thread and single_thread():
+            return self.serial
+        return self.parallel
+
+    def __call__(self, *args):
+        return self.select()(*args)
+
+
+def parallel_kernel(fn=None, **options):
+    """Decorator form of :class:`Kernel` (``@parallel_kernel`` or ``@parallel_kernel(min_work=...)``)."""
+    return Kernel(fn, **options) if fn is not None else (lambda f: Kernel(f, **options))
 
 
 @njit(inline="always")
@@ -182,17 +200,11 @@ def _py_lif_backward_dense(gs, sg, s, r, beta, alpha, reset_zero, detach, gx):
                     gxt[k] = gi[k]
 
 
-# serial and parallel compilations of each kernel; small problems run serially
-# (a thread barrier costs more than the work on a [30, 4000] array, worst on a busy machine)
-lif_forward_par, lif_forward_ser = compile_pair(_py_lif_forward, fastmath=False)
-lif_backward_dense_par, lif_backward_dense_ser = compile_pair(_py_lif_backward_dense, fastmath=False)
-
-
-def pick(kernel_par, kernel_ser, work: int):
-    """The parallel kernel when ``work`` (elements touched) exceeds ``PARALLEL_MIN_WORK``. (Also
-    with one numba thread: the parallel build of the LIF forward vectorises and the serial one
-    does not, 2.4 against 7.3 ms on [100, 25600]; the hand-off costs only ~90 us.)"""
-    return kernel_par if work >= PARALLEL_MIN_WORK else kernel_ser
+# the dense LIF kernels, serial below PARALLEL_MIN_WORK. Above it the forward runs its parallel
+# build even on one thread (its serial build does not vectorise); the backward's serial build is
+# as fast (2.1 against 2.2 ms on [100, 25600], one thread) and is used on one thread
+lif_forward = Kernel(_py_lif_forward, min_work=PARALLEL_MIN_WORK, serial_on_one_thread=False, fastmath=False)
+lif_backward_dense = Kernel(_py_lif_backward_dense, min_work=PARALLEL_MIN_WORK, fastmath=False)
 
 
 @njit(cache=True, fastmath=False)

@@ -137,7 +137,7 @@ class LIFRecurrence(torch.autograd.Function):
             S = torch.empty_like(x)
             G = torch.empty_like(x)
             R = None if p.detach_reset else torch.empty_like(x)
-            n_active, n_nan = cpu.pick(cpu.lif_forward_par, cpu.lif_forward_ser, x.numel())(
+            n_active, n_nan = cpu.lif_forward.select(x.numel())(
                 x.detach().numpy(),
                 p.beta,
                 -1.0 if p.alpha is None else p.alpha,
@@ -186,7 +186,7 @@ class LIFRecurrence(torch.autograd.Function):
         if ctx.impl == "numba":
             gx = torch.empty_like(gs)
             S_np = (S_saved if S_saved is not None else G).numpy()
-            cpu.pick(cpu.lif_backward_dense_par, cpu.lif_backward_dense_ser, gs.numel())(
+            cpu.lif_backward_dense.select(gs.numel())(
                 gs.numpy(),
                 G.numpy(),
                 S_np,

@@ -664,11 +664,11 @@ def _list_counts(spikes: ActiveSet, dtype, per_sample: bool = True) -> torch.Ten
     """Spikes per sample and feature ``[B, F]`` (or per feature ``[F]``) of a b-major spike list,
     values summed when it has them; O(spikes)."""
     B, F = spikes.B, spikes.F
-    if spikes.device.type == "cpu" and per_sample and dtype in _FLOATS:
+    if spikes.device.type == "cpu" and dtype in _FLOATS:
         out = torch.zeros(B, F, dtype=dtype)
         vals = spikes.vals.to(dtype).contiguous() if spikes.vals is not None else out.reshape(-1)[:0]
         kc.list_counts(spikes.ptr.numpy(), spikes.idx.numpy(), vals.numpy(), spikes.vals is not None, F, out.numpy())
-        return out
+        return out if per_sample else out.sum(0)
     f = (spikes.idx % F).long()
     w = None if spikes.vals is None else spikes.vals.to(dtype)
     if per_sample:
@@ -886,7 +886,7 @@ class MaskedLIFRecurrence(torch.autograd.Function):
             G = torch.empty_like(x)
             R = None if p.detach_reset else torch.empty_like(x)
             Mk = torch.empty(x.shape, dtype=torch.uint8) if want_mask else torch.empty(1, 1, dtype=torch.uint8)
-            n_active, _ = cpu.pick(cpu.lif_forward_par, cpu.lif_forward_ser, x.numel())(
+            n_active, _ = cpu.lif_forward.select(x.numel())(
                 x.detach().numpy(),
                 float(p.beta),
                 -1.0 if p.alpha is None else float(p.alpha),
@@ -931,7 +931,7 @@ class MaskedLIFRecurrence(torch.autograd.Function):
         gs = gs.reshape(G.shape).contiguous()
         if ctx.impl == "numba":
             gx = torch.empty_like(gs)
-            cpu.pick(cpu.lif_backward_dense_par, cpu.lif_backward_dense_ser, gs.numel())(
+            cpu.lif_backward_dense.select(gs.numel())(
                 gs.numpy(),
                 G.numpy(),
                 (S_saved if S_saved is not None else G).numpy(),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from numba import prange
 
-from .cpu import compile_pair, pick
+from .cpu import PARALLEL_MIN_WORK, Kernel
 
 
 def _py_row_counts(x, counts, nonbinary):
@@ -107,13 +107,13 @@ def to_csr(x: np.ndarray, max_density: float = 1.0) -> tuple[np.ndarray, np.ndar
     counts = np.empty(x.shape[0], dtype=np.int64)
     nonbinary = np.empty(x.shape[0], dtype=np.int64)
     work = x.size
-    pick(_row_counts_par, _row_counts_ser, work)(x, counts, nonbinary)
+    _row_counts.select(work)(x, counts, nonbinary)
     indptr = np.zeros(x.shape[0] + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     if nonbinary.any() or indptr[-1] > max_density * max(1, x.size):
         return None
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
-    pick(_fill_csr_par, _fill_csr_ser, work)(x, indptr, indices)
+    _fill_csr.select(work)(x, indptr, indices)
     return indptr, indices
 
 
@@ -130,7 +130,7 @@ class EventLinear(torch.autograd.Function):
         wt = w.detach().t().contiguous()
         out = torch.empty(s.shape[0], w.shape[0], dtype=w.dtype)
         work = len(indices) * w.shape[0] + out.numel()
-        pick(_csr_matmul_par, _csr_matmul_ser, work)(indptr, indices, wt.numpy(), out.numpy())
+        _csr_matmul.select(work)(indptr, indices, wt.numpy(), out.numpy())
         ctx.csr = (indptr, indices)
         ctx.k = s.shape[1]
         ctx.save_for_backward(w)
@@ -153,8 +153,8 @@ def _event_weight_grad(indptr, indices, k: int, g: torch.Tensor, w: torch.Tensor
     """``(dL/dX)^T S`` walking the stored spikes (``[N_out, K]``)."""
     gwt = torch.empty(k, w.shape[0], dtype=g.dtype)
     nsplit = max(1, min(torch.get_num_threads(), w.shape[0] // 16))
-    kern = pick(_csr_weight_grad_par, _csr_weight_grad_ser, len(indices) * w.shape[0])
-    kern(indptr, indices, g.numpy(), gwt.numpy(), nsplit if kern is _csr_weight_grad_par else 1)
+    kern = _csr_weight_grad.select(len(indices) * w.shape[0])
+    kern(indptr, indices, g.numpy(), gwt.numpy(), nsplit if kern is _csr_weight_grad.parallel else 1)
     return gwt.t()
 
 
@@ -183,7 +183,7 @@ class EventLinearActive(torch.autograd.Function):
             vals = torch.empty(act.n, dtype=g.dtype)
             if act.n:
                 wt = w.detach().t().contiguous()
-                kern = pick(_active_rows_grad_par, _active_rows_grad_ser, act.n * w.shape[0])
+                kern = _active_rows_grad.select(act.n * w.shape[0])
                 kern(act.ptr.numpy(), act.idx.numpy(), act.F, g.numpy(), wt.numpy(), vals.numpy())
             gs = act.sparse_tensor(vals)
         if ctx.needs_input_grad[1]:
@@ -264,10 +264,11 @@ def synaptic_linear(
     return out.reshape(*lead, w.shape[0])
 
 
-# serial and parallel compilations of each kernel; small problems run serially
-# (a thread barrier costs more than the work on a [30, 4000] array, worst on a busy machine)
-_row_counts_par, _row_counts_ser = compile_pair(_py_row_counts, fastmath=True)
-_fill_csr_par, _fill_csr_ser = compile_pair(_py_fill_csr, fastmath=True)
-_csr_matmul_par, _csr_matmul_ser = compile_pair(_py_csr_matmul, fastmath=True)
-_csr_weight_grad_par, _csr_weight_grad_ser = compile_pair(_py_csr_weight_grad, fastmath=True)
-_active_rows_grad_par, _active_rows_grad_ser = compile_pair(_py_active_rows_grad, fastmath=True)
+# serial and parallel builds of each kernel (cpu.Kernel): small problems, and any problem with
+# one numba thread (these loops vectorise serially too: 0.6-0.9x the parallel build's time on one
+# thread, measured on [12800, 200] spikes), run serially
+_row_counts = Kernel(_py_row_counts, min_work=PARALLEL_MIN_WORK, fastmath=True)
+_fill_csr = Kernel(_py_fill_csr, min_work=PARALLEL_MIN_WORK, fastmath=True)
+_csr_matmul = Kernel(_py_csr_matmul, min_work=PARALLEL_MIN_WORK, fastmath=True)
+_csr_weight_grad = Kernel(_py_csr_weight_grad, min_work=PARALLEL_MIN_WORK, fastmath=True)
+_active_rows_grad = Kernel(_py_active_rows_grad, min_work=PARALLEL_MIN_WORK, fastmath=True)
