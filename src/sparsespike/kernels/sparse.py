@@ -546,14 +546,14 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
     threads = numba.get_num_threads()
     powb, geo, ipow, L = _decay_tables(ctx.beta, T, dtype)
     isz = g.element_size()
-    dW = torch.zeros(N, K, dtype=dtype) if need_dw else None
-    db = torch.zeros(N, dtype=dtype) if need_db else None
     work = B and act.n
     kb = _block(K, N, isz, threads) if need_dw else max(K, 1)
     nblk = -(-K // kb) if need_dw else 1
     # the weight gradient walks the active entries (n_active x K) or the input spikes
     # (n_inputs x N), whichever is less work
     by_inputs = bool(work and need_dw and ctx.spikes_in.n * N < act.n * K)
+    dW = torch.zeros(N, K, dtype=dtype) if need_dw and not by_inputs else None
+    db = torch.zeros(N, dtype=dtype) if need_db else None
     # e = dL/dS * g at the active entries: read inside the weight-gradient walk when it runs as
     # one block on a dense gradient (its cache misses then overlap the arithmetic), else gathered
     fuse = bool(
