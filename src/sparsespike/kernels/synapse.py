@@ -238,21 +238,27 @@ def synaptic_linear(
     s2 = s.reshape(-1, s.shape[-1])
     cpu_ok = s2.device.type == "cpu" and s2.dtype == w.dtype and s2.dtype in (torch.float32, torch.float64)
     csr = None
-    act = _active_set_of(s) if cpu_ok and event_driven is not False else None
-    listed = _csr_from_spike_list(s) if cpu_ok and event_driven is not False else None
+    events_ok = cpu_ok and event_driven is not False
+    act = _active_set_of(s) if events_ok else None
+    # the CSR from the spike list the input carries (O(nnz + T*B)), only when a path below uses it
+    listed = _csr_from_spike_list(s) if events_ok and (act is not None or event_driven or w.shape[0] >= 8) else None
+
+    def events(max_d: float = 1.0):
+        """CSR of ``s`` (from its spike list, else by a scan); ``None``: not binary or denser than ``max_d``."""
+        if listed is not None:
+            return listed if len(listed[1]) <= max_d * max(1, s2.numel()) else None
+        return to_csr(s2.detach().contiguous().numpy(), max_d)
+
     if act is not None:  # behind a sparse layer: the compact input gradient pays at any size
-        csr = listed if listed is not None else to_csr(s2.detach().contiguous().numpy())
+        csr = events()
         if csr is None:
             act = None
     if csr is None and event_driven is None and cpu_ok and w.shape[0] >= 8:
-        if listed is not None and len(listed[1]) <= max_density * max(1, s2.numel()):
-            csr = listed
-        else:
-            csr = to_csr(s2.detach().contiguous().numpy(), max_density)
+        csr = events(max_density)
     elif event_driven and csr is None:
         if not cpu_ok:
             raise ValueError("event-driven synaptic input needs float32/float64 CPU tensors of the weight's dtype")
-        csr = listed if listed is not None else to_csr(s2.detach().contiguous().numpy())
+        csr = events()
         if csr is None:
             raise ValueError("event_driven=True needs a binary spike input (entries 0 or 1)")
     if csr is not None:
