@@ -67,6 +67,8 @@ def main(argv=None) -> dict:
             "test_latency_ms": te["latency_ms"],
             "val_accuracy": fin["val"]["accuracy"],
             "val_n_s": fin["val"]["n_s"],
+            # the last phase's best validation epoch (model selection on validation, not test)
+            "best_val": _selected(fin.get("best_val")),
             "timing": r["timing"],
             "curve": [
                 {
@@ -85,7 +87,14 @@ def main(argv=None) -> dict:
         print(
             f"seed {seed}: test acc {run['test_accuracy']:.4f}  CE {run['test_ce']:.4f}  "
             f"<N_S> {run['test_n_s']:.3f} {[round(v, 2) for v in run['test_n_s_per_layer']]}  "
-            f"val acc {run['val_accuracy']:.4f}  ({run['wall_s']:.0f} s, "
+            f"val acc {run['val_accuracy']:.4f}  "
+            + (
+                f"| best val epoch {run['best_val']['epoch']}: test acc {run['best_val']['test_accuracy']:.4f} "
+                f"<N_S> {run['best_val']['test_n_s']:.3f}  "
+                if run["best_val"]
+                else ""
+            )
+            + f"({run['wall_s']:.0f} s, "
             f"{r['timing']['train_s_per_epoch']:.2f} s/epoch)",
             flush=True,
         )
@@ -96,6 +105,19 @@ def main(argv=None) -> dict:
     if args.out:
         _write(args.out, summary, runs)
     return summary
+
+
+def _selected(sel: dict | None) -> dict | None:
+    if sel is None:
+        return None
+    te = sel.get("test", sel["val"])
+    return {
+        "epoch": sel["epoch"],
+        "val_accuracy": sel["val"]["accuracy"],
+        "test_accuracy": te["accuracy"],
+        "test_ce": te.get("loss_ce"),
+        "test_n_s": te["n_s"],
+    }
 
 
 def _write(path: Path, summary: dict, runs: list) -> None:
@@ -119,6 +141,23 @@ def _summary(args, base, overrides, runs) -> dict:
         "median_test_n_s": statistics.median(nss),
         "mean_test_n_s": statistics.fmean(nss),
         "std_test_n_s": statistics.pstdev(nss) if len(nss) > 1 else 0.0,
+        **_best_val_summary(runs),
+    }
+
+
+def _best_val_summary(runs) -> dict:
+    """The same statistics for the weights of each run's best validation epoch (if recorded)."""
+    sel = [r["best_val"] for r in runs if r.get("best_val")]
+    if not sel or len(sel) != len(runs):
+        return {}
+    accs = [s["test_accuracy"] for s in sel]
+    nss = [s["test_n_s"] for s in sel]
+    return {
+        "best_val_median_test_accuracy": statistics.median(accs),
+        "best_val_mean_test_accuracy": statistics.fmean(accs),
+        "best_val_std_test_accuracy": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+        "best_val_median_test_n_s": statistics.median(nss),
+        "best_val_mean_test_n_s": statistics.fmean(nss),
     }
 
 

@@ -49,6 +49,28 @@ def test_train_two_phase_smoke_and_run_files(tmp_path):
     json.dumps(res)  # JSON-ready
 
 
+def test_best_val_selects_the_last_phase_epoch_with_the_best_validation(tmp_path):
+    cfg = _tiny(out_dir=str(tmp_path))
+    cfg["phases"][0]["epochs"], cfg["phases"][1]["epochs"] = 1, 4
+    res = train_eventprop(cfg)
+    hist = res["history"]
+    last = [h for h in hist if h["phase"] == 2]
+    # highest validation accuracy, ties to the lower validation CE, first such epoch
+    want = max(last, key=lambda h: (h["val"]["accuracy"], -h["val"]["loss_ce"], -h["epoch"]))
+    sel = res["final"]["best_val"]
+    assert sel["epoch"] == want["epoch"] and sel["epoch"] >= 2  # phase 1 never competes
+    assert sel["val"]["accuracy"] == want["val"]["accuracy"]
+    assert sel["val"]["loss_ce"] == pytest.approx(want["val"]["loss_ce"], rel=1e-12)
+    assert set(sel["test"]) >= {"accuracy", "n_s", "loss_ce"}
+    # the final weights are restored after evaluating the selected ones
+    assert res["final"]["val"]["loss_ce"] == pytest.approx(hist[-1]["val"]["loss_ce"], rel=1e-12)
+    saved = torch.load(tmp_path / "weights_best_val.pt", weights_only=True)
+    assert saved["epoch"] == sel["epoch"]
+    final = torch.load(tmp_path / "weights.pt", weights_only=True)["state_dict"]
+    if sel["epoch"] != hist[-1]["epoch"]:
+        assert any(not torch.equal(final[k], v) for k, v in saved["state_dict"].items())
+
+
 def test_train_is_deterministic():
     a = train_eventprop(_tiny(eval_test=False))
     b = train_eventprop(_tiny(eval_test=False))

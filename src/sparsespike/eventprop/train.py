@@ -4,7 +4,9 @@ Adam (0.9, 0.999, 1e-8), learning rate x ``lr_decay`` (0.95) after every epoch, 
 phases run in sequence on the same weights (each phase: its own loss, learning rate, epochs,
 and a fresh Adam state). The 2-phase schedule is ``L_A`` then ``L`` (Yin-Yang: lr 5e-3 then
 2e-4, batch 32; MNIST: lr 2e-3 both, batch 20). Validation after every epoch; the test split
-once at the end.
+once at the end, for the final weights and for the weights of the last phase's best validation
+epoch (highest validation accuracy, ties to the lower validation CE): model selection on the
+validation split, never on the test split.
 
 Small function-based API for the CLI::
 
@@ -318,6 +320,8 @@ class EventPropTraining:
         self._start = (0, 0)  # (phase index, epochs done in it)
         self._opt_state = None  # Adam + schedule state of the resumed phase
         self.resumed_from: int | None = None
+        # best validation epoch of the last phase: (accuracy, -CE) key, epoch, weights, val record
+        self.best: dict | None = None
         if resume:
             self._resume()
         if self.out_dir:
@@ -372,6 +376,8 @@ class EventPropTraining:
         self.train_time = float(ck["train_time"])
         self.results["history"] = json.loads(ck["history"])
         self.resumed_from = self.epoch_global
+        if ck.get("best_state") is not None:  # checkpoints from before best-val selection have none
+            self.best = {"epoch": int(ck["best_epoch"]), "state": ck["best_state"], "val": json.loads(ck["best_val"])}
 
     def _checkpoint(self, ph_i: int, done: int, opt, sched) -> None:
         from ..train import atomic_save
@@ -389,6 +395,9 @@ class EventPropTraining:
                 "sched": sched.state_dict(),
                 "gen": self.gen.get_state(),
                 "history": json.dumps(self.results["history"]),
+                "best_state": self.best["state"] if self.best else None,
+                "best_epoch": self.best["epoch"] if self.best else -1,
+                "best_val": json.dumps(_json_safe(self.best["val"])) if self.best else "null",
             },
             self.out_dir / "last.pt",
         )
@@ -453,6 +462,8 @@ class EventPropTraining:
                 tr = stats.result()
                 va = evaluate(net, self.xva, self.yva, loss_fn, cfg.eval_batch_size)
                 self.epoch_global += 1
+                if ph_i == len(cfg.phases) - 1:
+                    self._track_best(va)
                 rec = {
                     "epoch": self.epoch_global,
                     "phase": ph_i + 1,
@@ -480,8 +491,24 @@ class EventPropTraining:
                     )
                 yield rec
 
+    @staticmethod
+    def _val_key(va: dict) -> tuple[float, float]:
+        ce = va.get("loss_ce")
+        return (va["accuracy"], -ce if ce is not None and math.isfinite(ce) else -math.inf)
+
+    def _track_best(self, va: dict) -> None:
+        """Keep the weights of the best validation epoch so far (last phase only)."""
+        if self.best is None or self._val_key(va) > self._val_key(self.best["val"]):
+            state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            self.best = {"epoch": self.epoch_global, "state": state, "val": va}
+
     def finish(self) -> dict:
-        """Final validation (and test) evaluation, timings, run files; the results dict."""
+        """Final validation (and test) evaluation, timings, run files; the results dict.
+
+        ``results["final"]`` holds the final weights' ``val`` (and ``test``) metrics and, when the
+        last phase ran at least one epoch, ``best_val``: the epoch of the last phase with the best
+        validation accuracy (ties to the lower CE) and that network's ``val`` and ``test`` metrics.
+        """
         cfg, net, results = self.cfg, self.net, self.results
         last_loss = self._loss(cfg.phases[-1])
         final = {"val": evaluate(net, self.xva, self.yva, last_loss, cfg.eval_batch_size)}
@@ -489,6 +516,20 @@ class EventPropTraining:
             t0 = time.perf_counter()
             final["test"] = evaluate(net, self.xte, self.yte, last_loss, cfg.eval_batch_size)
             results["timing"]["test_eval_s"] = time.perf_counter() - t0
+        if self.best is not None:
+            last_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            net.load_state_dict(self.best["state"])
+            sel = {"epoch": self.best["epoch"]}
+            sel["val"] = evaluate(net, self.xva, self.yva, last_loss, cfg.eval_batch_size)
+            if cfg.eval_test:
+                sel["test"] = evaluate(net, self.xte, self.yte, last_loss, cfg.eval_batch_size)
+            if self.out_dir:
+                from ..train import atomic_save
+
+                atomic_save({"sizes": cfg.sizes, "state_dict": net.state_dict(), "epoch": self.best["epoch"]},
+                            self.out_dir / "weights_best_val.pt")  # fmt: skip
+            net.load_state_dict(last_state)
+            final["best_val"] = sel
         results["final"] = _json_safe(final)
         n_ep = max(self.epoch_global, 1)
         results["timing"].update(
