@@ -128,37 +128,27 @@ def _write(path: Path, summary: dict, runs: list) -> None:
 
 
 def _summary(args, base, overrides, runs) -> dict:
-    accs = [r["test_accuracy"] for r in runs]
-    nss = [r["test_n_s"] for r in runs]
+    sel = [r.get("best_val") for r in runs]
     return {
         "config": args.config,
         "epochs": [p.epochs for p in base.phases],
         "overrides": overrides,
         "seeds": [r["seed"] for r in runs],
-        "median_test_accuracy": statistics.median(accs),
-        "mean_test_accuracy": statistics.fmean(accs),
-        "std_test_accuracy": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-        "median_test_n_s": statistics.median(nss),
-        "mean_test_n_s": statistics.fmean(nss),
-        "std_test_n_s": statistics.pstdev(nss) if len(nss) > 1 else 0.0,
-        **_best_val_summary(runs),
+        **_stats(runs),
+        # the same for the weights of each run's best validation epoch (when every run has one)
+        **(_stats(sel, "best_val_") if all(sel) else {}),
     }
 
 
-def _best_val_summary(runs) -> dict:
-    """The same statistics for the weights of each run's best validation epoch (if recorded)."""
-    sel = [r["best_val"] for r in runs if r.get("best_val")]
-    if not sel or len(sel) != len(runs):
-        return {}
-    accs = [s["test_accuracy"] for s in sel]
-    nss = [s["test_n_s"] for s in sel]
-    return {
-        "best_val_median_test_accuracy": statistics.median(accs),
-        "best_val_mean_test_accuracy": statistics.fmean(accs),
-        "best_val_std_test_accuracy": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-        "best_val_median_test_n_s": statistics.median(nss),
-        "best_val_mean_test_n_s": statistics.fmean(nss),
-    }
+def _stats(rows: list[dict], prefix: str = "") -> dict:
+    """Median, mean and std over seeds of ``test_accuracy`` and ``test_n_s``."""
+    out = {}
+    for key in ("test_accuracy", "test_n_s"):
+        v = [r[key] for r in rows]
+        out[f"{prefix}median_{key}"] = statistics.median(v)
+        out[f"{prefix}mean_{key}"] = statistics.fmean(v)
+        out[f"{prefix}std_{key}"] = statistics.pstdev(v) if len(v) > 1 else 0.0
+    return out
 
 
 if __name__ == "__main__":

@@ -234,6 +234,11 @@ def bump_silent(weights, counts: list[torch.Tensor], bump: float) -> list[int]:
     return n
 
 
+def _snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``net``'s state dict that later training steps do not change."""
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
 def _versions() -> dict:
     v = {
         "python": platform.python_version(),
@@ -376,8 +381,8 @@ class EventPropTraining:
         self.train_time = float(ck["train_time"])
         self.results["history"] = json.loads(ck["history"])
         self.resumed_from = self.epoch_global
-        if ck.get("best_state") is not None:  # checkpoints from before best-val selection have none
-            self.best = {"epoch": int(ck["best_epoch"]), "state": ck["best_state"], "val": json.loads(ck["best_val"])}
+        if ck.get("best") is not None:  # checkpoints from before best-val selection have none
+            self.best = {**ck["best"], "val": json.loads(ck["best"]["val"])}
 
     def _checkpoint(self, ph_i: int, done: int, opt, sched) -> None:
         from ..train import atomic_save
@@ -395,9 +400,7 @@ class EventPropTraining:
                 "sched": sched.state_dict(),
                 "gen": self.gen.get_state(),
                 "history": json.dumps(self.results["history"]),
-                "best_state": self.best["state"] if self.best else None,
-                "best_epoch": self.best["epoch"] if self.best else -1,
-                "best_val": json.dumps(_json_safe(self.best["val"])) if self.best else "null",
+                "best": {**self.best, "val": json.dumps(_json_safe(self.best["val"]))} if self.best else None,
             },
             self.out_dir / "last.pt",
         )
@@ -499,8 +502,7 @@ class EventPropTraining:
     def _track_best(self, va: dict) -> None:
         """Keep the weights of the best validation epoch so far (last phase only)."""
         if self.best is None or self._val_key(va) > self._val_key(self.best["val"]):
-            state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-            self.best = {"epoch": self.epoch_global, "state": state, "val": va}
+            self.best = {"epoch": self.epoch_global, "state": _snapshot(self.net), "val": va}
 
     def finish(self) -> dict:
         """Final validation (and test) evaluation, timings, run files; the results dict.
@@ -517,10 +519,9 @@ class EventPropTraining:
             final["test"] = evaluate(net, self.xte, self.yte, last_loss, cfg.eval_batch_size)
             results["timing"]["test_eval_s"] = time.perf_counter() - t0
         if self.best is not None:
-            last_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            last_state = _snapshot(net)
             net.load_state_dict(self.best["state"])
-            sel = {"epoch": self.best["epoch"]}
-            sel["val"] = evaluate(net, self.xva, self.yva, last_loss, cfg.eval_batch_size)
+            sel = {"epoch": self.best["epoch"], "val": self.best["val"]}  # validated when it was kept
             if cfg.eval_test:
                 sel["test"] = evaluate(net, self.xte, self.yte, last_loss, cfg.eval_batch_size)
             if self.out_dir:
