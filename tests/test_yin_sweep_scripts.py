@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -55,3 +57,47 @@ def test_sweep_keeps_every_finished_lambda_and_front_plots(tmp_path, monkeypatch
     assert (tmp_path / "front.png").is_file()
     assert "| L0 | 0.0001 | 96.00 | -1.00 | 9.1 | 0.091 |" in md
     assert md.count("| dense |") == 1
+
+
+def test_table3_pairs_each_pruned_run_with_its_seeds_control_and_resumes(tmp_path, monkeypatch):
+    t3 = _load("yin_table3")
+    acc = {"dense": 95.0, "ctrl": 95.2, "l0-0.0001": 95.5, "l0-1e-05": 95.4, "flops-9e-08": 94.9}
+    trained = []
+
+    def fake_train(cfg):
+        variant, seed = Path(cfg["out_dir"]).name.rsplit("_s", 1)
+        trained.append((variant, int(seed)))
+        if variant != "dense":  # every other run starts from its own seed's dense weights
+            assert cfg["init_from"] == str(tmp_path / "runs" / f"dense_s{seed}" / "model.pt")
+            assert cfg["epochs"] == 4
+        gated = variant not in t3.BASE
+        assert cfg["connectivity"]["l0"] is gated
+        if gated:
+            penalty, lam = variant.split("-", 1)
+            assert cfg["connectivity"]["penalty"] == penalty and cfg["connectivity"]["lam"] == float(lam)
+            assert cfg["connectivity"]["freeze_after"] == 2
+        res = _fake_result(1e-4 if gated else 0.0)
+        res["test_acc_pruned"] = acc[variant] + 0.1 * int(seed)
+        Path(cfg["out_dir"]).mkdir(parents=True)
+        (Path(cfg["out_dir"]) / "run.json").write_text(json.dumps({"results": res}))
+        return res
+
+    monkeypatch.setattr(t3, "train_yin", fake_train)
+    cfg = str(REPO / "experiments" / "yin_mnist_small.yaml")
+    common = ["--runs", str(tmp_path / "runs"), "--more", "4", "--freeze", "2", "--out", str(tmp_path / "t3.json")]
+    common += ["--lam-l0", "1e-4", "1e-5"]
+    t3.main([cfg, "--seeds", "0", *common])
+    out = t3.main([cfg, "--seeds", "0", "1", *common])  # seed 0 is kept, only seed 1 trains
+    names = ["dense", "ctrl", "l0-0.0001", "l0-1e-05", "flops-9e-08"]
+    assert t3.variants([1e-4, 1e-5], [9e-8]) == names
+    assert trained == [(v, s) for s in (0, 1) for v in names]
+    summ = out["summary"]
+    assert summ["l0-0.0001"]["minus_ctrl"] == pytest.approx([0.3, 0.3])
+    assert summ["l0-1e-05"]["minus_ctrl_mean"] == pytest.approx(0.2)
+    assert summ["flops-9e-08"]["minus_ctrl_mean"] == pytest.approx(-0.3) and summ["ctrl"]["mean"] == pytest.approx(
+        95.25
+    )
+    md = (tmp_path / "t3.md").read_text()
+    assert "| l0-0.0001 | 1 | 95.60 | +0.30 |" in md and (tmp_path / "t3.png").is_file()
+    with pytest.raises(SystemExit, match="--freeze"):
+        t3.main([cfg, "--more", "1", "--freeze", "2", "--collect"])
