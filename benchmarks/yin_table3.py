@@ -14,7 +14,8 @@ order):
      one run per ``--lam-flops``).
 
 Each (variant, seed) is one ``train_yin`` run in ``RUNS/<variant>_s<seed>``; a finished run (its
-``run.json`` exists) is kept, so a killed experiment resumes, and two processes with different
+``run.json`` and ``model.pt`` exist) is kept and one cut off mid-way continues from its ``last.pt``,
+so a killed experiment resumes, and two processes with different
 ``--seeds`` can share the work. The table pairs every pruned run with the control of its own
 seed (same data, same extra epochs), on the full 10,000-image test set.
 
@@ -67,9 +68,10 @@ def variant_config(base: dict, variant: str, seed: int, runs: Path, args: argpar
 
 
 def read_run(run_dir: Path) -> dict | None:
-    """The figures of a finished run, or None while it has no ``run.json``."""
+    """The figures of a finished run, or None while it has no ``run.json`` and ``model.pt``
+    (written last, and what the control and pruned runs start from)."""
     path = run_dir / "run.json"
-    if not path.exists():
+    if not (path.exists() and (run_dir / "model.pt").exists()):
         return None
     res = json.loads(path.read_text())["results"]
     return {
@@ -84,6 +86,7 @@ def read_run(run_dir: Path) -> dict | None:
 def summarise(rows: dict[str, dict[int, dict]], seeds: list[int]) -> dict:
     """Per variant: accuracies per seed, mean / std, and the paired difference to the control."""
     out = {}
+    ctrl = rows.get("ctrl", {})
     for v, by_seed in rows.items():
         accs = [by_seed[s]["test_acc"] for s in seeds if s in by_seed]
         entry = {
@@ -94,7 +97,6 @@ def summarise(rows: dict[str, dict[int, dict]], seeds: list[int]) -> dict:
             "density": [by_seed[s]["density"] for s in seeds if s in by_seed],
             "flops_ratio": [by_seed[s]["flops_ratio"] for s in seeds if s in by_seed],
         }
-        ctrl = rows.get("ctrl", {})
         if v not in BASE:
             diffs = [by_seed[s]["test_acc"] - ctrl[s]["test_acc"] for s in seeds if s in by_seed and s in ctrl]
             entry["minus_ctrl"] = diffs
@@ -125,6 +127,7 @@ def table(rows: dict[str, dict[int, dict]], seeds: list[int]) -> str:
 
 
 def plot(rows: dict[str, dict[int, dict]], seeds: list[int], path: Path) -> None:
+    """Test accuracy per run and seed; grey lines join one seed's control and pruned runs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,8 +198,11 @@ def main(argv: list[str] | None = None) -> dict:
             run_dir = args.runs / f"{v}_s{seed}"
             done = read_run(run_dir)
             if done is None and not args.collect:
-                print(f"{v} seed {seed}: training into {run_dir} ...", flush=True)
-                train_yin(variant_config(base, v, seed, args.runs, args))
+                cfg = variant_config(base, v, seed, args.runs, args)
+                # a run cut off between epochs continues from its last.pt instead of starting over
+                cfg["resume"] = (run_dir / "last.pt").exists()
+                print(f"{v} seed {seed}: {'resuming' if cfg['resume'] else 'training'} in {run_dir} ...", flush=True)
+                train_yin(cfg)
                 done = read_run(run_dir)
             if done is not None:
                 rows[v][seed] = done

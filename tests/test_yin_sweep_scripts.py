@@ -78,8 +78,10 @@ def test_table3_pairs_each_pruned_run_with_its_seeds_control_and_resumes(tmp_pat
             assert cfg["connectivity"]["freeze_after"] == 2
         res = _fake_result(1e-4 if gated else 0.0)
         res["test_acc_pruned"] = acc[variant] + 0.1 * int(seed)
-        Path(cfg["out_dir"]).mkdir(parents=True)
+        assert cfg["resume"] is ((variant, int(seed)) == ("ctrl", 1))
+        Path(cfg["out_dir"]).mkdir(parents=True, exist_ok=True)
         (Path(cfg["out_dir"]) / "run.json").write_text(json.dumps({"results": res}))
+        (Path(cfg["out_dir"]) / "model.pt").write_bytes(b"")
         return res
 
     monkeypatch.setattr(t3, "train_yin", fake_train)
@@ -87,6 +89,8 @@ def test_table3_pairs_each_pruned_run_with_its_seeds_control_and_resumes(tmp_pat
     common = ["--runs", str(tmp_path / "runs"), "--more", "4", "--freeze", "2", "--out", str(tmp_path / "t3.json")]
     common += ["--lam-l0", "1e-4", "1e-5"]
     t3.main([cfg, "--seeds", "0", *common])
+    (tmp_path / "runs" / "ctrl_s1").mkdir()  # a run killed mid-way: its last.pt, no run.json yet
+    (tmp_path / "runs" / "ctrl_s1" / "last.pt").write_bytes(b"")
     out = t3.main([cfg, "--seeds", "0", "1", *common])  # seed 0 is kept, only seed 1 trains
     names = ["dense", "ctrl", "l0-0.0001", "l0-1e-05", "flops-9e-08"]
     assert t3.variants([1e-4, 1e-5], [9e-8]) == names
