@@ -21,9 +21,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
-from sparsespike.config import set_dotted
 from sparsespike.sparsity.yin_models import load_config, train_yin
 
 
@@ -115,14 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--ref-lam", type=float, default=1e-3, help="lambda of the per-layer panel (paper: 1e-3)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/yin_lambda_sweep.json"))
     args = ap.parse_args(argv)
-    base = load_config(args.config)
-    for s in args.set:
-        k, sep, v = s.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {s!r}: expected key=value")
-        set_dotted(base, k, yaml.safe_load(v))
-    if args.data_dir:
-        base.setdefault("data", {})["root"] = args.data_dir
+    base = load_config(args.config, args.set, args.data_dir)
     stamp = {"config": args.config, "set": sorted(args.set)}
     done: dict[float, dict] = {}
     if args.out.exists():

@@ -34,9 +34,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
-
-from sparsespike.config import set_dotted
 from sparsespike.sparsity.yin_models import load_config, train_yin
 
 BASE = ("dense", "ctrl")
@@ -183,14 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.freeze > args.more:
         raise SystemExit(f"--freeze {args.freeze} must not exceed --more {args.more}")
-    base = load_config(args.config)
-    for s in args.set:
-        k, sep, v = s.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {s!r}: expected key=value")
-        set_dotted(base, k, yaml.safe_load(v))
-    if args.data_dir:
-        base.setdefault("data", {})["root"] = args.data_dir
+    base = load_config(args.config, args.set, args.data_dir)
     names = variants(args.lam_l0, args.lam_flops)
     rows: dict[str, dict[int, dict]] = {v: {} for v in names}
     for seed in args.seeds:

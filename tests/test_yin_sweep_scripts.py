@@ -105,3 +105,16 @@ def test_table3_pairs_each_pruned_run_with_its_seeds_control_and_resumes(tmp_pat
     assert "| l0-0.0001 | 1 | 95.60 | +0.30 |" in md and (tmp_path / "t3.png").is_file()
     with pytest.raises(SystemExit, match="--freeze"):
         t3.main([cfg, "--more", "1", "--freeze", "2", "--collect"])
+
+
+def test_yin_load_config_applies_overrides_and_data_dir_and_rejects_a_bare_key():
+    from sparsespike.errors import ConfigError
+    from sparsespike.sparsity.yin_models import load_config
+
+    path = REPO / "experiments" / "yin_mnist_small.yaml"
+    cfg = load_config(path, ["connectivity.lam=3e-5", "optimizer.gate_lr=0.1", "epochs=7"], "/data")
+    # PyYAML reads 3e-5 (no dot) as a string; train_yin parses it with float / config_float
+    assert float(cfg["connectivity"]["lam"]) == 3e-5 and cfg["optimizer"]["gate_lr"] == 0.1 and cfg["epochs"] == 7
+    assert cfg["data"]["root"] == "/data" and cfg["data"]["train_subset"] == 1000
+    with pytest.raises(ConfigError, match="epochs"):
+        load_config(path, ["epochs"])

@@ -719,12 +719,23 @@ def _load_yin_checkpoint(path: Path, model, opt, sched, gen, cfg: dict) -> tuple
     return epoch + 1, history, float(ck.get("elapsed_s", 0.0))
 
 
-def load_config(path: str | Path) -> dict:
-    """Read a YAML config (``experiments/yin_*.yaml``) into a dict."""
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), data_dir: str | None = None) -> dict:
+    """Read a YAML config (``experiments/yin_*.yaml``) into a dict, then apply ``overrides``
+    (``dotted.key=value``, the value YAML-parsed) and, if given, ``data_dir`` as ``data.root``."""
     import yaml
 
+    from ..config import set_dotted
+
     with open(path) as f:
-        return yaml.safe_load(f)
+        cfg = yaml.safe_load(f)
+    for ov in overrides:
+        key, sep, val = ov.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {ov!r}: expected dotted.key=value")
+        set_dotted(cfg, key, yaml.safe_load(val))
+    if data_dir:
+        cfg.setdefault("data", {})["root"] = data_dir
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -735,15 +746,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*", help="dotted.key=value (YAML-parsed)")
     args = ap.parse_args(argv)
-    import yaml
-
-    from ..config import set_dotted
-
-    cfg = load_config(args.config)
-    for ov in args.overrides:
-        key, _, val = ov.partition("=")
-        set_dotted(cfg, key, yaml.safe_load(val))
-    res = train_yin(cfg)
+    res = train_yin(load_config(args.config, args.overrides))
     summary = {k: res[k] for k in ("test_acc", "test_acc_pruned", "flops_ratio", "train_time_s")}
     summary["density"] = res["sparsity"]["total"]["density"]
     summary["flops"] = res["ops"]["flops"]
