@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+from sparsespike.config import parse_overrides
 from sparsespike.eventprop.train import load_config, train_eventprop
 
 
@@ -31,9 +32,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
 
-    import yaml
-
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_overrides(args.set)
     base = load_config(args.config, **overrides)
     if args.epochs:
         if len(args.epochs) != len(base.phases):
@@ -44,9 +43,9 @@ def main(argv=None) -> dict:
     done: dict[int, dict] = {}
     if args.out and args.out.exists():  # resume: keep the seeds a previous (killed) run finished
         prev = json.loads(args.out.read_text())
-        if prev.get("summary", {}).get("config") == args.config and prev["summary"].get("epochs") == [
-            p.epochs for p in base.phases
-        ]:
+        old = prev.get("summary", {})
+        same = (old.get("config"), old.get("epochs"), old.get("overrides"))
+        if same == (args.config, [p.epochs for p in base.phases], overrides):  # another --set trains anew
             done = {r["seed"]: r for r in prev["runs"]}
     for seed in args.seeds:
         if seed in done:

@@ -98,9 +98,8 @@ def test_table3_pairs_each_pruned_run_with_its_seeds_control_and_resumes(tmp_pat
     summ = out["summary"]
     assert summ["l0-0.0001"]["minus_ctrl"] == pytest.approx([0.3, 0.3])
     assert summ["l0-1e-05"]["minus_ctrl_mean"] == pytest.approx(0.2)
-    assert summ["flops-9e-08"]["minus_ctrl_mean"] == pytest.approx(-0.3) and summ["ctrl"]["mean"] == pytest.approx(
-        95.25
-    )
+    assert summ["flops-9e-08"]["minus_ctrl_mean"] == pytest.approx(-0.3)
+    assert summ["ctrl"]["mean"] == pytest.approx(95.25)
     md = (tmp_path / "t3.md").read_text()
     assert "| l0-0.0001 | 1 | 95.60 | +0.30 |" in md and (tmp_path / "t3.png").is_file()
     with pytest.raises(SystemExit, match="--freeze"):
@@ -118,3 +117,30 @@ def test_yin_load_config_applies_overrides_and_data_dir_and_rejects_a_bare_key()
     assert cfg["data"]["root"] == "/data" and cfg["data"]["train_subset"] == 1000
     with pytest.raises(ConfigError, match="epochs"):
         load_config(path, ["epochs"])
+
+
+def test_eventprop_train_resumes_finished_seeds_only_under_the_same_overrides(tmp_path, monkeypatch):
+    ep = _load("eventprop_train")
+    trained = []
+
+    def fake_train(cfg, seed, progress=False):
+        trained.append((seed, cfg.phases[0].alpha))
+        m = {"accuracy": 0.9 + 0.01 * seed, "loss_ce": 0.1, "n_s": 1.3, "n_s_per_layer": [1.3]}
+        m.update(silent_neurons_per_layer=[0], latency_ms=20.0)
+        hist = [{"epoch": 1, "phase": 1, "val": m, "train": m}]
+        return {"final": {"val": m, "test": m}, "timing": {"train_s_per_epoch": 0.1}, "history": hist}
+
+    monkeypatch.setattr(ep, "train_eventprop", fake_train)
+    cfg = str(REPO / "experiments" / "eventprop_yinyang_2phase.yaml")
+    out = ["--out", str(tmp_path / "ep.json")]
+    ep.main([cfg, "--seeds", "0", *out])
+    s = ep.main([cfg, "--seeds", "0", "1", *out])  # seed 0 kept
+    assert [t[0] for t in trained] == [0, 1] and s["median_test_accuracy"] == pytest.approx(0.905)
+    phase = "{{loss: {}, alpha: 0.005, eta: 0.4, lr: 0.005, epochs: 1}}"
+    other = f"phases=[{phase.format('L_A')}, {phase.format('L')}]"
+    ep.main([cfg, "--seeds", "0", "--set", other, *out])  # other overrides: seed 0 trains anew
+    assert trained[-1] == (0, 0.005)
+    from sparsespike.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="key=value"):
+        ep.main([cfg, "--set", "alpha", *out])

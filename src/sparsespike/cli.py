@@ -17,15 +17,12 @@ def _builtin_config(name: str) -> Path:
 
 
 def _parse_overrides(items: list[str] | None) -> dict:
-    import yaml
+    from .config import parse_overrides
 
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise SystemExit(f"--set expects key=value, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
+    try:
+        return parse_overrides(items)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
 
 
 def cmd_demo(args) -> int:

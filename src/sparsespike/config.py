@@ -185,6 +185,18 @@ def set_path(d: dict, key: str, value, *, create: bool, where: str) -> None:
             raise ConfigError(f"{where}: {key!r}: {here} is {cur!r}, not a mapping or a list")
 
 
+def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict:
+    """``--set`` items ``dotted.key=value`` as ``{key: value}``, each value YAML-parsed (so PyYAML
+    reads ``1e-6`` without a dot as a string: numeric fields go through :func:`config_float`)."""
+    out = {}
+    for it in items or []:
+        key, sep, val = it.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {it!r}")
+        out[key] = yaml.safe_load(val)
+    return out
+
+
 def set_dotted(d: dict, key: str, value) -> None:
     """``--set key=value``: dotted keys, list indices as integers (``train.regularizers.1.s0``)."""
     set_path(d, key, value, create=True, where="--set")

@@ -724,15 +724,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), d
     (``dotted.key=value``, the value YAML-parsed) and, if given, ``data_dir`` as ``data.root``."""
     import yaml
 
-    from ..config import set_dotted
+    from ..config import parse_overrides, set_dotted
 
     with open(path) as f:
         cfg = yaml.safe_load(f)
-    for ov in overrides:
-        key, sep, val = ov.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {ov!r}: expected dotted.key=value")
-        set_dotted(cfg, key, yaml.safe_load(val))
+    for key, val in parse_overrides(overrides).items():
+        set_dotted(cfg, key, val)
     if data_dir:
         cfg.setdefault("data", {})["root"] = data_dir
     return cfg
