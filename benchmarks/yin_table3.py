@@ -123,7 +123,7 @@ def table(rows: dict[str, dict[int, dict]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: dict[str, dict[int, dict]], seeds: list[int], path: Path) -> None:
+def plot(rows: dict[str, dict[int, dict]], seeds: list[int], path: Path, title: str) -> None:
     """Test accuracy per run and seed; grey lines join one seed's control and pruned runs."""
     import matplotlib
 
@@ -155,7 +155,7 @@ def plot(rows: dict[str, dict[int, dict]], seeds: list[int], path: Path) -> None
         label[v] = f"{'L0 eq. 20' if pen == 'l0' else 'FLOPs'} {lam}\n({100 * density:.0f} % weights)"
     ax.set_xticks(range(len(names)), [label[v] for v in names], fontsize=7)
     ax.set_ylabel("test accuracy % (10,000 images)")
-    ax.set_title("Yin Table 3: 1,000 MNIST training samples, per seed")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -176,18 +176,32 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lam-flops", type=float, nargs="*", default=[9e-8], help="one pruned run per value")
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--collect", action="store_true", help="only read the finished runs and write the report")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="VARIANT",
+        help="train only these variants (e.g. ctrl flops-5e-08) and read the others' finished runs, so that a "
+        "second process can take a seed's control while the first trains its pruned run",
+    )
+    ap.add_argument("--title", default="Yin Table 3: 1,000 MNIST training samples, per seed", help="plot title")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/yin_table3.json"))
     args = ap.parse_args(argv)
     if args.freeze > args.more:
         raise SystemExit(f"--freeze {args.freeze} must not exceed --more {args.more}")
     base = load_config(args.config, args.set, args.data_dir)
     names = variants(args.lam_l0, args.lam_flops)
+    unknown = sorted(set(args.only or ()) - set(names))
+    if unknown:
+        raise SystemExit(f"--only {' '.join(unknown)}: not among this run's variants {', '.join(names)}")
     rows: dict[str, dict[int, dict]] = {v: {} for v in names}
     for seed in args.seeds:
         for v in names:
             run_dir = args.runs / f"{v}_s{seed}"
             done = read_run(run_dir)
-            if done is None and not args.collect:
+            if done is None and not args.collect and (args.only is None or v in args.only):
+                if v != "dense" and read_run(args.runs / f"dense_s{seed}") is None:
+                    raise SystemExit(f"{v} seed {seed} starts from dense_s{seed}, which has not finished")
                 cfg = variant_config(base, v, seed, args.runs, args)
                 # a run cut off between epochs continues from its last.pt instead of starting over
                 cfg["resume"] = (run_dir / "last.pt").exists()
@@ -217,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.with_suffix(".md").write_text(
         f"`python benchmarks/yin_table3.py {' '.join(sys.argv[1:])}`\n\n{md}\n\nMeans: {means}\n"
     )
-    plot(rows, args.seeds, args.out.with_suffix(".png"))
+    plot(rows, args.seeds, args.out.with_suffix(".png"), args.title)
     print(md)
     print("Means:", means)
     return payload

@@ -106,6 +106,35 @@ def test_table3_pairs_each_pruned_run_with_its_seeds_control_and_resumes(tmp_pat
         t3.main([cfg, "--more", "1", "--freeze", "2", "--collect"])
 
 
+def test_table3_only_trains_the_named_variants_and_needs_the_seeds_dense_run(tmp_path, monkeypatch):
+    t3 = _load("yin_table3")
+    trained = []
+
+    def fake_train(cfg):
+        run = Path(cfg["out_dir"])
+        trained.append(run.name)
+        res = _fake_result(1e-4 if cfg["connectivity"]["l0"] else 0.0)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "run.json").write_text(json.dumps({"results": res}))
+        (run / "model.pt").write_bytes(b"")
+        return res
+
+    monkeypatch.setattr(t3, "train_yin", fake_train)
+    cfg = str(REPO / "experiments" / "yin_mnist_small.yaml")
+    common = [cfg, "--runs", str(tmp_path / "runs"), "--more", "2", "--freeze", "1", "--lam-l0"]
+    common += ["--lam-flops", "5e-8", "--out", str(tmp_path / "f4.json"), "--title", "Fig. 4, per seed"]
+    with pytest.raises(SystemExit, match="dense_s0, which has not finished"):
+        t3.main([*common, "--seeds", "0", "--only", "ctrl"])
+    with pytest.raises(SystemExit, match="flops-9e-08: not among"):
+        t3.main([*common, "--seeds", "0", "--only", "flops-9e-08"])
+    assert trained == []
+    t3.main([*common, "--seeds", "0", "--only", "dense", "flops-5e-08"])  # first process
+    assert trained == ["dense_s0", "flops-5e-08_s0"]
+    out = t3.main([*common, "--seeds", "0", "--only", "ctrl"])  # second process: the control only
+    assert trained[2:] == ["ctrl_s0"] and sorted(out["runs"]) == ["ctrl", "dense", "flops-5e-08"]
+    assert all(out["runs"][v]["0"] for v in out["runs"])
+
+
 def test_yin_load_config_applies_overrides_and_data_dir_and_rejects_a_bare_key():
     from sparsespike.errors import ConfigError
     from sparsespike.sparsity.yin_models import load_config
