@@ -1,5 +1,5 @@
 """Every config shipped in experiments/ loads and builds: a time-stepped config's network runs a
-forward pass on an input of its dataset's shape, a Yin config builds its SCNN, a sweep spec loads
+forward pass on an input of its dataset's shape (export.dataset_input_shape), a Yin config builds its SCNN, a sweep spec loads
 with the experiment it names, an EventProp config loads. A typo in a shipped config fails here
 rather than after a user's data has loaded."""
 
@@ -13,24 +13,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "experiments").glob("*.yaml"))
-
-
-def _input_shape(data) -> tuple[int, ...]:
-    """The per-step input shape ``build_data`` gives each dataset (pipeline.build_data)."""
-    enc = dict(data.encoding)
-    ds = data.dataset
-    if ds == "yinyang":
-        return (5,) if enc.get("bias_spike") else (4,)
-    if ds in ("mnist", "fashion-mnist"):
-        return (1, 28, 28)
-    if ds == "cifar10":
-        return (3, 32, 32)
-    if ds == "nmnist-small":
-        c = 1 if enc.get("merge_polarity") else 2
-        return (c, 34, 34) if enc.get("conv") else (c * 34 * 34,)
-    if ds == "shd":
-        return (700,)
-    raise AssertionError(f"no input shape known for dataset {ds!r}: extend this test")
 
 
 def _kind(raw: dict) -> str:
@@ -67,12 +49,14 @@ def test_shipped_config_loads_and_builds(path):
         assert spec.name
     else:
         from sparsespike.config import load_config
+        from sparsespike.export import dataset_input_shape
         from sparsespike.models import build_network
         from sparsespike.sparsity.connectivity import add_l0_gates
 
         cfg = load_config(path)
         m = cfg.model
-        shape = _input_shape(cfg.data)
+        shape = dataset_input_shape(cfg)
+        assert shape is not None, f"no input shape known for dataset {cfg.data.dataset!r}"
         net = build_network(m.layers, shape, m.neuron, m.backward, m.b_th, m.weight_scale)
         if m.gates:
             add_l0_gates(net, lam=float(m.gates.get("lam", 0.0)))
