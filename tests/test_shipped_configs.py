@@ -1,7 +1,7 @@
 """Every config shipped in experiments/ loads and builds: a time-stepped config's network runs a
-forward pass on an input of its dataset's shape (export.dataset_input_shape), a Yin config builds its SCNN, a sweep spec loads
-with the experiment it names, an EventProp config loads. A typo in a shipped config fails here
-rather than after a user's data has loaded."""
+forward pass on an input of its dataset's shape (export.dataset_input_shape), a Yin config builds
+its SCNN, a sweep spec loads with the experiment it names, an EventProp config loads. A typo in a
+shipped config fails here rather than after a user's data has loaded."""
 
 from __future__ import annotations
 
