@@ -16,7 +16,9 @@ order):
 Each (variant, seed) is one ``train_yin`` run in ``RUNS/<variant>_s<seed>``; a finished run (its
 ``run.json`` and ``model.pt`` exist) is kept and one cut off mid-way continues from its ``last.pt``,
 so a killed experiment resumes, and two processes with different
-``--seeds`` can share the work. The table pairs every pruned run with the control of its own
+``--seeds`` (or, for one seed, different ``--only`` variants once its dense run has finished) can
+share the work. The same script runs Yin's Fig. 4 on full MNIST (docs/connectivity.md, "Fig. 4,
+second seed, with a dense control"). The table pairs every pruned run with the control of its own
 seed (same data, same extra epochs), on the full 10,000-image test set.
 
     NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/yin_table3.py \\
