@@ -173,3 +173,29 @@ def test_eventprop_train_resumes_finished_seeds_only_under_the_same_overrides(tm
 
     with pytest.raises(ConfigError, match="key=value"):
         ep.main([cfg, "--set", "alpha", *out])
+
+
+def test_cli_train_passes_a_yin_config_with_its_overrides_seed_data_dir_and_resume(tmp_path, monkeypatch, capsys):
+    import sparsespike.sparsity.yin_models as ym
+    from sparsespike import cli
+
+    seen = {}
+
+    def fake_train(cfg):
+        seen.update(cfg)
+        return {"test_acc": 91.0, "test_acc_pruned": 92.0, "flops_ratio": 0.3, "train_time_s": 1.0}
+
+    monkeypatch.setattr(ym, "train_yin", fake_train)
+    path = str(REPO / "experiments" / "yin_mnist_small.yaml")
+    argv = ["train", path, "--set", "epochs=3", "--set", "connectivity.lam=2e-5", "--seed", "4"]
+    assert cli.main([*argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"), "--resume"]) == 0
+    assert seen["epochs"] == 3 and float(seen["connectivity"]["lam"]) == 2e-5 and seen["seed"] == 4
+    assert seen["data"]["root"] == str(tmp_path) and seen["out_dir"] == str(tmp_path / "r") and seen["resume"]
+    assert json.loads(capsys.readouterr().out)["test_acc_pruned"] == 92.0
+    # without --out: runs/<name>_seed<seed>, as for the other engines
+    seen.clear()
+    assert cli.main(["train", path, "--seed", "5"]) == 0
+    assert seen["out_dir"] == str(Path("runs") / "yin_mnist_small_seed5") and "resume" not in seen
+    # a bare key is a clear error, not a traceback
+    assert cli.main(["train", path, "--set", "epochs"]) == 2
+    assert "epochs" in capsys.readouterr().err

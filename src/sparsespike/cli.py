@@ -61,7 +61,7 @@ def _engine(path: str) -> str:
 
 
 def cmd_train(args) -> int:
-    from .config import load_config, set_dotted
+    from .config import load_config
     from .train import Trainer
 
     engine = _engine(args.config)
@@ -81,18 +81,13 @@ def cmd_train(args) -> int:
         print(json.dumps({k: v for k, v in res.items() if not isinstance(v, (list, dict))}, indent=1, default=str))
         return 0
     if engine == "yin":
-        import yaml
-
+        from .sparsity.yin_models import load_config as yin_config
         from .sparsity.yin_models import train_yin
 
-        raw = yaml.safe_load(Path(args.config).read_text())
-        for k, v in _parse_overrides(args.set).items():
-            set_dotted(raw, k, v)
+        raw = yin_config(args.config, args.set or (), args.data_dir)
         if args.seed is not None:
             raw["seed"] = args.seed
         raw["out_dir"] = args.out or str(Path("runs") / f"{raw.get('name', 'yin')}_seed{raw.get('seed', 0)}")
-        if args.data_dir:
-            raw.setdefault("data", {})["root"] = args.data_dir
         if args.resume:
             raw["resume"] = True
         res = train_yin(raw)
