@@ -88,6 +88,41 @@ def test_resume_gives_identical_weights(tmp_path, data_dir):
     assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_resume_refuses_a_changed_config_and_allows_a_longer_run(tmp_path, data_dir):
+    two = load_config(_write(tmp_path, SMALL), {"train.epochs": 2})
+    Trainer(two, tmp_path / "r", data_dir, progress=False).fit()
+
+    def resume(over):
+        cfg = load_config(_write(tmp_path, SMALL), over)
+        return Trainer(cfg, tmp_path / "r", data_dir, resume=True, progress=False)
+
+    with pytest.raises(ConfigError, match=r"train.optimizer.lr: 0.01 -> 0.02"):
+        resume({"train.epochs": 3, "train.optimizer.lr": 0.02}).fit()
+    with pytest.raises(ConfigError, match=r"seed: 3 -> 4"):
+        resume({"train.epochs": 3, "seed": 4}).fit()
+    with pytest.raises(ConfigError, match=r"model.layers"):
+        resume({"train.epochs": 3, "model.layers.0.out": 8}).fit()
+    with pytest.raises(ConfigError, match="holds 2 epochs of phase 'main', the config gives it only 1"):
+        resume({"train.epochs": 1}).fit()
+    # longer, on another thread count and with another name: free (the refusals above wrote nothing)
+    res = resume({"train.epochs": 3, "train.num_threads": 1, "name": "renamed"}).fit()
+    assert res["epochs"] == 3
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_refuses_to_bend_a_cosine_schedule(tmp_path, data_dir):
+    cos = json.loads(json.dumps(SMALL))
+    cos["train"]["lr_schedule"] = {"name": "cosine"}
+    cfg = load_config(_write(tmp_path, cos), {"train.epochs": 4})
+    t = Trainer(cfg, tmp_path / "r", data_dir, progress=False)
+    next(t.epochs())  # one epoch of four, then stop: last.pt says "epoch 1 of phase main"
+    longer = load_config(_write(tmp_path, cos), {"train.epochs": 6})
+    with pytest.raises(ConfigError, match="cosine lr_schedule spans the 4 epochs"):
+        Trainer(longer, tmp_path / "r", data_dir, resume=True, progress=False).fit()
+    res = Trainer(cfg, tmp_path / "r", data_dir, resume=True, progress=False).fit()
+    assert res["epochs"] == 4
+
+
 def test_corrupt_checkpoint_is_named(tmp_path, data_dir):
     cfg = load_config(_write(tmp_path, SMALL))
     (tmp_path / "run").mkdir()

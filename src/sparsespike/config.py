@@ -200,3 +200,23 @@ def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict:
 def set_dotted(d: dict, key: str, value) -> None:
     """``--set key=value``: dotted keys, list indices as integers (``train.regularizers.1.s0``)."""
     set_path(d, key, value, create=True, where="--set")
+
+
+def flat_config(d: dict, skip: tuple[str, ...] = (), prefix: str = "") -> dict:
+    """``d`` as ``{dotted.key: value}`` (nested mappings flattened, lists kept whole), without the
+    keys in ``skip``, passed through JSON so that it compares equal to a stored copy."""
+    import json
+
+    out: dict = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_config(v, skip, key + "."))
+        elif key not in skip:
+            out[key] = v
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def changed_keys(saved: dict, now: dict) -> list[str]:
+    """The keys whose values differ between two :func:`flat_config` dicts (missing counts as ``None``)."""
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, PhaseConfig
+from .config import ExperimentConfig, PhaseConfig, changed_keys, flat_config
 from .ema import EmaWeights
 from .errors import ConfigError
 from .kernels.sparse import spike_counts
@@ -494,8 +494,50 @@ class Trainer:
         return self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
 
     # -- checkpoints
+    # settings that do not change what a run computes: free to differ on resume (phase lengths too)
+    _RESUME_FREE = (
+        "name",
+        "notes",
+        "data.eval_batch_size",
+        "train.num_threads",
+        "train.device",
+        "train.measure_every",
+        "train.epochs",
+    )
+
+    def _fingerprint(self) -> dict:
+        """What a resumed run must share with its checkpoint: the config without the free keys
+        and without the phases' lengths (a run may be lengthened)."""
+        fp = flat_config(self.cfg.to_dict(), self._RESUME_FREE)
+        if fp.get("train.phases"):
+            fp["train.phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in fp["train.phases"]]
+        return fp
+
+    def _check_resume(self, ckpt: dict, last: Path) -> None:
+        """Refuse a checkpoint written under another config, or one further on than the config's phases."""
+        if "config" in ckpt:  # checkpoints from before 2026-11-23 hold no config: nothing to compare
+            diff = changed_keys(json.loads(ckpt["config"]), self._fingerprint())
+            if diff:
+                old, new = json.loads(ckpt["config"]), self._fingerprint()
+                raise ConfigError(
+                    f"--resume: {last} was written under a different config ("
+                    + "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+                    + "); only the phases' lengths and "
+                    + ", ".join(self._RESUME_FREE)
+                    + " may change"
+                )
+        pi, done = int(ckpt["phase"]), int(ckpt["epoch_in_phase"])
+        if pi < len(self.phases) and done > self.phases[pi].epochs:
+            raise ConfigError(
+                f"--resume: {last} holds {done} epochs of phase {self.phases[pi].name!r}, "
+                f"the config gives it only {self.phases[pi].epochs}"
+            )
+        if pi > len(self.phases):
+            raise ConfigError(f"--resume: {last} is past phase {pi}, the config has {len(self.phases)} phases")
+
     def _state(self, phase_idx, epoch_in_phase, global_epoch, opt, sched, best) -> dict:
         return {
+            "config": json.dumps(self._fingerprint()),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "model": self.model.state_dict(),
             "optimizer": opt.state_dict(),
@@ -545,6 +587,7 @@ class Trainer:
             if not last.exists():
                 raise ConfigError(f"--resume: no checkpoint at {last}")
             ckpt = load_checkpoint(last)
+            self._check_resume(ckpt, last)
             self.model.load_state_dict(ckpt["model"])
             if self.ema is not None:
                 if not ckpt.get("ema"):
@@ -565,6 +608,12 @@ class Trainer:
             e0 = 0
             if ckpt is not None and pi == start_phase:
                 opt.load_state_dict(ckpt["optimizer"])
+                span = (ckpt["scheduler"] or {}).get("T_max")  # a cosine schedule's length, in its state
+                if span is not None and span != getattr(sched, "T_max", span):
+                    raise ConfigError(
+                        f"--resume: phase {ph.name!r}'s cosine lr_schedule spans the {span} epochs it started "
+                        f"with; {ph.epochs} would bend it (use an exponential or step schedule to extend runs)"
+                    )
                 if sched is not None and ckpt["scheduler"]:
                     sched.load_state_dict(ckpt["scheduler"])
                 e0 = start_epoch
@@ -602,8 +651,9 @@ class Trainer:
                     if self.rank == 0:  # metrics and checkpoints are written by rank 0 only
                         with open(self.out / "metrics.jsonl", "a") as f:
                             f.write(json.dumps(rec) + "\n")
-                        nxt = (pi, e + 1) if e + 1 < ph.epochs else (pi + 1, 0)
-                        atomic_save(self._state(nxt[0], nxt[1], global_epoch, opt, sched, best), last)
+                        # "epoch e + 1 of phase pi done", also at a phase's end: a resume with that
+                        # phase lengthened goes on in it, with its optimizer state
+                        atomic_save(self._state(pi, e + 1, global_epoch, opt, sched, best), last)
                         tqdm.write(
                             f"[{self.cfg.name}] epoch {global_epoch} ({ph.name}) loss {rec['train_loss']:.4f} "
                             f"train acc {rec['train_acc']:.4f} val acc {val['acc']:.4f} ({train_time:.1f}s)"

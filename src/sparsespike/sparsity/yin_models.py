@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import config_float
+from ..config import changed_keys, config_float, flat_config
 from ..errors import ConfigError
 from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
 from ..neurons import LIFParams
@@ -652,15 +652,8 @@ def _gate_generator(model: nn.Module) -> torch.Generator | None:
 _RESUMABLE = ("epochs", "eval_every", "resume", "out_dir", "verbose", "progress", "device", "threads", "data.root")
 
 
-def _flat(d: dict, pre: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{pre}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        elif key not in _RESUMABLE:
-            out[key] = v
-    return out
+def _flat(d: dict) -> dict:
+    return flat_config(d, _RESUMABLE)
 
 
 def _save_yin_checkpoint(
@@ -670,7 +663,7 @@ def _save_yin_checkpoint(
     ggen = _gate_generator(model)
     atomic_save(
         {
-            "config_json": json.dumps(_flat(cfg), sort_keys=True, default=str),
+            "config_json": json.dumps(_flat(cfg), sort_keys=True),
             "epoch": epoch,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(),
@@ -695,8 +688,7 @@ def _load_yin_checkpoint(path: Path, model, opt, sched, gen, cfg: dict) -> tuple
         saved = json.loads(ck["config_json"])
     except (KeyError, TypeError, ValueError) as e:  # a torch file, but not ours
         raise ConfigError(f"resume: {path} is not a Yin checkpoint (no {e})") from e
-    now = json.loads(json.dumps(_flat(cfg), sort_keys=True, default=str))
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    changed = changed_keys(saved, _flat(cfg))
     if changed:
         raise ConfigError(
             f"resume: the config differs from the one {path} was trained with in {', '.join(changed)} "
