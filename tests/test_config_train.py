@@ -291,3 +291,16 @@ def test_config_float_parses_yaml_strings_and_names_the_key():
         assert str(err.value).startswith("model.k ")
     with pytest.raises(ConfigError, match="must be a finite number > 0"):
         config_float(0.0, "k", strict=True)
+
+
+def test_cli_version_is_the_package_version(capsys):
+    from importlib.metadata import version
+
+    import sparsespike
+    from sparsespike.cli import main
+
+    with pytest.raises(SystemExit) as ex:
+        main(["--version"])
+    assert ex.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sparsespike {sparsespike.__version__}"
+    assert sparsespike.__version__ == version("sparsespike")  # pyproject and __init__ agree

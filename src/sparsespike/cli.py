@@ -293,7 +293,10 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="sparsespike", description=__doc__)
+    p.add_argument("--version", action="version", version=f"sparsespike {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("demo", help="train a small SNN on Yin-Yang (< 2 min) and print a report")
