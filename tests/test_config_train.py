@@ -304,3 +304,34 @@ def test_cli_version_is_the_package_version(capsys):
     assert ex.value.code == 0
     assert capsys.readouterr().out.strip() == f"sparsespike {sparsespike.__version__}"
     assert sparsespike.__version__ == version("sparsespike")  # pyproject and __init__ agree
+
+
+def test_report_and_compare_read_yin_and_eventprop_runs(capsys, tmp_path):
+    """`report` / `compare` on the recorded Yin and EventProp run folders in docs/results: their
+    figures come from run.json (test accuracy after pruning, FLOPs, SynOps; accuracy, <N_S>)."""
+    from pathlib import Path
+
+    from sparsespike.cli import _run_row, main
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results"
+    yin = docs / "yin_fig4_paired" / "flops-5e-08_s1"
+    ep = docs / "eventprop_mnist_2phase_8+4ep"
+    info = json.loads((yin / "run.json").read_text())["results"]
+    w = _run_row(yin)
+    assert w["acc"] == pytest.approx(info["test_acc_pruned"] / 100)
+    assert w["synops"] == info["ops"]["synops"] and w["flops"] == info["ops"]["flops"]
+    assert w["gates"] == "L0" and w["regs"].startswith("flops") and w["epochs"] == 4
+    test = json.loads((ep / "run.json").read_text())["final"]["test"]
+    v = _run_row(ep)
+    assert v["acc"] == test["accuracy"] and v["spikes"] == test["spikes_per_sample"] and v["regs"] == "L_A -> L"
+    assert main(["report", str(yin)]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy 99.20 %" in out and "0.327x" in out
+    assert main(["report", str(ep)]) == 0
+    assert f"{test['n_s']:.3f}" in capsys.readouterr().out
+    assert main(["compare", str(yin.parent / "dense_s1"), str(yin)]) == 0
+    assert "(3.1x fewer)" in capsys.readouterr().out  # dense FLOPs 79.6 M -> 26.0 M
+    with pytest.raises(SystemExit, match="no SynOps recorded"):
+        main(["compare", str(ep), str(ep), "--plot", str(tmp_path / "p.png")])
+    with pytest.raises(SystemExit, match="no finished run"):
+        main(["report", str(tmp_path)])

@@ -159,12 +159,49 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _run_json(run: Path) -> dict:
+    p = run / "run.json"
+    if not p.exists():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{p} is not valid JSON ({e})") from None
+
+
+def _log(run: Path) -> list[dict]:
+    p = run / "metrics.jsonl"
+    return [json.loads(s) for s in p.read_text().splitlines() if s.strip()] if p.exists() else []
+
+
+def run_engine(run: Path) -> str:
+    """Which engine wrote a finished run directory: ``time-stepped`` (``results.json``), ``yin``
+    (``run.json`` with ``results``) or ``eventprop`` (``run.json`` with ``final``); a
+    :class:`SystemExit` naming the folder when it holds no finished run."""
+    if (run / "results.json").exists():
+        return "time-stepped"
+    info = _run_json(run)
+    if "results" in info:
+        return "yin"
+    if "final" in info:
+        return "eventprop"
+    raise SystemExit(
+        f"no finished run in {run}: no results.json (time-stepped runs), and no run.json with results "
+        "(Yin runs) or final (EventProp runs); unfinished? `sparsespike train ... --resume` continues it"
+    )
+
+
 def cmd_report(args) -> int:
     run = Path(args.run)
-    res_p = run / "results.json"
-    if not res_p.exists():
-        raise SystemExit(f"no results.json in {run}")
-    res = json.loads(res_p.read_text())
+    engine = run_engine(run)
+    if engine != "time-stepped":
+        w = _run_row(run)
+        print(f"# {w['name']} (seed {w['seed']}, {engine} engine)\n")
+        print(f"test accuracy {100 * w['acc']:.2f} % after {w['epochs']} epochs, training {w['train_s']:.0f} s\n")
+        for k, v in w["extra"].items():
+            print(f"- {k}: {v}")
+        return 0
+    res = json.loads((run / "results.json").read_text())
     from .metrics import MetricsReport
 
     rep = MetricsReport(**res["metrics"])
@@ -174,15 +211,84 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _yin_row(run: Path, info: dict) -> dict:
+    """A Yin run (``train_yin``): accuracy after ``prune``, FLOPs and SynOps from ``count_ops``."""
+    cfg, res, log = info.get("config", {}), info["results"], _log(run)
+    conn = cfg.get("connectivity") or {}
+    ops = res.get("ops") or {}
+    nan = float("nan")
+    ep_t = [r["train_time_s"] for r in log if "train_time_s" in r]
+    dens = (res.get("sparsity") or {}).get("total", {}).get("density")
+    return {
+        "name": cfg.get("name", run.name),
+        "seed": info.get("seed", cfg.get("seed")),
+        "dir": run.name,
+        "backward": "dense",
+        "gates": "L0" if conn.get("l0") else "-",
+        "regs": f"{conn.get('penalty', 'l0')} {conn.get('lam')}" if conn.get("l0") else "-",
+        "epochs": len(log),
+        "acc": res["test_acc_pruned"] / 100,  # train_yin reports percent
+        "acc_last": res["test_acc_pruned"] / 100,  # no validation split: the final network is the one tested
+        "spikes": nan,
+        "synops": ops.get("synops", nan),
+        "flops": ops.get("flops", nan),
+        "energy_nj": nan,
+        "epoch_s": (sum(ep_t) / len(ep_t)) if ep_t else nan,
+        "train_s": res.get("train_time_s", nan),
+        "act": "-",
+        "extra": {
+            "non-zero weights": f"{100 * dens:.1f} %" if dens is not None else "-",
+            "dense FLOPs / sample": f"{ops.get('flops', nan):.4g} of {ops.get('flops_dense', nan):.4g} "
+            f"({res.get('flops_ratio', nan):.3f}x)",
+            "SynOps / sample": f"{ops.get('synops', nan):,.0f}",
+        },
+    }
+
+
+def _eventprop_row(run: Path, info: dict) -> dict:
+    """An EventProp run: first-spike accuracy, spikes and <N_S> on the test split."""
+    cfg, log = info.get("config", {}), _log(run)
+    test = (info["final"] or {}).get("test") or (info["final"] or {}).get("val") or {}
+    timing = info.get("timing") or {}
+    nan = float("nan")
+    return {
+        "name": cfg.get("name", run.name),
+        "seed": cfg.get("seed"),
+        "dir": run.name,
+        "backward": "EventProp",
+        "gates": "-",
+        "regs": " -> ".join(str(p.get("loss")) for p in cfg.get("phases") or []) or "-",
+        "epochs": len(log),
+        "acc": test.get("accuracy", nan),
+        "acc_last": test.get("accuracy", nan),
+        "spikes": test.get("spikes_per_sample", nan),
+        "synops": nan,
+        "flops": nan,
+        "energy_nj": nan,
+        "epoch_s": timing.get("train_s_per_epoch", nan),
+        "train_s": timing.get("train_s", nan),
+        "act": "-",
+        "extra": {
+            "<N_S> overall / per layer": f"{test.get('n_s', nan):.3f} / "
+            + ", ".join(f"{v:.3f}" for v in test.get("n_s_per_layer", [])),
+            "silent neurons per layer": ", ".join(str(v) for v in test.get("silent_neurons_per_layer", [])),
+            "first output spike (ms)": f"{test.get('latency_ms', nan):.2f}",
+            "test samples": test.get("n_samples", "-"),
+        },
+    }
+
+
 def _run_row(run: Path) -> dict:
-    """What :func:`compare_runs` shows of one finished run directory."""
-    res_p = run / "results.json"
-    if not res_p.exists():
-        raise SystemExit(f"no results.json in {run} (unfinished run? use `sparsespike evaluate`)")
-    res = json.loads(res_p.read_text())
-    cfg = json.loads((run / "run.json").read_text())["config"] if (run / "run.json").exists() else {}
-    log_p = run / "metrics.jsonl"
-    log = [json.loads(s) for s in log_p.read_text().splitlines()] if log_p.exists() else []
+    """What :func:`compare_runs` shows of one finished run directory, of any engine (metrics an
+    engine does not record are NaN, shown as ``nan``)."""
+    engine = run_engine(run)
+    if engine == "yin":
+        return _yin_row(run, _run_json(run))
+    if engine == "eventprop":
+        return _eventprop_row(run, _run_json(run))
+    res = json.loads((run / "results.json").read_text())
+    cfg = _run_json(run).get("config", {})
+    log = _log(run)
     ep_t = [r["epoch_time_s"] for r in log if "epoch_time_s" in r]
     acts: dict[str, list[float]] = {}
     for r in log:
@@ -252,6 +358,9 @@ def cmd_compare(args) -> int:
         from .plots import plot_tradeoff
 
         rows = [_run_row(r) for r in runs]
+        missing = [w["dir"] for w in rows if w["synops"] != w["synops"]]
+        if missing:
+            raise SystemExit(f"--plot: no SynOps recorded for {', '.join(missing)} (EventProp runs count spikes only)")
         pts = [(w["dir"], w["synops"], w["acc"]) for w in rows]
         print(f"\nplot: {plot_tradeoff(pts, args.plot, title=args.title or 'accuracy against SynOps')}")
     return 0
