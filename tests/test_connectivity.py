@@ -709,3 +709,25 @@ def test_train_yin_warns_when_the_output_is_silent(data_dir):
     with pytest.warns(RuntimeWarning, match="did not spike for any training sample"):
         res = train_yin(cfg)
     assert res["history"][0]["silent_output_pct"] == 100.0
+
+
+def test_cli_evaluate_a_yin_run_reproduces_its_pruned_test_accuracy(data_dir, tmp_path, capsys):
+    """`sparsespike evaluate` on a Yin run reloads the pruned model.pt and the data its config
+    names, and gets the test accuracy train_yin recorded; `--split train` uses the run's subset."""
+    from sparsespike.cli import main
+    from sparsespike.sparsity.yin_models import load_config, train_yin
+
+    cfg = load_config("experiments/yin_mnist_small.yaml")
+    cfg["data"] = {**cfg["data"], "root": str(data_dir), "train_subset": 60, "test_subset": 50}
+    cfg["connectivity"] = {**cfg["connectivity"], "lam": 1.0e-3}
+    cfg["optimizer"] = {**cfg["optimizer"], "gate_lr": 0.5, "batch_size": 20}
+    cfg.update(epochs=2, eval_every=2, verbose=False, out_dir=str(tmp_path / "run"), seed=5)
+    res = train_yin(cfg)
+    assert main(["evaluate", str(tmp_path / "run"), "--data-dir", str(data_dir)]) == 0
+    out = json.loads((tmp_path / "run" / "evaluate_model.json").read_text())
+    assert out["samples"] == 50 and out["test_acc"] * 100 == pytest.approx(res["test_acc_pruned"])
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "run"), "--split", "train", "--limit", "30"]) == 0
+    assert json.loads((tmp_path / "run" / "evaluate_model_train30.json").read_text())["samples"] == 30
+    assert main(["evaluate", str(tmp_path / "run"), "--split", "val"]) == 2
+    assert "no validation split" in capsys.readouterr().err

@@ -124,6 +124,15 @@ def cmd_evaluate(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
     run = Path(args.run)
+    info = _run_json(run)
+    engine = (info.get("config") or {}).get("engine") or ("eventprop" if "final" in info else None)
+    if engine == "yin":
+        return _evaluate_yin(run, info, args)
+    if engine == "eventprop":
+        raise SystemExit(
+            f"{run} is an EventProp run: it was tested at the end of training (and on validation every "
+            f"epoch); its figures are in run.json: `sparsespike report {run}`"
+        )
     tr, state, ck = load_run(run, args.data_dir, args.last)
     cfg = tr.cfg
     split = getattr(tr.data, args.split)
@@ -189,6 +198,36 @@ def run_engine(run: Path) -> str:
         f"no finished run in {run}: no results.json (time-stepped runs), and no run.json with results "
         "(Yin runs) or final (EventProp runs); unfinished? `sparsespike train ... --resume` continues it"
     )
+
+
+def _evaluate_yin(run: Path, info: dict, args) -> int:
+    """``evaluate`` for a Yin run: its pruned ``model.pt`` (no best/last choice: Yin runs test the
+    final network) on the test or training split."""
+    from .sparsity.yin_models import evaluate_model_pt
+
+    if args.last:
+        raise SystemExit("--last: a Yin run keeps one network, model.pt (the final, pruned one)")
+    res = evaluate_model_pt(run / "model.pt", args.split, args.data_dir, args.limit)
+    cfg = info.get("config") or {}
+    out = {
+        "name": cfg.get("name", run.name),
+        "seed": cfg.get("seed"),
+        "checkpoint": "model.pt",
+        "epochs_logged": len(_log(run)),
+        "split": args.split,
+        "samples": res["samples"],
+        "acc": res["acc"],
+    }
+    if args.split == "test":
+        out["test_acc"] = res["acc"]
+    n = "" if args.limit is None else res["samples"]
+    part = "" if args.split == "test" and args.limit is None else f"_{args.split}{n}"
+    dest = run / f"evaluate_model{part}.json"
+    dest.write_text(json.dumps(out, indent=2))
+    print(
+        f"[{out['name']}] model.pt: {args.split} accuracy {100 * res['acc']:.2f} % ({res['samples']} samples) -> {dest}"
+    )
+    return 0
 
 
 def cmd_report(args) -> int:

@@ -395,6 +395,31 @@ def load_yin_model(path: str | Path) -> tuple[nn.Module, dict]:
     return model.eval(), ck["config"]
 
 
+def evaluate_model_pt(
+    path: str | Path, split: str = "test", data_dir: str | Path | None = None, limit: int | None = None
+) -> dict:
+    """Accuracy of a ``model.pt`` written by :func:`train_yin` on the data its config names (the
+    same seed, so the same subsets; ``data_dir`` replaces ``data.root``), tested as
+    :func:`train_yin` tests: eval mode, pruned weights, the fixed encoding seed. ``split`` is
+    ``test`` or ``train`` (the run's training subset; Yin runs have no validation split); ``limit``
+    keeps the first samples. Returns ``{"acc" (fraction), "samples", "T"}``."""
+    if split not in ("test", "train"):
+        raise ConfigError(f"Yin runs have a test and a train split (no validation split), got {split!r}")
+    model, cfg = load_yin_model(path)
+    _, T = network_from_config(cfg)
+    data = dict(cfg.get("data") or {})
+    if data_dir:
+        data["root"] = str(data_dir)
+    dt_us = (cfg.get("encoding") or {}).get("dt_us")
+    if dt_us is not None:
+        dt_us = config_float(dt_us, "encoding.dt_us (bin width in microseconds)", strict=True)
+    xtr, ytr, xte, yte, encode = _load_dataset(data, T, int(cfg.get("seed", 0)), dt_us)
+    x, y = (xte, yte) if split == "test" else (xtr, ytr)
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return {"acc": evaluate(model, x, y, encode, T) / 100.0, "samples": len(y), "T": T}
+
+
 def _read_model_pt(path: Path, what: str) -> dict:
     """The ``{"state_dict", "config"}`` of a ``model.pt`` written by :func:`train_yin`, read by
     :func:`sparsespike.train.load_checkpoint` (weights only; a missing or unreadable file is a
