@@ -309,3 +309,43 @@ def test_cmd_export_from_run_directory(tmp_path, capsys):
     assert w.shape == (6, 4) and np.all(w[0] == 0) and np.all(w[1:] != 0)
     assert np.asarray(g.nodes["input"].input_type["input"]).tolist() == [4]
     assert import_nir(out)[1].mode == "max"
+
+
+def test_cmd_export_of_a_pruned_yin_run_gives_our_spikes(tmp_path, capsys, data_dir):
+    """A Yin run (train_yin: conv, avg pool, STBP LIF with zero reset, L0 gates pruned into
+    model.pt) exports from its run folder; the NIR equations give the same spikes in every layer."""
+    from sparsespike.export import cmd_export
+    from sparsespike.sparsity.yin_models import load_config, load_yin_model, train_yin
+
+    cfg = load_config("experiments/yin_mnist_small.yaml")
+    cfg["data"] = {**cfg["data"], "root": str(data_dir), "train_subset": 40, "test_subset": 20}
+    # gates spread around the pruning point (log alpha ~ N(-1, 2)): about a quarter prune to zero
+    cfg["connectivity"] = {**cfg["connectivity"], "lam": 1.0e-6, "init_mean": -1.0, "init_std": 2.0}
+    cfg["optimizer"] = {**cfg["optimizer"], "gate_lr": 1.0e-3, "batch_size": 20}
+    cfg.update(epochs=1, eval_every=1, verbose=False, out_dir=str(tmp_path / "run"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a 2-batch run: the readout may stay silent
+        train_yin(cfg)
+    # two batches leave the deep layers silent on random input: scale the weights (zeros stay
+    # zeros) so that every layer spikes and the comparison below means something
+    pt = tmp_path / "run" / "model.pt"
+    ck = torch.load(pt, weights_only=True)
+    ck["state_dict"] = {k: v * 4 if k.endswith("weight") else v for k, v in ck["state_dict"].items()}
+    torch.save(ck, pt)
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers(dest="cmd"))
+    out = tmp_path / "yin.nir"
+    args = parser.parse_args(["export", str(tmp_path / "run"), "--out", str(out), "--strict"])
+    assert cmd_export(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    g = nir.read(str(out))
+    assert np.asarray(g.nodes["input"].input_type["input"]).tolist() == [1, 28, 28]
+    net, _ = load_yin_model(tmp_path / "run" / "model.pt")
+    w = np.asarray(g.nodes["fc5"].weight)
+    assert np.array_equal(w, net[5].weight.detach().numpy()) and 0.6 < np.count_nonzero(w) / w.size < 0.9
+    x = spike_input((1, 28, 28), T=6, B=2, p=0.4, seed=3)
+    _, rec = run_recording(net, x)
+    sim = simulate_nir(g, x, reset="nir")
+    for i, name in [(0, "lif0"), (2, "lif2"), (5, "lif5"), (6, "lif6")]:
+        assert np.array_equal(rec[i].numpy(), sim[name]), name
+    assert rec[0].sum() > 0 and rec[2].sum() > 0 and rec[5].sum() > 0

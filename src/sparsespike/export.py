@@ -1027,6 +1027,32 @@ def _shape_from_state(state: dict) -> tuple[int, ...] | None:
     return None
 
 
+def _is_yin_run(run: Path) -> bool:
+    info = run / "run.json"
+    try:
+        return info.is_file() and (json.loads(info.read_text()).get("config") or {}).get("engine") == "yin"
+    except json.JSONDecodeError:
+        return False
+
+
+def _load_yin(path: Path, input_shape: Iterable[int] | None) -> tuple[nn.Module, tuple[int, ...], Any]:
+    """A Yin run's pruned network from its ``model.pt`` (config inside), its input shape and a
+    config-like object with ``name``."""
+    from types import SimpleNamespace
+
+    from .sparsity.yin_models import YIN_STRUCTURES, load_yin_model, parse_structure
+
+    model, cfg = load_yin_model(path)
+    mcfg = cfg.get("model") or {}
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+    elif "input_shape" in mcfg:
+        shape = tuple(int(s) for s in mcfg["input_shape"])
+    else:
+        shape = parse_structure(mcfg.get("structure") or YIN_STRUCTURES[mcfg.get("name", "mnist")])[0]
+    return model, shape, SimpleNamespace(name=cfg.get("name", path.parent.name), yin=cfg)
+
+
 def load_trained_model(
     path: PathLike,
     checkpoint: Literal["best", "last"] = "best",
@@ -1036,13 +1062,18 @@ def load_trained_model(
 
     Reads ``run.json`` (the config), builds the network, re-attaches L0 gates if the run had them,
     loads ``best.pt`` (or ``last.pt``) and prunes the gates into exact zeros. Returns
-    ``(model in eval mode, input_shape, config)``.
+    ``(model in eval mode, input_shape, config)``. A Yin run (``engine: yin``, or a ``model.pt``
+    written by ``train_yin``) gives its pruned ``model.pt`` instead (``checkpoint`` does not
+    apply) and its config as a dict.
     """
     from .config import ExperimentConfig, from_dict
     from .models import build_network
     from .train import load_checkpoint
 
     p = Path(path)
+    yin_pt = p / "model.pt" if p.is_dir() else p
+    if p.name == "model.pt" or (p.is_dir() and _is_yin_run(p)):
+        return _load_yin(yin_pt, input_shape)
     if p.is_dir():
         run_dir = p
         ckpt = p / f"{checkpoint}.pt"
