@@ -14,7 +14,7 @@ order):
      one run per ``--lam-flops``).
 
 Each (variant, seed) is one ``train_yin`` run in ``RUNS/<variant>_s<seed>``; a finished run (its
-``run.json`` and ``model.pt`` exist) is kept and one cut off mid-way continues from its ``last.pt``,
+``run.json`` holds results) is kept and one cut off mid-way continues from its ``last.pt``,
 so a killed experiment resumes, and two processes with different
 ``--seeds`` (or, for one seed, different ``--only`` variants once its dense run has finished) can
 share the work. The same script runs Yin's Fig. 4 on full MNIST (docs/connectivity.md, "Fig. 4,
@@ -67,12 +67,14 @@ def variant_config(base: dict, variant: str, seed: int, runs: Path, args: argpar
 
 
 def read_run(run_dir: Path) -> dict | None:
-    """The figures of a finished run, or None while it has no ``run.json`` and ``model.pt``
-    (written last, and what the control and pruned runs start from)."""
+    """The figures of a finished run, or None while it has no ``run.json`` with results
+    (``train_yin`` writes it last, after ``model.pt``). A folder holding only a run's logs (as in
+    docs/results/) counts as finished, so ``--collect`` can tabulate recorded runs."""
     path = run_dir / "run.json"
-    if not (path.exists() and (run_dir / "model.pt").exists()):
+    try:
+        res = json.loads(path.read_text())["results"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
         return None
-    res = json.loads(path.read_text())["results"]
     return {
         "test_acc": res["test_acc_pruned"],
         "density": res["sparsity"]["total"]["density"],
@@ -202,8 +204,11 @@ def main(argv: list[str] | None = None) -> dict:
             run_dir = args.runs / f"{v}_s{seed}"
             done = read_run(run_dir)
             if done is None and not args.collect and (args.only is None or v in args.only):
-                if v != "dense" and read_run(args.runs / f"dense_s{seed}") is None:
-                    raise SystemExit(f"{v} seed {seed} starts from dense_s{seed}, which has not finished")
+                if v != "dense" and not (args.runs / f"dense_s{seed}" / "model.pt").exists():
+                    raise SystemExit(
+                        f"{v} seed {seed} starts from dense_s{seed}/model.pt, which does not exist "
+                        "(the dense run has not finished, or its folder holds only its logs)"
+                    )
                 cfg = variant_config(base, v, seed, args.runs, args)
                 # a run cut off between epochs continues from its last.pt instead of starting over
                 cfg["resume"] = (run_dir / "last.pt").exists()

@@ -123,7 +123,7 @@ def test_table3_only_trains_the_named_variants_and_needs_the_seeds_dense_run(tmp
     cfg = str(REPO / "experiments" / "yin_mnist_small.yaml")
     common = [cfg, "--runs", str(tmp_path / "runs"), "--more", "2", "--freeze", "1", "--lam-l0"]
     common += ["--lam-flops", "5e-8", "--out", str(tmp_path / "f4.json"), "--title", "Fig. 4, per seed"]
-    with pytest.raises(SystemExit, match="dense_s0, which has not finished"):
+    with pytest.raises(SystemExit, match="dense_s0/model.pt, which does not exist"):
         t3.main([*common, "--seeds", "0", "--only", "ctrl"])
     with pytest.raises(SystemExit, match="flops-9e-08: not among"):
         t3.main([*common, "--seeds", "0", "--only", "flops-9e-08"])
@@ -133,6 +133,13 @@ def test_table3_only_trains_the_named_variants_and_needs_the_seeds_dense_run(tmp
     out = t3.main([*common, "--seeds", "0", "--only", "ctrl"])  # second process: the control only
     assert trained[2:] == ["ctrl_s0"] and sorted(out["runs"]) == ["ctrl", "dense", "flops-5e-08"]
     assert all(out["runs"][v]["0"] for v in out["runs"])
+    # folders with only the logs (run.json, as kept in docs/results) are read by --collect
+    for run in (tmp_path / "runs").iterdir():
+        (run / "model.pt").unlink()
+    again = t3.main([*common, "--seeds", "0", "--collect"])
+    assert again["runs"] == out["runs"] and len(trained) == 3
+    (tmp_path / "runs" / "ctrl_s0" / "run.json").write_text('{"results": ')  # cut off mid-write
+    assert t3.main([*common, "--seeds", "0", "--collect"])["runs"]["ctrl"] == {}
 
 
 def test_yin_load_config_applies_overrides_and_data_dir_and_rejects_a_bare_key():
