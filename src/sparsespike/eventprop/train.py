@@ -39,6 +39,7 @@ import numba
 import numpy as np
 import torch
 
+from ..config import changed_keys
 from ..errors import ConfigError
 from .encode import encode_mnist, encode_yinyang
 from .losses import LOSS_NAMES, make_loss
@@ -361,7 +362,7 @@ class EventPropTraining:
         ]
         old.setdefault("silent_bump", 0.0)  # checkpoints from before the option ran without it
         new = json.loads(json.dumps(self._fingerprint()))
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        diff = changed_keys(old, new)
         if diff:
             raise ConfigError(
                 f"resume: {path} was written by a different configuration ({', '.join(diff)}: "
