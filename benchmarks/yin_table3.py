@@ -85,9 +85,11 @@ def read_run(run_dir: Path) -> dict | None:
 
 
 def summarise(rows: dict[str, dict[int, dict]], seeds: list[int]) -> dict:
-    """Per variant: accuracies per seed, mean / std, and the paired difference to the control."""
+    """Per variant: accuracies per seed, mean / std, and the paired differences to the seed's
+    control and (Fig. 4's comparison) to the seed's dense run."""
     out = {}
     ctrl = rows.get("ctrl", {})
+    dense = rows.get("dense", {})
     for v, by_seed in rows.items():
         accs = [by_seed[s]["test_acc"] for s in seeds if s in by_seed]
         entry = {
@@ -102,27 +104,35 @@ def summarise(rows: dict[str, dict[int, dict]], seeds: list[int]) -> dict:
             diffs = [by_seed[s]["test_acc"] - ctrl[s]["test_acc"] for s in seeds if s in by_seed and s in ctrl]
             entry["minus_ctrl"] = diffs
             entry["minus_ctrl_mean"] = statistics.fmean(diffs) if diffs else None
+            dd = [by_seed[s]["test_acc"] - dense[s]["test_acc"] for s in seeds if s in by_seed and s in dense]
+            entry["minus_dense"] = dd
+            entry["minus_dense_mean"] = statistics.fmean(dd) if dd else None
         out[v] = entry
     return out
 
 
 def table(rows: dict[str, dict[int, dict]], seeds: list[int]) -> str:
-    """Markdown: one line per (run, seed), pruned runs with their difference to the seed's control."""
+    """Markdown: one line per (run, seed), pruned runs with their differences to the seed's
+    control and dense run."""
     lines = [
-        "| run | seed | test acc. % | minus control (points) | non-zero weights % | per layer % | FLOPs / dense |",
-        "|---|---:|---:|---:|---:|---|---:|",
+        "| run | seed | test acc. % | minus control (points) | minus dense (points) | non-zero weights % "
+        "| per layer % | FLOPs / dense |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
-    ctrl = rows.get("ctrl", {})
+
+    def minus(v: str, s: int, ref: str) -> str:
+        base = rows.get(ref, {}).get(s)
+        return f"{rows[v][s]['test_acc'] - base['test_acc']:+.2f}" if v not in BASE and base else ""
+
     for v in rows:
         for s in seeds:
             r = rows.get(v, {}).get(s)
             if r is None:
                 continue
-            diff = f"{r['test_acc'] - ctrl[s]['test_acc']:+.2f}" if v not in BASE and s in ctrl else ""
             per = " / ".join(f"{100 * d:.0f}" for d in r["layer_density"].values())
             lines.append(
-                f"| {v} | {s} | {r['test_acc']:.2f} | {diff} | {100 * r['density']:.1f} | {per} "
-                f"| {r['flops_ratio']:.3f} |"
+                f"| {v} | {s} | {r['test_acc']:.2f} | {minus(v, s, 'ctrl')} | {minus(v, s, 'dense')} "
+                f"| {100 * r['density']:.1f} | {per} | {r['flops_ratio']:.3f} |"
             )
     return "\n".join(lines)
 
@@ -229,12 +239,13 @@ def main(argv: list[str] | None = None) -> dict:
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(args.out)
     md = table(rows, args.seeds)
-    means = ", ".join(
-        f"{v} {e['mean']:.2f} %"
-        + (f" ({e['minus_ctrl_mean']:+.2f} vs control)" if e.get("minus_ctrl_mean") is not None else "")
-        for v, e in summary.items()
-        if e["mean"] is not None
-    )
+
+    def mean_text(v: str, e: dict) -> str:
+        pairs = (("minus_ctrl_mean", "control"), ("minus_dense_mean", "dense"))
+        vs = [f"{e[k]:+.2f} vs {ref}" for k, ref in pairs if e.get(k) is not None]
+        return f"{v} {e['mean']:.2f} %" + (f" ({', '.join(vs)})" if vs else "")
+
+    means = ", ".join(mean_text(v, e) for v, e in summary.items() if e["mean"] is not None)
     args.out.with_suffix(".md").write_text(
         f"`python benchmarks/yin_table3.py {' '.join(sys.argv[1:])}`\n\n{md}\n\nMeans: {means}\n"
     )

@@ -101,7 +101,9 @@ def test_table3_pairs_each_pruned_run_with_its_seeds_control_and_resumes(tmp_pat
     assert summ["flops-9e-08"]["minus_ctrl_mean"] == pytest.approx(-0.3)
     assert summ["ctrl"]["mean"] == pytest.approx(95.25)
     md = (tmp_path / "t3.md").read_text()
-    assert "| l0-0.0001 | 1 | 95.60 | +0.30 |" in md and (tmp_path / "t3.png").is_file()
+    assert "| l0-0.0001 | 1 | 95.60 | +0.30 | +0.50 |" in md and (tmp_path / "t3.png").is_file()
+    assert summ["l0-0.0001"]["minus_dense"] == pytest.approx([0.5, 0.5])
+    assert "l0-0.0001 95.55 % (+0.30 vs control, +0.50 vs dense)" in md and "dense 95.05 %," in md
     with pytest.raises(SystemExit, match="--freeze"):
         t3.main([cfg, "--more", "1", "--freeze", "2", "--collect"])
 
