@@ -124,10 +124,11 @@ def cmd_evaluate(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
     run = Path(args.run)
-    info = _run_json(run)
-    engine = (info.get("config") or {}).get("engine") or ("eventprop" if "final" in info else None)
+    from .train import run_engine
+
+    engine = run_engine(run)
     if engine == "yin":
-        return _evaluate_yin(run, info, args)
+        return _evaluate_yin(run, _run_json(run), args)
     if engine == "eventprop":
         raise SystemExit(
             f"{run} is an EventProp run: it was tested at the end of training (and on validation every "
@@ -183,21 +184,21 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(s) for s in p.read_text().splitlines() if s.strip()] if p.exists() else []
 
 
-def run_engine(run: Path) -> str:
-    """Which engine wrote a finished run directory: ``time-stepped`` (``results.json``), ``yin``
-    (``run.json`` with ``results``) or ``eventprop`` (``run.json`` with ``final``); a
-    :class:`SystemExit` naming the folder when it holds no finished run."""
-    if (run / "results.json").exists():
-        return "time-stepped"
-    info = _run_json(run)
-    if "results" in info:
-        return "yin"
-    if "final" in info:
-        return "eventprop"
-    raise SystemExit(
-        f"no finished run in {run}: no results.json (time-stepped runs), and no run.json with results "
-        "(Yin runs) or final (EventProp runs); unfinished? `sparsespike train ... --resume` continues it"
-    )
+def finished_engine(run: Path) -> str:
+    """The engine of a *finished* run folder (:func:`sparsespike.train.run_engine`), or a
+    :class:`SystemExit` naming the folder: time-stepped runs finish with ``results.json``, Yin runs
+    with results in ``run.json``, EventProp runs with ``final`` there."""
+    from .train import run_engine
+
+    engine = run_engine(run)
+    if engine == "time-stepped" and not (run / "results.json").exists():
+        engine = None
+    if engine is None:
+        raise SystemExit(
+            f"no finished run in {run}: no results.json (time-stepped runs), and no run.json with results "
+            "(Yin runs) or final (EventProp runs); unfinished? `sparsespike train ... --resume` continues it"
+        )
+    return engine
 
 
 def _evaluate_yin(run: Path, info: dict, args) -> int:
@@ -232,7 +233,7 @@ def _evaluate_yin(run: Path, info: dict, args) -> int:
 
 def cmd_report(args) -> int:
     run = Path(args.run)
-    engine = run_engine(run)
+    engine = finished_engine(run)
     if engine != "time-stepped":
         w = _run_row(run)
         print(f"# {w['name']} (seed {w['seed']}, {engine} engine)\n")
@@ -320,7 +321,7 @@ def _eventprop_row(run: Path, info: dict) -> dict:
 def _run_row(run: Path) -> dict:
     """What :func:`compare_runs` shows of one finished run directory, of any engine (metrics an
     engine does not record are NaN, shown as ``nan``)."""
-    engine = run_engine(run)
+    engine = finished_engine(run)
     if engine == "yin":
         return _yin_row(run, _run_json(run))
     if engine == "eventprop":

@@ -220,3 +220,16 @@ def flat_config(d: dict, skip: tuple[str, ...] = (), prefix: str = "") -> dict:
 def changed_keys(saved: dict, now: dict) -> list[str]:
     """The keys whose values differ between two :func:`flat_config` dicts (missing counts as ``None``)."""
     return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+
+
+def refuse_changes(saved: dict, now: dict, checkpoint, allowed: str) -> None:
+    """A :class:`ConfigError` listing every key of ``changed_keys(saved, now)`` with its old and new
+    value, when there is one: a run resumed from ``checkpoint`` must compute what it started to
+    (``allowed`` says what may change)."""
+    diff = changed_keys(saved, now)
+    if diff:
+        raise ConfigError(
+            f"resume: {checkpoint} was written under a different config ("
+            + "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+            + f"); only {allowed} may change"
+        )

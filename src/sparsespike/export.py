@@ -1027,14 +1027,6 @@ def _shape_from_state(state: dict) -> tuple[int, ...] | None:
     return None
 
 
-def _is_yin_run(run: Path) -> bool:
-    info = run / "run.json"
-    try:
-        return info.is_file() and (json.loads(info.read_text()).get("config") or {}).get("engine") == "yin"
-    except json.JSONDecodeError:
-        return False
-
-
 def _load_yin(path: Path, input_shape: Iterable[int] | None) -> tuple[nn.Module, tuple[int, ...], Any]:
     """A Yin run's pruned network from its ``model.pt`` (config inside), its input shape and a
     config-like object with ``name``."""
@@ -1050,7 +1042,7 @@ def _load_yin(path: Path, input_shape: Iterable[int] | None) -> tuple[nn.Module,
         shape = tuple(int(s) for s in mcfg["input_shape"])
     else:
         shape = parse_structure(mcfg.get("structure") or YIN_STRUCTURES[mcfg.get("name", "mnist")])[0]
-    return model, shape, SimpleNamespace(name=cfg.get("name", path.parent.name), yin=cfg)
+    return model, shape, SimpleNamespace(name=cfg.get("name", path.parent.name))
 
 
 def load_trained_model(
@@ -1068,12 +1060,13 @@ def load_trained_model(
     """
     from .config import ExperimentConfig, from_dict
     from .models import build_network
-    from .train import load_checkpoint
+    from .train import load_checkpoint, run_engine
 
     p = Path(path)
-    yin_pt = p / "model.pt" if p.is_dir() else p
-    if p.name == "model.pt" or (p.is_dir() and _is_yin_run(p)):
-        return _load_yin(yin_pt, input_shape)
+    if p.name == "model.pt":
+        return _load_yin(p, input_shape)
+    if p.is_dir() and run_engine(p) == "yin":
+        return _load_yin(p / "model.pt", input_shape)
     if p.is_dir():
         run_dir = p
         ckpt = p / f"{checkpoint}.pt"

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, PhaseConfig, changed_keys, flat_config
+from .config import ExperimentConfig, PhaseConfig, flat_config, refuse_changes
 from .ema import EmaWeights
 from .errors import ConfigError
 from .kernels.sparse import spike_counts
@@ -158,6 +158,27 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves it
     except Exception as e:  # noqa: BLE001
         raise DataError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
+
+
+def run_engine(run: str | Path) -> str | None:
+    """The engine that wrote run folder ``run``, from its ``run.json``: ``eventprop`` (``final``
+    results), ``yin`` (``engine: yin`` or ``results``), ``time-stepped`` (its ``engine`` or a
+    ``results.json``), or None when the folder holds neither."""
+    run = Path(run)
+    try:
+        info = json.loads((run / "run.json").read_text())
+    except FileNotFoundError:
+        info = {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{run / 'run.json'} is not valid JSON ({e})") from None
+    engine = (info.get("config") or {}).get("engine")
+    if "final" in info:
+        return "eventprop"
+    if engine == "yin" or "results" in info:
+        return "yin"
+    if engine == "time-stepped" or (run / "results.json").exists():
+        return "time-stepped"
+    return None
 
 
 def load_run(run: str | Path, data_dir: str | Path | None = None, last: bool = False) -> tuple[Trainer, dict, Path]:
@@ -516,16 +537,8 @@ class Trainer:
     def _check_resume(self, ckpt: dict, last: Path) -> None:
         """Refuse a checkpoint written under another config, or one further on than the config's phases."""
         if "config" in ckpt:  # checkpoints from before 2026-11-23 hold no config: nothing to compare
-            diff = changed_keys(json.loads(ckpt["config"]), self._fingerprint())
-            if diff:
-                old, new = json.loads(ckpt["config"]), self._fingerprint()
-                raise ConfigError(
-                    f"--resume: {last} was written under a different config ("
-                    + "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-                    + "); only the phases' lengths and "
-                    + ", ".join(self._RESUME_FREE)
-                    + " may change"
-                )
+            allowed = "the phases' lengths and " + ", ".join(self._RESUME_FREE)
+            refuse_changes(json.loads(ckpt["config"]), self._fingerprint(), last, allowed)
         pi, done = int(ckpt["phase"]), int(ckpt["epoch_in_phase"])
         if pi < len(self.phases) and done > self.phases[pi].epochs:
             raise ConfigError(

@@ -39,7 +39,7 @@ import numba
 import numpy as np
 import torch
 
-from ..config import changed_keys
+from ..config import refuse_changes
 from ..errors import ConfigError
 from .encode import encode_mnist, encode_yinyang
 from .losses import LOSS_NAMES, make_loss
@@ -361,14 +361,7 @@ class EventPropTraining:
             for p in old.get("phases", [])
         ]
         old.setdefault("silent_bump", 0.0)  # checkpoints from before the option ran without it
-        new = json.loads(json.dumps(self._fingerprint()))
-        diff = changed_keys(old, new)
-        if diff:
-            raise ConfigError(
-                f"resume: {path} was written by a different configuration ({', '.join(diff)}: "
-                + "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-                + "); only phase lengths may change"
-            )
+        refuse_changes(old, json.loads(json.dumps(self._fingerprint())), path, "phase lengths")
         ph_i, done = int(ck["phase"]), int(ck["phase_epoch"])
         if done > self.cfg.phases[ph_i].epochs:
             raise ConfigError(

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import changed_keys, config_float, flat_config
+from ..config import config_float, flat_config, refuse_changes
 from ..errors import ConfigError
 from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
 from ..neurons import LIFParams
@@ -262,6 +262,12 @@ def vote_mse_loss(
 
 
 # -- data ---------------------------------------------------------------------------------------
+def _dt_us(cfg: dict) -> float | None:
+    """``encoding.dt_us`` (event-bin width in microseconds) checked, or None when unset."""
+    dt_us = (cfg.get("encoding") or {}).get("dt_us")
+    return None if dt_us is None else config_float(dt_us, "encoding.dt_us (bin width in microseconds)", strict=True)
+
+
 def _load_dataset(data: dict, T: int, seed: int, dt_us: float | None = None):
     """Returns ``(x_train, y_train, x_test, y_test, encode)``; ``encode(xb, gen) -> [T,B,C,H,W]``.
 
@@ -410,10 +416,7 @@ def evaluate_model_pt(
     data = dict(cfg.get("data") or {})
     if data_dir:
         data["root"] = str(data_dir)
-    dt_us = (cfg.get("encoding") or {}).get("dt_us")
-    if dt_us is not None:
-        dt_us = config_float(dt_us, "encoding.dt_us (bin width in microseconds)", strict=True)
-    xtr, ytr, xte, yte, encode = _load_dataset(data, T, int(cfg.get("seed", 0)), dt_us)
+    xtr, ytr, xte, yte, encode = _load_dataset(data, T, int(cfg.get("seed", 0)), _dt_us(cfg))
     x, y = (xte, yte) if split == "test" else (xtr, ytr)
     if limit is not None:
         x, y = x[:limit], y[:limit]
@@ -504,10 +507,7 @@ def train_yin(config: dict) -> dict:
     elif use_l0:
         penalty = lambda n: l0_penalty(model)  # noqa: E731
     model.to(device)  # the gates' noise is still drawn from their CPU generator (then moved)
-    dt_us = (cfg.get("encoding") or {}).get("dt_us")
-    if dt_us is not None:  # checked before any data is read
-        dt_us = config_float(dt_us, "encoding.dt_us (bin width in microseconds)", strict=True)
-    xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed, dt_us)
+    xtr, ytr, xte, yte, encode = _load_dataset(cfg.get("data", {}), T, seed, _dt_us(cfg))
     ocfg = cfg.get("optimizer", {})
     bs = int(ocfg.get("batch_size", 100))
     lr = float(ocfg.get("lr", 1e-3))
@@ -713,12 +713,7 @@ def _load_yin_checkpoint(path: Path, model, opt, sched, gen, cfg: dict) -> tuple
         saved = json.loads(ck["config_json"])
     except (KeyError, TypeError, ValueError) as e:  # a torch file, but not ours
         raise ConfigError(f"resume: {path} is not a Yin checkpoint (no {e})") from e
-    changed = changed_keys(saved, _flat(cfg))
-    if changed:
-        raise ConfigError(
-            f"resume: the config differs from the one {path} was trained with in {', '.join(changed)} "
-            f"(only {', '.join(_RESUMABLE)} may change)"
-        )
+    refuse_changes(saved, _flat(cfg), path, ", ".join(_RESUMABLE))
     span = (ck.get("scheduler") or {}).get("T_max")  # a cosine schedule's length, in its own state
     if span is not None and span != getattr(sched, "T_max", span):
         raise ConfigError(
