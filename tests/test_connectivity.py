@@ -248,8 +248,30 @@ def _spiking_cnn(dtype=torch.float64):
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, (nn.Conv2d, SpikingLinear)):
-                m.weight.mul_(3.0)
+                m.weight.mul_(6.0)  # strong enough that every layer spikes, also after random pruning
     return net
+
+
+def _layer_outputs(net, x):
+    """The output of every top-level module of a ``Sequential`` on ``x`` (forward hooks)."""
+    outs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outs.append(o.detach().clone())) for m in net]
+    try:
+        net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs
+
+
+def _assert_same_and_active(a, b, x):
+    """``a`` and ``b`` agree layer by layer on ``x``, and every layer of ``a`` is active (so the
+    comparison is not between two all-zero tensors)."""
+    oa, ob = _layer_outputs(a, x), _layer_outputs(b, x)
+    assert len(oa) == len(ob)
+    for i, (u, v) in enumerate(zip(oa, ob, strict=True)):
+        assert u.abs().sum() > 0, f"layer {i} is silent: the test input does not exercise it"
+        assert torch.equal(u, v), f"layer {i} differs"
 
 
 def _set_random_log_alpha(net, seed=0):
@@ -294,6 +316,7 @@ def test_pruned_model_equals_gated_model_in_eval(which):
     rep = sparsity_report(net)
     assert 0.2 < rep["total"]["density"] < 0.8
     pruned = prune(copy.deepcopy(net))
+    _assert_same_and_active(net, pruned, x)
     assert not gated_weights(pruned) and not gates(pruned)
     assert all(
         isinstance(m.weight, nn.Parameter)
@@ -350,9 +373,18 @@ def test_gates_attach_to_snntorch_model():
     (out.sum() + l0_penalty(net)).backward()
     assert all(torch.equal(net.w_seen[0], w) for w in net.w_seen)
     assert gates(net)[0].log_alpha.grad is not None
+    with torch.no_grad():  # strong enough weights that the output layer spikes
+        net.fc1.parametrizations.weight.original.mul_(10.0)
+        net.fc2.parametrizations.weight.original.mul_(10.0)
+    _set_random_log_alpha(net)
     net.eval()
-    ref = net(torch.ones(6, 4, 12))
-    assert torch.equal(prune(net)(torch.ones(6, 4, 12)), ref)
+    assert 0.2 < sparsity_report(net)["total"]["density"] < 0.9
+    x = torch.rand(6, 4, 12, generator=torch.Generator().manual_seed(1))
+    ref = net(x)
+    assert ref.sum() > 0, "the snnTorch network must spike for the comparison to mean anything"
+    pruned = prune(net)
+    assert not gates(pruned) and (pruned.fc1.weight == 0).any()
+    assert torch.equal(pruned(x), ref)
 
 
 # -- FLOPs / SynOps ----------------------------------------------------------------------------------
@@ -386,10 +418,11 @@ def test_count_ops_hand_built_mask():
 def test_count_ops_yin_mnist_dense():
     net = build_yin_network("mnist")
     ops = count_ops(net, torch.zeros(1, 1, 1, 28, 28))
-    # 15C5 same on 28x28 (padding taps excluded) + 40C5 same on 14x14 + 1960x300 + 300x10
-    fc = 1960 * 300 + 300 * 10
-    conv_valid = 2 * (15 * 24 * 24 * 25 + 40 * 10 * 10 * 375)
-    assert 2 * fc + conv_valid < ops["flops_dense"] < 2 * (fc + 15 * 784 * 25 + 40 * 196 * 375)
+    # 15C5 same on 28x28 + 40C5 same on 14x14 + 1960x300 + 300x10, padding taps excluded: per
+    # axis a 5-tap "same" conv over n pixels has 5n - (2 + 1) * 2 taps inside (134 at 28, 64 at 14)
+    per_axis = {n: 5 * n - 6 for n in (28, 14)}
+    macs = 15 * 1 * per_axis[28] ** 2 + 40 * 15 * per_axis[14] ** 2 + 1960 * 300 + 300 * 10
+    assert ops["flops_dense"] == 2 * macs
 
 
 # -- Yin networks --------------------------------------------------------------------------------
@@ -421,6 +454,9 @@ def test_sparse_inference_equals_dense_spiking(kernels):
     x = (torch.rand(6, 3, 2, 8, 8) < 0.3).double()
     fast = sparse_inference_model(pruned, example_input=x if kernels == "auto" else None, kernels=kernels)
     assert torch.equal(fast(x), pruned(x))
+    # every layer of the pruned network spikes on x (fast fuses conv + pool, so only the output
+    # is compared, which then depends on every layer)
+    assert all(o.abs().sum() > 0 for o in _layer_outputs(pruned, x))
     rep = kernel_report(fast)
     assert len(rep) == 4
     if kernels != "auto":
@@ -448,7 +484,8 @@ def test_sparse_inference_equals_dense_plain(kernels):
 
 
 def test_count_ops_flops_agree_with_metrics_module():
-    metrics = pytest.importorskip("sparsespike.metrics")
+    from sparsespike import metrics
+
     torch.manual_seed(0)
     net = build_yin_network("mnist").eval()
     add_l0_gates(net, seed=0)
@@ -541,7 +578,7 @@ def test_train_yin_init_from_prunes_a_trained_network(data_dir, tmp_path):
         train_yin(other)
 
 
-def test_train_yin_freeze_after_and_flops_penalty(data_dir):
+def test_train_yin_freeze_after_and_flops_penalty(data_dir, tmp_path):
     """freeze_after: the gates stop moving after that epoch and the weights go on learning."""
     from sparsespike.errors import ConfigError
     from sparsespike.sparsity.yin_models import load_config, train_yin
@@ -551,11 +588,19 @@ def test_train_yin_freeze_after_and_flops_penalty(data_dir):
     cfg["connectivity"] = {**cfg["connectivity"], "penalty": "flops", "lam": 1.0e-4, "freeze_after": 1}
     cfg["optimizer"] = {**cfg["optimizer"], "gate_lr": 2.0, "batch_size": 20}
     cfg.update(epochs=2, eval_every=1, verbose=False)
-    res = train_yin(cfg)
+    # the same (deterministic) run stopped after epoch 1 and run to epoch 2: compare their last.pt
+    train_yin({**cfg, "epochs": 1, "out_dir": str(tmp_path / "e1")})
+    res = train_yin({**cfg, "out_dir": str(tmp_path / "e2")})
     h = res["history"]
     assert h[0]["l0_penalty"] > 0 and h[1]["l0_penalty"] == 0.0  # penalty off once frozen
-    assert h[0]["density"] < 1.0 and h[1]["density"] == h[0]["density"]  # gates stopped moving
+    assert h[0]["density"] < 1.0 and h[1]["density"] == h[0]["density"]
     assert res["test_acc"] == res["test_acc_pruned"]
+    m1, m2 = (torch.load(tmp_path / e / "last.pt", weights_only=True)["model"] for e in ("e1", "e2"))
+    alphas = [k for k in m1 if k.endswith("log_alpha")]
+    weights = [k for k in m1 if k.endswith("weight.original")]
+    assert alphas and weights
+    assert all(torch.equal(m1[k], m2[k]) for k in alphas)  # gates stopped moving
+    assert all(not torch.equal(m1[k], m2[k]) for k in weights)  # weights went on learning
     for bad in ({"freeze_after": 3}, {"freeze_after": 1, "l0": False}):
         c = {**cfg, "connectivity": {**cfg["connectivity"], **bad}}
         with pytest.raises(ConfigError, match="freeze_after"):

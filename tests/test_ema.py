@@ -59,10 +59,15 @@ def test_validation_best_checkpoint_and_test_use_the_average(tmp_path, data_dir)
     # last.pt keeps the raw weights (for resume) and the average; they differ after 3 epochs
     k = next(iter(avg))
     assert not torch.equal(raw[k], avg[k])
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     if best["epoch"] == 3:  # the best checkpoint holds averaged weights
         assert torch.equal(best["model"][k], avg[k])
+    # whichever epoch is best, its weights are the averaged ones: as loaded (no averaging on top),
+    # they give the validation accuracy recorded for that epoch
+    tr.model.load_state_dict(best["model"])
+    rec = next(x for x in lines if x["epoch"] == best["epoch"])
+    assert tr.evaluate(tr.data.val)["acc"] == pytest.approx(rec["val_acc"])
     # the recorded validation accuracy is the averaged model's
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     tr.model.load_state_dict(raw)
     tr.ema.load_state_dict(last["ema"])
     with tr._averaged():

@@ -157,6 +157,10 @@ def test_custom_surrogate_falls_back_to_torch():
             return torch.exp(-(x**2))
 
     p = LIFParams(beta=0.9, surrogate=Gauss())
+    from sparsespike.kernels.recurrence import choose_impl
+
+    assert choose_impl(torch.zeros(10, 2, 5), p) == "torch"
+    assert choose_impl(torch.zeros(10, 2, 5), LIFParams(beta=0.9)) == "numba"  # a built-in one does not
     _check(p, T=10, B=2, N=5, seed=0, impl="auto")
 
 

@@ -51,14 +51,15 @@ def test_pool_flatten_readouts():
     cur = torch.tensor([[[1.0]], [[0.0]], [[2.0]]])
     v = leaky_integrate(cur, 0.5)
     assert torch.allclose(v.flatten(), torch.tensor([1.0, 0.5, 2.25]))
+    # a current whose membrane v = [2, 1, 1] tells max (2), last (1), mean (4/3) and sum (4) apart
+    cur = torch.tensor([[[2.0]], [[0.0]], [[0.5]]])
+    assert torch.allclose(leaky_integrate(cur, 0.5).flatten(), torch.tensor([2.0, 1.0, 1.0]))
     ro = LeakyReadout(1, 1, beta=0.5, mode="max")
     with torch.no_grad():
         ro.weight.fill_(1.0)
-    assert torch.allclose(ro(cur), torch.tensor([[2.25]]))
-    ro.mode = "last"
-    assert torch.allclose(ro(cur), torch.tensor([[2.25]]))
-    ro.mode = "mean"
-    assert torch.allclose(ro(cur), torch.tensor([[3.75 / 3]]))
+    for mode, want in (("max", 2.0), ("last", 1.0), ("mean", 4.0 / 3), ("sum", 4.0)):
+        ro.mode = mode
+        assert torch.allclose(ro(cur), torch.tensor([[want]])), mode
 
 
 def test_wrong_rank_and_layout_errors_name_the_problem():

@@ -7,6 +7,9 @@ so that sparse and dense agree to round-off.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numba
 import numpy as np
 import pytest
@@ -681,21 +684,23 @@ def test_triton_kernels_compile_for_sm90(monkeypatch):
 
     from sparsespike.kernels import triton_gpu
 
+    # skip only when the toolchain is absent; with it, any compile error (a type error in the
+    # kernel, a signature drift) fails the test
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas) and not shutil.which("ptxas"):
+        pytest.skip("no ptxas (triton's NVIDIA backend) on this machine")
     k = triton_gpu.kernels()
-    try:
-        ptrs = {"aptr_ptr": "*i64", "aidx_ptr": "*i32", "e_ptr": "*fp32", "sptr_ptr": "*i64", "sidx_ptr": "*i32"}
-        ptrs.update({"sval_ptr": "*fp32", "pptr_ptr": "*i64", "pidx_ptr": "*i32", "wt_ptr": "*fp32"})
-        ptrs.update({f"{n}_ptr": "*fp32" for n in ("dwt", "dxv", "db", "delta")})
-        flags = {"HAS_VAL": False, "NEED_DW": True, "NEED_DX": True, "NEED_DB": True, "WRITE_DELTA": False, "BN": 128}
-        src = ASTSource(
-            fn=k.sparse_bwd,
-            signature={**ptrs, "T": "i32", "B": "i32", "N": "i32", "K": "i32", "beta": "fp32"}
-            | {f: "constexpr" for f in flags},
-            constexprs=flags,
-        )
-        out = triton.compile(src, target=GPUTarget("cuda", 90, 32))
-    except Exception as e:  # noqa: BLE001 - no ptxas/llvm backend on this machine
-        pytest.skip(f"triton cannot compile offline here: {type(e).__name__}: {e}")
+    ptrs = {"aptr_ptr": "*i64", "aidx_ptr": "*i32", "e_ptr": "*fp32", "sptr_ptr": "*i64", "sidx_ptr": "*i32"}
+    ptrs.update({"sval_ptr": "*fp32", "pptr_ptr": "*i64", "pidx_ptr": "*i32", "wt_ptr": "*fp32"})
+    ptrs.update({f"{n}_ptr": "*fp32" for n in ("dwt", "dxv", "db", "delta")})
+    flags = {"HAS_VAL": False, "NEED_DW": True, "NEED_DX": True, "NEED_DB": True, "WRITE_DELTA": False, "BN": 128}
+    src = ASTSource(
+        fn=k.sparse_bwd,
+        signature={**ptrs, "T": "i32", "B": "i32", "N": "i32", "K": "i32", "beta": "fp32"}
+        | {f: "constexpr" for f in flags},
+        constexprs=flags,
+    )
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32))
     assert "ld.global" in out.asm["ptx"] and "atom.global" in out.asm["ptx"]
 
 

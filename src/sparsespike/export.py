@@ -1095,9 +1095,9 @@ def load_trained_model(
     m = cfg.model
     model = build_network(m.layers, shape, m.neuron, m.backward, m.b_th, m.weight_scale)
     if m.gates:
-        from .sparsity.connectivity import add_l0_gates
+        from .sparsity.connectivity import add_l0_gates_from_config
 
-        add_l0_gates(model, **{k: v for k, v in m.gates.items() if k != "lam"})
+        add_l0_gates_from_config(model, m.gates)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -322,9 +322,9 @@ class Trainer:
         )
         self.gated = False
         if cfg.model.gates:
-            from .sparsity.connectivity import add_l0_gates
+            from .sparsity.connectivity import add_l0_gates_from_config
 
-            add_l0_gates(self.model, **{k: v for k, v in cfg.model.gates.items() if k not in ("lam", "lr")})
+            add_l0_gates_from_config(self.model, cfg.model.gates)
             self.gated = True
         # the trainer draws the gate noise per batch only for a model that does not draw it itself
         # on every training call (gates added with resample="forward"): a second draw would be waste

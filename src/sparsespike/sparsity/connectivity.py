@@ -335,6 +335,17 @@ def add_l0_gates(
     return created
 
 
+# keys of a config's ``model.gates`` that the trainer reads itself (penalty weight, gate learning
+# rate); the rest are :func:`add_l0_gates` arguments
+TRAINER_GATE_KEYS = ("lam", "lr")
+
+
+def add_l0_gates_from_config(model: nn.Module, gates_cfg: dict) -> list[GatedWeight]:
+    """:func:`add_l0_gates` with a config's ``model.gates`` mapping (the trainer's own keys,
+    :data:`TRAINER_GATE_KEYS`, left out): one rule for training, export and evaluation."""
+    return add_l0_gates(model, **{k: v for k, v in gates_cfg.items() if k not in TRAINER_GATE_KEYS})
+
+
 def resamples_on_forward(model: nn.Module) -> bool:
     """Whether ``model`` draws new gate noise itself on every training-mode call (the pre-hook of
     ``add_l0_gates(..., resample="forward")``); if not, call :func:`resample_gates` per batch."""
@@ -620,6 +631,8 @@ def count_ops(
 
 
 __all__ = [
+    "TRAINER_GATE_KEYS",
+    "add_l0_gates_from_config",
     "BETA",
     "GAMMA",
     "ZETA",
