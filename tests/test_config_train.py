@@ -54,6 +54,58 @@ def test_unknown_config_key_is_named(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("train.epochs", "abc", "train.epochs must be an int, got 'abc'"),
+        ("train.epochs", 2.5, "train.epochs must be an int"),
+        ("train.epochs", 0, "train.epochs must be >= 1"),
+        ("data.batch_size", 0, "data.batch_size must be >= 1"),
+        ("data.train_subset", -5, "data.train_subset must be >= 1"),
+        ("data.val_fraction", 1.5, "data.val_fraction must be < 1.0"),
+        ("model.backward", "fast", "model.backward must be one of 'dense', 'sparse'"),
+        ("train.grad_clip", "abc", "train.grad_clip must be a float"),
+        ("model.b_th", "1e-1", None),  # PyYAML reads 1e-1 as a string: parsed as a float
+    ],
+)
+def test_config_values_are_type_and_range_checked(tmp_path, key, value, match):
+    if match is None:
+        assert load_config(_write(tmp_path, SMALL), {key: value}).model.b_th == pytest.approx(0.1)
+        return
+    with pytest.raises(ConfigError, match=match):
+        load_config(_write(tmp_path, SMALL), {key: value})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("train.optimizer.momentum", 0.9, "unknown config key 'train.optimizer.momentum'; valid keys here: .*betas"),
+        ("train.optimizer.lr", "abc", "train.optimizer.lr .*must be a number"),
+        ("train.optimizer.lr", -1.0, "must be a finite number >= 0"),
+        ("train.lr_schedule", {"name": "step", "step_size": 1}, "unknown key 'step_size' in lr_schedule 'step'"),
+        ("train.lr_schedule", {"name": "cosine", "eta_mn": 0.0}, "unknown key 'eta_mn'"),
+        ("train.lr_schedule", {"name": "poly"}, "unknown lr_schedule 'poly'"),
+        ("model.gates", {"lam": 1e-3, "init_sd": 1.0}, "unknown config key 'model.gates.init_sd'; .*init_std.*lr"),
+        ("train.device", "tpu9", "train.device"),
+    ],
+)
+def test_pass_through_sections_name_their_bad_keys(tmp_path, data_dir, key, value, match):
+    """Sections handed to torch or to add_l0_gates (optimizer, schedule, gates, device) refuse
+    unknown keys and bad values with a ConfigError, not a TypeError deep inside (or silence)."""
+    cfg = load_config(_write(tmp_path, SMALL), {key: value})
+    with pytest.raises(ConfigError, match=match):
+        Trainer(cfg, tmp_path / "r", data_dir, progress=False).fit()
+
+
+def test_step_schedule_decays_every_step_epochs(tmp_path, data_dir):
+    cfg = load_config(
+        _write(tmp_path, SMALL), {"train.lr_schedule": {"name": "step", "step": 1, "gamma": 0.5}, "train.epochs": 2}
+    )
+    Trainer(cfg, tmp_path / "r", data_dir, progress=False).fit()
+    ck = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5**2)
+
+
 def test_train_writes_logs_and_learns(tmp_path, data_dir):
     cfg = load_config(_write(tmp_path, SMALL))
     res = Trainer(cfg, tmp_path / "run", data_dir, progress=False).fit()
@@ -67,12 +119,17 @@ def test_train_writes_logs_and_learns(tmp_path, data_dir):
     assert res["metrics"]["spike_count"] > 0
 
 
-def test_resume_gives_identical_weights(tmp_path, data_dir):
-    cfg = load_config(_write(tmp_path, SMALL))
+@pytest.mark.parametrize("gates", [None, {"lam": 1e-3, "lr": 0.05, "seed": 0}], ids=["plain", "seeded_gates"])
+def test_resume_gives_identical_weights(tmp_path, data_dir, gates):
+    """Also with L0 gates that own a seeded generator: their noise is reseeded from (seed, epoch)."""
+    small = json.loads(json.dumps(SMALL))
+    if gates is not None:
+        small["model"]["gates"] = gates
+    cfg = load_config(_write(tmp_path, small))
     Trainer(cfg, tmp_path / "full", data_dir, progress=False).fit()
-    cfg2 = load_config(_write(tmp_path, SMALL), {"train.epochs": 3})
+    cfg2 = load_config(_write(tmp_path, small), {"train.epochs": 3})
     # interrupted run: train 3 epochs but stop after the first (simulate a crash by truncation)
-    part = load_config(_write(tmp_path, SMALL), {"train.epochs": 3})
+    part = load_config(_write(tmp_path, small), {"train.epochs": 3})
     t = Trainer(part, tmp_path / "part", data_dir, progress=False)
     t.phases[0].epochs = 1
     t.fit()

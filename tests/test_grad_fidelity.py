@@ -37,6 +37,20 @@ def test_every_neuron_active_gives_identical_gradients():
         assert r["norm_ratio"] == pytest.approx(1.0, abs=1e-4), name
 
 
+@pytest.mark.parametrize("gate_seed", [None, 0], ids=["global_rng", "own_generator"])
+def test_gated_network_every_neuron_active_gives_identical_gradients(gate_seed):
+    """With L0 gates in training mode each forward draws new gate noise: both passes must see the
+    same draw, or the comparison is between two different networks."""
+    from sparsespike.sparsity.connectivity import add_l0_gates
+
+    net = _net()
+    add_l0_gates(net, seed=gate_seed, init_mean=0.0, init_std=1.0)  # noisy gates: many in (0, 1)
+    res = gradient_cosine(net, [_batch(1), _batch(2)], b_th=1e9)
+    assert any("log_alpha" in n for n in res)
+    for name, r in res.items():
+        assert r["cosine"] == pytest.approx(1.0, abs=1e-5), name
+
+
 def test_narrow_window_differs_and_modes_are_restored():
     net = _net()
     before = [(m.backward, m.b_th) for m in spiking_layers(net)]

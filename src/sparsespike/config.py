@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +22,11 @@ class DataConfig:
 
     dataset: str = "yinyang"
     encoding: dict = field(default_factory=lambda: {"name": "latency", "T": 30})
-    val_fraction: float = 0.1
-    train_subset: int | None = None
-    test_subset: int | None = None
-    batch_size: int = 64
-    eval_batch_size: int = 512
+    val_fraction: float = field(default=0.1, metadata={"min": 0.0, "below": 1.0})
+    train_subset: int | None = field(default=None, metadata={"min": 1})
+    test_subset: int | None = field(default=None, metadata={"min": 1})
+    batch_size: int = field(default=64, metadata={"min": 1})
+    eval_batch_size: int = field(default=512, metadata={"min": 1})
     augment: dict | None = None
 
 
@@ -34,8 +36,8 @@ class ModelConfig:
 
     layers: list = field(default_factory=list)
     neuron: dict = field(default_factory=dict)
-    backward: str = "dense"
-    b_th: float = 0.2
+    backward: str = field(default="dense", metadata={"choices": ("dense", "sparse")})
+    b_th: float = field(default=0.2, metadata={"min": 0.0})
     weight_scale: float | None = None
     gates: dict | None = None  # hard-concrete L0 gates: {lam: ..., ...} (connectivity sparsity)
 
@@ -51,7 +53,7 @@ class PhaseConfig:
     """
 
     name: str = "main"
-    epochs: int = 10
+    epochs: int = field(default=10, metadata={"min": 1})
     lr: float | None = None
     loss: str | None = None
     regularizers: list | None = None
@@ -61,17 +63,19 @@ class PhaseConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = field(default=10, metadata={"min": 1})
     optimizer: dict = field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
     lr_schedule: dict | None = None
     loss: str = "ce"
     regularizers: list = field(default_factory=list)
     phases: list | None = None
-    grad_clip: float | None = None
+    grad_clip: float | None = field(default=None, metadata={"min": 0.0})
     ema: float | None = None  # decay of an average of the weights used for validation and test (ema.py)
     select_best: bool = True  # test the best-validation epoch (of the last phase) rather than the last
-    num_threads: int | None = None
-    measure_every: int = 0  # >0: record per-layer activity % every N batches (Fig. 3A)
+    num_threads: int | None = field(default=None, metadata={"min": 1})
+    measure_every: int = field(
+        default=0, metadata={"min": 0}
+    )  # >0: record per-layer activity % every N batches (Fig. 3A)
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
 
 
@@ -110,8 +114,85 @@ def config_float(value, where: str, *, strict: bool = False) -> float:
     return x
 
 
+_SCALARS = (bool, int, float, str, dict, list)
+
+
+def _check_value(value, hint, f: dataclasses.Field, where: str):
+    """``value`` checked against a field's type hint (``int``, ``float``, ``str``, ``bool``,
+    ``dict``, ``list``, optionally ``| None``) and its ``metadata`` (``min``, ``below``,
+    ``choices``); returns it (a float given as a string, as PyYAML reads ``1e-6``, parsed).
+    Raises :class:`ConfigError` naming ``where``."""
+    args = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
+    kinds = [a for a in args if a in _SCALARS]
+    if value is None:
+        if type(None) in args or not kinds:
+            return value
+        raise ConfigError(f"{where} must not be empty (null)")
+    if not kinds:  # Any, nested types: not checked here
+        return value
+    ok = False
+    for k in kinds:
+        if k is float and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                ok = True
+            elif isinstance(value, str):
+                try:
+                    value, ok = float(value), True
+                except ValueError:
+                    pass
+        elif k is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, k)
+        if ok:
+            break
+    if not ok:
+        names = " or ".join(k.__name__ for k in kinds)
+        article = ("an " if names[0] in "aeiou" else "a ") if len(kinds) == 1 else ""
+        raise ConfigError(f"{where} must be {article}{names}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be finite, got {value!r}")
+    meta = f.metadata
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{where} must be >= {meta['min']}, got {value!r}")
+    if "below" in meta and value >= meta["below"]:
+        raise ConfigError(f"{where} must be < {meta['below']}, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{where} must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
+    return value
+
+
+def checked_call(fn, kwargs: dict, where: str, *args, also_valid: tuple[str, ...] = ()):
+    """``fn(*args, **kwargs)`` for keyword arguments that come from a config section ``where``: a key
+    ``fn`` does not take, or a value it rejects (``TypeError``/``ValueError`` raised while
+    building it), becomes a :class:`ConfigError` naming the key or the section. ``also_valid``:
+    keys of the section that the caller takes out before the call (listed as valid)."""
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        valid = [
+            n
+            for n, p in params.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ][len(args) :]
+        unknown = [k for k in kwargs if k not in valid]
+        if unknown:
+            raise ConfigError(
+                f"unknown config key {where + '.' + unknown[0]!r}; "
+                f"valid keys here: {', '.join(sorted({*valid, *also_valid}))}"
+            )
+    try:
+        return fn(*args, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
 def from_dict(cls, data: dict | None, path: str = ""):
-    """Build dataclass ``cls`` from ``data``; a key that is not a field raises :class:`ConfigError`."""
+    """Build dataclass ``cls`` from ``data``; a key that is not a field, or a value of the wrong
+    type or out of range (field ``metadata``), raises :class:`ConfigError`."""
     if data is None:
         return cls()
     if not isinstance(data, dict):
@@ -126,6 +207,8 @@ def from_dict(cls, data: dict | None, path: str = ""):
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             value = from_dict(hint, value, where)
+        else:
+            value = _check_value(value, hint, fields[key], where)
         kwargs[key] = value
     return cls(**kwargs)
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, PhaseConfig, flat_config, refuse_changes
+from .config import ExperimentConfig, PhaseConfig, checked_call, config_float, flat_config, refuse_changes
 from .ema import EmaWeights
 from .errors import ConfigError
 from .kernels.sparse import spike_counts
@@ -236,26 +236,42 @@ def make_optimizer(params, spec: dict, lr: float | None = None) -> torch.optim.O
     name = spec.pop("name", "adam").lower()
     if lr is not None:
         spec["lr"] = lr
+    if "lr" in spec:
+        spec["lr"] = config_float(spec["lr"], "train.optimizer.lr (or a phase's lr)")
     if "betas" in spec:
         spec["betas"] = tuple(spec["betas"])
     opts = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}
     if name not in opts:
         raise ConfigError(f"unknown optimizer {name!r}; use {sorted(opts)}")
-    return opts[name](params, **spec)
+    return checked_call(opts[name], spec, "train.optimizer", params)
 
 
 def make_schedule(opt, spec: dict | None, epochs: int):
     if not spec:
         return None
     spec = dict(spec)
-    name = spec.pop("name")
+    name = spec.pop("name", None)
+    keys = {"exponential": ("gamma",), "cosine": ("eta_min",), "step": ("step", "gamma")}
+    if name not in keys:
+        raise ConfigError(f"unknown lr_schedule {name!r}; use exponential, cosine or step")
+    extra = sorted(set(spec) - set(keys[name]))
+    if extra:  # a misspelled key would otherwise be dropped silently
+        raise ConfigError(
+            f"unknown key {extra[0]!r} in lr_schedule {name!r}; it takes {', '.join(keys[name])} (and name)"
+        )
+    sched = torch.optim.lr_scheduler
+    where = f"lr_schedule {name!r}"
     if name == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=spec.pop("gamma", 0.95))
+        return checked_call(sched.ExponentialLR, {"gamma": config_float(spec.get("gamma", 0.95), where)}, where, opt)
     if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=spec.pop("eta_min", 0.0))
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=spec.pop("step", 10), gamma=spec.pop("gamma", 0.1))
-    raise ConfigError(f"unknown lr_schedule {name!r}; use exponential, cosine or step")
+        eta_min = config_float(spec.get("eta_min", 0.0), where)
+        return checked_call(sched.CosineAnnealingLR, {"T_max": max(1, epochs), "eta_min": eta_min}, where, opt)
+    step = spec.get("step", 10)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ConfigError(f"{where}: step must be an integer >= 1 (epochs between decays), got {step!r}")
+    return checked_call(
+        sched.StepLR, {"step_size": step, "gamma": config_float(spec.get("gamma", 0.1), where)}, where, opt
+    )
 
 
 # ---------------------------------------------------------------- data parallel
@@ -336,7 +352,10 @@ class Trainer:
         dev = cfg.train.device
         if dev == "auto":
             dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(dev)
+        try:
+            self.device = torch.device(dev)
+        except RuntimeError as e:
+            raise ConfigError(f"train.device: {e}") from e
         self.model.to(self.device)
         self.phases = cfg.phases()
         for ph in self.phases:
@@ -397,6 +416,10 @@ class Trainer:
     def _train_epoch(self, ph, e_in_phase, global_epoch, opt, loss_fn, terms) -> dict:
         gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, global_epoch))
         torch.manual_seed(epoch_seed(self.cfg.seed, global_epoch) + 1)
+        if self.gated:  # gates with their own generator (model.gates.seed) draw from (seed, epoch) too
+            from .sparsity.connectivity import reseed_gates
+
+            reseed_gates(self.model, epoch_seed(self.cfg.seed, global_epoch) + 2)
         self.model.train()
         bs = self.cfg.data.batch_size
         n_batches = math.ceil(len(self.data.train) / bs)

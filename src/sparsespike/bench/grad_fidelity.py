@@ -53,8 +53,12 @@ def gradient_cosine(
     model.train()
     try:
         for x, y in data:
+            # both passes must see the same random draws (L0 gate noise, dropout): the RNG states
+            # before the dense pass are restored before the sparse one
+            rng = _rng_states(model)
             set_backward(model, "dense")
             gd = _grads(model, x, y, loss_fn)
+            _set_rng_states(model, rng)
             for m, (_, bt) in zip(layers, saved, strict=True):
                 m.backward, m.b_th = "sparse", float(b_th if b_th is not None else bt)
             gs = _grads(model, x, y, loss_fn)
@@ -76,6 +80,22 @@ def gradient_cosine(
         }
         for n in tot_d
     }
+
+
+def _gate_generators(model: nn.Module) -> list[torch.Generator]:
+    from ..sparsity.connectivity import gates
+
+    return list({id(g.generator): g.generator for g in gates(model) if g.generator is not None}.values())
+
+
+def _rng_states(model: nn.Module) -> tuple:
+    return torch.get_rng_state(), [g.get_state() for g in _gate_generators(model)]
+
+
+def _set_rng_states(model: nn.Module, states: tuple) -> None:
+    torch.set_rng_state(states[0])
+    for g, s in zip(_gate_generators(model), states[1], strict=True):
+        g.set_state(s)
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

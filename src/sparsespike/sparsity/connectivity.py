@@ -343,7 +343,10 @@ TRAINER_GATE_KEYS = ("lam", "lr")
 def add_l0_gates_from_config(model: nn.Module, gates_cfg: dict) -> list[GatedWeight]:
     """:func:`add_l0_gates` with a config's ``model.gates`` mapping (the trainer's own keys,
     :data:`TRAINER_GATE_KEYS`, left out): one rule for training, export and evaluation."""
-    return add_l0_gates(model, **{k: v for k, v in gates_cfg.items() if k not in TRAINER_GATE_KEYS})
+    from ..config import checked_call
+
+    kwargs = {k: v for k, v in gates_cfg.items() if k not in TRAINER_GATE_KEYS}
+    return checked_call(add_l0_gates, kwargs, "model.gates", model, also_valid=TRAINER_GATE_KEYS)
 
 
 def resamples_on_forward(model: nn.Module) -> bool:
@@ -355,6 +358,17 @@ def resamples_on_forward(model: nn.Module) -> bool:
 def _resample_hook(module: nn.Module, args) -> None:
     if module.training:
         resample_gates(module)
+
+
+def reseed_gates(model: nn.Module, seed: int) -> int:
+    """Reseed every gate's own generator (those of ``add_l0_gates(seed=...)``) with ``seed``; gates
+    on the global RNG are left alone. Returns the number of generators reseeded. The trainer calls
+    this at the start of every epoch with a seed derived from ``(seed, epoch)``, so that a resumed
+    run draws the same gate noise as an uninterrupted one."""
+    gens = {id(g.generator): g.generator for g in gates(model) if g.generator is not None}
+    for gen in gens.values():
+        gen.manual_seed(int(seed))
+    return len(gens)
 
 
 def resample_gates(model: nn.Module, generator: torch.Generator | None = None) -> None:
@@ -633,6 +647,7 @@ def count_ops(
 __all__ = [
     "TRAINER_GATE_KEYS",
     "add_l0_gates_from_config",
+    "reseed_gates",
     "BETA",
     "GAMMA",
     "ZETA",
