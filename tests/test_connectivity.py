@@ -776,3 +776,29 @@ def test_cli_evaluate_a_yin_run_reproduces_its_pruned_test_accuracy(data_dir, tm
     assert json.loads((tmp_path / "run" / "evaluate_model_train30.json").read_text())["samples"] == 30
     assert main(["evaluate", str(tmp_path / "run"), "--split", "val"]) == 2
     assert "no validation split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"epoch": 1}, "unknown config key 'epoch'; valid keys here: .*epochs"),
+        ({"data": {"dataset": "mnist", "trainsubset": 200}}, "unknown config key 'data.trainsubset'"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"epochs": "abc"}, "epochs must be an integer"),
+        ({"optimizer": {"lr": "abc"}}, "optimizer.lr must be a number"),
+        ({"optimizer": {"batch_size": 0}}, "optimizer.batch_size must be >= 1"),
+        ({"connectivity": [1]}, "section 'connectivity' must be a mapping"),
+    ],
+)
+def test_yin_config_refuses_unknown_keys_and_bad_values(over, match):
+    """A misspelled key would otherwise fall back to its default silently (e.g. 100 epochs)."""
+    from sparsespike.errors import ConfigError
+    from sparsespike.sparsity.yin_models import check_config, load_config, train_yin
+
+    cfg = {**load_config("experiments/yin_mnist_small.yaml"), **over}
+    with pytest.raises(ConfigError, match=match):
+        check_config(cfg)
+    with pytest.raises(ConfigError, match=match):
+        train_yin(cfg)  # refused before any data is read
+    for name in ("yin_mnist_small", "yin_mnist_scnn", "yin_nmnist_small", "yin_cifar10_scnn"):
+        check_config(load_config(f"experiments/{name}.yaml"))  # the shipped configs pass

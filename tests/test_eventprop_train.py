@@ -166,3 +166,24 @@ def test_yinyang_learns():
         }
     )
     assert res["final"]["val"]["accuracy"] > 0.85
+
+
+def test_cli_train_prints_the_results_and_honours_quiet(tmp_path, capsys):
+    """``sparsespike train`` on an EventProp config prints accuracy, CE and <N_S> (not ``{}``), and
+    ``--quiet`` turns the progress bars off."""
+    from sparsespike.cli import main
+
+    rc = main(
+        [
+            "train", "experiments/eventprop_yinyang_lw.yaml", "--quiet", "--out", str(tmp_path / "r"),
+            "--set", "n_train=64", "--set", "n_val=32", "--set", "n_test=32",
+            "--set", "phases=[{loss: L_W, alpha: 0.003, eta: 0.0, lr: 0.005, epochs: 1}]",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out[cap.out.index("{") :])
+    assert 0 <= out["test_accuracy"] <= 1 and out["n_s"] > 0 and len(out["n_s_per_layer"]) == 4
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert out["test_accuracy"] == run["final"]["test"]["accuracy"]
+    assert run["config"]["progress"] is False and "epoch" not in cap.err

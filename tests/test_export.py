@@ -21,6 +21,7 @@ from sparsespike.export import (  # noqa: E402
     export_nir,
     import_nir,
     lif_to_nir,
+    load_trained_model,
     simulate_nir,
     step_gain,
     tau_to_decay,
@@ -370,3 +371,9 @@ def test_cmd_export_of_a_pruned_yin_run_gives_our_spikes(tmp_path, capsys, data_
     for i, name in [(0, "lif0"), (2, "lif2"), (5, "lif5"), (6, "lif6")]:
         assert np.array_equal(rec[i].numpy(), sim[name]), name
     assert rec[0].sum() > 0 and rec[2].sum() > 0 and rec[5].sum() > 0
+
+
+def test_export_of_an_eventprop_run_says_what_it_is(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"engine": "eventprop"}, "final": {"val": {}}}))
+    with pytest.raises(ExportError, match="is an EventProp run"):
+        load_trained_model(tmp_path)

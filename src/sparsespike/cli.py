@@ -74,11 +74,27 @@ def cmd_train(args) -> int:
             ov["seed"] = args.seed
         if args.data_dir:
             ov["data_dir"] = args.data_dir
+        if args.quiet:
+            ov["progress"] = False
         cfg = ep_config(args.config, **ov)
         # as for time-stepped runs: runs/<name>_seed<seed> unless --out or the config says otherwise
         cfg.out_dir = args.out or cfg.out_dir or str(Path("runs") / f"{cfg.name}_seed{cfg.seed}")
         res = train_eventprop(cfg, resume=args.resume)
-        print(json.dumps({k: v for k, v in res.items() if not isinstance(v, (list, dict))}, indent=1, default=str))
+        fin = res.get("final", {})
+        split = "test" if "test" in fin else "val"
+        m = fin.get(split, {})
+        summary = {
+            f"{split}_accuracy": m.get("accuracy"),
+            f"{split}_ce": m.get("loss_ce"),
+            "n_s": m.get("n_s"),
+            "n_s_per_layer": m.get("n_s_per_layer"),
+            "silent_neurons_per_layer": m.get("silent_neurons_per_layer"),
+            "out_dir": cfg.out_dir,
+        }
+        if "best_val" in fin:  # the last phase's best-validation epoch
+            bv = fin["best_val"]
+            summary["best_val"] = {"epoch": bv.get("epoch"), f"{split}_accuracy": bv.get(split, {}).get("accuracy")}
+        print(json.dumps(summary, indent=1, default=str))
         return 0
     if engine == "yin":
         from .sparsity.yin_models import load_config as yin_config
@@ -90,6 +106,8 @@ def cmd_train(args) -> int:
         raw["out_dir"] = args.out or str(Path("runs") / f"{raw.get('name', 'yin')}_seed{raw.get('seed', 0)}")
         if args.resume:
             raw["resume"] = True
+        if args.quiet:
+            raw["progress"] = False
         res = train_yin(raw)
         keys = ("test_acc", "test_acc_pruned", "flops_ratio", "train_time_s")
         print(json.dumps({k: res[k] for k in keys if k in res}))

@@ -1065,8 +1065,14 @@ def load_trained_model(
     p = Path(path)
     if p.name == "model.pt":
         return _load_yin(p, input_shape)
-    if p.is_dir() and run_engine(p) == "yin":
+    engine = run_engine(p) if p.is_dir() else None
+    if engine == "yin":
         return _load_yin(p / "model.pt", input_shape)
+    if engine == "eventprop":
+        raise ExportError(
+            f"{p} is an EventProp run (exact event-driven simulation): NIR export covers the "
+            "time-stepped engine's models and Yin runs; use the run's weights.pt from Python instead"
+        )
     if p.is_dir():
         run_dir = p
         ckpt = p / f"{checkpoint}.pt"

@@ -116,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--last", action="store_true", help="use last.pt")
     a = ap.parse_args(argv)
     run = Path(a.run)
+    from ..train import run_engine
+
+    engine = run_engine(run)
+    if engine in ("yin", "eventprop"):
+        raise SystemExit(
+            f"grad-cosine compares the time-stepped engine's sparse and dense backward passes; "
+            f"{run} is {dict(yin='a Yin', eventprop='an EventProp')[engine]} run"
+        )
     tr, _, ck = load_run(run, a.data_dir, a.last)
     cfg = tr.cfg
     gen = torch.Generator().manual_seed(0)

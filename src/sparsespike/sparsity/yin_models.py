@@ -433,6 +433,63 @@ def _read_model_pt(path: Path, what: str) -> dict:
     return ck
 
 
+# the keys train_yin reads, per section ("" = top level); a key not listed is refused (a misspelled
+# one would otherwise fall back to its default in silence)
+YIN_KEYS: dict[str, tuple[str, ...]] = {
+    "": (
+        "engine", "name", "paper", "notes", "seed", "model", "data", "encoding", "loss", "connectivity",
+        "optimizer", "epochs", "eval_every", "init_from", "resume", "out_dir", "verbose", "progress",
+        "device", "threads",
+    ),
+    "model": ("name", "structure", "neuron", "bias", "init", "init_gain", "padding", "pool", "layers", "input_shape"),
+    "data": ("dataset", "root", "train_subset", "test_subset", "balanced"),
+    "encoding": ("kind", "T", "dt_us"),
+    "loss": ("name", "reduction"),
+    "connectivity": (
+        "l0", "lam", "init_mean", "init_std", "beta", "gamma", "zeta", "constrain", "penalty", "freeze_after",
+    ),
+    "optimizer": ("name", "lr", "gate_lr", "batch_size", "weight_decay", "lr_schedule"),
+}  # fmt: skip
+# integer settings: (section, key) -> smallest value; None allowed where the key is optional
+_YIN_INTS = {
+    ("", "seed"): 0, ("", "epochs"): 1, ("", "eval_every"): 1, ("", "threads"): 1,
+    ("data", "train_subset"): 1, ("data", "test_subset"): 1, ("encoding", "T"): 1,
+    ("optimizer", "batch_size"): 1,
+}  # fmt: skip
+_YIN_FLOATS = (("optimizer", "lr", False), ("optimizer", "gate_lr", False), ("connectivity", "lam", False))
+
+
+def check_config(cfg: dict) -> None:
+    """Refuse a Yin config with an unknown key (:data:`YIN_KEYS`), a section that is not a mapping,
+    or an integer / rate setting of the wrong type or range; the error names the key."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"a Yin config must be a mapping, got {type(cfg).__name__}")
+    for sec, keys in YIN_KEYS.items():
+        d = cfg if not sec else cfg.get(sec)
+        if d is None:
+            continue
+        if not isinstance(d, dict):
+            raise ConfigError(f"config section {sec!r} must be a mapping, got {d!r}")
+        for k in d:
+            if k not in keys:
+                where = f"{sec}.{k}" if sec else k
+                raise ConfigError(f"unknown config key {where!r}; valid keys here: {', '.join(sorted(keys))}")
+    for (sec, k), lo in _YIN_INTS.items():
+        d = cfg if not sec else (cfg.get(sec) or {})
+        v = d.get(k)
+        if v is None:
+            continue
+        where = f"{sec}.{k}" if sec else k
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{where} must be an integer, got {v!r}")
+        if v < lo:
+            raise ConfigError(f"{where} must be >= {lo}, got {v!r}")
+    for sec, k, strict in _YIN_FLOATS:
+        v = (cfg.get(sec) or {}).get(k)
+        if v is not None:
+            config_float(v, f"{sec}.{k}", strict=strict)
+
+
 def train_yin(config: dict) -> dict:
     """Train a Yin et al. spiking CNN, dense or with L0 gates, from a config dict (the YAML shape).
 
@@ -467,6 +524,7 @@ def train_yin(config: dict) -> dict:
     there.
     """
     cfg = dict(config)
+    check_config(cfg)
     seed = int(cfg.get("seed", 0))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
