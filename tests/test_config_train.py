@@ -392,3 +392,35 @@ def test_report_and_compare_read_yin_and_eventprop_runs(capsys, tmp_path):
         main(["compare", str(ep), str(ep), "--plot", str(tmp_path / "p.png")])
     with pytest.raises(SystemExit, match="no finished run"):
         main(["report", str(tmp_path)])
+
+
+def test_report_survives_damaged_logs_and_names_bad_files(capsys, tmp_path):
+    """A cut-off last line of metrics.jsonl (crash mid-append) is skipped with a note; a corrupt
+    results.json, a corrupt middle line or a missing folder is a clear error, not a traceback; a
+    results.json without energy metrics (a sweep trial) still reports its accuracy."""
+    import shutil
+    from pathlib import Path
+
+    from sparsespike.cli import _log, main
+
+    src = Path(__file__).resolve().parents[1] / "docs" / "results" / "fmnist_pn"
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    good = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(good) + '\n{"epoch": 6, "val_ac')
+    assert len(_log(run)) == len(good)
+    assert "is cut off" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text("\n".join([good[0], "{oops", *good[1:]]) + "\n")
+    with pytest.raises(SystemExit, match=r"metrics.jsonl:2 is not valid JSON"):
+        _log(run)
+    res = json.loads((run / "results.json").read_text())
+    res.pop("metrics", None)
+    (run / "results.json").write_text(json.dumps(res))
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"test accuracy {100 * res['test_acc']:.2f} %" in out and "no energy metrics" in out
+    (run / "results.json").write_text('{"name": "x", "test_')
+    with pytest.raises(SystemExit, match="results.json is not valid JSON"):
+        main(["report", str(run)])
+    with pytest.raises(SystemExit, match="no such run folder"):
+        main(["report", str(tmp_path / "missing")])

@@ -163,7 +163,7 @@ def cmd_evaluate(args) -> int:
         "name": cfg.name,
         "seed": cfg.seed,
         "checkpoint": ck.name,
-        "checkpoint_epoch": state.get("epoch"),
+        "checkpoint_epoch": state.get("epoch", state.get("global_epoch")),  # best.pt / last.pt
         "epochs_logged": epochs,
         "split": args.split,
         "samples": len(split),
@@ -197,9 +197,31 @@ def _run_json(run: Path) -> dict:
         raise SystemExit(f"{p} is not valid JSON ({e})") from None
 
 
+def _results_json(run: Path) -> dict:
+    p = run / "results.json"
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{p} is not valid JSON ({e}); `sparsespike evaluate` re-tests the kept checkpoints") from None
+
+
 def _log(run: Path) -> list[dict]:
+    """The per-epoch records of ``metrics.jsonl``; a cut-off last line (a crash mid-append) is
+    skipped with a note, a corrupt line elsewhere is an error naming it."""
     p = run / "metrics.jsonl"
-    return [json.loads(s) for s in p.read_text().splitlines() if s.strip()] if p.exists() else []
+    if not p.exists():
+        return []
+    lines = [(i, s) for i, s in enumerate(p.read_text().splitlines(), 1) if s.strip()]
+    out = []
+    for j, (i, s) in enumerate(lines):
+        try:
+            out.append(json.loads(s))
+        except json.JSONDecodeError as e:
+            if j == len(lines) - 1:
+                print(f"note: {p}:{i} is cut off (skipped)", file=sys.stderr)
+                break
+            raise SystemExit(f"{p}:{i} is not valid JSON ({e})") from None
+    return out
 
 
 def finished_engine(run: Path) -> str:
@@ -208,6 +230,8 @@ def finished_engine(run: Path) -> str:
     with results in ``run.json``, EventProp runs with ``final`` there."""
     from .train import run_engine
 
+    if not run.is_dir():
+        raise SystemExit(f"{run}: no such run folder")
     engine = run_engine(run)
     if engine == "time-stepped" and not (run / "results.json").exists():
         engine = None
@@ -259,13 +283,15 @@ def cmd_report(args) -> int:
         for k, v in w["extra"].items():
             print(f"- {k}: {v}")
         return 0
-    res = json.loads((run / "results.json").read_text())
+    res = _results_json(run)
     from .metrics import MetricsReport
 
-    rep = MetricsReport(**res["metrics"])
-    print(f"# {res['name']} (seed {res['seed']})\n")
-    print(f"test accuracy {100 * res['test_acc']:.2f} %, best validation epoch {res['best_epoch']}\n")
-    print(rep.table())
+    print(f"# {res.get('name', run.name)} (seed {res.get('seed')})\n")
+    print(f"test accuracy {100 * res['test_acc']:.2f} %, best validation epoch {res.get('best_epoch')}\n")
+    if res.get("metrics"):
+        print(MetricsReport(**res["metrics"]).table())
+    else:  # e.g. a sweep trial, which records accuracy and SynOps per epoch in epochs.jsonl instead
+        print(f"(no energy metrics in {run / 'results.json'}: spikes, SynOps and energy were not measured)")
     return 0
 
 
@@ -344,7 +370,7 @@ def _run_row(run: Path) -> dict:
         return _yin_row(run, _run_json(run))
     if engine == "eventprop":
         return _eventprop_row(run, _run_json(run))
-    res = json.loads((run / "results.json").read_text())
+    res = _results_json(run)
     cfg = _run_json(run).get("config", {})
     log = _log(run)
     ep_t = [r["epoch_time_s"] for r in log if "epoch_time_s" in r]
@@ -392,7 +418,9 @@ def compare_runs(runs: list[Path]) -> str:
         r = ref.get(key, float("nan"))
         if not rows or v != v or r != r or v <= 0 or len(rows) == 1:
             return ""
-        return f" ({r / v:.1f}x {'fewer' if fewer else 'faster'})"
+        if r >= v:
+            return f" ({r / v:.1f}x {'fewer' if fewer else 'faster'})"
+        return f" ({v / r:.1f}x {'more' if fewer else 'slower'})" if r > 0 else ""
 
     def label(w: dict) -> str:  # the run folder's name too when it is not the config's name
         return w["name"] if w["dir"] == w["name"] else f"{w['name']} ({w['dir']})"

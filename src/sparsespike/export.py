@@ -1157,6 +1157,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, shape, cfg = load_trained_model(args.run, args.checkpoint, _parse_shape(args.input_shape))
     run = Path(args.run)
     out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "model.nir"
+    out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         graph = export_nir(
