@@ -187,3 +187,21 @@ def test_cli_train_prints_the_results_and_honours_quiet(tmp_path, capsys):
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert out["test_accuracy"] == run["final"]["test"]["accuracy"]
     assert run["config"]["progress"] is False and "epoch" not in cap.err
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"batch_size": "abc"}, "batch_size must be an int"),
+        ({"n_train": 1.5}, "n_train must be an int"),
+        ({"lr_decay": "fast"}, "lr_decay must be a float"),
+        ({"phases": [{"loss": "L_W", "alpha": "abc", "eta": 0.0, "lr": 0.005, "epochs": 1}]}, "alpha must be a float"),
+    ],
+)
+def test_config_values_are_type_checked(over, match):
+    from sparsespike.errors import ConfigError
+    from sparsespike.eventprop.train import load_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_config("experiments/eventprop_yinyang_lw.yaml", **over)
+    assert load_config("experiments/eventprop_yinyang_lw.yaml", lr_decay="9.5e-1").lr_decay == 0.95  # YAML string

@@ -1,4 +1,4 @@
-"""Command line: ``sparsespike demo | train | sweep | report | bench | export``."""
+"""Command line: ``sparsespike demo | train | evaluate | report | compare | bench | sweep | export``."""
 
 from __future__ import annotations
 
@@ -279,7 +279,11 @@ def cmd_report(args) -> int:
     if engine != "time-stepped":
         w = _run_row(run)
         print(f"# {w['name']} (seed {w['seed']}, {engine} engine)\n")
-        print(f"test accuracy {100 * w['acc']:.2f} % after {w['epochs']} epochs, training {w['train_s']:.0f} s\n")
+        sel = "" if w["acc"] == w["acc_last"] else f" (at the best-validation epoch: {100 * w['acc']:.2f} %)"
+        print(
+            f"test accuracy {100 * w['acc_last']:.2f} %{sel} after {w['epochs']} epochs, "
+            f"training {w['train_s']:.0f} s\n"
+        )
         for k, v in w["extra"].items():
             print(f"- {k}: {v}")
         return 0
@@ -332,7 +336,10 @@ def _yin_row(run: Path, info: dict) -> dict:
 def _eventprop_row(run: Path, info: dict) -> dict:
     """An EventProp run: first-spike accuracy, spikes and <N_S> on the test split."""
     cfg, log = info.get("config", {}), _log(run)
-    test = (info["final"] or {}).get("test") or (info["final"] or {}).get("val") or {}
+    final = info["final"] or {}
+    test = final.get("test") or final.get("val") or {}
+    bv = final.get("best_val") or {}
+    sel = bv.get("test") or bv.get("val") or test  # the last phase's best-validation epoch
     timing = info.get("timing") or {}
     nan = float("nan")
     return {
@@ -343,7 +350,7 @@ def _eventprop_row(run: Path, info: dict) -> dict:
         "gates": "-",
         "regs": " -> ".join(str(p.get("loss")) for p in cfg.get("phases") or []) or "-",
         "epochs": len(log),
-        "acc": test.get("accuracy", nan),
+        "acc": sel.get("accuracy", nan),
         "acc_last": test.get("accuracy", nan),
         "spikes": test.get("spikes_per_sample", nan),
         "synops": nan,
@@ -503,12 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="run a configured experiment (YAML)")
-    t.add_argument("config")
-    t.add_argument("--data-dir")
-    t.add_argument("--out")
-    t.add_argument("--seed", type=int)
+    t.add_argument("config", help="experiment YAML file (the shipped ones are in experiments/)")
+    t.add_argument("--data-dir", help="data root (default $SPARSESPIKE_DATA or ~/.cache/sparsespike)")
+    t.add_argument("--out", help="run directory (default runs/<name>_seed<seed>)")
+    t.add_argument("--seed", type=int, help="override the config's seed")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (dotted)")
     t.set_defaults(func=cmd_train)
 

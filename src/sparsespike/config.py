@@ -117,7 +117,7 @@ def config_float(value, where: str, *, strict: bool = False) -> float:
 _SCALARS = (bool, int, float, str, dict, list)
 
 
-def _check_value(value, hint, f: dataclasses.Field, where: str):
+def check_field_value(value, hint, f: dataclasses.Field, where: str):
     """``value`` checked against a field's type hint (``int``, ``float``, ``str``, ``bool``,
     ``dict``, ``list``, optionally ``| None``) and its ``metadata`` (``min``, ``below``,
     ``choices``); returns it (a float given as a string, as PyYAML reads ``1e-6``, parsed).
@@ -208,7 +208,7 @@ def from_dict(cls, data: dict | None, path: str = ""):
         if dataclasses.is_dataclass(hint):
             value = from_dict(hint, value, where)
         else:
-            value = _check_value(value, hint, fields[key], where)
+            value = check_field_value(value, hint, fields[key], where)
         kwargs[key] = value
     return cls(**kwargs)
 

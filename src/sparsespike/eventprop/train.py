@@ -32,6 +32,7 @@ import os
 import platform
 import subprocess
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import numba
 import numpy as np
 import torch
 
-from ..config import refuse_changes
+from ..config import check_field_value, refuse_changes
 from ..errors import ConfigError
 from .encode import encode_mnist, encode_yinyang
 from .losses import LOSS_NAMES, make_loss
@@ -130,11 +131,13 @@ class EventPropConfig:
 def _checked(cls, d: dict) -> dict:
     if not isinstance(d, dict):
         raise ConfigError(f"{cls.__name__} must be a mapping, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} key(s): {unknown}; known: {sorted(names)}")
-    return d
+        raise ConfigError(f"unknown {cls.__name__} key(s): {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    # types (int, float, str, bool, optional) as for the time-stepped configs (config.check_field_value)
+    return {k: check_field_value(v, hints[k], fields[k], k) for k, v in d.items()}
 
 
 def load_config(source: str | os.PathLike | dict | EventPropConfig, **overrides) -> EventPropConfig:
