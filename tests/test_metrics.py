@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -104,3 +105,50 @@ def test_activity_recorded_per_layer():
     rep = measure(net, [x])
     act = rep.layers[0]["activity_pct"]
     assert act is not None and 0 < act < 100
+
+
+def _brute_fanout(w: torch.Tensor, hw: int, stride, padding, dilation) -> torch.Tensor:
+    """Fan-out by definition: the output entries one input impulse reaches through non-zero weights."""
+    conv = torch.nn.Conv2d(w.shape[1], w.shape[0], w.shape[2:], stride, padding, dilation, bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_((w != 0).double())
+    fan = torch.zeros(w.shape[1], hw, hw, dtype=torch.float64)
+    for c in range(w.shape[1]):
+        for y in range(hw):
+            for x in range(hw):
+                inp = torch.zeros(1, w.shape[1], hw, hw, dtype=torch.float64)
+                inp[0, c, y, x] = 1
+                fan[c, y, x] = conv(inp).sum()
+    return fan
+
+
+@pytest.mark.parametrize(
+    ("hw", "k", "stride", "padding", "dilation"),
+    [(6, 3, 2, 1, 1), (6, 3, 2, 0, 1), (8, 3, 3, 0, 1), (7, 2, 2, 1, 1), (8, 3, 3, 1, 2), (7, 3, 1, "same", 2)],
+)
+def test_conv_fanout_matches_impulse_responses(hw, k, stride, padding, dilation):
+    """Strides that do not divide the input (the last rows reach no output) and "same" padding."""
+    torch.manual_seed(hw * k + stride)
+    w = torch.randn(3, 2, k, k)
+    w[w.abs() < 0.5] = 0
+    want = _brute_fanout(w, hw, stride, padding, dilation)
+    assert torch.equal(conv_fanout(w, (hw, hw), stride, padding, dilation), want)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, k, stride, padding, dilation, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(w)
+    x = (torch.rand(4, 2, 2, hw, hw) < 0.5).float()  # [T, B, C, H, W]
+    rep = measure(net, [x.reshape(-1, 2, hw, hw)])
+    assert rep.synops * rep.samples == pytest.approx(float((x.sum((0, 1)).double() * want).sum()))
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        torch.nn.Conv1d(2, 3, 3),
+        torch.nn.ConvTranspose2d(2, 3, 3),
+        torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"),
+    ],
+)
+def test_measure_refuses_layers_it_cannot_count(layer):
+    with pytest.raises(ValueError, match="not supported"):
+        MetricsRecorder(torch.nn.Sequential(layer))

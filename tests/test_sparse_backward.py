@@ -763,3 +763,91 @@ def test_readout_hands_compact_gradient(mode, classes, b_th):
     gd = torch.autograd.grad(torch.nn.functional.cross_entropy(ro(s3), y), s3)[0]
     act = active_set(s)
     close(seen[0]._values(), act.gather(gd))
+
+
+@pytest.mark.parametrize("neuron", [{"reset": "zero"}, {"alpha": 0.5}, {"detach_reset": False}, {}])
+@pytest.mark.parametrize("consumer", ["readout", "sparse_linear", "dense_linear"])
+def test_fallback_neurons_behind_any_consumer_match_dense(neuron, consumer):
+    """The masked-surrogate fallback (zero reset, synaptic current, non-detached reset) feeds an
+    event-driven consumer that hands back a sparse COO gradient: with every neuron active the
+    spikes and the weight and input gradients equal the dense backward's."""
+    from sparsespike.layers import LeakyReadout, SpikingLinear
+
+    p = LIFParams(beta=0.9, **neuron)
+    x = (torch.rand(8, 3, 10, generator=torch.Generator().manual_seed(0)) < 0.3).to(DT)
+    res = {}
+    for bw in ("sparse", "dense"):
+        torch.manual_seed(1)
+        l1 = SpikingLinear(10, 6, p, backward=bw, b_th=1e9, weight_scale=3.0).to(DT)
+        l2 = {
+            "readout": lambda: LeakyReadout(6, 3),
+            "sparse_linear": lambda: SpikingLinear(6, 3, p, backward="sparse", b_th=1e9, weight_scale=3.0),
+            "dense_linear": lambda: SpikingLinear(6, 3, p, weight_scale=3.0),
+        }[consumer]().to(DT)
+        xx = x.clone().requires_grad_(True)
+        s1 = l1(xx)
+        out = l2(s1)
+        (out * torch.linspace(0.5, 1.5, out.numel(), dtype=DT).reshape(out.shape)).sum().backward()
+        res[bw] = (s1.detach(), out.detach(), l1.weight.grad, xx.grad)
+    assert res["dense"][0].sum() > 0
+    for a, b in zip(res["sparse"], res["dense"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_sparse_layers_run_under_inference_mode():
+    """Inference tensors have no version counter: no metadata is attached to them (the consumer
+    scans the tensor), and the outputs and metrics equal those under no_grad."""
+    from torch import nn
+
+    from sparsespike.layers import LeakyReadout, SpikingConv2d, SpikingLinear
+    from sparsespike.metrics import measure
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        SpikingLinear(10, 6, backward="sparse", weight_scale=3.0),
+        SpikingLinear(6, 4, backward="sparse", weight_scale=3.0),
+        LeakyReadout(4, 3),
+    )
+    x = (torch.rand(8, 3, 10) < 0.3).float()
+    with torch.no_grad():
+        ref = net(x)
+    with torch.inference_mode():
+        out = net(x)
+        m_inf = measure(net, [x])
+    assert torch.equal(out, ref)
+    assert m_inf == measure(net, [x])
+    conv = SpikingConv2d(1, 2, 3, padding=1, backward="sparse")
+    xc = (torch.rand(4, 2, 1, 6, 6) < 0.5).float()
+    with torch.no_grad():
+        ref_c = conv(xc)
+    with torch.inference_mode():
+        assert torch.equal(conv(xc), ref_c)
+
+
+@pytest.mark.parametrize("backward", ["sparse", "dense"])
+@pytest.mark.parametrize("case", ["nan_input", "inf_input", "nan_weight", "nan_bias"])
+def test_nan_and_inf_are_refused_on_both_paths(backward, case):
+    """The dense recurrence sees NaN through the membrane; the sparse kernels never form it, so
+    they check their input spikes and parameters: both paths refuse with SpikeInputError."""
+    from sparsespike.errors import SpikeInputError
+    from sparsespike.layers import SpikingConv2d, SpikingLinear
+
+    torch.manual_seed(0)
+    layer = SpikingLinear(10, 6, backward=backward, weight_scale=3.0, bias=True)
+    x = (torch.rand(8, 3, 10) < 0.3).float()
+    if case == "nan_input":
+        x[2, 1, 3] = float("nan")
+    elif case == "inf_input":
+        x[2, 1, 3] = float("inf")
+    with torch.no_grad():
+        if case == "nan_weight":
+            layer.weight[1, 2] = float("nan")
+        elif case == "nan_bias":
+            layer.bias[0] = float("nan")
+    with pytest.raises(SpikeInputError, match="NaN"):
+        layer(x)
+    conv = SpikingConv2d(1, 2, 3, padding=1, backward=backward)
+    xc = (torch.rand(4, 2, 1, 6, 6) < 0.5).float()
+    xc[1, 0, 0, 2, 2] = float("nan")
+    with pytest.raises(SpikeInputError, match="NaN"):
+        conv(xc)

@@ -68,6 +68,10 @@ def _as_params(neuron: LIFParams | dict | None) -> LIFParams:
     return neuron
 
 
+# kernel choices of the spiking layers ("auto": numba on CPU, Triton on CUDA, else torch)
+_IMPLS = ("auto", "numba", "triton", "torch", "fallback")
+
+
 class _SpikingBase(nn.Module):
     """Shared neuron handling of the spiking layers."""
 
@@ -80,8 +84,10 @@ class _SpikingBase(nn.Module):
             raise ValueError(f"backward must be 'dense' or 'sparse', got {backward!r}")
         self.backward = backward
         self.b_th = DEFAULT_B_TH if b_th is None else float(b_th)
-        if self.b_th <= 0:
+        if not self.b_th > 0:  # also refuses NaN
             raise ValueError(f"b_th must be > 0, got {self.b_th}")
+        if impl not in _IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(_IMPLS)}, got {impl!r}")
         self.impl = impl
         self.last_stats: dict = {}
 

@@ -51,6 +51,20 @@ def conv_fanout(
     """
     mask = (weight.detach() != 0).to("cpu", torch.float64)
     h, w = in_hw
+    k = weight.shape[2:]
+    pair = nn.modules.utils._pair
+    stride, dilation = pair(stride), pair(dilation)
+    if isinstance(padding, str):  # "valid" / "same" (odd effective kernels: symmetric padding)
+        if padding == "valid":
+            padding = (0, 0)
+        else:
+            span = [d * (kk - 1) for d, kk in zip(dilation, k, strict=True)]
+            if any(s % 2 for s in span):
+                raise ValueError(
+                    f"conv_fanout: padding='same' with an even effective kernel {tuple(k)} is not supported"
+                )
+            padding = tuple(s // 2 for s in span)
+    padding = pair(padding)
     with torch.no_grad():
         out_hw = nn.functional.conv2d(
             torch.zeros(1, weight.shape[1] * groups, h, w, dtype=torch.float64),
@@ -60,11 +74,15 @@ def conv_fanout(
             dilation=dilation,
             groups=groups,
         ).shape[2:]
+        # rows/columns past the last one a stride reaches ((h + 2p - d(k-1) - 1) % s of them) get
+        # fan-out 0: output_padding makes the transposed map cover the whole input
+        geom = zip(out_hw, stride, padding, dilation, k, strict=True)
+        full = [(o - 1) * s - 2 * p + d * (kk - 1) + 1 for o, s, p, d, kk in geom]
+        extra = tuple(max(0, n - f) for n, f in zip((h, w), full, strict=True))
         ones = torch.ones(1, weight.shape[0], *out_hw, dtype=torch.float64)
         fan = nn.functional.conv_transpose2d(
-            ones, mask, stride=stride, padding=padding, dilation=dilation, groups=groups
+            ones, mask, stride=stride, padding=padding, output_padding=extra, dilation=dilation, groups=groups
         )
-    # conv_transpose may produce a larger map when (h + 2p - k) % s != 0: crop to the input
     return fan[0, :, :h, :w]
 
 
@@ -142,13 +160,21 @@ class MetricsReport:
 
 
 def _is_synaptic(m: nn.Module) -> bool:
+    """A layer whose SynOps and FLOPs are counted (Linear and zero-padded Conv2d); other weight
+    layers raise, so that no total silently leaves one out."""
     from .layers import LeakyReadout, SpikingConv2d, SpikingLinear
 
-    if isinstance(m, (SpikingLinear, LeakyReadout, nn.Linear)):
+    if isinstance(m, (SpikingLinear, LeakyReadout, nn.Linear, SpikingConv2d)):
         return True
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
         return True
-    return isinstance(m, SpikingConv2d)
+    if isinstance(m, (nn.modules.conv._ConvNd, nn.Bilinear, nn.Embedding, nn.RNNBase)):
+        raise ValueError(
+            f"measure counts SynOps and FLOPs of Linear and zero-padded Conv2d layers; {type(m).__name__} "
+            f"({'padding_mode=' + repr(m.padding_mode) if isinstance(m, nn.Conv2d) else 'this layer type'}) "
+            "is not supported, and leaving it out would understate the totals"
+        )
+    return False
 
 
 class MetricsRecorder:

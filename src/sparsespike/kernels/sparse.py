@@ -54,6 +54,7 @@ import numba
 import numpy as np
 import torch
 
+from ..errors import SpikeInputError
 from ..neurons import LIFParams, Reset
 from . import cpu
 from . import sparse_cpu as kc
@@ -268,6 +269,8 @@ def attach_active_set(
         raise ValueError(f"active set shape {active.shape} does not match tensor {tuple(x.shape)}")
     if counts is not None and tuple(counts.shape) != (active.shape[1], active.shape[2]):
         raise ValueError(f"counts shape {tuple(counts.shape)} does not match active set {active.shape}")
+    if x.is_inference():  # no version counter to tell an in-place change: attach nothing (the
+        return x  # consumer scans the tensor instead; nothing needs an active set without autograd)
     setattr(x, ATTR, SpikeMeta(active, spikes, x._version, active.shape, active.device, counts))
     return x
 
@@ -286,6 +289,8 @@ def attach_spike_list(
         shape = spikes.shape
     if shape is None or _flat_shape(x) != tuple(shape):
         raise ValueError(f"spike list over {shape} does not match tensor {tuple(x.shape)}")
+    if x.is_inference():  # see attach_active_set
+        return x
     setattr(x, ATTR, SpikeMeta(None, spikes, x._version, tuple(shape), x.device))
     return x
 
@@ -293,7 +298,7 @@ def attach_spike_list(
 def get_meta(x: torch.Tensor) -> SpikeMeta | None:
     """The :class:`SpikeMeta` attached to ``x`` if still valid (same shape, no in-place change)."""
     m = getattr(x, ATTR, None)
-    if m is None or m.version != x._version or m.device != x.device:
+    if m is None or x.is_inference() or m.version != x._version or m.device != x.device:
         return None
     # [T, B, ...] matches sets over [T, B, F] when the trailing dims hold F features
     if _flat_shape(x) != m.shape or (m.active is not None and x.dim() != 3):
@@ -310,7 +315,7 @@ def active_set(x: torch.Tensor) -> ActiveSet | None:
 def share_active_set(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """Copy ``src``'s attached active set to ``dst`` (e.g. ``src.detach().requires_grad_()``)."""
     m = get_meta(src)
-    if m is not None:
+    if m is not None and not dst.is_inference():
         setattr(dst, ATTR, SpikeMeta(m.active, m.spikes, dst._version, m.shape, m.device))
     return dst
 
@@ -721,6 +726,14 @@ def _bytes(*ts) -> int:
     return n
 
 
+def _check_finite_params(W: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """The dense recurrence catches NaN/inf through the membrane; the sparse kernels never form
+    it densely, so the weights are checked here (``N x K``, small against the forward's work)."""
+    for name, t in (("weights", W), ("bias", bias)):
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise SpikeInputError(f"sparse layer: its {name} contain NaN/inf (diverged training?)")
+
+
 class SparseSpikingLinearFn(torch.autograd.Function):
     """Fused synaptic input + LIF recurrence with the S3GD sparse backward (see module doc)."""
 
@@ -731,6 +744,7 @@ class SparseSpikingLinearFn(torch.autograd.Function):
         need_dw = ctx.needs_input_grad[1]
         x = x.contiguous()
         spikes_in = meta_in.spike_list() if meta_in is not None else None
+        _check_finite_params(W, bias)
         if backend == "triton":
             from . import triton_gpu
 
@@ -744,6 +758,10 @@ class SparseSpikingLinearFn(torch.autograd.Function):
             if spikes_in is None:
                 spikes_in = spike_list(x)
             S, act, d, spikes_out, wt = _sparse_forward_numba(x, W, bias, p, b_th, spikes_in)
+        if spikes_in.vals is not None and not bool(torch.isfinite(spikes_in.vals).all()):
+            raise SpikeInputError(
+                "sparse layer: the input contains NaN/inf (check the input spikes, or a layer below that diverged)"
+            )
         g = p.surrogate.grad(d).to(d.dtype)
         del d
         ctx.active, ctx.g = act, g
@@ -874,11 +892,15 @@ def _masked_forward_torch(x: torch.Tensor, p: LIFParams, b_th: float, want_mask:
 
 
 class MaskedLIFRecurrence(torch.autograd.Function):
-    """Dense LIF recurrence over ``x[T, M]`` with the surrogate masked to ``|V - thr| < b_th``."""
+    """Dense LIF recurrence over ``x[T, ...]`` (run as ``[T, M]``) with the surrogate masked to
+    ``|V - thr| < b_th``. The reshapes happen inside the Function: a consumer that hands back a
+    sparse COO gradient (an event-driven layer reading the attached active set) would otherwise
+    meet a reshape's backward, which cannot take one."""
 
     @staticmethod
     def forward(ctx, x, p: LIFParams, b_th: float, impl: str, want_mask: bool, out: dict):  # type: ignore[override]
-        x = x.contiguous()
+        ctx.shape = x.shape
+        x = x.reshape(x.shape[0], -1).contiguous()
         bth = _clip_bth(b_th)
         if impl == "numba":
             code, p0, p1 = _kernel_surrogate(p)
@@ -919,7 +941,7 @@ class MaskedLIFRecurrence(torch.autograd.Function):
         out["n_active"] = int(n_active)
         out["mask"] = Mk
         out["saved_bytes"] = _bytes(G, S_saved, R)
-        return S
+        return S.reshape(ctx.shape)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -949,7 +971,7 @@ class MaskedLIFRecurrence(torch.autograd.Function):
         else:
             S = S_saved.to(gs.dtype) if S_saved is not None else None
             gx = backward_torch(gs, G, S, R, p)
-        return gx, None, None, None, None, None
+        return gx.reshape(ctx.shape), None, None, None, None, None
 
 
 def _recurrence_impl(x: torch.Tensor, p: LIFParams, impl: str) -> str:
@@ -989,11 +1011,14 @@ def lif_recurrence_masked(
     if stats is None:
         stats = {}
     shape = current.shape
+    if not bool(torch.isfinite(current).all()):
+        raise SpikeInputError(
+            "LIF recurrence: the synaptic input contains NaN/inf (check the input spikes, or weights that diverged)"
+        )
     impl = _recurrence_impl(current, p, impl)
     want = current.dim() == 3 and torch.is_grad_enabled() and current.requires_grad
     out: dict = {}
-    S = MaskedLIFRecurrence.apply(current.reshape(shape[0], -1), p, float(b_th), impl, want, out)
-    S = S.reshape(shape)
+    S = MaskedLIFRecurrence.apply(current, p, float(b_th), impl, want, out)
     if want and out["mask"] is not None:
         attach_active_set(S, ActiveSet.from_mask(out["mask"].reshape(shape)))
     stats["n_active"] = int(out["n_active"])
