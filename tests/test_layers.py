@@ -143,3 +143,24 @@ def test_leaky_scan_kernel_matches_the_torch_loop_bit_for_bit():
         assert torch.equal(_leaky_scan(x.transpose(1, 2), 0.87, reverse), ref.transpose(1, 2))
     xd = torch.randn(9, 3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a: leaky_integrate(a, 0.8), (xd,))
+
+
+def test_empty_time_axis_bad_settings_and_rectangular_kernels():
+    import pytest
+
+    from sparsespike.errors import SpikeInputError
+
+    for layer, x in (
+        (SpikingLinear(4, 3), torch.zeros(0, 2, 4)),
+        (SpikingLinear(4, 3, backward="sparse"), torch.zeros(0, 2, 4)),
+        (LeakyReadout(4, 3), torch.zeros(0, 2, 4)),
+        (SpikingConv2d(1, 2, 3), torch.zeros(0, 2, 1, 5, 5)),
+    ):
+        with pytest.raises(SpikeInputError, match="T = 0|T >= 1"):
+            layer(x)
+    with pytest.raises(ValueError, match="b_th must be > 0"):
+        SpikingLinear(4, 3, b_th=float("nan"))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        SpikingLinear(4, 3, impl="cuda")
+    conv = SpikingConv2d(2, 3, (3, 1), weight_scale=1.0)  # fan-in 2 * 3 * 1
+    assert conv.weight.shape == (3, 2, 3, 1)

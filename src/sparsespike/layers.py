@@ -49,6 +49,8 @@ def check_time_major(x: torch.Tensor, rank: int, features: tuple[int, ...], who:
         )
     if not x.is_floating_point():
         raise SpikeInputError(f"{who}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise SpikeInputError(f"{who}: no time steps (T = 0) in input of shape {tuple(x.shape)}")
 
 
 def check_spikes(x: torch.Tensor, who: str) -> None:
@@ -181,7 +183,7 @@ class SpikingConv2d(_SpikingBase):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
         self.in_channels = in_channels
         if weight_scale is not None:
-            _init_weight(self.conv.weight, in_channels * kernel_size**2, weight_scale)
+            _init_weight(self.conv.weight, self.conv.weight[0].numel(), weight_scale)  # fan-in C_in*kh*kw
 
     @property
     def weight(self) -> torch.Tensor:
@@ -192,6 +194,8 @@ class SpikingConv2d(_SpikingBase):
             raise SpikeInputError(
                 f"{type(self).__name__}: expected [T, B, {self.in_channels}, H, W], got shape {tuple(x.shape)}"
             )
+        if x.shape[0] == 0:
+            raise SpikeInputError(f"{type(self).__name__}: no time steps (T = 0) in input of shape {tuple(x.shape)}")
         T, B = x.shape[:2]
         current = self.conv(x.reshape(T * B, *x.shape[2:]))
         return self._recur(current.reshape(T, B, *current.shape[1:]))
