@@ -275,3 +275,9 @@ def test_works_on_a_foreign_model_with_spikemonitor_modules():
     loss.backward()
     assert net.l1.fc.weight.grad.abs().sum() > 0
     mon.remove()
+    # with the default batch_dim=1 a [B, N] record would be divided by N: refused, naming the fix
+    mon1 = SpikeMonitor(net, modules=[net.l1, net.l2])
+    net(x)
+    with pytest.raises(ValueError, match="batch_dim=0"):
+        mon1.spike_count()
+    mon1.remove()

@@ -126,6 +126,11 @@ class SpikeMonitor:
 
                 for r in recs:
                     check_spikes(r.detach(), f"SpikeMonitor[{name}]")
+            if recs[0].dim() == 2 and self.batch_dim == 1:  # [B, N] per step: dim 1 is the neurons
+                raise ValueError(
+                    f"SpikeMonitor[{name}]: records are 2-D {tuple(recs[0].shape)} (a per-step model, "
+                    "[B, N] each call), so the batch is dim 0: create the monitor with batch_dim=0"
+                )
             total = sum(spike_counts(r).sum() if r.dim() >= 3 else r.sum() for r in recs)
             batch = recs[0].shape[self.batch_dim] if recs[0].dim() > self.batch_dim else 1
             out[name] = total / batch
