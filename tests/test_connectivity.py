@@ -802,3 +802,13 @@ def test_yin_config_refuses_unknown_keys_and_bad_values(over, match):
         train_yin(cfg)  # refused before any data is read
     for name in ("yin_mnist_small", "yin_mnist_scnn", "yin_nmnist_small", "yin_cifar10_scnn"):
         check_config(load_config(f"experiments/{name}.yaml"))  # the shipped configs pass
+
+
+def test_count_ops_refuses_a_gated_layer_it_cannot_count():
+    """A gated nn.Embedding (named explicitly) would be counted as a Linear: refused by name."""
+    from sparsespike.errors import ConfigError
+
+    net = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 3))
+    add_l0_gates(net, modules=["0", "1"], seed=0)
+    with pytest.raises(ConfigError, match="'0' .*Embedding.* not a Linear or Conv"):
+        count_ops(net, torch.zeros(2, 3, dtype=torch.long), batch_size=3, time_steps=2)

@@ -608,6 +608,11 @@ def count_ops(
 
     for name, m in model.named_modules():
         if is_gateable(m) or _hc_gate(m, "weight") is not None:
+            if not isinstance(m, GATEABLE_TYPES):  # e.g. a gated nn.Embedding: no Linear/Conv count
+                raise ConfigError(
+                    f"count_ops: {name!r} ({type(m).__name__}) has a gated weight but is not a Linear "
+                    "or Conv layer, so its FLOPs and SynOps cannot be counted"
+                )
             handles.append(m.register_forward_hook(make_hook(name)))
     was = model.training
     model.eval()
