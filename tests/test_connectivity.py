@@ -812,3 +812,21 @@ def test_count_ops_refuses_a_gated_layer_it_cannot_count():
     add_l0_gates(net, modules=["0", "1"], seed=0)
     with pytest.raises(ConfigError, match="'0' .*Embedding.* not a Linear or Conv"):
         count_ops(net, torch.zeros(2, 3, dtype=torch.long), batch_size=3, time_steps=2)
+
+
+def test_gates_on_other_tensors_are_reported_and_refused_by_count_ops():
+    """A gate on an LSTM's ``weight_ih_l0`` counts in the sparsity report (and its total);
+    count_ops, which knows only Linear/Conv, names it instead of leaving it out."""
+    from sparsespike.errors import ConfigError
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.LSTM(4, 5))
+    add_l0_gates(net, modules=["0"], tensor_name="weight_ih_l0", seed=0)
+    _set_random_log_alpha(net)
+    rep = sparsity_report(net)
+    row = next(r for r in rep["layers"] if r["name"] == "0.weight_ih_l0")
+    w = net[0].parametrizations.weight_ih_l0.original * gates(net)[0].test_gate()
+    assert row["weights"] == 4 * 5 * 4 and row["nonzero"] == int((w != 0).sum()) < row["weights"]
+    assert rep["total"]["nonzero"] == row["nonzero"]
+    with pytest.raises(ConfigError, match="weight_ih_l0"):
+        count_ops(net, torch.zeros(3, 2, 4))

@@ -500,6 +500,22 @@ def sparsity_report(model: nn.Module) -> dict:
                 "gated": gated,
             }
         )
+    for gw in gated_weights(model):  # gates on other tensors (e.g. an LSTM's weight_ih_l0)
+        if gw.tensor_name == "weight":
+            continue
+        w = _effective_weight(gw.module, gw.tensor_name)
+        nnz = int((w != 0).sum())
+        rows.append(
+            {
+                "name": f"{gw.name}.{gw.tensor_name}",
+                "type": type(gw.module).__name__.replace("Parametrized", ""),
+                "shape": list(w.shape),
+                "weights": w.numel(),
+                "nonzero": nnz,
+                "density": nnz / max(1, w.numel()),
+                "gated": True,
+            }
+        )
     tot_w = sum(r["weights"] for r in rows)
     tot_nz = sum(r["nonzero"] for r in rows)
     return {
@@ -606,6 +622,9 @@ def count_ops(
 
         return hook
 
+    other = [f"{gw.name}.{gw.tensor_name}" for gw in gated_weights(model) if gw.tensor_name != "weight"]
+    if other:
+        raise ConfigError(f"count_ops: gated tensors other than Linear/Conv weights cannot be counted: {other}")
     for name, m in model.named_modules():
         if is_gateable(m) or _hc_gate(m, "weight") is not None:
             if not isinstance(m, GATEABLE_TYPES):  # e.g. a gated nn.Embedding: no Linear/Conv count
