@@ -784,7 +784,7 @@ def test_cli_evaluate_a_yin_run_reproduces_its_pruned_test_accuracy(data_dir, tm
         ({"epoch": 1}, "unknown config key 'epoch'; valid keys here: .*epochs"),
         ({"data": {"dataset": "mnist", "trainsubset": 200}}, "unknown config key 'data.trainsubset'"),
         ({"epochs": 0}, "epochs must be >= 1"),
-        ({"epochs": "abc"}, "epochs must be an integer"),
+        ({"epochs": "abc"}, "epochs must be an int, got .abc."),
         ({"optimizer": {"lr": "abc"}}, "optimizer.lr must be a number"),
         ({"optimizer": {"batch_size": 0}}, "optimizer.batch_size must be >= 1"),
         ({"connectivity": [1]}, "section 'connectivity' must be a mapping"),

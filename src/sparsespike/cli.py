@@ -187,8 +187,9 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _run_json(run: Path) -> dict:
-    p = run / "run.json"
+def _run_file(run: Path, name: str) -> dict:
+    """``run/name`` read as JSON: ``{}`` when absent, a :class:`SystemExit` naming it when corrupt."""
+    p = run / name
     if not p.exists():
         return {}
     try:
@@ -197,12 +198,12 @@ def _run_json(run: Path) -> dict:
         raise SystemExit(f"{p} is not valid JSON ({e})") from None
 
 
+def _run_json(run: Path) -> dict:
+    return _run_file(run, "run.json")
+
+
 def _results_json(run: Path) -> dict:
-    p = run / "results.json"
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"{p} is not valid JSON ({e}); `sparsespike evaluate` re-tests the kept checkpoints") from None
+    return _run_file(run, "results.json")
 
 
 def _log(run: Path) -> list[dict]:

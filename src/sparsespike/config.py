@@ -117,11 +117,11 @@ def config_float(value, where: str, *, strict: bool = False) -> float:
 _SCALARS = (bool, int, float, str, dict, list)
 
 
-def check_field_value(value, hint, f: dataclasses.Field, where: str):
-    """``value`` checked against a field's type hint (``int``, ``float``, ``str``, ``bool``,
-    ``dict``, ``list``, optionally ``| None``) and its ``metadata`` (``min``, ``below``,
-    ``choices``); returns it (a float given as a string, as PyYAML reads ``1e-6``, parsed).
-    Raises :class:`ConfigError` naming ``where``."""
+def check_value(value, hint, where: str, *, min=None, below=None, choices=None):  # noqa: A002
+    """``value`` checked against a type hint (``int``, ``float``, ``str``, ``bool``, ``dict``,
+    ``list``, optionally ``| None``) and limits (``min``, ``below``, ``choices``; a dataclass
+    field's ``metadata``); returns it (a float given as a string, as PyYAML reads ``1e-6``,
+    parsed). Raises :class:`ConfigError` naming ``where``."""
     args = (
         typing.get_args(hint)
         if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
@@ -156,13 +156,12 @@ def check_field_value(value, hint, f: dataclasses.Field, where: str):
         raise ConfigError(f"{where} must be {article}{names}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where} must be finite, got {value!r}")
-    meta = f.metadata
-    if "min" in meta and value < meta["min"]:
-        raise ConfigError(f"{where} must be >= {meta['min']}, got {value!r}")
-    if "below" in meta and value >= meta["below"]:
-        raise ConfigError(f"{where} must be < {meta['below']}, got {value!r}")
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{where} must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
+    if min is not None and value < min:
+        raise ConfigError(f"{where} must be >= {min}, got {value!r}")
+    if below is not None and value >= below:
+        raise ConfigError(f"{where} must be < {below}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
 
 
@@ -208,7 +207,7 @@ def from_dict(cls, data: dict | None, path: str = ""):
         if dataclasses.is_dataclass(hint):
             value = from_dict(hint, value, where)
         else:
-            value = check_field_value(value, hint, fields[key], where)
+            value = check_value(value, hint, where, **fields[key].metadata)
         kwargs[key] = value
     return cls(**kwargs)
 

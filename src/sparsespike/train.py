@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, PhaseConfig, checked_call, config_float, flat_config, refuse_changes
+from .config import ExperimentConfig, PhaseConfig, check_value, checked_call, config_float, flat_config, refuse_changes
 from .ema import EmaWeights
 from .errors import ConfigError
 from .kernels.sparse import spike_counts
@@ -262,16 +262,13 @@ def make_schedule(opt, spec: dict | None, epochs: int):
     sched = torch.optim.lr_scheduler
     where = f"lr_schedule {name!r}"
     if name == "exponential":
-        return checked_call(sched.ExponentialLR, {"gamma": config_float(spec.get("gamma", 0.95), where)}, where, opt)
+        return sched.ExponentialLR(opt, gamma=config_float(spec.get("gamma", 0.95), f"{where}.gamma"))
     if name == "cosine":
-        eta_min = config_float(spec.get("eta_min", 0.0), where)
-        return checked_call(sched.CosineAnnealingLR, {"T_max": max(1, epochs), "eta_min": eta_min}, where, opt)
-    step = spec.get("step", 10)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ConfigError(f"{where}: step must be an integer >= 1 (epochs between decays), got {step!r}")
-    return checked_call(
-        sched.StepLR, {"step_size": step, "gamma": config_float(spec.get("gamma", 0.1), where)}, where, opt
-    )
+        return sched.CosineAnnealingLR(
+            opt, T_max=max(1, epochs), eta_min=config_float(spec.get("eta_min", 0.0), f"{where}.eta_min")
+        )
+    step = check_value(spec.get("step", 10), int, f"{where}.step (epochs between decays)", min=1)
+    return sched.StepLR(opt, step_size=step, gamma=config_float(spec.get("gamma", 0.1), f"{where}.gamma"))
 
 
 # ---------------------------------------------------------------- data parallel

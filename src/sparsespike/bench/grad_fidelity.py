@@ -82,19 +82,15 @@ def gradient_cosine(
     }
 
 
-def _gate_generators(model: nn.Module) -> list[torch.Generator]:
-    from ..sparsity.connectivity import gates
-
-    return list({id(g.generator): g.generator for g in gates(model) if g.generator is not None}.values())
-
-
 def _rng_states(model: nn.Module) -> tuple:
-    return torch.get_rng_state(), [g.get_state() for g in _gate_generators(model)]
+    from ..sparsity.connectivity import gate_generators
+
+    return torch.get_rng_state(), [(g, g.get_state()) for g in gate_generators(model)]
 
 
 def _set_rng_states(model: nn.Module, states: tuple) -> None:
     torch.set_rng_state(states[0])
-    for g, s in zip(_gate_generators(model), states[1], strict=True):
+    for g, s in states[1]:
         g.set_state(s)
 
 

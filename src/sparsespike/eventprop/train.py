@@ -40,7 +40,7 @@ import numba
 import numpy as np
 import torch
 
-from ..config import check_field_value, refuse_changes
+from ..config import check_value, refuse_changes
 from ..errors import ConfigError
 from .encode import encode_mnist, encode_yinyang
 from .losses import LOSS_NAMES, make_loss
@@ -136,8 +136,8 @@ def _checked(cls, d: dict) -> dict:
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} key(s): {unknown}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    # types (int, float, str, bool, optional) as for the time-stepped configs (config.check_field_value)
-    return {k: check_field_value(v, hints[k], fields[k], k) for k, v in d.items()}
+    # types (int, float, str, bool, optional) as for the time-stepped configs (config.check_value)
+    return {k: check_value(v, hints[k], k, **fields[k].metadata) for k, v in d.items()}
 
 
 def load_config(source: str | os.PathLike | dict | EventPropConfig, **overrides) -> EventPropConfig:

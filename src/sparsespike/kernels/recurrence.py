@@ -126,6 +126,16 @@ def backward_torch(gs, G, S, R, p: LIFParams) -> torch.Tensor:
 _NO_MASK = np.zeros((1, 1), dtype=np.uint8)  # m_out of the numba forward when no mask is written
 
 
+def refuse_nan_membranes(n_nan: int) -> None:
+    """The recurrences' NaN check: the numba kernels count NaN membranes in their pass, the torch
+    and Triton paths count them (or the non-finite inputs) only when the input is not finite."""
+    if n_nan:
+        raise SpikeInputError(
+            f"LIF recurrence: {n_nan} NaN membrane values; the synaptic input contains NaN/inf "
+            "(check the input spikes, or weights that diverged)"
+        )
+
+
 class LIFRecurrence(torch.autograd.Function):
     """Spikes ``S[T, M]`` of the LIF recurrence driven by the synaptic input ``X[T, M]``."""
 
@@ -164,11 +174,7 @@ class LIFRecurrence(torch.autograd.Function):
             with torch.no_grad():
                 S, G, R, n_active = forward_torch(x, p, b_th)
                 n_nan = int(torch.isnan(G).sum()) if not torch.isfinite(x).all() else 0
-        if n_nan:
-            raise SpikeInputError(
-                f"LIF recurrence: {n_nan} NaN membrane values; the synaptic input contains NaN/inf "
-                "(check the input spikes, or weights that diverged)"
-            )
+        refuse_nan_membranes(n_nan)
         if stats is not None:
             stats["n_active"] = int(n_active)
             stats["n_total"] = x.numel()

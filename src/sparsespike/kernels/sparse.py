@@ -58,7 +58,7 @@ from ..errors import SpikeInputError
 from ..neurons import LIFParams, Reset
 from . import cpu
 from . import sparse_cpu as kc
-from .recurrence import _kernel_surrogate, backward_torch, forward_torch
+from .recurrence import _kernel_surrogate, backward_torch, forward_torch, refuse_nan_membranes
 
 ATTR = "_sparsespike_meta"
 _FLOATS = (torch.float32, torch.float64)
@@ -908,7 +908,7 @@ class MaskedLIFRecurrence(torch.autograd.Function):
             G = torch.empty_like(x)
             R = None if p.detach_reset else torch.empty_like(x)
             Mk = torch.empty(x.shape, dtype=torch.uint8) if want_mask else torch.empty(1, 1, dtype=torch.uint8)
-            n_active, _ = cpu.lif_forward.select(x.numel())(
+            n_active, n_nan = cpu.lif_forward.select(x.numel())(
                 x.detach().numpy(),
                 float(p.beta),
                 -1.0 if p.alpha is None else float(p.alpha),
@@ -935,6 +935,9 @@ class MaskedLIFRecurrence(torch.autograd.Function):
         else:
             with torch.no_grad():
                 S, G, R, Mk, n_active = _masked_forward_torch(x.detach(), p, bth, want_mask)
+        if impl != "numba":  # the masked G hides NaN membranes outside the window: count bad inputs
+            n_nan = 0 if bool(torch.isfinite(x).all()) else int((~torch.isfinite(x)).sum())
+        refuse_nan_membranes(n_nan)
         S_saved = S.to(torch.uint8) if (p.reset is Reset.ZERO and p.detach_reset) else None
         ctx.p, ctx.impl = p, impl
         ctx.save_for_backward(G, S_saved, R)
@@ -1011,10 +1014,6 @@ def lif_recurrence_masked(
     if stats is None:
         stats = {}
     shape = current.shape
-    if not bool(torch.isfinite(current).all()):
-        raise SpikeInputError(
-            "LIF recurrence: the synaptic input contains NaN/inf (check the input spikes, or weights that diverged)"
-        )
     impl = _recurrence_impl(current, p, impl)
     want = current.dim() == 3 and torch.is_grad_enabled() and current.requires_grad
     out: dict = {}

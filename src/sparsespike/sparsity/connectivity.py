@@ -360,13 +360,19 @@ def _resample_hook(module: nn.Module, args) -> None:
         resample_gates(module)
 
 
+def gate_generators(model: nn.Module) -> list[torch.Generator]:
+    """The distinct own generators of ``model``'s gates (``add_l0_gates(seed=...)`` gives all
+    its gates one); gates on the global RNG have none."""
+    return list({id(g.generator): g.generator for g in gates(model) if g.generator is not None}.values())
+
+
 def reseed_gates(model: nn.Module, seed: int) -> int:
-    """Reseed every gate's own generator (those of ``add_l0_gates(seed=...)``) with ``seed``; gates
-    on the global RNG are left alone. Returns the number of generators reseeded. The trainer calls
-    this at the start of every epoch with a seed derived from ``(seed, epoch)``, so that a resumed
-    run draws the same gate noise as an uninterrupted one."""
-    gens = {id(g.generator): g.generator for g in gates(model) if g.generator is not None}
-    for gen in gens.values():
+    """Reseed every :func:`gate_generators` generator with ``seed``; gates on the global RNG are
+    left alone. Returns the number reseeded. The trainer calls this at the start of every epoch
+    with a seed derived from ``(seed, epoch)``, so that a resumed run draws the same gate noise
+    as an uninterrupted one."""
+    gens = gate_generators(model)
+    for gen in gens:
         gen.manual_seed(int(seed))
     return len(gens)
 
@@ -476,18 +482,28 @@ def _effective_weight(m: nn.Module, tname: str = "weight") -> torch.Tensor:
         return m.parametrizations[tname].original.detach() * g.test_gate()
 
 
+def _other_gated(model: nn.Module) -> list[GatedWeight]:
+    """Gates on tensors other than ``weight`` (which the Linear/Conv counters do not know)."""
+    return [g for g in gated_weights(model) if g.tensor_name != "weight"]
+
+
 def sparsity_report(model: nn.Module) -> dict:
     """Share of non-zero weights per gate-able/gated layer and overall (test-time gates).
 
     Returns ``{"layers": [{"name", "type", "shape", "weights", "nonzero", "density"}, ...],
     "total": {"weights", "nonzero", "density"}}``; ``density`` = non-zero / weights.
     """
+    # (row name, module, tensor, gated): every gate-able/gated layer's weight, then gates on other
+    # tensors (e.g. an LSTM's weight_ih_l0)
+    targets = [
+        (name, m, "weight", _hc_gate(m, "weight") is not None)
+        for name, m in model.named_modules()
+        if _hc_gate(m, "weight") is not None or is_gateable(m)
+    ]
+    targets += [(f"{g.name}.{g.tensor_name}", g.module, g.tensor_name, True) for g in _other_gated(model)]
     rows = []
-    for name, m in model.named_modules():
-        gated = _hc_gate(m, "weight") is not None
-        if not (gated or is_gateable(m)):
-            continue
-        w = _effective_weight(m)
+    for name, m, tname, gated in targets:
+        w = _effective_weight(m, tname)
         nnz = int((w != 0).sum())
         rows.append(
             {
@@ -498,22 +514,6 @@ def sparsity_report(model: nn.Module) -> dict:
                 "nonzero": nnz,
                 "density": nnz / max(1, w.numel()),
                 "gated": gated,
-            }
-        )
-    for gw in gated_weights(model):  # gates on other tensors (e.g. an LSTM's weight_ih_l0)
-        if gw.tensor_name == "weight":
-            continue
-        w = _effective_weight(gw.module, gw.tensor_name)
-        nnz = int((w != 0).sum())
-        rows.append(
-            {
-                "name": f"{gw.name}.{gw.tensor_name}",
-                "type": type(gw.module).__name__.replace("Parametrized", ""),
-                "shape": list(w.shape),
-                "weights": w.numel(),
-                "nonzero": nnz,
-                "density": nnz / max(1, w.numel()),
-                "gated": True,
             }
         )
     tot_w = sum(r["weights"] for r in rows)
@@ -622,7 +622,7 @@ def count_ops(
 
         return hook
 
-    other = [f"{gw.name}.{gw.tensor_name}" for gw in gated_weights(model) if gw.tensor_name != "weight"]
+    other = [f"{g.name}.{g.tensor_name}" for g in _other_gated(model)]
     if other:
         raise ConfigError(f"count_ops: gated tensors other than Linear/Conv weights cannot be counted: {other}")
     for name, m in model.named_modules():
@@ -672,6 +672,7 @@ __all__ = [
     "TRAINER_GATE_KEYS",
     "add_l0_gates_from_config",
     "reseed_gates",
+    "gate_generators",
     "BETA",
     "GAMMA",
     "ZETA",

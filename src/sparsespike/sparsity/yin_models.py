@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import config_float, flat_config, refuse_changes
+from ..config import check_value, config_float, flat_config, refuse_changes
 from ..errors import ConfigError
 from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
 from ..neurons import LIFParams
@@ -63,8 +63,8 @@ from .connectivity import (
     constrain_gates,
     count_ops,
     freeze_gates,
+    gate_generators,
     gate_parameters,
-    gates,
     l0_penalty,
     prune,
     sparsity_report,
@@ -476,14 +476,7 @@ def check_config(cfg: dict) -> None:
                 raise ConfigError(f"unknown config key {where!r}; valid keys here: {', '.join(sorted(keys))}")
     for (sec, k), lo in _YIN_INTS.items():
         d = cfg if not sec else (cfg.get(sec) or {})
-        v = d.get(k)
-        if v is None:
-            continue
-        where = f"{sec}.{k}" if sec else k
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{where} must be an integer, got {v!r}")
-        if v < lo:
-            raise ConfigError(f"{where} must be >= {lo}, got {v!r}")
+        check_value(d.get(k), int | None, f"{sec}.{k}" if sec else k, min=lo)
     for sec, k, strict in _YIN_FLOATS:
         v = (cfg.get(sec) or {}).get(k)
         if v is not None:
@@ -727,7 +720,7 @@ def _device(name) -> torch.device:
 
 
 def _gate_generator(model: nn.Module) -> torch.Generator | None:
-    gs = [g.generator for g in gates(model) if g.generator is not None]
+    gs = gate_generators(model)
     return gs[0] if gs else None
 
 
