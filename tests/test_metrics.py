@@ -152,3 +152,65 @@ def test_conv_fanout_matches_impulse_responses(hw, k, stride, padding, dilation)
 def test_measure_refuses_layers_it_cannot_count(layer):
     with pytest.raises(ValueError, match="not supported"):
         MetricsRecorder(torch.nn.Sequential(layer))
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """The same values without any attached spike list (a fresh tensor)."""
+    return x.detach().clone()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_counts_from_spike_lists_equal_counts_from_tensors(binary, monkeypatch):
+    """SynOps, input spikes and MACs read from the spike lists that sparse layers and encoders
+    attach (O(spikes)) equal those read from the dense tensors."""
+    from sparsespike.kernels.sparse import attach_spike_list, get_meta, spike_list
+
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        SpikingLinear(12, 9, backward="sparse", weight_scale=3.0),
+        SpikingLinear(9, 7, backward="sparse", weight_scale=3.0),
+        LeakyReadout(7, 3),
+    )
+    with torch.no_grad():
+        net[1].weight[:, 2] = 0  # a pruned column: its spikes drive nothing
+    x = (torch.rand(6, 5, 12) < 0.3).float()
+    if not binary:
+        x[x > 0] = 0.5 + torch.rand(int((x > 0).sum()))
+    with_list = attach_spike_list(x.clone(), spike_list(x))
+    assert get_meta(with_list) is not None
+    with torch.no_grad():
+        h = net[0](with_list)
+    assert get_meta(h) is not None and get_meta(h).spike_list() is not None  # the hidden layer's list is used too
+    import sparsespike.kernels.sparse as ks
+
+    calls = []
+    counts = ks._list_counts
+    monkeypatch.setattr(ks, "_list_counts", lambda *a, **k: calls.append(1) or counts(*a, **k))
+    a = measure(net, [with_list])
+    n_list = len(calls)
+    calls.clear()
+    with monkeypatch.context() as m:
+        m.setattr(ks, "get_meta", lambda t: None)  # the reference reads every tensor
+        b = measure(net, [_plain(x)])
+    # all three synaptic layers (two hidden, the readout) counted their input from its list
+    assert n_list - len(calls) == 3
+    assert a.synops > 0 and a.layers[1]["synops"] > 0
+    for key in ("synops", "input_spikes", "dense_flops", "energy_pj", "spike_count"):
+        assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-12), key
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        assert la["synops"] == pytest.approx(lb["synops"], rel=1e-12)
+        assert la["nonspiking_macs"] == lb["nonspiking_macs"]
+    assert (a.layers[0]["nonspiking_macs"] > 0) == (not binary)
+
+
+def test_counts_from_a_conv_input_spike_list():
+    from sparsespike.kernels.sparse import attach_spike_list, spike_list
+
+    torch.manual_seed(4)
+    net = nn.Sequential(SpikingConv2d(2, 3, 3, LIFParams(beta=0.9), padding=1, weight_scale=2.0), SeqFlatten())
+    x = (torch.rand(4, 3, 2, 5, 5) < 0.2).float()
+    with_list = attach_spike_list(x.clone(), spike_list(x.reshape(4, 3, 50)))
+    a = measure(net, [with_list])
+    b = measure(net, [_plain(x)])
+    assert a.synops > 0
+    assert a.synops == pytest.approx(b.synops, rel=1e-12) and a.input_spikes == b.input_spikes

@@ -96,6 +96,22 @@ def energy_pj(synops_: float, nonspiking_macs: float, e_ac: float = E_AC_PJ, e_m
     return synops_ * e_ac + nonspiking_macs * e_mac
 
 
+def _input_totals(x: torch.Tensor, unit: torch.Size, frames: int) -> tuple[torch.Tensor, bool]:
+    """Spikes (values) of ``x`` summed over its ``frames`` leading entries, shaped ``unit``, on the
+    CPU, and whether ``x`` is binary. From the spike list that a sparse layer or an encoder
+    attached to ``x`` when there is one (O(spikes); ``kernels.sparse.SpikeMeta``), else from
+    ``x`` itself (three passes over it)."""
+    from .kernels.sparse import _list_counts, get_meta
+
+    meta = get_meta(x) if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) else None
+    lst = meta.spike_list() if meta is not None else None
+    if lst is not None and lst.T * lst.B == frames and lst.F == unit.numel():
+        binary = lst.vals is None or bool((lst.vals == 1).all())
+        return _list_counts(lst, x.dtype, per_sample=False).reshape(unit), binary
+    binary = bool(((x == 0) | (x == 1)).all())
+    return x.reshape(frames, *unit).sum(0).cpu(), binary
+
+
 # ---------------------------------------------------------------- records
 @dataclass
 class LayerRecord:
@@ -247,16 +263,14 @@ class MetricsRecorder:
             x = inputs[0]
             with torch.no_grad():
                 w = inner.weight
-                binary = bool(((x == 0) | (x == 1)).all())
                 if isinstance(inner, nn.Conv2d):
-                    chw = x.shape[-3:]
-                    frames = x.numel() // chw.numel()
-                    fan = conv_fanout(w, tuple(chw[1:]), inner.stride, inner.padding, inner.dilation, inner.groups)
-                    xs = x.reshape(frames, *chw).sum(0).cpu()
+                    unit = x.shape[-3:]
+                    fan = conv_fanout(w, tuple(unit[1:]), inner.stride, inner.padding, inner.dilation, inner.groups)
                 else:
-                    frames = x.numel() // x.shape[-1]
+                    unit = x.shape[-1:]
                     fan = linear_fanout(w)
-                    xs = x.reshape(frames, x.shape[-1]).sum(0).cpu()
+                frames = x.numel() // unit.numel()
+                xs, binary = _input_totals(x, unit, frames)
                 macs = float(fan.sum()) * frames
                 rec.dense_macs += macs
                 if binary:

@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import parallel_kernel
-from .simd import dot
+from .simd import _axpy, dot
 
 # no nnan/ninf: b_th may legitimately be +inf ("every neuron active")
 FM = {"contract", "arcp", "reassoc", "nsz"}
@@ -415,6 +415,9 @@ def _weight_grad_part(
     # tr holds sum_{t' <= t} x[t'] * beta**(tb - t') for a base step tb; the trace at step t is
     # beta**(t - tb) * tr, so no decay is applied between events (only a rescale every L steps).
     tr = np.zeros(max(nk, 1), dtype=e.dtype)
+    dwf = dw.reshape(-1)
+    lanes = 32 // tr.itemsize
+    nvec = nk // lanes
     for b in range(B):
         a0 = a_ptr[b]
         a1 = a_ptr[b + 1]
@@ -468,9 +471,10 @@ def _weight_grad_part(
                         db[j] += ev * geo[ta]
                     if need_dw and tb >= 0:
                         c = ev * cb
-                        row = dw[j, k0:k1]
-                        for k in range(nk):
-                            row[k] += c * tr[k]
+                        w0 = j * K + k0
+                        _axpy(nvec, c, tr, 0, dwf, w0)
+                        for k in range(nvec * lanes, nk):
+                            dwf[w0 + k] += c * tr[k]
                 a += 1
 
 
