@@ -195,3 +195,39 @@ def test_encode_mnist_real_images(data_dir):
     assert t.shape == (8, 784)
     assert float(t.min()) >= 0.0 and float(t.max()) <= 20.0
     assert (t == 20.0).float().mean() > 0.5  # mostly background, which spikes last
+
+
+def test_silent_target_skip_drops_only_samples_whose_target_is_silent():
+    """W&P's rule: a silent target adds no CE error and no gradient; other samples as before."""
+    from sparsespike.eventprop.losses import ce_loss
+
+    inf = float("inf")
+    t = torch.tensor([[3.0, 5.0, inf], [inf, 4.0, 6.0], [2.0, 2.5, 7.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 2])  # sample 1's target is silent
+    win = ce_loss(t, y)
+    (g_win,) = torch.autograd.grad(win, t)
+    skip = ce_loss(t, y, silent_target="skip")
+    (g_skip,) = torch.autograd.grad(skip, t)
+    per = torch.nn.functional.cross_entropy(-torch.nan_to_num(t.detach(), posinf=30.0) / 0.5, y, reduction="none")
+    assert float(win) == pytest.approx(float(per.mean()))
+    assert float(skip) == pytest.approx(float((per[0] + per[2]) / 3))
+    assert torch.equal(g_skip[1], torch.zeros(3, dtype=torch.float64))
+    assert g_win[1, 1] < 0  # the window rule: descent moves the spiking non-target later
+    assert torch.allclose(g_skip[[0, 2]], g_win[[0, 2]])
+    with pytest.raises(ConfigError, match="silent_target"):
+        ce_loss(t, y, silent_target="drop")
+
+
+def test_fontanini_loss_reports_window_ce_under_skip():
+    from sparsespike.eventprop.losses import FontaniniLoss
+
+    inf = float("inf")
+    first = torch.tensor([[inf, 4.0, 6.0], [2.0, 3.0, 4.0]], dtype=torch.float64)
+    out = EventOutput([first[..., None]], [torch.isfinite(first).long()])
+    y = torch.tensor([0, 0])
+    total_w, parts_w = FontaniniLoss.l_w(0.0)(out, y)
+    total_s, parts_s = FontaniniLoss.l_w(0.0, silent_target="skip")(out, y)
+    assert parts_s["ce"] == parts_w["ce"] == pytest.approx(float(total_w))
+    assert float(total_s) < float(total_w)
+    with pytest.raises(ConfigError, match="silent_target"):
+        FontaniniLoss(silent_target="nan")

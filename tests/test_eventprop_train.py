@@ -106,6 +106,20 @@ def test_silent_bump_moves_a_silenced_layer():
         load_config(_tiny(silent_bump=-1.0))
 
 
+def test_silent_target_reaches_the_training_loss():
+    """``silent_target: skip`` is passed to every phase's loss; an unknown rule is refused."""
+    from sparsespike.eventprop import train as ep_train
+
+    tr = ep_train.EventPropTraining(load_config(_tiny(silent_target="skip", eval_test=False)))
+    assert all(tr._loss(ph).silent_target == "skip" for ph in tr.cfg.phases)
+    assert (
+        ep_train.EventPropTraining(load_config(_tiny(eval_test=False)))._loss(tr.cfg.phases[0]).silent_target
+        == "window"
+    )
+    with pytest.raises(ConfigError, match="silent_target"):
+        load_config(_tiny(silent_target="nan"))
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="unknown"):
         load_config(_tiny(learning_rate=1.0))

@@ -20,7 +20,11 @@ Silent neurons and ties (our documented policy)
   A silent non-target neuron then contributes ``e^{-T/tau_0} ~ 1e-26`` to the softmax
   (negligible); a silent target contributes ``T/tau_0 + log(...)`` to CE and ``e^{T/tau_1} - 1``
   to CS, both without gradient wrt the target (the "silent neuron" problem of the paper that
-  AS and the 2-phase schedule address). W&P instead drop the sample's error (``nansum``).
+  AS and the 2-phase schedule address). Option ``silent_target="skip"`` (:class:`FontaniniLoss`,
+  the EventProp config's ``silent_target``) follows Wunderlich & Pehle's reference code
+  instead: a sample whose target is silent adds no CE error (and so no gradient that pushes the
+  other outputs later); the reported ``ce`` part stays in the ``"window"`` convention so that runs
+  compare. Fontanini et al. do not say which rule they use.
 * Prediction = the output neuron that spikes first; ``-1`` if all are silent. A sample is
   counted correct only if the target spikes and its first spike is *strictly* earlier than
   every other output neuron's first spike (exact ties, e.g. two silent neurons, count as
@@ -92,15 +96,30 @@ def _finite_or(first: torch.Tensor, silent_time: float) -> torch.Tensor:
     return torch.where(torch.isfinite(first), first, torch.full_like(first, float(silent_time)))
 
 
+SILENT_TARGET_RULES = ("window", "skip")
+
+
 def ce_loss(
-    first: torch.Tensor, labels: torch.Tensor, tau0: float = TAU0, silent_time: float = T_WINDOW
+    first: torch.Tensor,
+    labels: torch.Tensor,
+    tau0: float = TAU0,
+    silent_time: float = T_WINDOW,
+    silent_target: str = "window",
 ) -> torch.Tensor:
     """Cross-entropy of ``softmax(-t_1/tau_0)`` (Fontanini eq. 10), mean over the batch.
 
     Gradient: ``(1 - p_T)/tau_0`` wrt the target's first spike, ``-p_a/tau_0`` wrt the others.
+    ``silent_target="skip"``: samples whose target is silent add 0 (Wunderlich & Pehle's rule; the
+    mean is still over the whole batch, so the other samples' gradients are unchanged).
     """
-    first = _finite_or(_check(first_spike_times(first), labels), silent_time)
-    return torch.nn.functional.cross_entropy(-first / tau0, labels.long())
+    if silent_target not in SILENT_TARGET_RULES:
+        raise ConfigError(f"silent_target must be one of {SILENT_TARGET_RULES}, got {silent_target!r}")
+    raw = _check(first_spike_times(first), labels)
+    labels = labels.long()
+    per = torch.nn.functional.cross_entropy(-_finite_or(raw, silent_time) / tau0, labels, reduction="none")
+    if silent_target == "skip":
+        per = torch.where(torch.isfinite(raw.gather(1, labels[:, None])[:, 0]), per, torch.zeros_like(per))
+    return per.mean()
 
 
 def cs_loss(
@@ -177,6 +196,11 @@ class FontaniniLoss:
     tau1: float = TAU1
     silent_time: float = T_WINDOW
     sp_per_neuron: bool = False
+    silent_target: str = "window"  # or "skip" (see the module docstring)
+
+    def __post_init__(self) -> None:
+        if self.silent_target not in SILENT_TARGET_RULES:
+            raise ConfigError(f"silent_target must be one of {SILENT_TARGET_RULES}, got {self.silent_target!r}")
 
     @classmethod
     def l_w(cls, alpha: float, **kw) -> FontaniniLoss:
@@ -196,8 +220,10 @@ class FontaniniLoss:
     def __call__(self, out: EventOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         first = out.first_spikes
         ce = ce_loss(first, labels, self.tau0, self.silent_time)
+        parts = {"ce": float(ce.detach())}  # reported in the "window" convention either way
+        if self.silent_target != "window":
+            ce = ce_loss(first, labels, self.tau0, self.silent_time, self.silent_target)
         total = ce
-        parts = {"ce": float(ce.detach())}
         if self.alpha:
             if self.augmented:
                 aux = as_loss(first, self.tau1, self.silent_time)

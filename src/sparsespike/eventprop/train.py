@@ -43,7 +43,7 @@ import torch
 from ..config import check_value, refuse_changes
 from ..errors import ConfigError
 from .encode import encode_mnist, encode_yinyang
-from .losses import LOSS_NAMES, make_loss
+from .losses import LOSS_NAMES, SILENT_TARGET_RULES, make_loss
 from .metrics import BatchStats, evaluate
 from .network import MNIST_INIT_RANGES, EventNetwork, default_init_ranges
 from .params import LIFParams, SolverOptions
@@ -97,6 +97,9 @@ class EventPropConfig:
     tau0: float = 0.5
     tau1: float = 6.4
     sp_per_neuron: bool = False  # SP divided by the number of neurons (see losses.sp_loss)
+    # a sample whose target output is silent: CE with the window end as its time ("window", our
+    # default) or no CE error at all ("skip", Wunderlich & Pehle's code); losses.py docstring
+    silent_target: str = "window"
     max_spikes: int = 32
     grazing_eps: float = 1e-3
     # data and encoding
@@ -122,6 +125,8 @@ class EventPropConfig:
             raise ConfigError(f"sizes must have >= 2 entries, got {self.sizes}")
         if self.silent_bump < 0:
             raise ConfigError(f"silent_bump must be >= 0, got {self.silent_bump}")
+        if self.silent_target not in SILENT_TARGET_RULES:
+            raise ConfigError(f"silent_target must be one of {SILENT_TARGET_RULES}, got {self.silent_target!r}")
         if self.batch_size < 1 or self.threads < 1:
             raise ConfigError("batch_size and threads must be >= 1")
         if not self.phases:
@@ -363,7 +368,8 @@ class EventPropTraining:
             dict(zip(("loss", "alpha", "eta", "lr"), p, strict=True)) if isinstance(p, list) else p
             for p in old.get("phases", [])
         ]
-        old.setdefault("silent_bump", 0.0)  # checkpoints from before the option ran without it
+        old.setdefault("silent_bump", 0.0)  # checkpoints from before these options ran without them
+        old.setdefault("silent_target", "window")
         refuse_changes(old, json.loads(json.dumps(self._fingerprint())), path, "phase lengths")
         ph_i, done = int(ck["phase"]), int(ck["phase_epoch"])
         if done > self.cfg.phases[ph_i].epochs:
@@ -405,7 +411,7 @@ class EventPropTraining:
     def _loss(self, ph: PhaseConfig):
         c = self.cfg
         return make_loss(ph.loss, ph.alpha, ph.eta, tau0=c.tau0, tau1=c.tau1, silent_time=c.t_window,
-                         sp_per_neuron=c.sp_per_neuron)  # fmt: skip
+                         sp_per_neuron=c.sp_per_neuron, silent_target=c.silent_target)  # fmt: skip
 
     def epochs(self):
         """Train every phase; yield each epoch's record after its validation pass."""
