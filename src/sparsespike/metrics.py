@@ -98,16 +98,16 @@ def energy_pj(synops_: float, nonspiking_macs: float, e_ac: float = E_AC_PJ, e_m
 
 def _input_totals(x: torch.Tensor, unit: torch.Size, frames: int) -> tuple[torch.Tensor, bool]:
     """Spikes (values) of ``x`` summed over its ``frames`` leading entries, shaped ``unit``, on the
-    CPU, and whether ``x`` is binary. From the spike list that a sparse layer or an encoder
-    attached to ``x`` when there is one (O(spikes); ``kernels.sparse.SpikeMeta``), else from
-    ``x`` itself (three passes over it)."""
-    from .kernels.sparse import _list_counts, get_meta
+    CPU, and whether ``x`` is binary. When a sparse layer or an encoder attached a spike list to
+    ``x`` (``kernels.sparse.SpikeMeta``), both come from it in O(spikes)
+    (:func:`~sparsespike.kernels.sparse.spike_counts`); else from ``x`` itself (three passes)."""
+    from .kernels.sparse import get_meta, spike_counts
 
-    meta = get_meta(x) if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) else None
+    meta = get_meta(x) if x.dim() >= 3 and x.device.type == "cpu" else None
     lst = meta.spike_list() if meta is not None else None
-    if lst is not None and lst.T * lst.B == frames and lst.F == unit.numel():
+    if lst is not None and lst.F == unit.numel():
         binary = lst.vals is None or bool((lst.vals == 1).all())
-        return _list_counts(lst, x.dtype, per_sample=False).reshape(unit), binary
+        return spike_counts(x).reshape(unit), binary
     binary = bool(((x == 0) | (x == 1)).all())
     return x.reshape(frames, *unit).sum(0).cpu(), binary
 

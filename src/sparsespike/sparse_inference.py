@@ -93,7 +93,7 @@ from torch import nn
 
 from .errors import SpikeInputError
 from .kernels import lif_recurrence
-from .kernels.simd import _AXPY_BYTES, _axpy, emit_axpy, fma_fn, splat, vec_type
+from .kernels.simd import _AXPY_BYTES, axpy, emit_axpy, fma_fn, splat, vec_type
 from .kernels.synapse import synaptic_linear
 from .layers import (
     LeakyReadout,
@@ -648,7 +648,7 @@ def _conv_frames_vec(
                                 for e in range(e0, e1):
                                     o = q - c_off[e]
                                     if o >= 0 and o < Lq:
-                                        _axpy(2 * nvc, v, wcl, c_wb[e], cur, o * Cp)
+                                        axpy(2 * nvc, v, wcl, c_wb[e], cur, o * Cp)
             if mode == 0:
                 ob = out[t, b].reshape(Cout * Ho * Wo)
                 for co in range(Cout):

@@ -99,7 +99,7 @@ class EventPropConfig:
     sp_per_neuron: bool = False  # SP divided by the number of neurons (see losses.sp_loss)
     # a sample whose target output is silent: CE with the window end as its time ("window", our
     # default) or no CE error at all ("skip", Wunderlich & Pehle's code); losses.py docstring
-    silent_target: str = "window"
+    silent_target: str = field(default="window", metadata={"choices": SILENT_TARGET_RULES})
     max_spikes: int = 32
     grazing_eps: float = 1e-3
     # data and encoding
@@ -125,8 +125,6 @@ class EventPropConfig:
             raise ConfigError(f"sizes must have >= 2 entries, got {self.sizes}")
         if self.silent_bump < 0:
             raise ConfigError(f"silent_bump must be >= 0, got {self.silent_bump}")
-        if self.silent_target not in SILENT_TARGET_RULES:
-            raise ConfigError(f"silent_target must be one of {SILENT_TARGET_RULES}, got {self.silent_target!r}")
         if self.batch_size < 1 or self.threads < 1:
             raise ConfigError("batch_size and threads must be >= 1")
         if not self.phases:

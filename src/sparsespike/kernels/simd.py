@@ -102,7 +102,7 @@ _axpy1, _axpy2, _axpy4, _axpy8 = (_make_axpy(n) for n in (1, 2, 4, 8))
 
 
 @njit(cache=True)
-def _axpy(nv, a, src, sbase, out, obase):
+def axpy(nv, a, src, sbase, out, obase):
     """``out[obase : obase + nv*lanes] += a * src[sbase : ...]`` in chunks of 8/4/2/1 32-byte vectors."""
     lanes = 32 // src.itemsize
     k = 0

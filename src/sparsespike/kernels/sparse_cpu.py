@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import parallel_kernel
-from .simd import _axpy, dot
+from .simd import axpy, dot
 
 # no nnan/ninf: b_th may legitimately be +inf ("every neuron active")
 FM = {"contract", "arcp", "reassoc", "nsz"}
@@ -472,7 +472,7 @@ def _weight_grad_part(
                     if need_dw and tb >= 0:
                         c = ev * cb
                         w0 = j * K + k0
-                        _axpy(nvec, c, tr, 0, dwf, w0)
+                        axpy(nvec, c, tr, 0, dwf, w0)
                         for k in range(nvec * lanes, nk):
                             dwf[w0 + k] += c * tr[k]
                 a += 1
