@@ -38,6 +38,7 @@ from .kernels.sparse import spike_counts
 from .metrics import MetricsRecorder
 from .models import build_network
 from .pipeline import DataBundle, batches, build_data
+from .runtime import tune_allocator
 from .sparsity.monitor import SpikeMonitor
 
 
@@ -315,6 +316,9 @@ class Trainer:
         regularizers: list[Regularizer] | None = None,
     ) -> None:
         self.cfg = cfg
+        # keep each batch's large freed temporaries in the heap (runtime.py): a script that trains
+        # through this class gets the allocator of the `sparsespike` commands (~25 % faster epochs)
+        tune_allocator()
         self.rank, self.world = init_distributed()
         self.out = Path(out_dir)
         if self.rank == 0:
