@@ -825,7 +825,7 @@ def test_sparse_layers_run_under_inference_mode():
 
 
 @pytest.mark.parametrize("backward", ["sparse", "dense"])
-@pytest.mark.parametrize("case", ["nan_input", "inf_input", "nan_weight", "nan_bias"])
+@pytest.mark.parametrize("case", ["nan_input", "inf_input", "nan_weight", "inf_weight", "opposite_infs", "nan_bias"])
 def test_nan_and_inf_are_refused_on_both_paths(backward, case):
     """The dense recurrence sees NaN through the membrane; the sparse kernels never form it, so
     they check their input spikes and parameters: both paths refuse with SpikeInputError."""
@@ -842,6 +842,11 @@ def test_nan_and_inf_are_refused_on_both_paths(backward, case):
     with torch.no_grad():
         if case == "nan_weight":
             layer.weight[1, 2] = float("nan")
+        elif case == "inf_weight":
+            layer.weight[1, 2] = float("inf")
+        elif case == "opposite_infs":  # +inf and -inf must not cancel in the check
+            layer.weight[1, 2] = float("inf")
+            layer.weight[3, 4] = float("-inf")
         elif case == "nan_bias":
             layer.bias[0] = float("nan")
     with pytest.raises(SpikeInputError, match="NaN"):

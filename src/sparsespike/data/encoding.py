@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -111,10 +112,15 @@ def times_to_raster(steps: torch.Tensor, T: int) -> torch.Tensor:
         raise SpikeInputError(f"T must be > 0, got {T}")
     valid = torch.isfinite(steps) & (steps >= 0) & (steps < T)
     idx = torch.where(valid, steps, torch.zeros_like(steps)).long()
-    out = torch.zeros((T, *steps.shape), dtype=torch.float32, device=steps.device)
+    return _one_hot_raster(idx, valid, T)
+
+
+def _one_hot_raster(idx: torch.Tensor, valid: torch.Tensor, T: int) -> torch.Tensor:
+    """The raster of :func:`times_to_raster` from in-range int64 steps ``idx`` and their mask."""
+    out = torch.zeros((T, *idx.shape), dtype=torch.float32, device=idx.device)
     out.scatter_(0, idx.unsqueeze(0), valid.unsqueeze(0).to(torch.float32))
-    if steps.dim() >= 2 and steps.device.type == "cpu" and T * steps[0].numel() < 2**31:
-        _attach_spike_list(out, idx.reshape(steps.shape[0], -1), valid.reshape(steps.shape[0], -1))
+    if idx.dim() >= 2 and idx.device.type == "cpu" and T * idx[0].numel() < 2**31:
+        _attach_spike_list(out, idx.reshape(idx.shape[0], -1), valid.reshape(idx.shape[0], -1))
     return out
 
 
@@ -202,7 +208,22 @@ def firing_time_raster(images: torch.Tensor, T: int = 100, tau_eff: float = 20.0
     none for ``x <= thr`` or step ``>= T``. Defaults: T = 100 steps of 1 ms, tau_eff = 20 steps,
     thr = 0.2 (METHODS.md 1(b)). Flatten images to ``[B, 784]`` first for a dense network.
     """
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and T > 0:
+        # a uint8 pixel has 256 possible values: look its step up instead of taking logs per
+        # pixel (the same steps, computed by the same function, once per setting)
+        idx_lut, valid_lut = _uint8_firing_steps(int(T), float(tau_eff), float(thr), str(images.device))
+        px = images.long()
+        return _one_hot_raster(idx_lut[px], valid_lut[px], T)
     return times_to_raster(torch.floor(firing_times(images, tau_eff, thr)), T)
+
+
+@functools.lru_cache(maxsize=16)
+def _uint8_firing_steps(T: int, tau_eff: float, thr: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step (int64, 0 where none) and spike mask of :func:`times_to_raster` for the pixel values
+    ``0..255``, from ``floor(firing_times(v))``."""
+    steps = torch.floor(firing_times(torch.arange(256, dtype=torch.uint8, device=device), tau_eff, thr))
+    valid = torch.isfinite(steps) & (steps >= 0) & (steps < T)
+    return torch.where(valid, steps, torch.zeros_like(steps)).long(), valid
 
 
 def rate_raster(x: torch.Tensor, T: int, generator: torch.Generator | None = None) -> torch.Tensor:
