@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,22 +26,46 @@ def test_tune_allocator_opt_out():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_trainer_tunes_the_allocator(tmp_path):
-    """A script that trains through the Python API gets the allocator of the CLI commands: the
-    ``Trainer`` applies it (in a fresh process, where nothing else has), and the opt-out holds."""
-    code = (
-        "import sparsespike.runtime as r\n"
+ROOT = Path(__file__).resolve().parents[1]
+
+# each training entry point, started in a fresh process (where nothing else has tuned the
+# allocator) on a tiny config; {out} and {data} are filled in by the test
+_ENTRY_POINTS = {
+    "Trainer": (
         "from sparsespike.config import ExperimentConfig, from_dict\n"
         "from sparsespike.train import Trainer\n"
-        "assert r._done is None\n"
-        "cfg = from_dict(ExperimentConfig, {'data': {'dataset': 'yinyang', 'train_subset': 20, 'test_subset': 20},"
-        " 'model': {'layers': [{'type': 'readout', 'out': 3}]}})\n"
-        f"Trainer(cfg, {str(tmp_path / 'r')!r}, progress=False)\n"
-        "print(r._done)\n"
+        "cfg = from_dict(ExperimentConfig, {{'data': {{'dataset': 'yinyang', 'train_subset': 20, 'test_subset': 20}},"
+        " 'model': {{'layers': [{{'type': 'readout', 'out': 3}}]}}}})\n"
+        "Trainer(cfg, {out!r}, progress=False)\n"
+    ),
+    "train_eventprop": (
+        "from sparsespike.eventprop.train import EventPropTraining\n"
+        "EventPropTraining({cfg!r}, n_train=32, progress=False)\n"
+    ),
+    "train_yin": (
+        "from sparsespike.sparsity.yin_models import load_config, train_yin\n"
+        "cfg = load_config({yin!r})\n"
+        "cfg['data'] = {{**cfg['data'], 'root': {data!r}, 'train_subset': 20, 'test_subset': 20}}\n"
+        "cfg.update(epochs=1, eval_every=1, out_dir={out!r}, progress=False)\n"
+        "train_yin(cfg)\n"
+    ),
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize("entry", sorted(_ENTRY_POINTS))
+def test_training_entry_points_tune_the_allocator(tmp_path, data_dir, entry):
+    """A script that trains through the Python API gets the allocator of the CLI commands: each
+    training entry point applies it, and the opt-out holds."""
+    body = _ENTRY_POINTS[entry].format(
+        out=str(tmp_path / "r"),
+        data=str(data_dir),
+        cfg=str(ROOT / "experiments" / "eventprop_yinyang_lw.yaml"),
+        yin=str(ROOT / "experiments" / "yin_mnist_small.yaml"),
     )
+    code = "import sparsespike.runtime as r\nassert r._done is None\n" + body + "print(r._done)\n"
     for env_val, want in (("1", "True"), ("0", "False")):
-        env = dict(os.environ, SPARSESPIKE_TUNE_MALLOC=env_val)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
+        env = dict(os.environ, SPARSESPIKE_TUNE_MALLOC=env_val, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.strip().splitlines()[-1] == want

@@ -8,8 +8,9 @@ allocates many large time-major temporaries per batch (an F-MNIST batch's input 
 (measured on the 2-core CI machine, 1 thread). :func:`tune_allocator` raises both thresholds
 (``mallopt``) so that freed memory stays in the heap for the next batch -- the effect jemalloc or
 tcmalloc would have, without a dependency. Peak memory is unchanged; the process's resident size
-no longer shrinks after a peak. Applied by every ``sparsespike`` command, the benchmarks and ``train.Trainer``;
-opt out with ``SPARSESPIKE_TUNE_MALLOC=0``. A no-op off glibc.
+no longer shrinks after a peak. Applied by every ``sparsespike`` command, the timing benchmarks
+and the training entry points (``Trainer``, ``train_eventprop``, ``train_yin``); opt out with
+``SPARSESPIKE_TUNE_MALLOC=0``. A no-op off glibc.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ import torch
 
 from ..config import check_value, refuse_changes
 from ..errors import ConfigError
+from ..runtime import tune_allocator
 from .encode import encode_mnist, encode_yinyang
 from .losses import LOSS_NAMES, SILENT_TARGET_RULES, make_loss
 from .metrics import BatchStats, evaluate
@@ -297,6 +298,7 @@ class EventPropTraining:
     ) -> None:
         cfg = load_config(config, **overrides)
         self.cfg = cfg
+        tune_allocator()  # as the Trainer: large freed temporaries stay in the heap (runtime.py)
         torch.set_num_threads(cfg.threads)
         numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
         self.gen = torch.Generator().manual_seed(cfg.seed)

@@ -56,6 +56,7 @@ from ..config import check_value, config_float, flat_config, refuse_changes
 from ..errors import ConfigError
 from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
 from ..neurons import LIFParams
+from ..runtime import tune_allocator
 from ..surrogate import Rectangle, make_surrogate
 from ..train import atomic_save, load_checkpoint, make_schedule
 from .connectivity import (
@@ -518,6 +519,7 @@ def train_yin(config: dict) -> dict:
     """
     cfg = dict(config)
     check_config(cfg)
+    tune_allocator()  # as the Trainer: large freed temporaries stay in the heap (runtime.py)
     seed = int(cfg.get("seed", 0))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
