@@ -33,7 +33,12 @@ CFG = {
 
 
 # L0 gates learned in a first phase, frozen in a second: DDP is rebuilt when the set of
-# parameters that receive gradients changes (the gates' log_alpha stops learning)
+# parameters that receive gradients changes (the gates' log_alpha stops learning).
+# Note for whoever sees this fail after a change that only reorders floating-point work (e.g.
+# a fused gate function): one and two processes sum the batch's gradients in a different order,
+# and over 10 steps a rounding difference can flip a spike, after which the runs part. Such a
+# change moved log_alpha's gap from 1.7e-6 to 6e-5 (2026-11-24). Compare after the first step
+# before suspecting DDP itself.
 CFG_FREEZE = {
     **CFG,
     "name": "ddp_freeze",
