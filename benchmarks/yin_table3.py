@@ -175,6 +175,18 @@ def plot(rows: dict[str, dict[int, dict]], seeds: list[int], path: Path, title: 
     plt.close(fig)
 
 
+DEFAULT_OUT = Path("benchmarks/results/yin_table3.json")
+
+
+def _report_config(path: Path) -> str | None:
+    """The config a report file was made from (its first argument), or None if there is none."""
+    try:
+        argv = json.loads(path.read_text()).get("argv") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(argv[0]) if argv else None
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
@@ -199,10 +211,23 @@ def main(argv: list[str] | None = None) -> dict:
         "second process can take a seed's control while the first trains its pruned run",
     )
     ap.add_argument("--title", default="Yin Table 3: 1,000 MNIST training samples, per seed", help="plot title")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/yin_table3.json"))
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"report file (default {DEFAULT_OUT}, refused there when it holds another config's report)",
+    )
     args = ap.parse_args(argv)
     if args.freeze > args.more:
         raise SystemExit(f"--freeze {args.freeze} must not exceed --more {args.more}")
+    if args.out is None:
+        args.out = DEFAULT_OUT
+        other = _report_config(args.out)
+        if other is not None and Path(other).name != Path(args.config).name:
+            # checked before any training: a second config's runs must not replace the recorded report
+            raise SystemExit(
+                f"{args.out} holds the report of {other}, not of {args.config}: pass --out for this config's report"
+            )
     base = load_config(args.config, args.set, args.data_dir)
     names = variants(args.lam_l0, args.lam_flops)
     unknown = sorted(set(args.only or ()) - set(names))
@@ -233,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
                 )
     summary = summarise(rows, args.seeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"argv": sys.argv[1:], "runs": {v: {str(s): r for s, r in by.items()} for v, by in rows.items()}}
+    used = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    payload = {"argv": used, "runs": {v: {str(s): r for s, r in by.items()} for v, by in rows.items()}}
     payload["summary"] = summary
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
@@ -247,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     means = ", ".join(mean_text(v, e) for v, e in summary.items() if e["mean"] is not None)
     args.out.with_suffix(".md").write_text(
-        f"`python benchmarks/yin_table3.py {' '.join(sys.argv[1:])}`\n\n{md}\n\nMeans: {means}\n"
+        f"`python benchmarks/yin_table3.py {' '.join(used)}`\n\n{md}\n\nMeans: {means}\n"
     )
     plot(rows, args.seeds, args.out.with_suffix(".png"), args.title)
     print(md)

@@ -144,6 +144,22 @@ def test_table3_only_trains_the_named_variants_and_needs_the_seeds_dense_run(tmp
     assert t3.main([*common, "--seeds", "0", "--collect"])["runs"]["ctrl"] == {}
 
 
+def test_table3_default_report_is_not_replaced_by_another_configs(tmp_path, monkeypatch):
+    """Without --out, a run of a second config (Fig. 4's yin_mnist_scnn) is refused before any
+    training when the default report holds the first config's (Table 3's) table."""
+    t3 = _load("yin_table3")
+    trained = []
+    monkeypatch.setattr(t3, "train_yin", lambda cfg: trained.append(cfg))
+    monkeypatch.chdir(tmp_path)
+    report = tmp_path / t3.DEFAULT_OUT
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"argv": ["experiments/yin_mnist_small.yaml", "--seeds", "0"], "runs": {}}))
+    scnn = str(REPO / "experiments" / "yin_mnist_scnn.yaml")
+    with pytest.raises(SystemExit, match="holds the report of experiments/yin_mnist_small.yaml"):
+        t3.main([scnn, "--seeds", "3", "--runs", str(tmp_path / "runs"), "--only", "dense"])
+    assert trained == [] and json.loads(report.read_text())["argv"][0] == "experiments/yin_mnist_small.yaml"
+
+
 def test_yin_load_config_applies_overrides_and_data_dir_and_rejects_a_bare_key():
     from sparsespike.errors import ConfigError
     from sparsespike.sparsity.yin_models import load_config
