@@ -110,9 +110,13 @@ def times_to_raster(steps: torch.Tensor, T: int) -> torch.Tensor:
     """
     if T <= 0:
         raise SpikeInputError(f"T must be > 0, got {T}")
+    return _one_hot_raster(*_steps_in_range(steps, T), T)
+
+
+def _steps_in_range(steps: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 steps (0 where there is no spike) and the mask of the finite steps in ``[0, T)``."""
     valid = torch.isfinite(steps) & (steps >= 0) & (steps < T)
-    idx = torch.where(valid, steps, torch.zeros_like(steps)).long()
-    return _one_hot_raster(idx, valid, T)
+    return torch.where(valid, steps, torch.zeros_like(steps)).long(), valid
 
 
 def _one_hot_raster(idx: torch.Tensor, valid: torch.Tensor, T: int) -> torch.Tensor:
@@ -221,9 +225,9 @@ def firing_time_raster(images: torch.Tensor, T: int = 100, tau_eff: float = 20.0
 def _uint8_firing_steps(T: int, tau_eff: float, thr: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Step (int64, 0 where none) and spike mask of :func:`times_to_raster` for the pixel values
     ``0..255``, from ``floor(firing_times(v))``."""
-    steps = torch.floor(firing_times(torch.arange(256, dtype=torch.uint8, device=device), tau_eff, thr))
-    valid = torch.isfinite(steps) & (steps >= 0) & (steps < T)
-    return torch.where(valid, steps, torch.zeros_like(steps)).long(), valid
+    return _steps_in_range(
+        torch.floor(firing_times(torch.arange(256, dtype=torch.uint8, device=device), tau_eff, thr)), T
+    )
 
 
 def rate_raster(x: torch.Tensor, T: int, generator: torch.Generator | None = None) -> torch.Tensor:

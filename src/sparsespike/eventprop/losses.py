@@ -114,8 +114,9 @@ def _ce_terms(first, labels: torch.Tensor, tau0: float, silent_time: float) -> t
 
 
 def _reduce_ce(per: torch.Tensor, target_spiked: torch.Tensor, silent_target: str) -> torch.Tensor:
-    """Batch mean of the per-sample CE; ``"skip"`` zeroes the samples whose target is silent."""
-    if _check_rule(silent_target) == "skip":
+    """Batch mean of the per-sample CE; ``"skip"`` zeroes the samples whose target is silent (the
+    rule is checked by the callers: :func:`ce_loss` and :class:`FontaniniLoss`)."""
+    if silent_target == "skip":
         per = torch.where(target_spiked, per, torch.zeros_like(per))
     return per.mean()
 
