@@ -197,6 +197,16 @@ def test_phases_have_their_own_lr(tmp_path, data_dir):
     assert [x["phase"] for x in lines] == ["one", "two"]
     assert lines[0]["lr"] == 0.01 and abs(lines[1]["lr"] - 0.001) < 1e-12
     assert res["epochs"] == 2
+    # phase "one" is finished: resuming with it longer is refused (its extra epochs would never
+    # run); phase "two", where the run stopped, may grow
+    for n in (2, 3):
+        cfg["train"]["phases"][0]["epochs"] = n
+        with pytest.raises(ConfigError, match="phase 'one' .* finished after 1 epochs"):
+            Trainer(load_config(_write(tmp_path, cfg)), tmp_path / "r", data_dir, resume=True, progress=False).fit()
+    cfg["train"]["phases"][0]["epochs"] = 1
+    cfg["train"]["phases"][1]["epochs"] = 2
+    res = Trainer(load_config(_write(tmp_path, cfg)), tmp_path / "r", data_dir, resume=True, progress=False).fit()
+    assert res["epochs"] == 3
 
 
 def test_regularizer_sees_spikes_and_epoch(tmp_path, data_dir):

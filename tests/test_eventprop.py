@@ -350,6 +350,39 @@ def test_bad_inputs():
         EventNetwork([5])
     with pytest.raises(ConfigError):
         EventNetwork([5, 3], init_ranges=[(1.0, 0.0)])
+    with pytest.raises(ConfigError, match="grazing_eps"):
+        SolverOptions(grazing_eps=0.0)  # the adjoint jump divides by max(R I - theta, grazing_eps)
+    with pytest.raises(SpikeInputError, match="float32 or float64"):
+        event_forward(torch.ones(1, 2, dtype=torch.float64), [torch.ones(3, 2, dtype=torch.float16)])
+    # half-precision input times are computed in float64 (the kernels have no half path)
+    half = event_forward(torch.zeros(2, 2, dtype=torch.bfloat16), [torch.full((3, 2), 5.0, dtype=torch.float64)])
+    full = event_forward(torch.zeros(2, 2, dtype=torch.float64), [torch.full((3, 2), 5.0, dtype=torch.float64)])
+    assert torch.equal(half.first_spikes, full.first_spikes)
+
+
+def test_losses_refuse_an_empty_batch_and_bad_constants():
+    """A batch mean over no samples is NaN (CE, CS, AS) or was silently 0 (SP): all raise; a
+    zero or negative time constant made the losses NaN or reversed them."""
+    w = torch.ones(3, 2, dtype=torch.float64, requires_grad=True)
+    out = event_forward(torch.zeros(0, 2, dtype=torch.float64), [w])
+    y = torch.zeros(0, dtype=torch.long)
+    for fn in (lambda: ce_loss(out.first_spikes, y), lambda: cs_loss(out.first_spikes, y),
+               lambda: as_loss(out.first_spikes), lambda: sp_loss(out),
+               lambda: FontaniniLoss.l(3e-3, 0.4)(out, y)):  # fmt: skip
+        with pytest.raises(SpikeInputError, match="empty batch"):
+            fn()
+    first = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    y1 = torch.tensor([0])
+    with pytest.raises(ConfigError, match="tau0"):
+        ce_loss(first, y1, tau0=0.0)
+    with pytest.raises(ConfigError, match="tau1"):
+        cs_loss(first, y1, tau1=-6.4)
+    with pytest.raises(ConfigError, match="silent_time"):
+        as_loss(first, silent_time=float("nan"))
+    with pytest.raises(ConfigError, match="tau0"):
+        FontaniniLoss(tau0=-0.5)
+    with pytest.raises(ConfigError, match="alpha"):
+        FontaniniLoss.l_w(-1e-3)
 
 
 def test_other_neuron_constants_gradients():

@@ -110,6 +110,11 @@ def test_resume_errors(tmp_path):
                         resume=True)  # fmt: skip
     with pytest.raises(ConfigError, match="only 0"):
         train_eventprop(_cfg(tmp_path / "b", e2=0), resume=True)
+    # stopped inside phase 2: phase 1 is finished and cannot grow or shrink (its extra epochs
+    # would never run, or the history would keep more than the config says)
+    for e1 in (1, 4):
+        with pytest.raises(ConfigError, match="phase 1 .* finished after 2 epochs"):
+            train_eventprop(_cfg(tmp_path / "b", e1=e1), resume=True)
     (tmp_path / "b" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="last.pt"):
         train_eventprop(_cfg(tmp_path / "b"), resume=True)

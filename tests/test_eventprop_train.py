@@ -210,6 +210,24 @@ def test_cli_train_prints_the_results_and_honours_quiet(tmp_path, capsys):
         ({"n_train": 1.5}, "n_train must be an int"),
         ({"lr_decay": "fast"}, "lr_decay must be a float"),
         ({"phases": [{"loss": "L_W", "alpha": "abc", "eta": 0.0, "lr": 0.005, "epochs": 1}]}, "alpha must be a float"),
+        # values that would run but compute something else (gradient ascent, a flipped
+        # gradient, NaN losses, a negative slice of the data, a truncated layer size)
+        ({"lr_decay": -0.95}, "lr_decay must be > 0"),
+        ({"grad_clip": -1.0}, "grad_clip must be > 0"),
+        ({"tau0": 0.0}, "tau0 must be > 0"),
+        ({"tau1": -6.4}, "tau1 must be > 0"),
+        ({"eval_batch_size": 0}, "eval_batch_size must be >= 1"),
+        ({"n_train": -1}, "n_train must be >= 1"),
+        ({"n_val": 0}, "n_val must be >= 1"),
+        ({"mnist_val_size": -5}, "mnist_val_size must be in"),
+        ({"sizes": [5, 8.7, 3]}, "sizes must be positive integers"),
+        ({"sizes": [5, True, 3]}, "sizes must be positive integers"),
+        ({"sizes": ["5", "8", "3"]}, "sizes must be positive integers"),
+        ({"t_min": 15.0, "t_max": 5.0}, "t_min < t_max"),
+        ({"t_max": 40.0}, "t_max <= t_window"),
+        ({"adam_betas": [0.9]}, "adam_betas"),
+        ({"adam_eps": 0.0}, "adam_eps must be > 0"),
+        ({"grazing_eps": 0.0}, "grazing_eps must be > 0"),
     ],
 )
 def test_config_values_are_type_checked(over, match):

@@ -17,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sparsespike.errors import SpikeInputError
 from sparsespike.kernels import sparse_cpu as kc
 from sparsespike.kernels.sparse import (
     ActiveSet,
@@ -525,6 +526,100 @@ def test_empty_batch_element_and_edge_shapes():
         R, _ = ref_layer(x, W, b, LIFParams(beta=0.9), HUGE)
         for a, r in zip(grads(S, [x, W, b], gs), grads(R, [x, W, b], gs), strict=True):
             close(a, r)
+
+
+def test_zero_neurons_and_zero_steps():
+    """N = 0 or T = 0: an empty output, as the dense path gives (once a division by T*N)."""
+    for T, N in [(4, 0), (0, 3)]:
+        x = torch.zeros(T, 2, 3)
+        W = torch.zeros(N, 3, requires_grad=True)
+        S = sparse_spiking_linear(x, W, None, LIFParams(beta=0.9), 0.2)
+        assert S.shape == (T, 2, N)
+
+
+def test_bad_weight_bias_shapes_and_dtypes_raise():
+    """A bias of the wrong length was read past its end by the kernel; mixed dtypes failed deep
+    in F.linear. Both now raise in the forward, naming the problem."""
+    x = torch.zeros(3, 1, 2)
+    W = torch.zeros(5, 2)
+    big = torch.tensor([0.0, 0.0, 0.0, 0.0, 5.0])
+    for bias in (big[:4], torch.zeros(6), torch.zeros(5, 1)):
+        with pytest.raises(ValueError, match="bias must have shape"):
+            sparse_spiking_linear(x, W, bias, LIFParams(), 0.2)
+    with pytest.raises(ValueError, match="expected W"):
+        sparse_spiking_linear(x, torch.zeros(2), None, LIFParams(), 0.2)
+    with pytest.raises(ValueError, match="share one dtype"):
+        sparse_spiking_linear(x, W.double(), None, LIFParams(), 0.2)
+    with pytest.raises(ValueError, match="share one dtype"):
+        sparse_spiking_linear(x, W, torch.zeros(5, dtype=torch.float64), LIFParams(), 0.2)
+
+
+def test_nan_membrane_from_finite_inputs_raises():
+    """Finite but huge analog inputs and weights overflow the synaptic input: the dense path
+    refuses the resulting NaN membrane; the fused sparse forward (whose FMAs give inf rather
+    than inf - inf) refuses any non-finite membrane. Also a plain +inf overflow."""
+    x = torch.full((3, 1, 2), 1e30)
+    for W in (torch.tensor([[1e10, -1e10]]), torch.tensor([[1e10, 1e10]])):
+        with pytest.raises(SpikeInputError, match="overflowed"):
+            sparse_spiking_linear(x, W, None, LIFParams(beta=0.9), 0.2)
+    ok = sparse_spiking_linear(torch.full((3, 1, 2), 1e3), torch.tensor([[1e10, -1e10]]), None, LIFParams(), 0.2)
+    assert torch.isfinite(ok).all()
+
+
+@pytest.mark.parametrize("beta", [2e-9, 3.3e-40])
+def test_tiny_beta_gradients_finite(beta):
+    """beta so small that beta**-1 overflows float32 (the decay tables once held inf, giving NaN
+    weight gradients): the accumulators rescale at every step instead. Against the dense
+    reference at full activity, float32."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(6, 2, 4, generator=g) < 0.5).float()
+    W = (torch.randn(3, 4, generator=g) * 2).requires_grad_()
+    p = LIFParams(beta=beta)
+    gs = torch.randn(6, 2, 3, generator=g)
+    S = sparse_spiking_linear(x, W, None, p, HUGE)
+    R, _ = ref_layer(x, W, None, p, HUGE)
+    assert torch.equal(S, R)
+    gw, gr = grads(S, [W], gs)[0], grads(R, [W], gs)[0]
+    assert torch.isfinite(gw).all()
+    torch.testing.assert_close(gw, gr, rtol=1e-5, atol=1e-6)
+
+
+def test_spike_counts_returns_a_fresh_tensor():
+    """An in-place change to one caller's counts (rate /= T) must not reach the next caller."""
+    from sparsespike.kernels.sparse import spike_counts
+
+    x = (torch.rand(10, 2, 4, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    W = torch.full((3, 4), 0.8, requires_grad=True)
+    S = sparse_spiking_linear(x, W, None, LIFParams(beta=0.9), 0.2)
+    rate = spike_counts(S, per_sample=True)
+    rate /= S.shape[0]
+    torch.testing.assert_close(spike_counts(S, per_sample=True), S.detach().sum(0))
+
+
+def test_float64_cuda_does_not_take_the_float32_triton_kernels(monkeypatch):
+    """The Triton kernels compute in float32: a float64 tensor takes the fallback (asked for
+    explicitly or chosen automatically on a CUDA device)."""
+    from types import SimpleNamespace
+
+    from sparsespike.kernels import sparse as sp
+    from sparsespike.kernels import triton_gpu
+
+    monkeypatch.setattr(triton_gpu, "available", lambda: True)
+    cuda = torch.device("cuda")
+    p = LIFParams(beta=0.9)
+
+    def fake(dtype):
+        return SimpleNamespace(dim=lambda: 3, dtype=dtype, device=cuda)
+
+    assert sp.choose_backend(fake(torch.float32), fake(torch.float32), None, p) == "triton"
+    assert sp.choose_backend(fake(torch.float64), fake(torch.float64), None, p) == "fallback"
+    x = torch.ones(1, 1, 1, dtype=torch.float64)
+    W = torch.full((1, 1), 1 + 1e-9, dtype=torch.float64)
+    assert sp.choose_backend(x, W, None, p, impl="triton") == "fallback"
+    S = sparse_spiking_linear(x, W, None, LIFParams(beta=0.9, threshold=1.0), 0.2, impl="triton")
+    assert S.item() == 1.0  # V - thr = 1e-9 > 0, lost in float32
+    assert sp._recurrence_impl(fake(torch.float64), p, "auto") == "torch"
+    assert sp._recurrence_impl(x, p, "triton") == "torch"
 
 
 def test_capacity_overflow_rerun():

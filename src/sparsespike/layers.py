@@ -364,9 +364,11 @@ def spiking_layers(model: nn.Module) -> list[_SpikingBase]:
 
 def set_backward(model: nn.Module, backward: BackwardMode, b_th: float | None = None) -> None:
     """Network-wide backward mode (and optionally the active-window half-width ``b_th``)."""
+    if backward not in ("dense", "sparse"):
+        raise ValueError(f"backward must be 'dense' or 'sparse', got {backward!r}")
+    if b_th is not None and not float(b_th) > 0:  # as the layers' constructor
+        raise ValueError(f"b_th must be > 0, got {b_th}")
     for m in spiking_layers(model):
-        if backward not in ("dense", "sparse"):
-            raise ValueError(f"backward must be 'dense' or 'sparse', got {backward!r}")
         m.backward = backward
         if b_th is not None:
             m.b_th = float(b_th)

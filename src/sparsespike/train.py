@@ -140,15 +140,40 @@ def task_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ---------------------------------------------------------------- helpers
-def atomic_save(obj, path: Path) -> None:
-    """Write with ``torch.save`` to a temporary file, fsync, then rename over ``path``."""
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: str):
+    """A file object on ``path + ".tmp"``; on success it is flushed, fsynced and renamed over
+    ``path`` (and the rename made durable), so a crash leaves the old file or the new one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
+    with open(tmp, mode) as f:
+        yield f
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    try:  # the directory entry too (POSIX); not possible on every platform / filesystem
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj, path: Path) -> None:
+    """Write with ``torch.save`` to a temporary file, fsync, then rename over ``path``."""
+    with _atomic_file(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``Path.write_text`` made atomic like :func:`atomic_save` (run files that a resume or
+    ``sparsespike evaluate`` reads back)."""
+    with _atomic_file(path, "w") as f:
+        f.write(text)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -571,6 +596,14 @@ class Trainer:
             )
         if pi > len(self.phases):
             raise ConfigError(f"--resume: {last} is past phase {pi}, the config has {len(self.phases)} phases")
+        ran = ckpt.get("phase_lengths")  # checkpoints from before 2026-11-24 do not record them
+        for i in range(min(pi, len(self.phases))) if ran is not None else ():
+            if int(ran[i]) != self.phases[i].epochs:  # a finished phase's epochs have all been run
+                raise ConfigError(
+                    f"--resume: phase {self.phases[i].name!r} of {last} is finished after {ran[i]} epochs, the "
+                    f"config gives it {self.phases[i].epochs}; only the phase the run stopped in and later ones "
+                    "may be lengthened"
+                )
 
     def _state(self, phase_idx, epoch_in_phase, global_epoch, opt, sched, best) -> dict:
         return {
@@ -581,6 +614,7 @@ class Trainer:
             "scheduler": sched.state_dict() if sched is not None else {},
             "phase": phase_idx,
             "epoch_in_phase": epoch_in_phase,
+            "phase_lengths": [ph.epochs for ph in self.phases[:phase_idx]],  # finished phases
             "global_epoch": global_epoch,
             "best": best,
             "history": json.dumps(self.history),
@@ -602,7 +636,7 @@ class Trainer:
             "model": str(self.model),
             "world_size": self.world,
         }
-        (self.out / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        atomic_write_text(self.out / "run.json", json.dumps(info, indent=2, default=str))
 
     def fit(self) -> dict:
         """Train every phase (resuming from ``last.pt`` with ``resume``), test, write results."""
@@ -737,7 +771,7 @@ class Trainer:
 
     def _write_results(self, res: dict) -> dict:
         """``results.json`` and the training curves (``curves.png``) of a finished run."""
-        (self.out / "results.json").write_text(json.dumps(res, indent=2))
+        atomic_write_text(self.out / "results.json", json.dumps(res, indent=2))
         try:
             from .plots import plot_curves
 

@@ -126,14 +126,16 @@ def event_forward(
     """
     if not isinstance(input_times, torch.Tensor):
         input_times = torch.as_tensor(np.asarray(input_times, dtype=np.float64))
-    if not torch.is_floating_point(input_times):
-        input_times = input_times.to(torch.float64)
+    if not torch.is_floating_point(input_times) or input_times.dtype in (torch.float16, torch.bfloat16):
+        input_times = input_times.to(torch.float64)  # the kernels run in float32 / float64
     if len(weights) == 0:
         raise SpikeInputError("event_forward needs at least one weight matrix")
     n_prev = input_times.shape[1] if input_times.dim() >= 2 else None
     for l, w in enumerate(weights):
         if not isinstance(w, torch.Tensor) or w.dim() != 2:
             raise SpikeInputError(f"weights[{l}] must be a 2-D tensor [N_out, N_in]")
+        if w.dtype not in (torch.float32, torch.float64):
+            raise SpikeInputError(f"weights[{l}] must be float32 or float64, got {w.dtype}")
         if n_prev is not None and w.shape[1] != n_prev:
             raise SpikeInputError(f"weights[{l}] has shape {tuple(w.shape)}, expected [N_out, {n_prev}]")
         n_prev = w.shape[0]

@@ -74,9 +74,11 @@ def first_spike_times(x: EventOutput | torch.Tensor) -> torch.Tensor:
     raise SpikeInputError(f"spike times must be [B, N] or [B, N, S], got shape {tuple(x.shape)}")
 
 
-def _check(first: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+def _check(first: torch.Tensor, labels: torch.Tensor | None = None, allow_empty: bool = False) -> torch.Tensor:
     if first.dim() != 2:
         raise SpikeInputError(f"first-spike times must be [B, N_O], got shape {tuple(first.shape)}")
+    if first.shape[0] == 0 and not allow_empty:  # a batch mean over no samples would be NaN
+        raise SpikeInputError("empty batch: the losses are means over samples, B must be >= 1")
     if torch.isnan(first).any():
         raise SpikeInputError("first-spike times contain NaN")
     if labels is not None:
@@ -94,6 +96,14 @@ def _check(first: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Ten
 def _finite_or(first: torch.Tensor, silent_time: float) -> torch.Tensor:
     """Replace +inf (silent) by the constant ``silent_time``; no gradient reaches those entries."""
     return torch.where(torch.isfinite(first), first, torch.full_like(first, float(silent_time)))
+
+
+def _positive(where: str, **values: float) -> None:
+    """Time constants and the silent time must be > 0 (a zero ``tau`` makes the loss NaN, a
+    negative one reverses it)."""
+    for name, v in values.items():
+        if not v > 0:  # also refuses NaN
+            raise ConfigError(f"{where}: {name} must be > 0, got {v!r}")
 
 
 SILENT_TARGET_RULES = ("window", "skip")
@@ -135,6 +145,7 @@ def ce_loss(
     mean is still over the whole batch, so the other samples' gradients are unchanged).
     """
     _check_rule(silent_target)
+    _positive("ce_loss", tau0=tau0, silent_time=silent_time)
     return _reduce_ce(*_ce_terms(first, labels, tau0, silent_time), silent_target)
 
 
@@ -142,6 +153,7 @@ def cs_loss(
     first: torch.Tensor, labels: torch.Tensor, tau1: float = TAU1, silent_time: float = T_WINDOW
 ) -> torch.Tensor:
     """Classification spike term ``mean_b[exp(t_{b,1(T)}/tau_1) - 1]`` (Fontanini eq. 10)."""
+    _positive("cs_loss", tau1=tau1, silent_time=silent_time)
     first = _finite_or(_check(first_spike_times(first), labels), silent_time)
     t_target = first.gather(1, labels.long()[:, None])[:, 0]
     return torch.expm1(t_target / tau1).mean()
@@ -149,6 +161,7 @@ def cs_loss(
 
 def as_loss(first: torch.Tensor, tau1: float = TAU1, silent_time: float = T_WINDOW) -> torch.Tensor:
     """Additional-spikes term, mean over all output neurons and samples (Fontanini eq. 14)."""
+    _positive("as_loss", tau1=tau1, silent_time=silent_time)
     first = _finite_or(_check(first_spike_times(first)), silent_time)
     return torch.expm1(first / tau1).mean()
 
@@ -180,13 +193,15 @@ def sp_loss(times: EventOutput | torch.Tensor | Sequence[torch.Tensor], per_neur
         if torch.isnan(t).any():
             raise SpikeInputError("sp_loss: spike times contain NaN")
         B = t.shape[0]
+        if B == 0:  # as the other terms: a batch mean over no samples is undefined
+            raise SpikeInputError("sp_loss: empty batch, B must be >= 1")
         if t.shape[2] < 2:
             term = t.new_zeros(())  # no neuron spiked twice
         else:
             later = t[..., 1:]
             valid = torch.isfinite(later)
             diff = torch.where(valid, later - t[..., :1], torch.ones_like(later))
-            term = torch.where(valid, 1.0 / diff, torch.zeros_like(later)).sum() / max(B, 1)
+            term = torch.where(valid, 1.0 / diff, torch.zeros_like(later)).sum() / B
         total = term if total is None else total + term
     if per_neuron:
         total = total / sum(t.shape[1] for t in layers)
@@ -216,6 +231,10 @@ class FontaniniLoss:
 
     def __post_init__(self) -> None:
         _check_rule(self.silent_target)
+        _positive("FontaniniLoss", tau0=self.tau0, tau1=self.tau1, silent_time=self.silent_time)
+        for name in ("alpha", "eta"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"FontaniniLoss.{name} must be >= 0, got {getattr(self, name)!r}")
 
     @classmethod
     def l_w(cls, alpha: float, **kw) -> FontaniniLoss:
@@ -277,7 +296,7 @@ def predict(first: torch.Tensor) -> torch.Tensor:
 
 def correct(first: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``[B]`` bool: the target spikes and strictly before every other output neuron."""
-    first = _check(first_spike_times(first).detach(), labels)
+    first = _check(first_spike_times(first).detach(), labels, allow_empty=True)
     labels = labels.long()
     t_target = first.gather(1, labels[:, None])
     others = first.clone()

@@ -107,6 +107,8 @@ class SolverOptions:
                 raise ConfigError(f"SolverOptions.{name} must be a finite number >= 0, got {v!r}")
         if self.root_xtol <= 0:
             raise ConfigError("SolverOptions.root_xtol must be > 0")
+        if self.grazing_eps <= 0:  # the adjoint jump divides by max(R I - theta, grazing_eps)
+            raise ConfigError("SolverOptions.grazing_eps must be > 0: it bounds the adjoint jump's denominator")
 
 
 #: Fontanini Table 1 neuron and the default numerics (frozen, safe as argument defaults).

@@ -130,6 +130,39 @@ class EventPropConfig:
             raise ConfigError("batch_size and threads must be >= 1")
         if not self.phases:
             raise ConfigError("at least one phase is needed")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Refuse values that would run but silently compute something else (a negative decay
+        turns training into gradient ascent, a negative clip flips the gradient, ``tau0 = 0``
+        makes every loss NaN, a negative ``n_train`` drops one sample through a negative slice)."""
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.sizes):
+            raise ConfigError(f"sizes must be positive integers, got {self.sizes}")
+        positive = ("tau_m", "tau_s", "threshold", "t_window", "tau0", "tau1", "lr_decay", "adam_eps")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip must be > 0 (or null: no clipping), got {self.grad_clip!r}")
+        for name in ("eval_batch_size", "max_spikes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("n_train", "n_val", "n_test"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{name} must be >= 1 (or null: the whole split), got {v!r}")
+        if not 0 <= self.mnist_val_size < 60000:
+            raise ConfigError(f"mnist_val_size must be in [0, 60000) (MNIST has 60,000 training images), "
+                              f"got {self.mnist_val_size!r}")  # fmt: skip
+        if not 0 <= self.t_min < self.t_max <= self.t_window:
+            raise ConfigError(
+                f"the input encoding needs 0 <= t_min < t_max <= t_window, got t_min={self.t_min}, "
+                f"t_max={self.t_max}, t_window={self.t_window} (input spikes after the window are never seen)"
+            )
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        if not self.grazing_eps > 0:
+            raise ConfigError(f"grazing_eps must be > 0 (it bounds a division), got {self.grazing_eps!r}")
 
 
 def _checked(cls, d: dict) -> dict:
@@ -341,7 +374,9 @@ class EventPropTraining:
         if self.out_dir:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             lines = "".join(json.dumps(r) + "\n" for r in self.results["history"])
-            (self.out_dir / "metrics.jsonl").write_text(lines)  # a resumed run keeps its epochs
+            from ..train import atomic_write_text
+
+            atomic_write_text(self.out_dir / "metrics.jsonl", lines)  # a resumed run keeps its epochs
 
     # settings that do not change what a run computes: free to differ on resume
     _RESUME_FREE = ("data_dir", "threads", "eval_test", "eval_batch_size", "out_dir", "progress")
@@ -376,13 +411,22 @@ class EventPropTraining:
             raise ConfigError(
                 f"resume: {path} has {done} epochs of phase {ph_i + 1}, the config only {self.cfg.phases[ph_i].epochs}"
             )
+        history = json.loads(ck["history"])
+        for i in range(ph_i):  # a finished phase cannot change length: its epochs have been run
+            ran = sum(1 for r in history if int(r["phase"]) == i + 1)
+            if ran != self.cfg.phases[i].epochs:
+                raise ConfigError(
+                    f"resume: phase {i + 1} of {path} is finished after {ran} epochs, the config gives it "
+                    f"{self.cfg.phases[i].epochs}; only the phase the run stopped in (phase {ph_i + 1}) and later "
+                    "ones may be lengthened"
+                )
         self.net.load_state_dict(ck["net"])
         self.gen.set_state(ck["gen"])
         self._start = (ph_i, done)
         self._opt_state = (ck["opt"], ck["sched"])
         self.epoch_global = int(ck["epoch_global"])
         self.train_time = float(ck["train_time"])
-        self.results["history"] = json.loads(ck["history"])
+        self.results["history"] = history
         self.resumed_from = self.epoch_global
         if ck.get("best") is not None:  # checkpoints from before best-val selection have none
             self.best = {**ck["best"], "val": json.loads(ck["best"]["val"])}
@@ -548,8 +592,9 @@ class EventPropTraining:
         )
         if self.out_dir:
             run = {k: v for k, v in results.items() if k != "history"}
-            (self.out_dir / "run.json").write_text(json.dumps(_json_safe(run), indent=1))
-            from ..train import atomic_save
+            from ..train import atomic_save, atomic_write_text
+
+            atomic_write_text(self.out_dir / "run.json", json.dumps(_json_safe(run), indent=1))
 
             atomic_save({"sizes": cfg.sizes, "state_dict": net.state_dict()}, self.out_dir / "weights.pt")
             if results["history"]:

@@ -362,8 +362,10 @@ def spike_counts(x: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
     if meta is not None and meta.counts is not None:
         # the producing sparse layer returned them beside x: their gradient goes straight into
         # its backward (added to dL/dS at its active entries) instead of a dense [T, B, F] one
+        # a fresh tensor per call, as x.sum(0) gives: an in-place change by one caller (rate /= T)
+        # must not reach the next; [B, F] only, and the clone keeps the gradient path
         c = meta.counts if x.requires_grad and torch.is_grad_enabled() else meta.counts.detach()
-        return c if per_sample else c.sum(0)
+        return c.clone() if per_sample else c.sum(0)
     lst = meta.spike_list() if meta is not None and x.device.type == "cpu" else None
     if lst is None or lst.shape != (T, B, F):
         x3 = x.reshape(T, B, F)
@@ -395,7 +397,9 @@ def _decay_tables(beta: float, T: int, dtype, device="cpu"):
         n = torch.arange(T + 1, dtype=torch.float64)
         powb = torch.full((T + 1,), float(beta), dtype=torch.float64).pow(n)
         geo = torch.cumsum(powb[:T], 0)
-        L = T + 1 if beta >= 1.0 else max(1, min(T + 1, int(20 * math.log(2) / -math.log(beta))))
+        # L = 0 (rescale at every step with an event) when even beta**-1 exceeds 2**20: a tiny
+        # beta would overflow the table (float32 inf for beta < ~3e-39, then NaN gradients)
+        L = T + 1 if beta >= 1.0 else 0 if beta <= 2.0**-20 else min(T + 1, int(20 * math.log(2) / -math.log(beta)))
         ipow = torch.full((L + 1,), float(beta), dtype=torch.float64).pow(-torch.arange(L + 1, dtype=torch.float64))
         if len(_TABLES) > 64:
             _TABLES.clear()
@@ -428,11 +432,13 @@ def choose_backend(x: torch.Tensor, W: torch.Tensor, bias, p: LIFParams, impl: s
     """
     if impl in ("torch", "fallback") or not _fast_path_ok(x, W, bias, p):
         return "fallback"
+    if impl == "triton" and x.dtype != torch.float32:  # the Triton kernels compute in float32
+        return "fallback"
     if impl in ("numba", "triton"):
         return impl
     if x.device.type == "cpu":
         return "numba"
-    if x.device.type == "cuda":
+    if x.device.type == "cuda" and x.dtype == torch.float32:
         from . import triton_gpu
 
         if triton_gpu.available():
@@ -477,9 +483,15 @@ def _sparse_forward_numba(x, W, bias, p: LIFParams, b_th: float, spikes_in: Acti
         S.numpy(),
     )
     blist = np.arange(B, dtype=np.int64)
+    n_nan = np.zeros(B, dtype=np.int64)
     kc.fused_forward(
-        blist, _num_chunks(B), *args, a_buf.numpy(), d_buf.numpy(), a_cnt.numpy(), o_buf.numpy(), o_cnt.numpy()
+        blist, _num_chunks(B), *args, a_buf.numpy(), d_buf.numpy(), a_cnt.numpy(), o_buf.numpy(), o_cnt.numpy(), n_nan
     )
+    if n_nan.any():  # finite inputs and weights can still overflow (the dense path then sees NaN)
+        raise SpikeInputError(
+            f"sparse layer: {int(n_nan.sum())} membranes overflowed to inf/NaN; the synaptic input exceeds "
+            "the float range (check the input scale, or weights that diverged)"
+        )
     over = ((a_cnt > cap_a) | (o_cnt > cap_o)).nonzero().flatten()
     extra = None
     if over.numel():  # rerun the batch elements that did not fit, with exact room
@@ -492,10 +504,11 @@ def _sparse_forward_numba(x, W, bias, p: LIFParams, b_th: float, spikes_in: Acti
         ac2 = torch.empty(len(bl2), dtype=torch.int64)
         oc2 = torch.empty(len(bl2), dtype=torch.int64)
         kc.fused_forward(
-            bl2, _num_chunks(len(bl2)), *args, a2.numpy(), d2.numpy(), ac2.numpy(), o2.numpy(), oc2.numpy()
-        )
+            bl2, _num_chunks(len(bl2)), *args, a2.numpy(), d2.numpy(), ac2.numpy(), o2.numpy(), oc2.numpy(),
+            np.zeros(len(bl2), dtype=np.int64),  # the same rows as above: their NaN count is known
+        )  # fmt: skip
         extra = (over, a2, d2, o2, ac2, oc2)
-    if B:
+    if B and TN:
         # layers of the same (T, N) share the hint: keep the larger with a slow decay, since
         # unused room costs nothing (empty buffers) and every overflow reruns batch elements
         _CAP_HINT[(T, N)] = (max(float(a_cnt.max()) / TN, 0.9 * fa), max(float(o_cnt.max()) / TN, 0.9 * fo))
@@ -831,9 +844,20 @@ def sparse_spiking_linear(
     if x.dim() != 3:
         raise ValueError(f"sparse_spiking_linear: expected x[T, B, K], got shape {tuple(x.shape)}")
     T, B, K = x.shape
+    if W.dim() != 2:
+        raise ValueError(f"sparse_spiking_linear: expected W[N, K], got shape {tuple(W.shape)}")
     N = W.shape[0]
     if W.shape[1] != K:
         raise ValueError(f"W has {W.shape[1]} inputs, x has {K}")
+    if bias is not None and tuple(bias.shape) != (N,):
+        raise ValueError(
+            f"sparse_spiking_linear: bias must have shape ({N},) for W {tuple(W.shape)}, got {tuple(bias.shape)}"
+        )
+    if W.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise ValueError(
+            f"sparse_spiking_linear: x, W and bias must share one dtype, got x {x.dtype}, W {W.dtype}"
+            + (f", bias {bias.dtype}" if bias is not None else "")
+        )
     backend = choose_backend(x, W, bias, p, impl)
     meta = get_meta(x)
     if backend == "fallback":
@@ -981,6 +1005,8 @@ class MaskedLIFRecurrence(torch.autograd.Function):
 
 def _recurrence_impl(x: torch.Tensor, p: LIFParams, impl: str) -> str:
     compiled_ok = x.dtype in _FLOATS and _kernel_surrogate(p) is not None
+    if impl == "triton" and x.dtype != torch.float32:  # the Triton kernels compute in float32
+        return "torch"
     if impl in ("numba", "triton"):  # a custom surrogate or dtype the kernels lack: torch loop
         return impl if compiled_ok else "torch"
     if impl != "auto":
@@ -988,7 +1014,7 @@ def _recurrence_impl(x: torch.Tensor, p: LIFParams, impl: str) -> str:
     if compiled_ok:
         if x.device.type == "cpu":
             return "numba"
-        if x.device.type == "cuda":
+        if x.device.type == "cuda" and x.dtype == torch.float32:
             from . import triton_gpu
 
             if triton_gpu.available():

@@ -275,6 +275,7 @@ def _forward_part(
     a_cnt,
     o_idx,
     o_cnt,
+    n_nan,
 ):
     T, _, N = s_out.shape
     K = wt.shape[0]
@@ -348,6 +349,13 @@ def _forward_part(
     for k in range(nr):
         a_cnt[r0 + k] = na[k]
         o_cnt[r0 + k] = no[k]
+        # a non-finite membrane never recovers (V = beta U + I stays inf or NaN, and so does
+        # U), so the final state shows every one: O(N) per row instead of a check per step
+        m = 0
+        for j in range(N):
+            if not np.isfinite(u[k, j]):
+                m += 1
+        n_nan[r0 + k] = m
 
 
 @parallel_kernel
@@ -370,6 +378,7 @@ def fused_forward(
     a_cnt,
     o_idx,
     o_cnt,
+    n_nan,
 ):
     """Synaptic input + LIF recurrence for the batch elements ``blist``, one pass over time.
 
@@ -378,7 +387,9 @@ def fused_forward(
     with our no-delay indexing). Writes ``S`` into ``s_out[T, B, N]``; for row ``r`` of ``blist``
     records up to ``a_idx.shape[1]`` active entries (``t*N + j``, ``d = V - thr``;
     ``|d| < b_th``, eq. 7) and up to ``o_idx.shape[1]`` output spikes; ``a_cnt``/``o_cnt`` get
-    the true counts (larger than the capacity means: run again with more room).
+    the true counts (larger than the capacity means: run again with more room), ``n_nan`` the
+    number of non-finite (inf/NaN) membranes left at the end, i.e. of neurons whose synaptic
+    input ever overflowed.
     Threads take contiguous chunks of ``blist``; time is the outer loop inside a chunk so that
     ``S[t]`` is written row after row.
     """
@@ -391,7 +402,7 @@ def fused_forward(
         r0, r1 = _split(R, nchunk, c)
         _forward_part(
             blist, r0, r1, sp_ptr, sp_idx, sp_val, has_val, wt, bias, has_bias, beta_, thr_, bth_, s_out, a_idx, a_d,
-            a_cnt, o_idx, o_cnt,
+            a_cnt, o_idx, o_cnt, n_nan,
         )  # fmt: skip
 
 

@@ -58,7 +58,7 @@ from ..layers import SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, Sp
 from ..neurons import LIFParams
 from ..runtime import tune_allocator
 from ..surrogate import Rectangle, make_surrogate
-from ..train import atomic_save, load_checkpoint, make_schedule
+from ..train import atomic_save, atomic_write_text, load_checkpoint, make_schedule
 from .connectivity import (
     add_l0_gates,
     constrain_gates,
@@ -585,7 +585,7 @@ def train_yin(config: dict) -> dict:
             raise ConfigError(f"resume: {out_dir}/last.pt is at epoch {start - 1}, past epochs={epochs}")
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     t_start = time.perf_counter() - t_before
     for epoch in range(start, epochs + 1):
         if freeze_after is not None and epoch > int(freeze_after) and penalty is not None:
@@ -685,7 +685,8 @@ def train_yin(config: dict) -> dict:
     if out_dir:
         import platform
 
-        (out_dir / "run.json").write_text(
+        atomic_write_text(
+            out_dir / "run.json",
             json.dumps(
                 {
                     "config": cfg,
@@ -694,7 +695,7 @@ def train_yin(config: dict) -> dict:
                     "results": {k: v for k, v in res.items() if k not in ("config", "history")},
                 },
                 indent=1,
-            )
+            ),
         )
         atomic_save({"state_dict": model.state_dict(), "config": cfg}, out_dir / "model.pt")
         from ..plots import plot_yin_curves
