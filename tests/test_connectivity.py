@@ -788,6 +788,12 @@ def test_cli_evaluate_a_yin_run_reproduces_its_pruned_test_accuracy(data_dir, tm
         ({"optimizer": {"lr": "abc"}}, "optimizer.lr must be a number"),
         ({"optimizer": {"batch_size": 0}}, "optimizer.batch_size must be >= 1"),
         ({"connectivity": [1]}, "section 'connectivity' must be a mapping"),
+        # the neuron section was not checked: a typo or another reset fell back in silence
+        ({"model": {"name": "mnist", "neuron": {"k_tua": 0.2}}}, "unknown config key 'model.neuron.k_tua'"),
+        ({"model": {"name": "mnist", "neuron": {"alpha": 0.5}}}, "unknown config key 'model.neuron.alpha'"),
+        ({"model": {"name": "mnist", "neuron": {"reset": "subtract"}}}, "reset must be 'zero'"),
+        ({"model": {"name": "mnist", "neuron": {"threshold": 0}}}, "threshold must be a finite number > 0"),
+        ({"model": {"name": "mnist", "neuron": {"detach_reset": "no"}}}, "detach_reset must be a bool"),
     ],
 )
 def test_yin_config_refuses_unknown_keys_and_bad_values(over, match):
@@ -830,3 +836,47 @@ def test_gates_on_other_tensors_are_reported_and_refused_by_count_ops():
     assert rep["total"]["nonzero"] == row["nonzero"]
     with pytest.raises(ConfigError, match="weight_ih_l0"):
         count_ops(net, torch.zeros(3, 2, 4))
+
+
+def test_gate_refuses_bad_lam_and_init():
+    """A negative lam rewards dense gates, NaN makes the penalty NaN: refused at construction."""
+    for kw in ({"lam": -1.0}, {"lam": float("nan")}, {"init_mean": float("nan")}, {"init_std": -1.0}):
+        with pytest.raises(ValueError, match="lam|init"):
+            add_l0_gates(nn.Linear(3, 2), **kw)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "circular", "replicate"])
+def test_inference_twin_of_a_non_zero_padded_conv_pads_like_the_module(mode):
+    """nn.Conv2d pads reflect/circular/replicate itself; the twin's dense path once padded zeros."""
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode=mode), nn.Flatten())
+    x = torch.rand(2, 2, 5, 5)
+    assert torch.allclose(sparse_inference_model(net)(x), net(x), atol=1e-6)
+
+
+def test_counting_refuses_inference_twins_and_count_ops_synops_follow_design():
+    """measure/count_ops on a converted model saw no layer (totals 0): refused. count_ops' SynOps
+    count binary inputs only (DESIGN.md); average-pooled inputs are non-spiking MACs, and the
+    old "every non-zero entry" count is kept as ``events``."""
+    from sparsespike.metrics import measure
+
+    torch.manual_seed(0)
+    net = nn.Sequential(SpikingLinear(10, 8, {"beta": 0.5, "threshold": 0.1}), LeakyReadout(8, 3))
+    x = (torch.rand(5, 2, 10) < 0.5).float()
+    fast = sparse_inference_model(net, kernels="csr")
+    with pytest.raises(ValueError, match="sparse-inference twins"):
+        measure(fast, [x])
+    with pytest.raises(ValueError, match="sparse-inference twins"):
+        count_ops(fast, x)
+    assert count_ops(net, x)["synops"] == pytest.approx(measure(net, [x]).synops * 1, rel=1e-9)
+    conv = nn.Sequential(
+        SpikingConv2d(1, 3, 3, {"beta": 0.5, "threshold": 0.1}, padding=1),
+        SeqPool2d(2, "avg"),
+        SpikingConv2d(3, 2, 3, {"beta": 0.5, "threshold": 0.1}, padding=1),
+        SeqFlatten(),
+    )
+    xi = (torch.rand(4, 2, 1, 6, 6) < 0.4).float()
+    ops, rep = count_ops(conv, xi), measure(conv, [xi])
+    assert ops["layers"][1]["events"] > 0 and ops["layers"][1]["synops"] == 0  # pooled input
+    assert ops["synops"] == pytest.approx(rep.synops, rel=1e-9)
+    assert ops["nonspiking_macs"] == pytest.approx(ops["layers"][1]["flops"] / 2)
+    assert ops["events"] == pytest.approx(ops["synops"] + ops["layers"][1]["events"])

@@ -377,3 +377,11 @@ def test_export_of_an_eventprop_run_says_what_it_is(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"config": {"engine": "eventprop"}, "final": {"val": {}}}))
     with pytest.raises(ExportError, match="is an EventProp run"):
         load_trained_model(tmp_path)
+
+
+def test_export_refuses_a_non_zero_padding_mode():
+    """NIR's Conv2d pads with zeros: a circular-padded conv was exported as a zero-padded one."""
+    net = nn.Sequential(SpikingConv2d(1, 2, 3, LIFParams(beta=0.5), padding=1), SeqFlatten())
+    net[0].conv.padding_mode = "circular"
+    with pytest.raises(ExportError, match="padding_mode 'circular'"):
+        export_nir(net, (1, 5, 5))

@@ -100,6 +100,32 @@ def test_per_step_calls_are_summed_and_eval_is_not_recorded():
     assert not pen._seen
 
 
+@pytest.mark.parametrize(("stride", "padding"), [(1, 1), (2, 1), (2, 0), (1, 0)])
+def test_conv_penalty_equals_measured_synops_at_saturated_gates(stride, padding):
+    """Borders and strides priced exactly: with every gate surely on or off, the conv layers'
+    term is the SynOps that metrics counts on the pruned network (a stride-2 conv once charged
+    each interior spike the whole kernel, ~stride^2 too much)."""
+    torch.manual_seed(2)
+    net = nn.Sequential(
+        SpikingConv2d(2, 4, 3, LIFParams(beta=0.9), stride=stride, padding=padding, weight_scale=3.0),
+        SpikingConv2d(4, 3, 3, LIFParams(beta=0.9), stride=stride, padding=padding, weight_scale=3.0),
+        SeqFlatten(),
+    )
+    add_l0_gates(net, seed=1)
+    _saturate(net, frac=0.3)
+    pen = ExpectedSynOps(lam=1.0).attach(net)
+    x = (torch.rand(6, 3, 2, 9, 9) < 0.3).float()
+    net.train()
+    net(x)
+    parts = pen.terms(3)
+    net.eval()
+    rep = measure(prune(net), [x])
+    conv_layers = [r for r in rep.layers if r["dense_flops"]]
+    assert len(parts) == len(conv_layers) == 2 and rep.synops > 0
+    for (name, v), layer in zip(parts.items(), conv_layers, strict=True):
+        assert float(v.detach()) == pytest.approx(layer["synops"], rel=1e-5), name
+
+
 def test_conv_charges_each_spike_the_kernel_fanout():
     conv = SpikingConv2d(2, 3, 3, LIFParams(beta=0.9), padding=1)
     net = nn.Sequential(conv, SeqFlatten())
@@ -241,11 +267,11 @@ def test_spike_counts_from_lists_equal_the_dense_sums_with_their_gradients():
         ((wa * tot).sum() + (wb * per).sum()).backward()
         grads.append(lay.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
-    # non-binary values and a conv-shaped input: counted with their values, summed per channel
+    # non-binary values and a conv-shaped input: counted with their values, per input position
     v = torch.rand(7, 3, 2, 4, 4) * (torch.rand(7, 3, 2, 4, 4) < 0.3)
     attach_spike_list(v, spike_list(v.reshape(7, 3, 32)), (7, 3, 32))
     assert torch.allclose(spike_counts(v, per_sample=True), v.reshape(7, 3, 32).sum(0))
-    assert torch.allclose(input_spike_counts(v, 2, 3, conv=True), v.sum((0, 1, 3, 4)) / 3)
+    assert torch.allclose(input_spike_counts(v, 2, 3, conv=True), v.sum((0, 1)) / 3)  # per position
     with pytest.raises(ValueError, match="spike_counts"):
         spike_counts(torch.zeros(3, 4))
 

@@ -383,6 +383,8 @@ def export_nir(
             conv = m.conv
             if len(shape) != 3 or shape[0] != conv.in_channels:
                 raise ExportError(f"{where}: expects [{conv.in_channels}, H, W] inputs, gets {shape}")
+            if conv.padding_mode != "zeros":  # NIR's Conv2d pads with zeros only
+                raise ExportError(f"{where}: padding_mode {conv.padding_mode!r} has no NIR equivalent (zeros only)")
             w = conv.weight
             bias = _np32(conv.bias) if conv.bias is not None else np.zeros(conv.out_channels, np.float32)
             hw = (shape[1], shape[2])

@@ -35,7 +35,7 @@ def linear_fanout(weight: torch.Tensor) -> torch.Tensor:
     return (weight.detach() != 0).sum(0).to("cpu", torch.float64)
 
 
-def conv_fanout(
+def conv_fanout_map(
     weight: torch.Tensor,
     in_hw: tuple[int, int],
     stride=1,
@@ -43,13 +43,12 @@ def conv_fanout(
     dilation=1,
     groups: int = 1,
 ) -> torch.Tensor:
-    """Exact fan-out ``[C_in, H, W]`` of every input position of a 2-D convolution.
-
-    Entry ``(c, y, x)`` is the number of (output channel, output position) pairs whose receptive
-    field uses input ``(c, y, x)`` through a non-zero weight: the transposed convolution of an
-    all-ones output with the non-zero mask of ``weight``. Its sum is the layer's exact MAC count.
+    """``[C_in, H, W]``: for every input position of a 2-D convolution, the sum of ``weight``'s
+    entries over the (output channel, output position, tap) triples that read it -- the
+    transposed convolution of an all-ones output with ``weight``. Differentiable in ``weight``
+    (the expected-SynOps penalty passes gate probabilities); :func:`conv_fanout` passes the
+    non-zero mask. Positions a stride never reaches, or that only padding would cover, get 0.
     """
-    mask = (weight.detach() != 0).to("cpu", torch.float64)
     h, w = in_hw
     k = weight.shape[2:]
     pair = nn.modules.utils._pair
@@ -65,25 +64,38 @@ def conv_fanout(
                 )
             padding = tuple(s // 2 for s in span)
     padding = pair(padding)
-    with torch.no_grad():
-        out_hw = nn.functional.conv2d(
-            torch.zeros(1, weight.shape[1] * groups, h, w, dtype=torch.float64),
-            mask,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-        ).shape[2:]
-        # rows/columns past the last one a stride reaches ((h + 2p - d(k-1) - 1) % s of them) get
-        # fan-out 0: output_padding makes the transposed map cover the whole input
-        geom = zip(out_hw, stride, padding, dilation, k, strict=True)
-        full = [(o - 1) * s - 2 * p + d * (kk - 1) + 1 for o, s, p, d, kk in geom]
-        extra = tuple(max(0, n - f) for n, f in zip((h, w), full, strict=True))
-        ones = torch.ones(1, weight.shape[0], *out_hw, dtype=torch.float64)
-        fan = nn.functional.conv_transpose2d(
-            ones, mask, stride=stride, padding=padding, output_padding=extra, dilation=dilation, groups=groups
-        )
+    geom = list(zip((h, w), stride, padding, dilation, k, strict=True))
+    out_hw = [(n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, s, p, d, kk in geom]
+    if min(out_hw) < 1:
+        return weight.new_zeros(weight.shape[1] * groups, h, w)
+    # rows/columns past the last one a stride reaches ((h + 2p - d(k-1) - 1) % s of them) get
+    # fan-out 0: output_padding makes the transposed map cover the whole input
+    full = [(o - 1) * s - 2 * p + d * (kk - 1) + 1 for o, (_, s, p, d, kk) in zip(out_hw, geom, strict=True)]
+    extra = tuple(max(0, n - f) for n, f in zip((h, w), full, strict=True))
+    ones = weight.new_ones(1, weight.shape[0], *out_hw)
+    fan = nn.functional.conv_transpose2d(
+        ones, weight, stride=stride, padding=padding, output_padding=extra, dilation=dilation, groups=groups
+    )
     return fan[0, :, :h, :w]
+
+
+def conv_fanout(
+    weight: torch.Tensor,
+    in_hw: tuple[int, int],
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """Exact fan-out ``[C_in, H, W]`` of every input position of a 2-D convolution.
+
+    Entry ``(c, y, x)`` is the number of (output channel, output position) pairs whose receptive
+    field uses input ``(c, y, x)`` through a non-zero weight: the transposed convolution of an
+    all-ones output with the non-zero mask of ``weight``. Its sum is the layer's exact MAC count.
+    """
+    mask = (weight.detach() != 0).to("cpu", torch.float64)
+    with torch.no_grad():
+        return conv_fanout_map(mask, in_hw, stride, padding, dilation, groups)
 
 
 def synops(spikes_per_unit: torch.Tensor, fanout: torch.Tensor) -> float:
@@ -175,6 +187,18 @@ class MetricsReport:
         )
 
 
+def refuse_inference_twins(model: nn.Module, what: str) -> None:
+    """Counting a model converted by :func:`sparsespike.sparse_inference.sparse_inference_model`
+    would see none of its layers (their weights are buffers of fused kernels, and a spiking conv
+    may have absorbed its pooling), so the totals would silently be 0: refuse it."""
+    twins = [name or type(m).__name__ for name, m in model.named_modules() if getattr(m, "inference_twin", False)]
+    if twins:
+        raise ValueError(
+            f"{what}: {twins[:3]}{' ...' if len(twins) > 3 else ''} are sparse-inference twins "
+            "(sparse_inference_model); count the model before conversion: it gives the same outputs"
+        )
+
+
 def _is_synaptic(m: nn.Module) -> bool:
     """A layer whose SynOps and FLOPs are counted (Linear and zero-padded Conv2d); other weight
     layers raise, so that no total silently leaves one out."""
@@ -213,6 +237,7 @@ class MetricsRecorder:
     def __init__(self, model: nn.Module, spiking=None, extract=None, batch_dim: int = 1) -> None:
         from .layers import SpikingConv2d
 
+        refuse_inference_twins(model, "MetricsRecorder")
         self.model = model
         self.batch_dim = batch_dim
         self.samples = 0

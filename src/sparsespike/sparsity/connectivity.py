@@ -74,6 +74,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
 from ..layers import LeakyReadout, SpikingLinear
+from ..metrics import refuse_inference_twins
 
 # Louizos et al. 2018 / Yin et al. 2021 Table 1 constants
 BETA = 2.0 / 3.0
@@ -131,6 +132,10 @@ class HardConcreteGate(nn.Module):
             raise ValueError(f"need beta > 0, gamma < 0, zeta > 1; got {beta}, {gamma}, {zeta}")
         if not 0 < eps < 0.5:
             raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+        if not (math.isfinite(lam) and lam >= 0):  # a negative weight would reward dense gates
+            raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+        if not (math.isfinite(init_mean) and math.isfinite(init_std) and init_std >= 0):
+            raise ValueError(f"init_mean must be finite and init_std finite and >= 0, got {init_mean}, {init_std}")
         self.beta, self.gamma, self.zeta, self.eps = float(beta), float(gamma), float(zeta), eps
         self.lam = float(lam)
         self.generator = generator
@@ -577,16 +582,24 @@ def count_ops(
       are counted exactly: a non-zero tap counts at the output positions where it reads a real
       input pixel (taps reading zero padding are not counted). Biases are not counted.
     * ``flops_dense`` = the same with every weight counted (the un-pruned layer).
-    * ``synops`` = for every non-zero input entry (spike), the number of non-zero outgoing
-      synapses it drives (conv: output positions x channels reached through non-zero taps).
+    * ``events`` = for every non-zero input entry, the number of non-zero outgoing synapses it
+      drives (conv: output positions x channels reached through non-zero taps): the work of an
+      event-driven kernel.
+    * ``synops`` = ``events`` of the layers whose input is binary (spikes), DESIGN.md's SynOps,
+      as :mod:`sparsespike.metrics` counts them; a layer fed non-binary values (average-pooled
+      spikes, analog pixels) adds its multiply-accumulates over non-zero weights to
+      ``nonspiking_macs`` instead.
 
     Layers are found with :func:`is_gateable` (a :class:`SpikingConv2d` through its ``.conv``);
     gated layers count their test-time gates. ``x`` is fed as ``model(x)`` (or
     ``forward(model, x)``); ``batch_size`` defaults to ``x.shape[1]`` (time-major ``[T, B, ...]``)
     and ``time_steps`` to ``x.shape[0]``. Runs in eval mode under ``no_grad``.
 
-    Returns ``{"layers": [{"name", "flops", "flops_dense", "synops", "calls"}...], "flops",
-    "flops_dense", "synops", "flops_per_step", "flops_dense_per_step", "batch_size", "time_steps"}``.
+    Returns ``{"layers": [{"name", "flops", "flops_dense", "synops", "events", "nonspiking_macs",
+    "calls"}...], "flops", "flops_dense", "synops", "events", "nonspiking_macs", "flops_per_step",
+    "flops_dense_per_step", "batch_size", "time_steps"}``. Models converted by
+    :func:`sparsespike.sparse_inference.sparse_inference_model` are refused: count the model
+    before conversion (same outputs).
     """
     if batch_size is None:
         batch_size = int(x.shape[1])
@@ -601,30 +614,43 @@ def count_ops(
             w = _effective_weight(mod)
             nzw = (w != 0).to(torch.float64)
             xin = inp.detach()
-            st = stats.setdefault(name, {"flops": 0.0, "flops_dense": 0.0, "synops": 0.0, "calls": 0})
+            st = stats.setdefault(
+                name,
+                {"flops": 0.0, "flops_dense": 0.0, "synops": 0.0, "events": 0.0, "nonspiking_macs": 0.0, "calls": 0},
+            )
             st["calls"] += 1
+            # DESIGN.md: a SynOp is a spike reaching a synapse; a non-binary input (e.g. average
+            # pooled spikes) drives multiply-accumulates instead, as in sparsespike.metrics
+            binary = bool(((xin == 0) | (xin == 1)).all())
             if isinstance(mod, nn.modules.conv._ConvNd):
                 nd = w.dim() - 2
                 taps = tap_use_counts(mod, tuple(xin.shape[-nd:]), what=f"count_ops ({name})").to(nzw)
                 conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[nd]
                 kw = dict(stride=mod.stride, padding=mod.padding, dilation=mod.dilation)
                 frames = xin.shape[0] if xin.dim() == nd + 2 else 1
-                st["flops"] += 2.0 * frames * float((nzw * taps).sum())
+                flops = 2.0 * frames * float((nzw * taps).sum())
                 st["flops_dense"] += 2.0 * frames * float(taps.sum()) * nzw.shape[0] * nzw.shape[1]
                 xs = (xin != 0).to(torch.float64).reshape(-1, *xin.shape[-nd - 1 :])
-                st["synops"] += float(conv(xs, nzw, **kw).sum())
+                events = float(conv(xs, nzw, **kw).sum())
             else:
                 rows = xin.numel() // xin.shape[-1]
-                st["flops"] += 2.0 * rows * float(nzw.sum())
+                flops = 2.0 * rows * float(nzw.sum())
                 st["flops_dense"] += 2.0 * rows * float(nzw.numel())
                 xs = (xin != 0).to(torch.float64).reshape(-1, xin.shape[-1])
-                st["synops"] += float((xs.sum(0) * nzw.sum(0)).sum())
+                events = float((xs.sum(0) * nzw.sum(0)).sum())
+            st["flops"] += flops
+            st["events"] += events
+            if binary:
+                st["synops"] += events
+            else:
+                st["nonspiking_macs"] += flops / 2.0
 
         return hook
 
     other = [f"{g.name}.{g.tensor_name}" for g in _other_gated(model)]
     if other:
         raise ConfigError(f"count_ops: gated tensors other than Linear/Conv weights cannot be counted: {other}")
+    refuse_inference_twins(model, "count_ops")
     for name, m in model.named_modules():
         if is_gateable(m) or _hc_gate(m, "weight") is not None:
             if not isinstance(m, GATEABLE_TYPES):  # e.g. a gated nn.Embedding: no Linear/Conv count
@@ -654,6 +680,8 @@ def count_ops(
                 "flops": st["flops"] / batch_size,
                 "flops_dense": st["flops_dense"] / batch_size,
                 "synops": st["synops"] / batch_size,
+                "events": st["events"] / batch_size,
+                "nonspiking_macs": st["nonspiking_macs"] / batch_size,
             }
         )
     out = {
@@ -661,7 +689,7 @@ def count_ops(
         "batch_size": batch_size,
         "time_steps": time_steps,
     }
-    for k in ("flops", "flops_dense", "synops"):
+    for k in ("flops", "flops_dense", "synops", "events", "nonspiking_macs"):
         out[k] = sum(r[k] for r in layers)
     out["flops_per_step"] = out["flops"] / time_steps
     out["flops_dense_per_step"] = out["flops_dense"] / time_steps

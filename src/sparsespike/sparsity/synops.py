@@ -17,10 +17,11 @@ spikes of hidden layers (through the surrogate), weighted by each neuron's expec
 a spike that fans out to many synapses is penalised more -- the spike-count loss of Allred et
 al. eq. 5 weighted by connectivity. ``detach_spikes=True`` keeps only the gate part.
 
-For a ``Linear`` layer the expectation is exact. For a convolution it charges each input spike
-the full kernel fan-out ``sum_{o,kh,kw} P(b_{o,c,kh,kw} != 0)``, an upper bound that ignores the
-positions a kernel loses at the borders (exact for interior positions). Grouped convolutions
-are not supported.
+For a ``Linear`` layer the expectation is exact. For a convolution the spike counts are kept per
+input position and each position is charged its own expected fan-out: the transposed convolution
+of an all-ones output with ``P(b != 0)`` (:func:`sparsespike.metrics.conv_fanout_map`), so
+borders, strides, dilation and padding are priced exactly, as ``metrics`` counts them. Grouped
+convolutions are not supported.
 
 YAML: ``train.regularizers: [{name: synops, lam: 1.0e-6}]`` beside ``model.gates``; add
 ``ramp_epochs: R`` to raise the weight linearly from 0 over the phase's first ``R`` epochs.
@@ -29,11 +30,13 @@ YAML: ``train.regularizers: [{name: synops, lam: 1.0e-6}]`` beside ``model.gates
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
 from ..errors import ConfigError
 from ..kernels.sparse import get_meta, spike_counts
+from ..metrics import conv_fanout_map
 from ..train import register_regularizer
 from .connectivity import GatedWeight
 from .gate_penalty import GatedInputPenalty, prob_nonzero
@@ -42,24 +45,19 @@ __all__ = ["ExpectedSynOps", "expected_synops", "input_spike_counts"]
 
 
 def input_spike_counts(x: torch.Tensor, features: int, n_samples: int, conv: bool = False) -> torch.Tensor:
-    """Spikes per sample on each input feature (``conv``: on each input channel, summed over
-    space) of a layer input ``x`` with any leading dims (``[T, B, ...]``, ``[B, ...]``).
+    """Spikes per sample on each input feature (``[features]``; ``conv``: on each input position,
+    ``[C, H, W]``) of a layer input ``x`` with any leading dims (``[T, B, ...]``, ``[B, ...]``).
 
     An input that carries a spike list (an encoder's raster, a sparse layer's output) is counted
     from the list (``kernels.sparse.spike_counts``), without reading the dense tensor; the
     gradient, if ``x`` needs one, is the same as the dense sum's.
     """
+    unit = (features, x.shape[-2], x.shape[-1]) if conv else (features,)
     if x.dim() >= 3 and get_meta(x) is not None:
         c = spike_counts(x)  # [prod(x.shape[2:])]
-        if c.numel() % features == 0:
-            c = c.reshape(features, -1).sum(1) if conv else c
-            if c.numel() == features:
-                return c / n_samples
-    if conv:
-        xs = x.reshape(-1, features, x.shape[-2] * x.shape[-1]).sum((0, 2))
-    else:
-        xs = x.reshape(-1, features).sum(0)
-    return xs / n_samples
+        if c.numel() == math.prod(unit):
+            return c.reshape(unit) / n_samples
+    return x.reshape(-1, *unit).sum(0) / n_samples
 
 
 def expected_synops(gw: GatedWeight, counts: torch.Tensor) -> torch.Tensor:
@@ -72,11 +70,16 @@ def expected_synops(gw: GatedWeight, counts: torch.Tensor) -> torch.Tensor:
     p = prob_nonzero(gw)
     if p.dim() == 2:  # Linear [out, in]
         fan = p.sum(0)
-    elif p.dim() == 4:  # Conv2d [out, in, kh, kw]
-        groups = getattr(gw.module, "groups", 1)
+    elif p.dim() == 4:  # Conv2d [out, in, kh, kw]: counts [C, H, W], each position its own fan-out
+        m = gw.module
+        groups = getattr(m, "groups", 1)
         if groups != 1:
             raise ConfigError(f"synops penalty: grouped convolution {gw.name!r} (groups={groups}) is not supported")
-        fan = p.sum((0, 2, 3))
+        if getattr(m, "padding_mode", "zeros") != "zeros":
+            raise ConfigError(f"synops penalty: {gw.name!r} pads with {m.padding_mode!r}; zero padding only")
+        if counts.dim() != 3:
+            raise ConfigError(f"synops penalty: {gw.name!r} needs per-position input counts [C, H, W]")
+        fan = conv_fanout_map(p, tuple(counts.shape[1:]), m.stride, m.padding, m.dilation).to(counts.dtype)
     else:
         raise ConfigError(f"synops penalty: unsupported weight shape {tuple(p.shape)} at {gw.name!r}")
     if fan.shape != counts.shape:

@@ -443,6 +443,8 @@ YIN_KEYS: dict[str, tuple[str, ...]] = {
         "device", "threads",
     ),
     "model": ("name", "structure", "neuron", "bias", "init", "init_gain", "padding", "pool", "layers", "input_shape"),
+    # Yin's neuron: reset to zero (only "zero" is accepted), decay k_tau, rectangle surrogate
+    "model.neuron": ("k_tau", "threshold", "delta", "surrogate_height", "detach_reset", "surrogate", "reset"),
     "data": ("dataset", "root", "train_subset", "test_subset", "balanced"),
     "encoding": ("kind", "T", "dt_us"),
     "loss": ("name", "reduction"),
@@ -466,7 +468,9 @@ def check_config(cfg: dict) -> None:
     if not isinstance(cfg, dict):
         raise ConfigError(f"a Yin config must be a mapping, got {type(cfg).__name__}")
     for sec, keys in YIN_KEYS.items():
-        d = cfg if not sec else cfg.get(sec)
+        d = cfg
+        for part in sec.split(".") if sec else ():
+            d = d.get(part) if isinstance(d, dict) else None
         if d is None:
             continue
         if not isinstance(d, dict):
@@ -482,6 +486,13 @@ def check_config(cfg: dict) -> None:
         v = (cfg.get(sec) or {}).get(k)
         if v is not None:
             config_float(v, f"{sec}.{k}", strict=strict)
+    neuron = (cfg.get("model") or {}).get("neuron") or {}
+    if neuron.get("reset", "zero") != "zero":  # yin_neuron resets to zero (Yin et al. eq. 2)
+        raise ConfigError(f"model.neuron.reset must be 'zero' (Yin's neuron), got {neuron['reset']!r}")
+    check_value(neuron.get("detach_reset", False), bool, "model.neuron.detach_reset")
+    for k, strict in (("k_tau", False), ("threshold", True), ("delta", True)):
+        if neuron.get(k) is not None:
+            config_float(neuron[k], f"model.neuron.{k}", strict=strict)
 
 
 def train_yin(config: dict) -> dict:
