@@ -25,7 +25,7 @@ from sparsespike.sparsity.activity import (
 )
 from sparsespike.sparsity.monitor import SpikeMonitor
 from sparsespike.surrogate import Triangle, spike
-from sparsespike.train import LossContext, make_regularizer
+from sparsespike.train import REGULARIZERS, LossContext, make_regularizer
 
 S0 = 3e-4
 
@@ -165,6 +165,39 @@ def test_registry_errors():
         make_regularizer({"name": "spike_count", "schedule": "linear", "s0": 1.0, "bogus": 2})
     reg = make_regularizer({"name": "spike_count", "schedule": "quadratic", "s0": 1.0, "normalized": True})
     assert reg.weight(5, 10) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"s0": "abc"}, "s0 must be a number, got 'abc'"),
+        ({"s0": float("inf")}, "s0 must be a finite number >= 0, got inf"),
+        ({"s0": -1.0}, "s0 must be a finite number >= 0"),
+        ({"s0": True}, "s0 must be a number, got True"),
+        ({"per_batch": "false"}, "per_batch must be a bool, got 'false'"),
+        ({"normalized": "false"}, "normalized must be a bool, got 'false'"),
+        ({"normalized": 1}, "normalized must be a bool, got 1"),
+    ],
+)
+def test_spike_count_values_are_checked_by_key(extra, match):
+    """A bad s0 is a ConfigError naming it (not a raw ValueError, nor an inf weight that dies as
+    a non-finite loss later); the string 'false' is not taken as a true flag."""
+    spec = {"name": "spike_count", "schedule": "alternating", "s0": 1e-4, **extra}
+    with pytest.raises(ConfigError, match="spike_count regularizer: " + match):
+        make_regularizer(spec)
+
+
+def test_regularizer_value_errors_become_config_errors():
+    def picky(level: float = 1.0):
+        float(level)
+        return lambda ctx: torch.zeros(())
+
+    REGULARIZERS["_picky_test"] = picky
+    try:
+        with pytest.raises(ConfigError, match="regularizer '_picky_test': could not convert"):
+            make_regularizer({"name": "_picky_test", "level": "abc"})
+    finally:
+        del REGULARIZERS["_picky_test"]
 
 
 def test_custom_schedule_callable_and_batch_kwargs():

@@ -65,6 +65,8 @@ def test_unknown_config_key_is_named(tmp_path):
         ("data.val_fraction", 1.5, "data.val_fraction must be < 1.0"),
         ("model.backward", "fast", "model.backward must be one of 'dense', 'sparse'"),
         ("train.grad_clip", "abc", "train.grad_clip must be a float"),
+        ("seed", -1, "seed must be >= 0, got -1"),
+        ("seed", 2**32, "seed must be < 4294967296"),
         ("model.b_th", "1e-1", None),  # PyYAML reads 1e-1 as a string: parsed as a float
     ],
 )
@@ -81,7 +83,8 @@ def test_config_values_are_type_and_range_checked(tmp_path, key, value, match):
     [
         ("train.optimizer.momentum", 0.9, "unknown config key 'train.optimizer.momentum'; valid keys here: .*betas"),
         ("train.optimizer.lr", "abc", "train.optimizer.lr .*must be a number"),
-        ("train.optimizer.lr", -1.0, "must be a finite number >= 0"),
+        ("train.optimizer.lr", -1.0, "train.optimizer.lr must be a finite number > 0"),
+        ("train.optimizer.lr", 0, "train.optimizer.lr must be a finite number > 0, got 0"),
         ("train.lr_schedule", {"name": "step", "step_size": 1}, "unknown key 'step_size' in lr_schedule 'step'"),
         ("train.lr_schedule", {"name": "cosine", "eta_mn": 0.0}, "unknown key 'eta_mn'"),
         ("train.lr_schedule", {"name": "poly"}, "unknown lr_schedule 'poly'"),
@@ -209,6 +212,45 @@ def test_phases_have_their_own_lr(tmp_path, data_dir):
     assert res["epochs"] == 3
 
 
+def test_a_phase_lr_of_zero_is_refused_before_training(tmp_path, data_dir):
+    """lr 0 would train without changing a weight; a later phase's is caught before the first epoch."""
+    cfg = json.loads(json.dumps(SMALL))
+    cfg["train"]["phases"] = [{"name": "one", "epochs": 1, "lr": 0.01}, {"name": "two", "epochs": 1, "lr": 0}]
+    with pytest.raises(ConfigError, match=r"train.phases\[1\].lr must be a finite number > 0, got 0"):
+        Trainer(load_config(_write(tmp_path, cfg)), tmp_path / "r", data_dir, progress=False)
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_evaluate_refuses_an_empty_split(tmp_path, data_dir):
+    t = Trainer(load_config(_write(tmp_path, SMALL)), tmp_path / "r", data_dir, progress=False)
+    with pytest.raises(ConfigError, match="empty split"):
+        t.evaluate(t.data.val.subset(torch.arange(0)))
+
+
+def test_resume_after_a_crash_between_log_and_checkpoint_keeps_one_line_per_epoch(tmp_path, data_dir, monkeypatch):
+    """Epoch 2's metrics line is appended, then writing its last.pt fails: the resumed run goes on
+    from epoch 1's checkpoint and the log must not hold epoch 2 twice."""
+    import sparsespike.train as train_mod
+
+    save, calls = train_mod.atomic_save, []
+
+    def crash_on_second_last_pt(obj, path):
+        if path.name == "last.pt":
+            calls.append(path)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("killed while writing last.pt of epoch 2")
+        save(obj, path)
+
+    cfg = load_config(_write(tmp_path, SMALL))
+    monkeypatch.setattr(train_mod, "atomic_save", crash_on_second_last_pt)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "r", data_dir, progress=False).fit()
+    monkeypatch.setattr(train_mod, "atomic_save", save)
+    res = Trainer(cfg, tmp_path / "r", data_dir, resume=True, progress=False).fit()
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3] and res["epochs"] == 3
+
+
 def test_regularizer_sees_spikes_and_epoch(tmp_path, data_dir):
     seen = []
 
@@ -330,13 +372,13 @@ def test_evaluate_reloads_a_run(tmp_path, capsys) -> None:
 
 def test_only_the_last_phase_competes_for_the_best_checkpoint(tmp_path, data_dir):
     """A recipe's earlier phase (e.g. a dense warm-up) is never the network it reports: with a
-    frozen last phase (lr 0, so its validation accuracy only ties the previous best), the best
-    epoch is still the last phase's."""
+    frozen last phase (lr 1e-12, below float32 resolution of the weights, so its validation
+    accuracy only ties the previous best), the best epoch is still the last phase's."""
     cfg = json.loads(json.dumps(SMALL))
-    cfg["train"]["phases"] = [{"name": "a", "epochs": 2, "lr": 0.01}, {"name": "b", "epochs": 1, "lr": 0.0}]
+    cfg["train"]["phases"] = [{"name": "a", "epochs": 2, "lr": 0.01}, {"name": "b", "epochs": 1, "lr": 1e-12}]
     res = Trainer(load_config(_write(tmp_path, cfg)), tmp_path / "r", data_dir, progress=False).fit()
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert lines[2]["val_acc"] == lines[1]["val_acc"]  # lr 0: phase b changes nothing
+    assert lines[2]["val_acc"] == lines[1]["val_acc"]  # lr 1e-12: phase b changes nothing
     assert res["best_epoch"] == 3 and res["best_val_acc"] == lines[2]["val_acc"]
 
 
@@ -434,3 +476,24 @@ def test_report_survives_damaged_logs_and_names_bad_files(capsys, tmp_path):
         main(["report", str(run)])
     with pytest.raises(SystemExit, match="no such run folder"):
         main(["report", str(tmp_path / "missing")])
+
+
+def test_gate_lr_is_checked(tmp_path, data_dir):
+    gated = json.loads(json.dumps(SMALL))
+    for bad in ("abc", 0):
+        gated["model"]["gates"] = {"lam": 1e-3, "lr": bad}
+        with pytest.raises(ConfigError, match="model.gates.lr"):
+            Trainer(load_config(_write(tmp_path, gated)), tmp_path / "r", data_dir, progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks evaluation on a machine without the run's GPU")
+def test_a_gpu_run_is_evaluated_on_a_cpu_only_machine(tmp_path, data_dir):
+    from sparsespike.train import load_run
+
+    cfg = load_config(_write(tmp_path, SMALL), {"train.epochs": 1})
+    Trainer(cfg, tmp_path / "r", data_dir, progress=False).fit()
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    info["config"]["train"]["device"] = "cuda"  # as written by a run on a GPU
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info))
+    tr, _, _ = load_run(tmp_path / "r", data_dir)
+    assert tr.device.type == "cpu" and tr.evaluate(tr.data.test)["acc"] > 0

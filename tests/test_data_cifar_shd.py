@@ -120,6 +120,20 @@ def test_shd_gz_and_errors(tmp_path: Path) -> None:
         load_shd(tmp_path, "test")
 
 
+def test_shd_damaged_gz_stream_is_a_data_error(tmp_path: Path) -> None:
+    """A .h5.gz with a damaged deflate stream (bytes 12-75 flipped) raises zlib.error inside gzip:
+    a DataError naming the file, not a raw zlib.error."""
+    d = tmp_path / "shd"
+    d.mkdir()
+    write_shd(tmp_path / "plain.h5", SAMPLES * 3, [1, 2] * 3)
+    raw = bytearray(gzip.compress((tmp_path / "plain.h5").read_bytes()))
+    for i in range(12, 76):
+        raw[i] ^= 0xFF
+    (d / "shd_train.h5.gz").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="shd_train.h5.gz: cannot read as an SHD HDF5 file"):
+        load_shd(tmp_path, "train")
+
+
 def test_shd_without_h5py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "shd").mkdir()
     (tmp_path / "shd" / "shd_test.h5").write_bytes(b"x")

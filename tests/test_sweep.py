@@ -123,6 +123,14 @@ def test_spec_grid_and_errors(tmp_path):
     assert fm.trial_config("linear", 1e-4, 0).data.val_fraction == 0.2
 
 
+@pytest.mark.parametrize("key", ["per_batch", "normalized"])
+def test_spec_flags_must_be_booleans(key):
+    """The string 'false' would be truthy and silently switch the schedule."""
+    with pytest.raises(ConfigError, match=f"sweep spec: {key} must be a bool, got 'false'"):
+        tiny_spec(**{key: "false"})
+    assert getattr(tiny_spec(**{key: True}), key) is True
+
+
 def test_study_refuses_a_different_grid(tmp_path):
     url = default_storage(tmp_path)
     open_study(tiny_spec(), make_storage(url), create=True)

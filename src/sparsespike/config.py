@@ -83,7 +83,7 @@ class TrainConfig:
 class ExperimentConfig:
     engine: str = "time-stepped"
     name: str = "experiment"
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0, "below": 2**32})  # numpy's seed range
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DataConfig
+from .config import DataConfig, check_value, config_float
 from .errors import ConfigError
 
 
@@ -61,15 +61,23 @@ def _images_unit(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
 
 
-def make_encoder(enc: dict, kind: str) -> tuple[Callable, int]:
-    """The batch encoder named by ``enc['name']`` and the number of steps ``T`` it produces."""
+def encoding_steps(enc: dict, default: int) -> int:
+    """``enc['T']`` (``default`` when absent) checked as an int ``>= 1`` naming ``data.encoding.T``."""
+    return check_value(enc.get("T", default), int, "data.encoding.T", min=1)
+
+
+def make_encoder(enc: dict, kind: str, default_T: int = 100) -> tuple[Callable, int]:
+    """The batch encoder named by ``enc['name']`` and the number of steps ``T`` it produces
+    (``enc['T']``, else ``default_T``: the dataset's own default for event rasters)."""
     from .data import encoding as E
 
     enc = dict(enc)
     name = enc.pop("name", None)
-    T = int(enc.pop("T", 100))
+    T = encoding_steps(enc, default_T)
+    enc.pop("T", None)
     if name == "firing_time":
-        tau_eff, thr = enc.pop("tau_eff", 20.0), enc.pop("thr", 0.2)
+        tau_eff = config_float(enc.pop("tau_eff", 20.0), "data.encoding.tau_eff", strict=True)
+        thr = check_value(config_float(enc.pop("thr", 0.2), "data.encoding.thr"), float, "data.encoding.thr", below=1.0)
 
         def f(x, g=None):
             return E.firing_time_raster(x, T=T, tau_eff=tau_eff, thr=thr)
@@ -85,7 +93,7 @@ def make_encoder(enc: dict, kind: str) -> tuple[Callable, int]:
                 r = torch.cat([r, b], dim=-1)
             return r
     elif name == "rate":
-        gain = enc.pop("gain", 1.0)
+        gain = config_float(enc.pop("gain", 1.0), "data.encoding.gain", strict=True)
 
         def f(x, g=None):
             return E.rate_raster((_images_unit(x) * gain).clamp(0, 1), T, generator=g)
@@ -110,7 +118,7 @@ def build_data(cfg: DataConfig, data_dir: str | Path | None, seed: int) -> DataB
     root = resolve_data_dir(data_dir)
     ds = cfg.dataset
     enc = dict(cfg.encoding)
-    kind = "static"
+    kind, T = "static", 100
     if ds == "yinyang":
         from .data.yinyang import load_yinyang
 
@@ -135,9 +143,9 @@ def build_data(cfg: DataConfig, data_dir: str | Path | None, seed: int) -> DataB
         train, val = _split(full, cfg, seed, train_val_split)
         shape, n_classes = (3, 32, 32), 10
     elif ds == "nmnist-small":
-        from .data.nmnist import load_nmnist_small, nmnist_rasters
+        from .data.nmnist import T_DEFAULT, load_nmnist_small, nmnist_rasters
 
-        T = int(enc.get("T", 300))
+        T = encoding_steps(enc, T_DEFAULT)
         rk = {k: enc.pop(k) for k in list(enc) if k in ("dt_us", "merge_polarity")}
         ev, y = load_nmnist_small(root, "train")
         full = Split(nmnist_rasters(ev, T=T, **rk), y)
@@ -145,16 +153,15 @@ def build_data(cfg: DataConfig, data_dir: str | Path | None, seed: int) -> DataB
         test = Split(nmnist_rasters(ev, T=T, **rk), y)
         train, val = _split(full, cfg, seed, train_val_split)
         shape, n_classes, kind = (full.x.shape[-1],), 10, "raster"
-        if enc.get("conv", False):
-            enc.pop("conv")
+        if check_value(enc.pop("conv", False), bool, "data.encoding.conv"):
             c = full.x.shape[-1] // (34 * 34)
             for s in (train, val, test):
                 s.x = s.x.reshape(*s.x.shape[:2], c, 34, 34)
             shape = (c, 34, 34)
     elif ds == "shd":
-        from .data.shd import load_shd, shd_rasters
+        from .data.shd import T_DEFAULT, load_shd, shd_rasters
 
-        T = int(enc.get("T", 500))
+        T = encoding_steps(enc, T_DEFAULT)
         rk = {k: enc.pop(k) for k in list(enc) if k in ("dt_s",)}
         ev, y = load_shd(root, "train")
         full = Split(shd_rasters(ev, T=T, **rk), y)
@@ -171,8 +178,7 @@ def build_data(cfg: DataConfig, data_dir: str | Path | None, seed: int) -> DataB
                 f"unknown dataset {ds!r}; tonic datasets: " + ", ".join(f"tonic-{n}" for n in TONIC_DATASETS)
             )
         spec = TONIC_DATASETS[name]
-        enc.setdefault("T", spec.T)
-        T = int(enc["T"])
+        T = encoding_steps(enc, spec.T)
         tk = {k: enc.pop(k) for k in list(enc) if k in TONIC_OPTION_KEYS}
         full = Split(*load_tonic_split(name, root, "train", T=T, **tk))
         test = Split(*load_tonic_split(name, root, "test", T=T, **tk))
@@ -187,7 +193,9 @@ def build_data(cfg: DataConfig, data_dir: str | Path | None, seed: int) -> DataB
         train = Split(train.x[: cfg.train_subset], train.y[: cfg.train_subset])
     if cfg.test_subset:
         test = Split(test.x[: cfg.test_subset], test.y[: cfg.test_subset])
-    encode, T = make_encoder(enc, kind)
+    encode, T = make_encoder(enc, kind, T)
+    if enc.get("name") == "raster":  # the steps the event rasters were binned into
+        T = int(test.x.shape[1])
     desc = f"{ds}: train {len(train)}, validation {len(val)}, test {len(test)}; T = {T}"
     aug = make_augment(cfg.augment, ds)
     if aug is not None:
@@ -229,9 +237,17 @@ def make_augment(spec: dict | None, dataset: str):
 
 
 def _split(full: Split, cfg: DataConfig, seed: int, train_val_split) -> tuple[Split, Split]:
+    """``full`` cut into training and validation splits by ``data.val_fraction``; a
+    :class:`ConfigError` when the fraction leaves either of them empty."""
     if not (0.0 < cfg.val_fraction < 1.0):
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.val_fraction}")
     tr, va = train_val_split(len(full), cfg.val_fraction, seed)
+    for part, idx in (("validation", va), ("training", tr)):
+        if len(idx) == 0:
+            raise ConfigError(
+                f"data.val_fraction = {cfg.val_fraction} of {len(full)} samples leaves the {part} split "
+                "empty; choose a fraction that gives both splits at least one sample"
+            )
     return full.subset(tr), full.subset(va)
 
 

@@ -89,7 +89,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ExperimentConfig, load_config
+from .config import ExperimentConfig, check_value, load_config
 from .errors import ConfigError
 
 # torch and the Trainer are imported lazily, so that ``sparsespike --help`` stays fast
@@ -171,8 +171,8 @@ class SweepSpec:
             val_subset=raw.get("val_subset"),
             seeds=[int(s) for s in (raw.get("seeds") or [0])],
             tolerance=tol,
-            per_batch=bool(raw.get("per_batch", False)),
-            normalized=bool(raw.get("normalized", False)),
+            per_batch=check_value(raw.get("per_batch", False), bool, "sweep spec: per_batch"),
+            normalized=check_value(raw.get("normalized", False), bool, "sweep spec: normalized"),
             source=source,
         )
 

@@ -83,7 +83,9 @@ def make_regularizer(spec: dict | Callable) -> Regularizer:
         raise ConfigError(f"unknown regularizer {name!r}; known: {sorted(REGULARIZERS)}")
     try:
         return REGULARIZERS[name](**spec)
-    except TypeError as e:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # e.g. float("abc") inside a factory
         raise ConfigError(f"regularizer {name!r}: {e}") from e
 
 
@@ -217,6 +219,8 @@ def load_run(run: str | Path, data_dir: str | Path | None = None, last: bool = F
     if not info_p.exists():
         raise ConfigError(f"no run.json in {run}: not a run directory")
     cfg = from_dict(ExperimentConfig, json.loads(info_p.read_text())["config"])
+    if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
+        cfg.train.device = "cpu"  # trained on a GPU, evaluated here: the weights load on the CPU
     tr = Trainer(cfg, run, data_dir, progress=False)
     ck = run / ("last.pt" if last else "best.pt")
     state = load_checkpoint(ck)
@@ -258,12 +262,14 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def make_optimizer(params, spec: dict, lr: float | None = None) -> torch.optim.Optimizer:
+    """The optimizer ``spec['name']`` (``train.optimizer``), with learning rate ``lr`` when given
+    (a phase's own); a learning rate must be ``> 0`` (0 would train nothing)."""
     spec = dict(spec)
     name = spec.pop("name", "adam").lower()
     if lr is not None:
         spec["lr"] = lr
     if "lr" in spec:
-        spec["lr"] = config_float(spec["lr"], "train.optimizer.lr (or a phase's lr)")
+        spec["lr"] = config_float(spec["lr"], "train.optimizer.lr (or a phase's lr)", strict=True)
     if "betas" in spec:
         spec["betas"] = tuple(spec["betas"])
     opts = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}
@@ -384,7 +390,13 @@ class Trainer:
             raise ConfigError(f"train.device: {e}") from e
         self.model.to(self.device)
         self.phases = cfg.phases()
-        for ph in self.phases:
+        if "lr" in cfg.train.optimizer:  # checked before any epoch runs, as the phases' ones
+            config_float(cfg.train.optimizer["lr"], "train.optimizer.lr", strict=True)
+        if (cfg.model.gates or {}).get("lr") is not None:
+            config_float(cfg.model.gates["lr"], "model.gates.lr", strict=True)
+        for i, ph in enumerate(self.phases):
+            if ph.lr is not None:
+                config_float(ph.lr, f"train.phases[{i}].lr", strict=True)
             if ph.gates not in ("learn", "freeze"):
                 raise ConfigError(f"train.phases[{ph.name!r}].gates must be 'learn' or 'freeze', got {ph.gates!r}")
             if ph.gates == "freeze" and not self.gated:
@@ -410,7 +422,7 @@ class Trainer:
         rest = [p for p in self.model.parameters() if id(p) not in ids]
         if not gates:
             raise ConfigError("model.gates.lr is set but the model has no L0 gates (log_alpha parameters)")
-        return [{"params": rest}, {"params": gates, "lr": float(gate_lr)}]
+        return [{"params": rest}, {"params": gates, "lr": config_float(gate_lr, "model.gates.lr", strict=True)}]
 
     # -- one phase, one epoch
     def _set_gates(self, ph: PhaseConfig) -> None:
@@ -536,7 +548,12 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split, seed_offset: int = 10**6, metrics: bool = False) -> dict:
-        """Accuracy and task loss on ``split`` (deterministic encoder draws); optional metrics."""
+        """Accuracy and task loss on ``split`` (deterministic encoder draws); optional metrics.
+        An empty split is refused (its accuracy would be 0 / 0)."""
+        if len(split) == 0:
+            raise ConfigError(
+                "cannot evaluate on an empty split (0 samples); check data.val_fraction and data.test_subset"
+            )
         self.model.eval()
         gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, seed_offset))
         loss_fn = task_loss(self.phases[-1].loss or self.cfg.train.loss)
@@ -667,6 +684,9 @@ class Trainer:
             start_phase, start_epoch = int(ckpt["phase"]), int(ckpt["epoch_in_phase"])
             global_epoch, best = int(ckpt["global_epoch"]), dict(ckpt["best"])
             self.history = json.loads(ckpt["history"])
+            if self.rank == 0:  # drop lines of epochs logged after last.pt was written (a crash between)
+                lines = "".join(json.dumps(r) + "\n" for r in self.history)
+                atomic_write_text(self.out / "metrics.jsonl", lines)
         elif self.rank == 0 and (self.out / "metrics.jsonl").exists():
             (self.out / "metrics.jsonl").unlink()
         self._write_run_json(global_epoch if ckpt else None)

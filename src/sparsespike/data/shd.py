@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -85,7 +86,7 @@ def read_shd_file(path: str | os.PathLike[str]) -> tuple[list[ShdEvents], np.nda
             labels = np.asarray(f["labels"][:], dtype=np.int64)
     except DataError:
         raise
-    except (OSError, EOFError, KeyError, ValueError) as e:
+    except (OSError, EOFError, KeyError, ValueError, zlib.error) as e:  # zlib: a damaged .gz stream
         raise DataError(f"{p}: cannot read as an SHD HDF5 file ({e})") from e
     n = labels.shape[0]
     if len(times) != n or len(units) != n:

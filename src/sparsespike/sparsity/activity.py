@@ -82,6 +82,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_value, config_float
 from ..errors import ConfigError
 from ..train import LossContext, register_regularizer
 
@@ -252,12 +253,16 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
 
 
 def make_schedule(name: str, s0: float, *, per_batch: bool = False, normalized: bool = False) -> Schedule:
-    """The named schedule; ``per_batch`` applies to the alternating ones, ``normalized`` to quadratic."""
+    """The named schedule; ``per_batch`` applies to the alternating ones, ``normalized`` to quadratic.
+
+    ``s0`` must be a finite number ``>= 0`` and the flags real booleans (the string ``'false'``
+    would be true): a :class:`ConfigError` naming the key otherwise.
+    """
     if name not in SCHEDULES:
         raise ConfigError(f"unknown spike-count schedule {name!r}; use one of {sorted(SCHEDULES)}")
-    s0 = float(s0)
-    if s0 < 0:
-        raise ConfigError(f"spike-count weight s0 must be >= 0, got {s0}")
+    s0 = config_float(s0, "spike_count regularizer: s0")
+    per_batch = check_value(per_batch, bool, "spike_count regularizer: per_batch")
+    normalized = check_value(normalized, bool, "spike_count regularizer: normalized")
     if name == "quadratic":
         return quadratic(s0, normalized=normalized)
     if name in ("alternating", "alternating_linear"):
