@@ -187,6 +187,39 @@ def test_spike_count_values_are_checked_by_key(extra, match):
         make_regularizer(spec)
 
 
+@pytest.mark.parametrize(
+    ("schedule", "flag", "match"),
+    [("linear", "per_batch", "per_batch shapes the alternating"), ("constant", "normalized", "normalized shapes"),
+     ("quadratic", "per_batch", "per_batch shapes"), ("alternating", "normalized", "normalized shapes")],
+)  # fmt: skip
+def test_spike_count_flags_only_for_the_schedules_they_shape(schedule, flag, match):
+    """per_batch on a linear schedule (or normalized on a constant one) was accepted and ignored."""
+    with pytest.raises(ConfigError, match=match):
+        make_regularizer({"name": "spike_count", "schedule": schedule, "s0": 1e-4, flag: True})
+    make_regularizer({"name": "spike_count", "schedule": schedule, "s0": 1e-4, flag: False})  # the default: fine
+
+
+def test_activity_bounds_numbers_are_parsed_and_checked():
+    """YAML reads 6e-2 as a string: parsed like every other rate; a bad value names its key when
+    the regularizer is built, not as a TypeError at the first batch."""
+    make_regularizer({"name": "activity_bounds", "lam_up": "6e-2"})
+    for key, bad in (("lam_up", "abc"), ("f_low", -1.0), ("p_up", float("nan"))):
+        with pytest.raises(ConfigError, match=f"activity_bounds: {key}"):
+            make_regularizer({"name": "activity_bounds", key: bad})
+
+
+def test_surrogate_kernel_code_is_not_a_setting():
+    """The compiled kernels pick their formula by kernel_code: settable from a config, it made them
+    compute another surrogate than grad() (the torch path)."""
+    from sparsespike.surrogate import FastSigmoid, make_surrogate
+
+    with pytest.raises(ValueError, match="unknown key.*kernel_code"):
+        make_surrogate({"name": "fast_sigmoid", "scale": 2.0, "kernel_code": 1})
+    with pytest.raises(TypeError):
+        FastSigmoid(2.0, 1)  # type: ignore[call-arg]
+    assert make_surrogate({"name": "fast_sigmoid", "scale": 2.0}).kernel_code == FastSigmoid.kernel_code
+
+
 def test_regularizer_value_errors_become_config_errors():
     def picky(level: float = 1.0):
         float(level)

@@ -107,6 +107,29 @@ def test_build_network_and_set_backward():
         build_network([{"type": "linear"}], (4,))
 
 
+@pytest.mark.parametrize(
+    ("layers", "shape", "match"),
+    [
+        ([{"type": "linear", "out": 3, "bias": "false"}], (4,), r"layers\[0\].bias must be a bool"),
+        ([{"type": "linear", "out": 0}], (4,), r"layers\[0\].out must be >= 1"),
+        ([{"type": "linear", "out": 2.5}], (4,), r"layers\[0\].out must be an int"),
+        ([{"type": "linear", "out": 3}, {"type": "pool", "kernel": 2}], (4,), "pool needs .C, H, W. input"),
+        ([{"type": "conv", "out": 2, "kernel": 7}], (1, 5, 5), "does not fit its input"),
+        ([{"type": "pool", "kernel": 6}], (1, 5, 5), "does not fit its input"),
+        ([{"type": "conv", "out": 2, "kernel": 3, "padding": -1}], (1, 5, 5), "padding must be >= 0"),
+        ([{"type": "count_readout"}, {"type": "readout", "out": 3}], (4,), "must be the last layer"),
+        ([{"type": "readout", "out": 3}, {"type": "linear", "out": 2}], (4,), "must be the last layer"),
+        ([{"type": "linear", "out": 3, "b_th": 0}], (4,), r"layers\[0\]: b_th must be > 0"),
+        ([{"type": "pool", "kernel": 2, "mode": "median"}], (1, 4, 4), r"layers\[0\]: pool mode"),
+    ],
+)
+def test_build_network_refuses_bad_specs_by_name(layers, shape, match):
+    """Specs that built a wrong network silently (a string bias was true, a count readout let
+    layers follow it) or failed later with a bare IndexError / ZeroDivisionError."""
+    with pytest.raises(ConfigError, match=match):
+        build_network(layers, shape)
+
+
 def test_nan_and_nonbinary_spikes_are_named():
     layer = SpikingLinear(4, 3)
     x = torch.zeros(5, 2, 4)

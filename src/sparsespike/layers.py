@@ -162,6 +162,9 @@ class SpikingConv2d(_SpikingBase):
     """Convolutional LIF layer: ``[T, B, C, H, W] -> spikes [T, B, C_out, H', W']``.
 
     The convolution runs once over all ``T*B`` frames; the recurrence then runs over time.
+    ``weight_scale`` sets the weight init as for :class:`SpikingLinear`; a bias (``bias=True``)
+    keeps ``nn.Conv2d``'s default uniform init, whereas :class:`SpikingLinear` starts its bias
+    at zero (kept so that the recorded Yin runs, which use conv biases, rerun exactly).
     """
 
     def __init__(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .config import check_value
 from .errors import ConfigError
 from .layers import (
     LeakyReadout,
@@ -44,6 +45,16 @@ def build_network(
         spec = dict(spec)
         kind = spec.pop("type", None)
         where = f"model.layers[{k}]"
+        if mods and isinstance(mods[-1], (LeakyReadout, SpikeCountReadout)):
+            raise ConfigError(f"{where}: a readout reduces over time and must be the last layer")
+
+        def num(key: str, default=None, lo: int = 1, spec=spec, where=where) -> int:
+            v = spec.pop(key) if default is None else spec.pop(key, default)
+            return check_value(v, int, f"{where}.{key}", min=lo)
+
+        def flag(key: str, spec=spec, where=where) -> bool:
+            return check_value(spec.pop(key, False), bool, f"{where}.{key}")
+
         try:
             if kind in ("linear", "conv"):
                 nparams = LIFParams(**{**base, **spec.pop("neuron", {})})
@@ -56,28 +67,25 @@ def build_network(
                 if len(shape) != 1:
                     mods.append(SeqFlatten())
                     shape = (int(_prod(shape)),)
-                m = SpikingLinear(shape[0], spec.pop("out"), nparams, bias=spec.pop("bias", False), **common)
+                m = SpikingLinear(shape[0], num("out"), nparams, bias=flag("bias"), **common)
                 shape = (m.out_features,)
             elif kind == "conv":
                 if len(shape) != 3:
                     raise ConfigError(f"{where}: conv needs [C, H, W] input, got shape {shape}")
-                k_ = spec.pop("kernel")
-                stride, pad = spec.pop("stride", 1), spec.pop("padding", 0)
-                m = SpikingConv2d(
-                    shape[0],
-                    spec.pop("out"),
-                    k_,
-                    nparams,
-                    stride=stride,
-                    padding=pad,
-                    bias=spec.pop("bias", False),
-                    **common,
-                )
+                k_, stride, pad = num("kernel"), num("stride", 1), num("padding", 0, lo=0)
                 h = (shape[1] + 2 * pad - k_) // stride + 1
                 w = (shape[2] + 2 * pad - k_) // stride + 1
+                if h < 1 or w < 1:
+                    raise ConfigError(f"{where}: a {k_}x{k_} conv (padding {pad}) does not fit its input {shape}")
+                m = SpikingConv2d(shape[0], num("out"), k_, nparams, stride=stride, padding=pad, bias=flag("bias"),
+                                  **common)  # fmt: skip
                 shape = (m.conv.out_channels, h, w)
             elif kind == "pool":
-                k_ = spec.pop("kernel")
+                if len(shape) != 3:
+                    raise ConfigError(f"{where}: pool needs [C, H, W] input, got shape {shape}")
+                k_ = num("kernel")
+                if k_ > min(shape[1], shape[2]):
+                    raise ConfigError(f"{where}: a {k_}x{k_} pool does not fit its input {shape}")
                 m = SeqPool2d(k_, spec.pop("mode", "max"))
                 shape = (shape[0], shape[1] // k_, shape[2] // k_)
             elif kind == "flatten":
@@ -89,22 +97,24 @@ def build_network(
                     shape = (int(_prod(shape)),)
                 m = LeakyReadout(
                     shape[0],
-                    spec.pop("out"),
+                    num("out"),
                     beta=spec.pop("beta", base.get("beta", 0.9)),
                     mode=spec.pop("mode", "max"),
-                    bias=spec.pop("bias", False),
+                    bias=flag("bias"),
                     weight_scale=spec.pop("weight_scale", weight_scale),
                 )
                 shape = (m.out_features,)
             elif kind == "count_readout":
-                m = SpikeCountReadout(mean=spec.pop("mean", True))
+                m = SpikeCountReadout(mean=check_value(spec.pop("mean", True), bool, f"{where}.mean"))
             else:
                 raise ConfigError(
                     f"{where}: unknown layer type {kind!r}; use linear, conv, pool, flatten, readout or count_readout"
                 )
         except KeyError as e:
             raise ConfigError(f"{where}: missing key {e.args[0]!r} for layer type {kind!r}") from e
-        except TypeError as e:
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:  # a layer's own check (b_th <= 0, an unknown pool mode...)
             raise ConfigError(f"{where}: {e}") from e
         if spec:
             raise ConfigError(f"{where}: unknown keys {sorted(spec)} for layer type {kind!r}")

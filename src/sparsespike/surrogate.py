@@ -19,8 +19,9 @@ the pure-torch kernel.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -40,7 +41,7 @@ class FastSigmoid:
     """SuperSpike surrogate ``1/(scale*|x|+1)^2`` (Zenke & Ganguli 2018; Perez-Nieves eq. 4)."""
 
     scale: float = 100.0
-    kernel_code: int = FAST_SIGMOID
+    kernel_code: ClassVar[int] = FAST_SIGMOID  # which compiled formula: not a setting
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
@@ -60,7 +61,7 @@ class Triangle:
 
     width: float = 1.0
     height: float = 1.0
-    kernel_code: int = TRIANGLE
+    kernel_code: ClassVar[int] = TRIANGLE  # which compiled formula: not a setting
 
     def __post_init__(self) -> None:
         if not self.width > 0:
@@ -80,7 +81,7 @@ class Rectangle:
 
     width: float = 1.0
     height: float = 1.0
-    kernel_code: int = RECTANGLE
+    kernel_code: ClassVar[int] = RECTANGLE  # which compiled formula: not a setting
 
     def __post_init__(self) -> None:
         if not self.width > 0:
@@ -108,6 +109,10 @@ def make_surrogate(spec: Surrogate | str | dict | None) -> Surrogate:
         name = params.pop("name", None)
         if name not in SURROGATES:
             raise ValueError(f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}")
+        valid = [f.name for f in dataclasses.fields(SURROGATES[name])]
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(f"surrogate {name!r}: unknown key(s) {unknown}; valid keys: {valid}")
         return SURROGATES[name](**params)
     if not isinstance(spec, Surrogate):
         raise TypeError(f"surrogate must have a grad(x) method, got {type(spec).__name__}")

@@ -242,15 +242,12 @@ class SweepSpec:
         ov["data.val_fraction"] = self.val_fraction
         regs = []
         if schedule != BASELINE:
-            regs = [
-                {
-                    "name": "spike_count",
-                    "schedule": schedule,
-                    "s0": float(s0),
-                    "per_batch": self.per_batch,
-                    "normalized": self.normalized,
-                }
-            ]
+            reg = {"name": "spike_count", "schedule": schedule, "s0": float(s0)}
+            if schedule in ("alternating", "alternating_linear"):  # the flags of the schedules they shape
+                reg["per_batch"] = self.per_batch
+            if schedule == "quadratic":
+                reg["normalized"] = self.normalized
+            regs = [reg]
         ov["train.regularizers"] = regs  # replaces the config's: the baseline is CE only
         cfg = load_config(self.config, ov)
         cfg.name = f"{cfg.name}_{run_name(schedule, s0, seed)}"

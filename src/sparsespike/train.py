@@ -109,6 +109,10 @@ def activity_bounds(
     Per hidden layer with spikes ``S[T, B, N]``: ``L_up = lam_up relu(sum_{t,j} S / N - f_up)^p_up``
     and ``L_low = lam_low sum_j relu(f_low - sum_t S_j)^2 / N``, both averaged over the batch.
     """
+    lam_up, f_up, p_up, lam_low, f_low = (
+        config_float(v, f"activity_bounds: {k}")
+        for k, v in (("lam_up", lam_up), ("f_up", f_up), ("p_up", p_up), ("lam_low", lam_low), ("f_low", f_low))
+    )
 
     def reg(ctx: LossContext) -> torch.Tensor:
         total = torch.zeros(())

@@ -256,13 +256,18 @@ def make_schedule(name: str, s0: float, *, per_batch: bool = False, normalized: 
     """The named schedule; ``per_batch`` applies to the alternating ones, ``normalized`` to quadratic.
 
     ``s0`` must be a finite number ``>= 0`` and the flags real booleans (the string ``'false'``
-    would be true): a :class:`ConfigError` naming the key otherwise.
+    would be true), set only for the schedules they shape: a :class:`ConfigError` naming the key
+    otherwise.
     """
     if name not in SCHEDULES:
         raise ConfigError(f"unknown spike-count schedule {name!r}; use one of {sorted(SCHEDULES)}")
     s0 = config_float(s0, "spike_count regularizer: s0")
     per_batch = check_value(per_batch, bool, "spike_count regularizer: per_batch")
     normalized = check_value(normalized, bool, "spike_count regularizer: normalized")
+    if per_batch and name not in ("alternating", "alternating_linear"):
+        raise ConfigError(f"spike_count regularizer: per_batch shapes the alternating schedules, not {name!r}")
+    if normalized and name != "quadratic":
+        raise ConfigError(f"spike_count regularizer: normalized shapes the quadratic schedule, not {name!r}")
     if name == "quadratic":
         return quadratic(s0, normalized=normalized)
     if name in ("alternating", "alternating_linear"):
