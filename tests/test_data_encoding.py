@@ -186,3 +186,53 @@ def test_event_raster_batch_list_from_uint8():
         assert int(lst.ptr[-1]) == int((x != 0).sum())
     with pytest.raises(SpikeInputError, match="B, T"):
         raster_batch(torch.zeros(4, 5))
+
+
+@pytest.mark.parametrize("T", [4, 52, 100, 256])
+def test_latency_raster_floors_the_exact_time(T):
+    """floor(t) of the exact t = (1 - p/255)(T - 1): in float32, times that are whole steps came
+    out a hair low and landed a step early (pixels 85 and 170 at T = 4; 159 of 256 at T = 256)."""
+    from fractions import Fraction
+
+    from sparsespike.data.encoding import latency_raster
+
+    p = torch.arange(256, dtype=torch.uint8)
+    want = [math.floor((1 - Fraction(v, 255)) * (T - 1)) for v in range(256)]
+    for x in (p, p.numpy()):
+        got = latency_raster(x, T=T).argmax(0)
+        assert got.tolist() == want
+    late = latency_raster(p, T=T, direction="bright_late").argmax(0)
+    assert late.tolist() == [math.floor(Fraction(v, 255) * (T - 1)) for v in range(256)]
+
+
+def test_raster_batch_list_follows_the_raster_not_the_callers_buffer():
+    """The lazy spike list was built from the caller's x: reusing that buffer before a consumer
+    asked for the list made it describe data that was gone."""
+    from sparsespike.data.encoding import raster_batch
+    from sparsespike.kernels.sparse import spike_counts
+
+    buf = (torch.rand(2, 5, 4, generator=torch.Generator().manual_seed(0)) < 0.3).to(torch.uint8)
+    r = raster_batch(buf)
+    buf.zero_()
+    assert float(spike_counts(r).sum()) == float(r.sum()) > 0
+    for dt in (torch.float16, torch.bfloat16):  # the kernels read no half types: built from the raster
+        h = raster_batch((torch.rand(2, 5, 4) < 0.3).to(dt))
+        torch.testing.assert_close(spike_counts(h, per_sample=True), h.sum(0))
+
+
+def test_encoded_rasters_save_and_deepcopy_without_stale_lists(tmp_path):
+    """The spike-list metadata made torch.save of any encoded raster fail (a closure in the
+    tensor's __dict__), and a deep copy revived a list that an in-place edit had invalidated."""
+    import copy
+
+    from sparsespike.data.encoding import firing_time_raster, raster_batch
+    from sparsespike.kernels.sparse import get_meta, spike_counts
+
+    u8 = (torch.rand(3, 10) * 255).to(torch.uint8)
+    for r in (firing_time_raster(u8, T=20), raster_batch((torch.rand(2, 5, 4) < 0.5).to(torch.uint8))):
+        torch.save(r, tmp_path / "r.pt")
+        back = torch.load(tmp_path / "r.pt", weights_only=True)
+        assert torch.equal(back, r) and get_meta(back) is None
+        r.zero_()
+        c = copy.deepcopy(r)
+        assert get_meta(c) is None and float(spike_counts(c).sum()) == 0.0

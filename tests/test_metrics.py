@@ -214,3 +214,64 @@ def test_counts_from_a_conv_input_spike_list():
     b = measure(net, [_plain(x)])
     assert a.synops > 0
     assert a.synops == pytest.approx(b.synops, rel=1e-12) and a.input_spikes == b.input_spikes
+
+
+class _Heaviside(nn.Module):
+    emits_spikes = True
+
+    def forward(self, v):
+        return (v > 0).float()
+
+
+def test_shared_activation_of_two_widths_counts_both_layers():
+    """One stateless activation after a 100-unit and a 10-unit layer: its neurons are 110, not the
+    last call's 10 (<N_S> was 136 / 10 instead of 136 / 110)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.act = nn.Linear(4, 100), nn.Linear(100, 10), _Heaviside()
+
+        def forward(self, x):
+            return self.act(self.fc2(self.act(self.fc1(x))))
+
+    torch.manual_seed(0)
+    net = Net()
+    x = torch.rand(3, 2, 4)
+    rep = measure(net, [x])
+    with torch.no_grad():
+        s1 = (net.fc1(x) > 0).float()
+        s2 = (net.fc2(s1) > 0).float()
+    total = float(s1.sum() + s2.sum()) / 2
+    assert rep.spike_count == pytest.approx(total)
+    assert rep.ns == pytest.approx(total / 110)
+
+
+def test_per_step_conv_outputs_count_channels_too():
+    """A model called once per step on [B, C, H, W] (batch_dim=0): neurons = C*H*W, not H*W."""
+    conv = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), _Heaviside())
+    rec = MetricsRecorder(conv, batch_dim=0)
+    with torch.no_grad():
+        for _ in range(3):
+            conv(torch.rand(2, 1, 6, 6))
+    rep = rec.report(samples=2)
+    assert rep.layers[-1]["neurons"] == 8 * 6 * 6
+
+
+def test_input_spikes_are_those_of_the_first_layer_to_run():
+    """A readout declared before the hidden layer: the report's input spikes were the hidden
+    layer's spikes (declaration order), not the network input's."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.readout = LeakyReadout(20, 3)
+            self.hidden = SpikingLinear(5, 20, LIFParams(beta=0.9, threshold=0.1), weight_scale=5.0)
+
+        def forward(self, x):
+            return self.readout(self.hidden(x))
+
+    torch.manual_seed(1)
+    x = (torch.rand(10, 4, 5) < 0.3).float()
+    rep = measure(Net(), [x])
+    assert rep.input_spikes == pytest.approx(float(x.sum()) / 4)

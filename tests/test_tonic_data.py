@@ -166,3 +166,16 @@ def test_dvsgesture_dataset_from_local_layout(tmp_path, data_dir):
     # Denoise runs before Downsample in the dataset, as here
     expected = events_to_raster(ours, 30, 5000, size=(32, 32), binning="floor", clamp=True)
     assert torch.equal(x.reshape(30, -1), expected)
+
+
+@pytest.mark.parametrize("binning", ["floor", "round"])
+def test_events_outside_the_sensor_are_refused_on_both_binnings(binning):
+    """The floor path (tonic's ToFrame) wrapped a negative coordinate to the other side of the
+    sensor (p = -1 into the ON channel) and raised a bare IndexError past the edge."""
+    dt = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
+    for x, y, p in ((-1, 0, 1), (34, 0, 1), (0, 0, -1), (0, 40, 0)):
+        ev = np.array([(3, 3, 10, 1), (x, y, 20, p)], dtype=dt)
+        with pytest.raises(DataError, match="outside sensor"):
+            tonic_to_raster(ev, (34, 34, 2), 5, 1000, binning=binning)
+    ok = np.array([(3, 3, 10, 1), (33, 33, 1500, 0)], dtype=dt)
+    assert float(tonic_to_raster(ok, (34, 34, 2), 5, 1000, binning=binning).sum()) == 2.0

@@ -140,6 +140,8 @@ class LayerRecord:
     nonspiking_macs: float = 0.0
     input_spikes: float = 0.0
     binary_input: bool = True
+    widths: set = field(default_factory=set)  # per-sample widths of the outputs it emitted
+    first_call: int | None = None  # order of its first synaptic call (execution, not declaration)
 
 
 @dataclass
@@ -223,7 +225,11 @@ class MetricsRecorder:
     Works on sparsespike models and on any model built from ``nn.Linear``/``nn.Conv2d`` plus
     modules that emit spikes (``spiking=`` a predicate, as for :class:`SpikeMonitor`).
     Time-major inputs ``[T, B, ...]`` are assumed for the sample count (``batch_dim=1``); pass
-    ``samples=`` to :meth:`report` for other layouts.
+    ``samples=`` to :meth:`report` for other layouts. ``batch_dim`` also locates the batch dim
+    of the spike outputs: the neurons of a layer are the dims after it (``batch_dim=0`` for a
+    model called once per step on ``[B, ...]`` inputs, with ``samples=`` the true sample count).
+    A spiking module that emits several widths (one activation shared by layers of different
+    sizes) counts each width once; give layers of the same width their own modules.
 
     Example::
 
@@ -241,6 +247,7 @@ class MetricsRecorder:
         self.model = model
         self.batch_dim = batch_dim
         self.samples = 0
+        self._calls = 0  # synaptic layers seen so far, in the order they first ran
         self.records: dict[str, LayerRecord] = {}
         self._handles = []
         if spiking is None:
@@ -274,8 +281,13 @@ class MetricsRecorder:
             s = (self.extract or _default_extract)(output)
             with torch.no_grad():
                 rec.spikes += float(s.sum())
-                per_frame = s.shape[2:].numel() if s.dim() > 2 else s.shape[-1]
-                rec.neurons = int(per_frame)
+                # neurons per sample: the dims after the batch dim ([T, B, ...] by default, per-step
+                # [B, ...] outputs with batch_dim=0); a module that emits several widths (one
+                # activation shared by layers of different sizes) drives all of them, each counted
+                # once (calls of one width are indistinguishable from a loop over time steps)
+                bd = self.batch_dim
+                rec.widths.add(int(s.shape[bd + 1 :].numel()) if s.dim() > bd + 1 else int(s.shape[-1]))
+                rec.neurons = sum(rec.widths)
             st = getattr(mod, "last_stats", None)
             if st:
                 rec.n_active += st.get("n_active", 0)
@@ -286,6 +298,9 @@ class MetricsRecorder:
     def _syn_hook(self, rec: LayerRecord, module: nn.Module, inner: nn.Module):
         def hook(mod, inputs, output):
             x = inputs[0]
+            if rec.first_call is None:
+                rec.first_call = self._calls
+                self._calls += 1
             with torch.no_grad():
                 w = inner.weight
                 if isinstance(inner, nn.Conv2d):
@@ -314,6 +329,7 @@ class MetricsRecorder:
 
     def reset(self) -> None:
         self.samples = 0
+        self._calls = 0
         for r in self.records.values():
             keep = (r.name, r.kind)
             r.__init__(*keep)
@@ -348,11 +364,12 @@ class MetricsRecorder:
                     binary_input=r.binary_input,
                 )
             )
-            if first_input_spikes is None and r.dense_macs > 0:
-                first_input_spikes = r.input_spikes / n
             syn += r.synops / n
             flops += 2.0 * r.dense_macs / n
             nsm += r.nonspiking_macs / n
+        # the network's input spikes: those of the first synaptic layer to run
+        ran = [r for r in self.records.values() if r.dense_macs > 0 and r.first_call is not None]
+        first_input_spikes = min(ran, key=lambda r: r.first_call).input_spikes / n if ran else None
         return MetricsReport(
             samples=n,
             layers=layers,

@@ -86,7 +86,7 @@ def make_encoder(enc: dict, kind: str, default_T: int = 100) -> tuple[Callable, 
         kw = {k: enc.pop(k) for k in list(enc) if k in ("direction", "t_min", "t_max", "silent_below")}
 
         def f(x, g=None):
-            r = E.latency_raster(_images_unit(x), T, **kw)
+            r = E.latency_raster(x if x.dtype == torch.uint8 else _images_unit(x), T, **kw)  # uint8: exact p/255
             if bias:
                 b = torch.zeros(T, r.shape[1], 1, dtype=r.dtype)
                 b[0] = 1.0

@@ -149,6 +149,18 @@ def _attach_spike_list(out: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor
     attach_spike_list(out, build, (T, B, K))
 
 
+_LIST_DTYPES = (
+    torch.uint8,
+    torch.bool,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float32,
+    torch.float64,
+)
+
+
 def raster_batch(x: torch.Tensor) -> torch.Tensor:
     """A batch of binned event rasters ``x[B, T, *features]`` (any dtype, e.g. ``uint8``) as the
     time-major ``float32`` input ``[T, B, *features]`` of a network, in one contiguous copy.
@@ -167,7 +179,17 @@ def raster_batch(x: torch.Tensor) -> torch.Tensor:
         from ..kernels.sparse import attach_spike_list, spike_list
 
         xb = x.reshape(B, T, K)
-        attach_spike_list(out, lambda: spike_list(xb, batch_first=True, dtype=torch.float32), (T, B, K))
+        v0 = x._version
+
+        def build():
+            # from the caller's x while it is unchanged (a quarter of the bytes for uint8); if the
+            # caller has since written into it (a reused batch buffer), or the kernels cannot read
+            # its dtype (float16), from the raster itself, which x no longer describes
+            if x._version == v0 and x.dtype in _LIST_DTYPES:
+                return spike_list(xb, batch_first=True, dtype=torch.float32)
+            return spike_list(out.reshape(T, B, K))
+
+        attach_spike_list(out, build, (T, B, K))
     return out
 
 
@@ -185,11 +207,16 @@ def latency_raster(
     """Latency code as a time-major raster ``[T, *x.shape]``, at most one spike per input.
 
     Times are in steps (``t_max`` defaults to ``T - 1``) from :func:`latency_times`; the spike
-    goes to step ``floor(t)``.
+    goes to step ``floor(t)`` of the exact ``t``: computed in float64 (``uint8`` pixels exactly
+    as ``p / 255``), and a time within ``1e-9`` (relative) below a whole step counts as that step
+    (in float32, 2/3 * 3 came out as 1.9999999, a step early).
     """
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    xd = x.to(torch.float64) / 255.0 if x.dtype == torch.uint8 else as_unit_interval(x).to(torch.float64)
     t_hi = float(T - 1) if t_max is None else t_max
-    t = latency_times(x, t_min, t_hi, direction, kind, tau, thr, silent_below)
-    return times_to_raster(torch.floor(t), T)
+    t = latency_times(xd, t_min, t_hi, direction, kind, tau, thr, silent_below)
+    return times_to_raster(torch.floor(t + 1e-9 * t.abs().clamp(min=1.0)), T)
 
 
 def firing_times(images: torch.Tensor, tau_eff: float = 20.0, thr: float = 0.2) -> torch.Tensor:

@@ -153,6 +153,22 @@ def events_from_tonic(events: np.ndarray) -> np.ndarray:
     return out
 
 
+def _check_bounds(ev: np.ndarray, sensor: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x, y, p`` (int64) of the events, every one inside ``sensor`` ``(W, H, P)``; a one-channel
+    sensor takes one polarity, read as channel 0 (as ``ToFrame`` does). Else a :class:`DataError`."""
+    w, h, p = sensor
+    x, y, pol = (ev[k].astype(np.int64) for k in ("x", "y", "p"))
+    if p == 1 and pol.size:  # one polarity channel (SHD's p = 1)
+        if np.unique(pol).size > 1:
+            raise DataError("single-polarity sensor, but the events have both polarities")
+        pol = np.zeros_like(pol)
+    bad = (x < 0) | (x >= w) | (y < 0) | (y >= h) | (pol < 0) | (pol >= p)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"event {i} (x={x[i]}, y={y[i]}, p={pol[i]}) outside sensor {(w, h, p)}")
+    return x, y, pol
+
+
 def tonic_to_raster(
     events: np.ndarray,
     sensor_size: Sequence[int],
@@ -178,6 +194,9 @@ def tonic_to_raster(
     if binning == "floor":
         tonic = require_tonic()
         ev = plain_events(events)  # a copy: ToFrame writes p = 0 in place on 1-polarity sensors
+        # ToFrame indexes with the raw coordinates: a negative one wraps to the other side of
+        # the sensor (p = -1 into the ON channel), a large one is a bare IndexError
+        _check_bounds(events_from_tonic(events), (w, h, p))
         if len(ev) and np.any(np.diff(ev["t"]) < 0):
             ev = ev[np.argsort(ev["t"], kind="stable")]
         frame = tonic.transforms.ToFrame(
@@ -195,15 +214,7 @@ def tonic_to_raster(
         out = torch.from_numpy(raster.astype(np.float32))
     elif binning == "round":
         ev = events_from_tonic(events)
-        x, y, pol = (ev[k].astype(np.int64) for k in ("x", "y", "p"))
-        if p == 1 and pol.size:  # one polarity channel (SHD's p = 1): as ToFrame does
-            if np.unique(pol).size > 1:
-                raise DataError("single-polarity sensor, but the events have both polarities")
-            pol = np.zeros_like(pol)
-        bad = (x < 0) | (x >= w) | (y < 0) | (y >= h) | (pol < 0) | (pol >= p)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"event {i} (x={x[i]}, y={y[i]}, p={pol[i]}) outside sensor {(w, h, p)}")
+        x, y, pol = _check_bounds(ev, (w, h, p))
         units = pol * (w * h) + y * w + x
         bins = event_bins(ev["t"].astype(np.float64) - start_time, dt_us, "round")
         flat = flat_raster_index(bins, units, T, n_units)

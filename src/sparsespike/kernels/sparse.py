@@ -45,8 +45,10 @@ Backends: numba on CPU (:mod:`sparsespike.kernels.sparse_cpu`), Triton on CUDA
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,7 +62,29 @@ from . import cpu
 from . import sparse_cpu as kc
 from .recurrence import _kernel_surrogate, backward_torch, forward_torch, refuse_nan_membranes
 
-ATTR = "_sparsespike_meta"
+# The metadata of a tensor lives here, keyed by the tensor's id and checked against a weak
+# reference to it, not in the tensor's __dict__: torch pickles and deep-copies a tensor's
+# __dict__, so a raster with a lazily built list (a closure) could not be saved, and a deep copy
+# got version 0 again, reviving a list that an in-place edit had made stale.
+_METAS: dict[int, tuple[weakref.ref, SpikeMeta]] = {}
+
+
+def _drop_meta(key: int, ref: weakref.ref) -> None:
+    ent = _METAS.get(key)
+    if ent is not None and ent[0] is ref:  # not a newer tensor's entry under a reused id
+        del _METAS[key]
+
+
+def _set_meta(x: torch.Tensor, meta: SpikeMeta) -> None:
+    key = id(x)
+    _METAS[key] = (weakref.ref(x, functools.partial(_drop_meta, key)), meta)
+
+
+def _raw_meta(x: torch.Tensor) -> SpikeMeta | None:
+    ent = _METAS.get(id(x))
+    return ent[1] if ent is not None and ent[0]() is x else None
+
+
 _FLOATS = (torch.float32, torch.float64)
 _INF = 1e30  # stands in for b_th = inf inside kernels
 
@@ -271,7 +295,7 @@ def attach_active_set(
         raise ValueError(f"counts shape {tuple(counts.shape)} does not match active set {active.shape}")
     if x.is_inference():  # no version counter to tell an in-place change: attach nothing (the
         return x  # consumer scans the tensor instead; nothing needs an active set without autograd)
-    setattr(x, ATTR, SpikeMeta(active, spikes, x._version, active.shape, active.device, counts))
+    _set_meta(x, SpikeMeta(active, spikes, x._version, active.shape, active.device, counts))
     return x
 
 
@@ -291,13 +315,13 @@ def attach_spike_list(
         raise ValueError(f"spike list over {shape} does not match tensor {tuple(x.shape)}")
     if x.is_inference():  # see attach_active_set
         return x
-    setattr(x, ATTR, SpikeMeta(None, spikes, x._version, tuple(shape), x.device))
+    _set_meta(x, SpikeMeta(None, spikes, x._version, tuple(shape), x.device))
     return x
 
 
 def get_meta(x: torch.Tensor) -> SpikeMeta | None:
     """The :class:`SpikeMeta` attached to ``x`` if still valid (same shape, no in-place change)."""
-    m = getattr(x, ATTR, None)
+    m = _raw_meta(x)
     if m is None or x.is_inference() or m.version != x._version or m.device != x.device:
         return None
     # [T, B, ...] matches sets over [T, B, F] when the trailing dims hold F features
@@ -316,7 +340,7 @@ def share_active_set(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """Copy ``src``'s attached active set to ``dst`` (e.g. ``src.detach().requires_grad_()``)."""
     m = get_meta(src)
     if m is not None and not dst.is_inference():
-        setattr(dst, ATTR, SpikeMeta(m.active, m.spikes, dst._version, m.shape, m.device))
+        _set_meta(dst, SpikeMeta(m.active, m.spikes, dst._version, m.shape, m.device))
     return dst
 
 
