@@ -51,6 +51,16 @@ CFG_FREEZE = {
 }
 
 
+# 201 samples in batches of 50: the last batch has one sample, so rank 0's shard is empty (its
+# NaN mean once stopped the run); with the activity measured every batch, summed over ranks
+CFG_ONE_LEFT = {
+    **CFG,
+    "name": "ddp_one_left",
+    "data": {**CFG["data"], "train_subset": 201},
+    "train": {**CFG["train"], "measure_every": 1},
+}
+
+
 def _worker(rank: int, world: int, init_file: str, out: str, data_dir: str, cfg: dict) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -61,7 +71,9 @@ def _worker(rank: int, world: int, init_file: str, out: str, data_dir: str, cfg:
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
-@pytest.mark.parametrize("cfg", [CFG, CFG_FREEZE], ids=["plain", "gates_learn_then_freeze"])
+@pytest.mark.parametrize(
+    "cfg", [CFG, CFG_FREEZE, CFG_ONE_LEFT], ids=["plain", "gates_learn_then_freeze", "empty_shard_and_activity"]
+)
 def test_two_process_ddp_matches_single_process(tmp_path, data_dir, cfg):
     single = tmp_path / "single"
     Trainer(from_dict(ExperimentConfig, cfg), single, data_dir, progress=False).fit()
@@ -74,4 +86,14 @@ def test_two_process_ddp_matches_single_process(tmp_path, data_dir, cfg):
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5)
     # rank 0 alone wrote the logs: one line per epoch
-    assert len((ddp / "metrics.jsonl").read_text().splitlines()) == 2
+    lines = (ddp / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    if cfg["train"].get("measure_every"):  # the whole batch's activity, not rank 0's shard's
+        import json
+
+        one = [json.loads(x)["activity_pct"] for x in (single / "metrics.jsonl").read_text().splitlines()]
+        two = [json.loads(x)["activity_pct"] for x in lines]
+        assert one[0].keys() == two[0].keys() and one[0]
+        for a_, b_ in zip(one, two, strict=True):
+            for k in a_:
+                assert b_[k] == pytest.approx(a_[k], rel=1e-4), k

@@ -78,6 +78,12 @@ def test_validation_best_checkpoint_and_test_use_the_average(tmp_path, data_dir)
     t2, _, _ = load_run(tmp_path / "run", data_dir, last=True)
     for name, w in t2.model.named_parameters():
         assert torch.equal(w.detach(), avg[name])
+    # and so does the export of last.pt (it exported the raw weights)
+    from sparsespike.export import load_trained_model
+
+    exported, _, _ = load_trained_model(tmp_path / "run", "last")
+    for name, w in exported.named_parameters():
+        assert torch.equal(w.detach(), avg[name]), name
 
 
 def test_resume_restores_the_average(tmp_path, data_dir):

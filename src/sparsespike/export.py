@@ -1094,8 +1094,8 @@ def load_trained_model(
         cfg = from_dict(ExperimentConfig, json.loads(info_p.read_text())["config"])
     except (KeyError, json.JSONDecodeError) as e:
         raise ExportError(f"{info_p}: no readable 'config' ({e})") from e
-    state = load_checkpoint(ckpt)
-    state = state.get("model", state)
+    full = load_checkpoint(ckpt)
+    state = full.get("model", full)
     shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
     shape = shape or dataset_input_shape(cfg) or _shape_from_state(state)
     if shape is None:
@@ -1113,6 +1113,12 @@ def load_trained_model(
             f"{ckpt}: weights do not fit the network built from {info_p} with input shape "
             f"{shape} ({str(e).splitlines()[0]}); pass the right --input-shape"
         ) from e
+    if full.get("ema"):  # a run with train.ema: its averaged weights are the result (as load_run)
+        from .ema import EmaWeights
+
+        ema = EmaWeights(model, full["ema"]["decay"])
+        ema.load_state_dict(full["ema"])
+        ema.copy_to(model)
     if m.gates:
         from .sparsity.connectivity import prune
 

@@ -495,12 +495,18 @@ class Trainer:
             if mon is not None:
                 mon.reset()
             out = self.net(x)
-            task = loss_fn(out, yb)
-            loss = task
-            if terms:
-                ctx = LossContext(e_in_phase, ph.epochs, b, n_batches, self.model, out, yb, mon, global_epoch)
-                for t in terms:
-                    loss = loss + t(ctx)
+            if len(yb) == 0:
+                # an empty shard (a global batch smaller than the world): it must still run the
+                # forward and backward, for DDP's gradient all-reduce, but adds nothing (weight 0
+                # below); a mean over no samples would be NaN. Every parameter gets a zero grad.
+                task = loss = out.sum() * 0.0 + sum(q.sum() for q in self.model.parameters()) * 0.0
+            else:
+                task = loss_fn(out, yb)
+                loss = task
+                if terms:
+                    ctx = LossContext(e_in_phase, ph.epochs, b, n_batches, self.model, out, yb, mon, global_epoch)
+                    for t in terms:
+                        loss = loss + t(ctx)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss {float(loss)} at epoch {global_epoch + 1}, batch {b}; lower the learning rate"
@@ -526,20 +532,27 @@ class Trainer:
             tot_loss += float(loss.detach()) * n
             tot_task += float(task.detach()) * n
             correct += float((out.argmax(-1) == yb).sum())
-            if mon is not None:
+            if mon is not None and n:
                 spikes += float(mon.spike_count().detach()) * n
             me = self.cfg.train.measure_every
             if me and b % me == 0:
+                # weighted by the shard's samples and summed over ranks below: the activity of
+                # the whole global batch, as one process measures it
                 for name, m in self.model.named_modules():
                     if hasattr(m, "activity") and getattr(m, "last_stats", None):
-                        act_sum[name] = act_sum.get(name, 0.0) + m.activity()
-                act_n += 1
+                        act_sum[name] = act_sum.get(name, 0.0) + m.activity() * n
+                act_n += n
             bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         if mon is not None:
             mon.remove()
         seen, tot_loss, tot_task, correct, spikes = _all_reduce_sum(
             [seen, tot_loss, tot_task, correct, spikes], self.world
         )
+        if self.cfg.train.measure_every:
+            names = sorted({name for name, m in self.model.named_modules() if hasattr(m, "activity")})
+            sums = _all_reduce_sum([act_sum.get(k, 0.0) for k in names] + [act_n], self.world)
+            act_sum = {k: v for k, v in zip(names, sums[:-1], strict=True) if k in act_sum or v}
+            act_n = sums[-1]
         rec = dict(
             train_loss=tot_loss / seen,
             train_task_loss=tot_task / seen,
