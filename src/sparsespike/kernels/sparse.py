@@ -69,10 +69,11 @@ from .recurrence import _kernel_surrogate, backward_torch, forward_torch, refuse
 _METAS: dict[int, tuple[weakref.ref, SpikeMeta]] = {}
 
 
-def _drop_meta(key: int, ref: weakref.ref) -> None:
-    ent = _METAS.get(key)
+def _drop_meta(key: int, ref: weakref.ref, metas: dict = _METAS) -> None:
+    # ``metas`` bound at definition: at interpreter exit the module's globals may already be None
+    ent = metas.get(key)
     if ent is not None and ent[0] is ref:  # not a newer tensor's entry under a reused id
-        del _METAS[key]
+        del metas[key]
 
 
 def _set_meta(x: torch.Tensor, meta: SpikeMeta) -> None:
