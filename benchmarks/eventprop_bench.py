@@ -483,8 +483,10 @@ def main(argv=None):
         X, Y = load_yinyang("train")
         x = encode_yinyang(X[: args.batch])
         y = Y[: args.batch]
-        # warm-up (JIT compilation / cache load)
-        EventNetwork([5, 4, 3])(x[:2])
+        # warm-up (JIT compilation / cache load) of the forward and the backward: without the
+        # backward, the first measured point paid its one-time load (a 9x outlier with --quick)
+        o = EventNetwork([5, 4, 3])(x[:2])
+        FontaniniLoss.l_a(3.5e-3, 0.4)(o, y[:2])[0].backward()
         repeats = 3 if not args.quick else 1
         res["batch"] = args.batch
     if "spike_sweep" in parts:
@@ -536,6 +538,14 @@ def main(argv=None):
     path = out / "eventprop.json"
     if args.only and path.exists():  # a partial run replaces its own keys and keeps the rest of the file
         keep = json.loads(path.read_text())
+        # only if the kept timings were measured under the same settings: the file has one
+        # device (thread count) and one batch size for all its parts
+        clash = [k for k in ("device", "batch") if k in keep and k in res and keep[k] != res[k]]
+        if clash:
+            raise SystemExit(
+                f"{path} was measured with {', '.join(f'{k}={keep[k]!r}' for k in clash)}, this run with "
+                f"{', '.join(f'{k}={res[k]!r}' for k in clash)}: rerun every part, or write to another --out-dir"
+            )
         new = set(parts) | ({"batch"} if parts & {"spike_sweep", "time_scale"} else set())
         new |= {"fit_total_us_per_sample"} if "spike_sweep" in parts else set()
         res = {**keep, **{k: v for k, v in res.items() if k in new}}

@@ -139,6 +139,19 @@ def test_shipped_configs_load(path):
     assert cfg.phases and cfg.sizes[0] in (5, 784)
 
 
+def test_augment_images_refuses_0_255_floats():
+    """Only uint8 was scaled: 0-255 floats or ints were clamped to a black-and-white image."""
+    from sparsespike.errors import SpikeInputError
+
+    img = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    img[0, 10:18, 12:16] = 255
+    for bad in (img.float(), img.long()):
+        with pytest.raises(SpikeInputError, match="uint8 or lie in"):
+            augment_images(bad, torch.Generator().manual_seed(0))
+    ok = augment_images(img.float() / 255, torch.Generator().manual_seed(0), 0, 0)
+    assert torch.allclose(ok, img.float() / 255)
+
+
 def test_augment_images_shape_and_range():
     g = torch.Generator().manual_seed(0)
     img = torch.zeros(4, 28, 28, dtype=torch.uint8)
@@ -228,6 +241,7 @@ def test_cli_train_prints_the_results_and_honours_quiet(tmp_path, capsys):
         ({"adam_betas": [0.9]}, "adam_betas"),
         ({"adam_eps": 0.0}, "adam_eps must be > 0"),
         ({"grazing_eps": 0.0}, "grazing_eps must be > 0"),
+        ({"augment": True}, "augment works on MNIST images only"),  # the Yin-Yang config: was ignored
     ],
 )
 def test_config_values_are_type_checked(over, match):

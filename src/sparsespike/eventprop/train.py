@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..config import check_value, refuse_changes
-from ..errors import ConfigError
+from ..errors import ConfigError, SpikeInputError
 from ..runtime import tune_allocator
 from .encode import encode_mnist, encode_yinyang
 from .losses import LOSS_NAMES, SILENT_TARGET_RULES, make_loss
@@ -163,6 +163,8 @@ class EventPropConfig:
             raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
         if not self.grazing_eps > 0:
             raise ConfigError(f"grazing_eps must be > 0 (it bounds a division), got {self.grazing_eps!r}")
+        if self.augment and self.dataset != "mnist":  # shifts and rotations of images
+            raise ConfigError(f"augment works on MNIST images only, not on {self.dataset!r}")
 
 
 def _checked(cls, d: dict) -> dict:
@@ -245,6 +247,9 @@ def augment_images(images: torch.Tensor, gen: torch.Generator, shift: float = 0.
     x = images.to(torch.float32)
     if images.dtype == torch.uint8:
         x = x / 255.0
+    elif x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):  # 0-255 floats: all would clamp to 1
+        raise SpikeInputError(f"images must be uint8 or lie in [0, 1], got {images.dtype} values in "
+                              f"[{float(x.min())}, {float(x.max())}]")  # fmt: skip
     B = x.shape[0]
     ang = (torch.rand(B, generator=gen) * 2 - 1) * math.radians(degrees)
     tx = (torch.rand(B, generator=gen) * 2 - 1) * shift * 2  # grid coords span [-1, 1]
