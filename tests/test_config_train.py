@@ -368,6 +368,8 @@ def test_evaluate_reloads_a_run(tmp_path, capsys) -> None:
     assert main(["evaluate", str(run), "--limit", "0"]) == 2
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "no run.json" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--last"]) == 0  # last.pt has no "epoch": it printed "epoch None"
+    assert "last.pt (epoch 2, 2 epochs logged)" in capsys.readouterr().out
 
 
 def test_only_the_last_phase_competes_for_the_best_checkpoint(tmp_path, data_dir):
@@ -497,3 +499,59 @@ def test_a_gpu_run_is_evaluated_on_a_cpu_only_machine(tmp_path, data_dir):
     (tmp_path / "r" / "run.json").write_text(json.dumps(info))
     tr, _, _ = load_run(tmp_path / "r", data_dir)
     assert tr.device.type == "cpu" and tr.evaluate(tr.data.test)["acc"] > 0
+
+
+def test_train_epochs_on_a_phased_config_is_refused_not_ignored(tmp_path):
+    """With train.phases the phases set the length: --set train.epochs=2 was silently ignored."""
+    phased = json.loads(json.dumps(SMALL))  # (its train.epochs: 3 in the file is not an override)
+    phased["train"]["phases"] = [{"name": "a", "epochs": 2}, {"name": "b", "epochs": 3}]
+    path = _write(tmp_path, phased)
+    assert [p.epochs for p in load_config(path).phases()] == [2, 3]
+    assert [p.epochs for p in load_config(path, {"train.phases.0.epochs": 1}).phases()] == [1, 3]
+    load_config(path, {"train.epochs": 5})  # agrees with the phases: fine
+    with pytest.raises(ConfigError, match="train.epochs = 2, but the config has train.phases, which add up to 5"):
+        load_config(path, {"train.epochs": 2})
+
+
+def test_resume_refuses_to_lengthen_a_length_dependent_spike_count_schedule(tmp_path, data_dir):
+    """w(n, N) = s0 n / N: the epochs already run used N = 2, so lengthening to 3 would not give
+    the uninterrupted 3-epoch run's weights; a constant schedule may be lengthened."""
+    for schedule, refused in (("linear", True), ("constant", False)):
+        cfg = json.loads(json.dumps(SMALL))
+        cfg["train"]["regularizers"] = [{"name": "spike_count", "schedule": schedule, "s0": 1e-3}]
+        out = tmp_path / schedule
+        Trainer(load_config(_write(tmp_path, cfg), {"train.epochs": 2}), out, data_dir, progress=False).fit()
+        longer = Trainer(load_config(_write(tmp_path, cfg), {"train.epochs": 3}), out, data_dir, resume=True,
+                         progress=False)  # fmt: skip
+        if refused:
+            with pytest.raises(ConfigError, match="spike-count schedule \\('linear'\\) whose weights depend"):
+                longer.fit()
+        else:
+            assert longer.fit()["epochs"] == 3
+
+
+def test_cli_refuses_torchrun_for_one_process_engines_and_labels_validation_only_runs(tmp_path, monkeypatch, capsys):
+    """Under torchrun every rank trained a whole EventProp/Yin run into the same folder; an
+    EventProp run without a test pass had its validation accuracy reported as test accuracy."""
+    import yaml
+
+    from sparsespike.cli import _run_row, main
+
+    ep = {"engine": "eventprop", "dataset": "yinyang", "sizes": [5, 8, 3], "n_train": 32, "n_val": 20,
+          "eval_test": False, "progress": False,
+          "phases": [{"loss": "L_W", "alpha": 3.0e-3, "lr": 5.0e-3, "epochs": 1}]}  # fmt: skip
+    path = tmp_path / "ep.yaml"
+    path.write_text(yaml.safe_dump(ep))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="data-parallel training .* is for the time-stepped engine"):
+        main(["train", str(path), "--out", str(tmp_path / "ep")])
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(["train", str(path), "--out", str(tmp_path / "ep"), "--quiet"]) == 0
+    w = _run_row(tmp_path / "ep")
+    assert w["acc"] != w["acc"] and w["acc_split"] == "validation"  # no test figure: NaN in test columns
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "ep")]) == 0
+    out = capsys.readouterr().out
+    assert "validation accuracy (no test run)" in out and "test accuracy" not in out
+    assert main(["demo", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err

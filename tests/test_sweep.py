@@ -20,15 +20,21 @@ from sparsespike import report  # noqa: E402
 from sparsespike.errors import ConfigError  # noqa: E402
 from sparsespike.sweep import (  # noqa: E402
     SweepSpec,
+    aggregate,
+    collect,
     default_storage,
+    finalize_grid,
     grid_status,
     launch,
+    main,
     make_storage,
     open_study,
     reconcile,
     select,
     worker_loop,
 )
+
+QUIET = lambda *a: None  # noqa: E731
 
 TINY = {
     "name": "tiny",
@@ -91,6 +97,46 @@ def test_select_needs_baseline():
         select(_pts("constant", 1e-4, [0.7], [5]))
 
 
+def _rows(method, s0, seed, accs, spikes):
+    return [
+        {"method": method, "s0": s0, "seed": seed, "trial": 0, "run_dir": f"/r/{method}{s0}_{seed}", "epoch": e + 1}
+        | {"val_acc": a, "val_spikes": s}
+        for e, (a, s) in enumerate(zip(accs, spikes, strict=True))
+    ]
+
+
+def test_select_only_points_averaged_over_every_seed():
+    """A seed that diverged early (or failed) leaves later epochs averaged over the other seeds
+    only: such a point must not win a table (or set the reference) on one lucky run."""
+    rows = (
+        _rows("baseline", 0.0, 0, [0.80, 0.85, 0.86], [100, 100, 100])
+        + _rows("baseline", 0.0, 1, [0.80, 0.84], [100, 100])  # seed 1 diverged in epoch 3
+        + _rows("constant", 1e-3, 0, [0.70, 0.86, 0.87], [50, 20, 10])
+        + _rows("constant", 1e-3, 1, [0.30], [5])  # diverged in epoch 2
+        + _rows("constant", 1e-2, 0, [0.84, 0.845], [30, 25])
+        + _rows("constant", 1e-2, 1, [0.85, 0.845], [30, 25])
+    )
+    pts = aggregate(rows, seeds=[0, 1])
+    by = {(p["method"], p["s0"], p["epoch"]): p for p in pts}
+    assert by[("constant", 1e-3, 1)]["complete"] and by[("constant", 1e-3, 1)]["seeds"] == [0, 1]
+    for e in (2, 3):  # kept visible, marked
+        assert not by[("constant", 1e-3, e)]["complete"] and by[("constant", 1e-3, e)]["missing_seeds"] == [1]
+    assert not by[("baseline", 0.0, 3)]["complete"]
+    sel = select(pts, tolerance=0.01)
+    assert sel["reference_val_acc"] == pytest.approx(0.845)  # not seed 0's epoch 3 alone (0.86)
+    assert sel["excluded"] == 3
+    t1 = sel["table1"]["constant"]
+    assert (t1["s0"], t1["epoch"], t1["seeds"]) == (1e-2, 2, [0, 1])  # not the lucky 1e-3 epoch 3 (10 spikes)
+    assert sel["table1"]["baseline"]["epoch"] == 2
+    # without the spec's seeds: every seed the (method, s0) has
+    assert not {(p["method"], p["s0"], p["epoch"]): p for p in aggregate(rows)}[("constant", 1e-3, 2)]["complete"]
+    # a seed that failed entirely leaves every point of its (method, s0) incomplete
+    pts = aggregate(rows, seeds=[0, 1, 2])
+    assert not any(p["complete"] for p in pts)
+    with pytest.raises(ConfigError, match=r"baseline averaged over every seed.*\[1, 2\]"):
+        select(pts)
+
+
 def test_reductions_reproduce_paper_headlines():
     tables = {
         t: [{"method": m, "test_spikes": float(v[3])} for m, v in report.PAPER[t].items()] for t in ("table1", "table2")
@@ -121,6 +167,48 @@ def test_spec_grid_and_errors(tmp_path):
     fm = SweepSpec.load("allred_fmnist_sweep")
     assert fm.n_points() == 16 and fm.config.is_file()
     assert fm.trial_config("linear", 1e-4, 0).data.val_fraction == 0.2
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"val_fraction": 1.5}, "val_fraction must be in \\(0, 1\\)"),
+        ({"val_fraction": 0}, "val_fraction must be in \\(0, 1\\)"),
+        ({"val_fraction": -0.2}, "val_fraction must be in \\(0, 1\\)"),
+        ({"val_fraction": "x"}, "val_fraction must be a float"),
+        ({"val_subset": -5}, "val_subset must be >= 1"),
+        ({"val_subset": 0}, "val_subset must be >= 1"),
+        ({"val_subset": "abc"}, "val_subset must be an int"),
+        ({"val_subset": 1.5}, "val_subset must be an int"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"seeds": [0, 0]}, "seeds repeat"),
+        ({"seeds": [1.7]}, "seeds must be an int"),
+        ({"seeds": [True]}, "seeds must be an int"),
+        ({"seeds": [-1]}, "seeds must be >= 0"),
+        ({"seeds": "abc"}, "seeds must be a non-empty list"),
+        ({"seeds": 5}, "seeds must be a non-empty list"),
+        ({"schedules": {"constant": [float("nan")]}}, "schedules.constant .*finite number > 0"),
+        ({"schedules": {"constant": ["inf"]}}, "schedules.constant .*finite number > 0"),
+        ({"schedules": {"constant": [0.0]}}, "schedules.constant .*finite number > 0"),
+        ({"schedules": {"constant": ["abc"]}}, "schedules.constant .*must be a number, got 'abc'"),
+        ({"schedules": {"constant": [1e-3, 1e-3]}}, "s0 values of schedules.constant repeat"),
+        ({"schedules": ["constant"]}, "schedules must map schedule names"),
+        ({"tolerance": "x"}, "tolerance must be a float"),
+        ({"tolerance": 1.5}, "tolerance is a fraction"),
+        ({"set": ["train.epochs"]}, "set must map"),
+    ],
+)
+def test_spec_values_are_checked(over, match):
+    """A bad value fails at load time with a ConfigError naming the key, not later (or silently:
+    seeds [] ran seed 0, [0, 0] dropped a seed, val_subset -5 cut samples off the end)."""
+    with pytest.raises(ConfigError, match=f"sweep spec: .*{match}"):
+        tiny_spec(**over)
+
+
+def test_spec_values_accepted():
+    spec = tiny_spec(val_fraction=0.1, val_subset=None, seeds=[3, 1], tolerance="0.02", schedules={"linear": "1e-4"})
+    assert (spec.val_fraction, spec.val_subset, spec.seeds, spec.tolerance) == (0.1, None, [3, 1], 0.02)
+    assert spec.schedules == {"linear": [1e-4]} and tiny_spec(seeds=None).seeds == [0]
 
 
 @pytest.mark.parametrize("key", ["per_batch", "normalized"])
@@ -279,3 +367,194 @@ def test_report_files_from_results(tmp_path):
     assert "Table 1" in md and "no admissible setting" in md and "71.0 %" in md
     assert (tmp_path / "accuracy_vs_spikes.png").stat().st_size > 1000
     assert (tmp_path / "table2.csv").read_text().splitlines()[0].startswith("method,s0,epochs")
+
+
+# ---------------------------------------------------------------- audit fixes: resume, report, races, flags
+def test_resume_rewrites_epochs_jsonl_cut_by_a_crash(tmp_path):
+    """A crash after epochs.jsonl got epoch 3 (cut mid-line) but before last.pt: the resume keeps
+    the readable records up to the checkpoint's epoch, so the repeated epoch 3 is not glued onto
+    the cut line (and lost)."""
+    from sparsespike.sweep import _epoch_trainer_cls, epoch_records, sweep_data
+
+    spec = tiny_spec(set={**TINY["set"], "train.epochs": 3})
+    cfg = spec.trial_config("constant", 1e-3, 0)
+    data = sweep_data(spec, cfg, None)
+    run = tmp_path / "run"
+
+    class Crash(BaseException):
+        pass
+
+    def crash_at_3(rec):
+        if rec["epoch"] == 3:
+            raise Crash
+
+    trainer = _epoch_trainer_cls()
+    with pytest.raises(Crash):
+        trainer(cfg, run, None, data=data, progress=False, on_epoch=crash_at_3).fit()
+    p = run / "epochs.jsonl"
+    p.write_text(p.read_text()[:-40])  # the epoch-3 line, cut
+    assert [r["epoch"] for r in epoch_records(run)] == [1, 2]
+    trainer(cfg, run, None, data=data, resume=True, progress=False).fit()
+    assert [r["epoch"] for r in epoch_records(run)] == [1, 2, 3]
+    lines = p.read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]  # every line readable
+
+
+def _grid_trial(study, setting, seed, state, epochs=None, error=None, retry_of=None):
+    from optuna.distributions import CategoricalDistribution
+
+    dist = {"setting": CategoricalDistribution([setting]), "seed": CategoricalDistribution([seed])}
+    ua = {"run_dir": f"/runs/{setting}_{seed}", "epochs": epochs or []} if epochs else {"error": error}
+    sa = {"retry_history": list(retry_of)} if retry_of else {}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state,
+            values=[epochs[-1]["val_acc"], epochs[-1]["val_spikes"]] if state == TrialState.COMPLETE else None,
+            params={"setting": setting, "seed": seed},
+            distributions=dist,
+            user_attrs=ua,
+            system_attrs=sa,
+        )
+    )
+
+
+def _eps(accs, spikes):
+    return [{"epoch": e + 1, "val_acc": a, "val_spikes": s} for e, (a, s) in enumerate(zip(accs, spikes, strict=True))]
+
+
+def test_collect_lists_each_failed_point_once():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    _grid_trial(study, "baseline:0.0", 0, TrialState.COMPLETE, _eps([0.5], [10.0]))
+    for i in range(3):  # the original and its 2 retries
+        _grid_trial(study, "constant:0.001", 0, TrialState.FAIL, error=f"boom {i}", retry_of=range(1, 1 + i))
+    _grid_trial(study, "constant:0.01", 0, TrialState.FAIL, error="worker died")
+    study.enqueue_trial({"setting": "constant:0.01", "seed": 0})  # its retry, still waiting
+    _grid_trial(study, "constant:0.1", 0, TrialState.FAIL, error="lost")
+    _grid_trial(study, "constant:0.1", 0, TrialState.COMPLETE, _eps([0.4], [5.0]))  # its retry made it
+    rows, failed = collect(study)
+    assert failed == [{"trial": 3, "setting": "constant:0.001", "seed": 0, "error": "boom 2", "attempts": 3}]
+    assert {(r["method"], r["s0"]) for r in rows} == {("baseline", 0.0), ("constant", 0.1)}
+
+
+def test_finalize_grid_marks_incomplete_points_and_survives_a_cut_cache(tmp_path, monkeypatch):
+    """The report: points short of a seed are listed, not selected; a test_cache.json cut by a
+    crash is evaluated again (not a crash of every later --report-only); the cache is written
+    atomically."""
+    import sparsespike.sweep as sw
+    import sparsespike.train as train
+
+    spec = tiny_spec(seeds=[0, 1], schedules={"constant": [1e-3, 1e-2]})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for seed in (0, 1):
+        _grid_trial(study, "baseline:0.0", seed, TrialState.COMPLETE, _eps([0.80, 0.85], [100, 100]))
+        _grid_trial(study, "constant:0.01", seed, TrialState.COMPLETE, _eps([0.84, 0.85], [30, 20]))
+    _grid_trial(study, "constant:0.001", 0, TrialState.COMPLETE, _eps([0.80, 0.90], [50, 5]))
+    _grid_trial(study, "constant:0.001", 1, TrialState.COMPLETE, _eps([0.30], [5]))  # diverged in epoch 2
+    tested = []
+
+    def fake_test(spec, m, s0, seed, run_dir, epoch, data_dir=None):
+        tested.append((m, s0, seed, epoch))
+        return {"test_acc": 0.8, "test_spikes": 10.0, "test_synops": 100.0, "test_ns": 1.0, "test_samples": 100}
+
+    monkeypatch.setattr(sw, "evaluate_checkpoint", fake_test)
+    written = []
+    atomic = train.atomic_write_text
+    monkeypatch.setattr(train, "atomic_write_text", lambda p, t: (written.append(Path(p).name), atomic(p, t)))
+    (tmp_path / "test_cache.json").write_text('{"/runs/baseline:0.0_0|2": {"test_acc"')  # cut by a crash
+    res = finalize_grid(spec, tmp_path, study, log=QUIET)
+    t1 = {r["method"]: r for r in res["tables"]["table1"]}
+    assert (t1["constant"]["s0"], t1["constant"]["epochs"]) == (1e-2, 2)  # not 1e-3's one-seed epoch 2
+    assert res["incomplete"] == [{"method": "constant", "s0": 1e-3, "epochs": [2], "missing_seeds": [1]}]
+    assert any(p["complete"] is False for p in res["points"])
+    md = (tmp_path / "tables.md").read_text()
+    assert "Points left out of the selection" in md and "constant s0=0.001: epoch(s) 2 lack seed(s) [1]" in md
+    cache = json.loads((tmp_path / "test_cache.json").read_text())
+    assert len(cache) == len(tested) == 4  # baseline and constant 1e-2, both seeds
+    assert "test_cache.json" in written and "sweep_results.json" in written
+    # the next report reads the cache back and tests nothing again
+    finalize_grid(spec, tmp_path, study, log=QUIET)
+    assert len(tested) == 4
+
+
+def test_concurrent_reconcile_queues_one_retry(tmp_path, monkeypatch):
+    """Process A fails a dead worker's trial; process B reconciles before A queues its retry: B
+    queues one, A must not queue a second for the same grid point."""
+    spec = tiny_spec(schedules={"constant": [1e-3]})
+    url = default_storage(tmp_path)
+    study = open_study(spec, make_storage(url), create=True)
+    other = open_study(spec, make_storage(url), create=False)  # process B
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    t = study.ask()
+    t.set_user_attr("host", socket.gethostname())
+    t.set_user_attr("pid", dead.pid)
+    t.suggest_categorical("setting", spec.settings())
+    t.suggest_categorical("seed", spec.seeds)
+    storage = study._storage
+    fail = storage.set_trial_state_values
+
+    def fail_then_other_reconciles(*a, **kw):
+        ok = fail(*a, **kw)
+        monkeypatch.setattr(storage, "set_trial_state_values", fail)
+        assert reconcile(other, min_age=0.0, log=QUIET) == 1
+        return ok
+
+    monkeypatch.setattr(storage, "set_trial_state_values", fail_then_other_reconciles)
+    assert reconcile(study, min_age=0.0, log=QUIET) == 0
+    trials = study.get_trials()
+    assert trials[t.number].state == TrialState.FAIL
+    assert len([x for x in trials if x.state == TrialState.WAITING]) == 1
+
+
+def test_grid_retry_of_a_finished_point_is_pruned(tmp_path, monkeypatch):
+    """Two retries queued for one grid point (two processes reconciling at once): the one that
+    waited for the run directory's lock while the other trained is pruned, not trained again."""
+    import contextlib
+
+    import sparsespike.sweep as sw
+
+    spec = tiny_spec(schedules={"constant": [1e-3]})
+    study = open_study(spec, make_storage(default_storage(tmp_path)), create=True)
+    t = study.ask()
+    t.suggest_categorical("setting", spec.settings())
+    t.suggest_categorical("seed", spec.seeds)
+    study.tell(t, state=TrialState.FAIL)
+    frozen = study.get_trials()[t.number]
+    sw._retry(study, frozen, 2)
+    sw._retry(study, frozen, 2)
+    first, second = study.ask(), study.ask()
+    assert first.number < second.number
+
+    @contextlib.contextmanager
+    def lock_while_the_other_finishes(run_dir):
+        study.tell(second, [0.5, 10.0])  # the other retry trained and finished meanwhile
+        yield
+
+    def no_training(*a, **kw):
+        raise AssertionError("a duplicate trained")
+
+    monkeypatch.setattr(sw, "_dir_lock", lock_while_the_other_finishes)
+    monkeypatch.setattr(sw, "train_trial", no_training)
+    obj = spec.objective(tmp_path, None, 1, QUIET)
+    with pytest.raises(optuna.TrialPruned):
+        obj(first)
+    ua = study.get_trials()[first.number].user_attrs
+    assert ua["duplicate_of"] == second.number and "error" not in ua
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--workers", "-3"], "--workers must be >= 0"),
+        (["--max-retry", "-1"], "--max-retry must be >= 0"),
+        (["--heartbeat", "0"], "--heartbeat must be >= 1"),
+        (["--threads", "-2"], "--threads must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--grace", "-5"], "--grace must be longer than --heartbeat"),
+        (["--heartbeat", "30", "--grace", "30"], "--grace must be longer than --heartbeat"),
+    ],
+)
+def test_cli_flags_are_checked(tmp_path, capsys, flags, match):
+    assert main(["allred_fmnist_sweep", "--out", str(tmp_path / "out"), *flags]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything started

@@ -166,6 +166,14 @@ def test_spec_parsing_and_trial_configs(tmp_path):
         ({"bogus": 1}, "unknown keys"),
         ({"config": "no_such_config.yaml"}, "not found"),
         ({"val_fraction": 1.5}, "val_fraction"),
+        # every value of a distribution is checked, not one sample of it
+        ({"space": {"train.epochs": {"choice": [2, "two"]}}}, "allows 'two': train.epochs must be an int"),
+        ({"space": {"train.epochs": {"choice": [2, -3]}}}, "allows -3: train.epochs must be >= 1"),
+        ({"space": {"train.epochs": {"int": [-2, 4]}}}, "allows -2: train.epochs must be >= 1"),
+        ({"space": {"model.b_th": {"uniform": [-1.0, 3.0]}}}, "allows -1.0: model.b_th must be >= 0"),
+        ({"space": {"model.gates.lam": {"log": [1.0e-4, "inf"]}}}, "log needs finite bounds"),
+        ({"space": {"model.b_th": {"uniform": ["-inf", 0.3]}}}, "uniform needs finite bounds"),
+        ({"space": {"model.b_th": {"uniform": [0.1, "nan"]}}}, "uniform needs finite bounds"),
     ],
 )
 def test_spec_errors(over, match):
@@ -278,6 +286,78 @@ def test_dead_worker_search_trial_is_retried_not_lost(tmp_path, data_dir):
     assert done[0].system_attrs["failed_trial"] == t.number
     assert done[0].user_attrs["run_dir"].endswith(f"t{t.number:04d}")
     assert spec.status(study)["done"] == spec.status(study)["total"] == 1
+
+
+def test_two_retries_of_one_slot_train_once(tmp_path, monkeypatch):
+    """Two processes reconciling at once may queue two retries for one search slot: the second to
+    start is pruned (hidden from the sampler) while the first runs; trial.json is written atomically."""
+    import sparsespike.pareto as pareto
+    import sparsespike.train as train
+    from sparsespike.sweep import _retry
+
+    spec = tiny(trials=1, references={})
+    study = open_study(spec, make_storage(default_storage(tmp_path)), create=True)
+    t = study.ask()
+    params = {k: d.suggest(t, k) for k, d in spec.space.items()}
+    study.tell(t, state=TrialState.FAIL)
+    frozen = study.get_trials()[t.number]
+    _retry(study, frozen, 2)
+    _retry(study, frozen, 2)
+    first, second = study.ask(), study.ask()
+    trained = []
+
+    def fake_train(trial, *a, **kw):
+        trained.append(trial.number)
+        return [{"epoch": 2, "val_acc": 0.5, "val_synops": 10.0}]
+
+    monkeypatch.setattr(pareto, "train_trial", fake_train)
+    written = []
+    atomic = train.atomic_write_text
+    monkeypatch.setattr(train, "atomic_write_text", lambda p, text: (written.append(Path(p).name), atomic(p, text)))
+    obj = spec.objective(tmp_path, None, 1, QUIET)
+    with pytest.raises(optuna.TrialPruned):
+        obj(second)  # the first one is RUNNING
+    study.tell(second, state=TrialState.PRUNED)
+    assert study.get_trials()[second.number].user_attrs["duplicate_of"] == first.number
+    assert second.number not in {x.number for x in SearchView(study).get_trials()}
+    assert obj(first) == (0.5, 10.0) and trained == [first.number]
+    assert "trial.json" in written
+    assert json.loads((tmp_path / "trials" / f"t{t.number:04d}" / "trial.json").read_text())["params"] == params
+
+
+def test_report_survives_a_cut_test_cache(tmp_path, monkeypatch):
+    """A test_cache.json cut by a crash is evaluated again (it broke every later --report-only);
+    the cache is written atomically."""
+    import sparsespike.pareto as pareto
+    import sparsespike.train as train
+    from sparsespike.pareto import finalize_pareto
+
+    spec = tiny(trials=2, references={})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for i, (acc, syn) in enumerate([(0.6, 100.0), (0.7, 50.0)]):
+        t = study.ask()
+        for k, d in spec.space.items():
+            d.suggest(t, k)
+        t.set_user_attr("epochs", [{"epoch": 2, "val_acc": acc, "val_synops": syn, "val_spikes": 1.0}])
+        t.set_user_attr("run_dir", str(tmp_path / "trials" / f"t{i:04d}"))
+        study.tell(t, [acc, syn])
+    tested = []
+
+    def fake_eval(spec, cfg, run_dir, epoch, data_dir=None):
+        tested.append(str(run_dir))
+        return {"test_acc": 0.65, "test_spikes": 1.0, "test_synops": 40.0, "test_ns": 1.0, "test_samples": 100}
+
+    monkeypatch.setattr(pareto, "evaluate_run", fake_eval)
+    written = []
+    atomic = train.atomic_write_text
+    monkeypatch.setattr(train, "atomic_write_text", lambda p, text: (written.append(Path(p).name), atomic(p, text)))
+    (tmp_path / "test_cache.json").write_text('{"x|2": {"test_acc": 0.')  # cut by a crash
+    res = finalize_pareto(spec, tmp_path, study, log=QUIET)
+    assert res["front"] == [1] and tested == [str(tmp_path / "trials" / "t0001")]
+    assert len(json.loads((tmp_path / "test_cache.json").read_text())) == 1
+    assert "test_cache.json" in written and "pareto.json" in written
+    finalize_pareto(spec, tmp_path, study, log=QUIET)
+    assert len(tested) == 1  # read back from the cache
 
 
 # ---------------------------------------------------------------- a whole (tiny) search

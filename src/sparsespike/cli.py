@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from importlib import resources
@@ -31,6 +32,8 @@ def cmd_demo(args) -> int:
     from .config import load_config
     from .train import Trainer
 
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     cfg = load_config(_builtin_config("demo_yinyang"), _parse_overrides(args.set))
     out = Path(args.out or "runs/demo")
@@ -65,6 +68,12 @@ def cmd_train(args) -> int:
     from .train import Trainer
 
     engine = _engine(args.config)
+    if engine in ("eventprop", "yin") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # every rank would train the whole run and write the same files
+        raise SystemExit(
+            f"sparsespike train: data-parallel training (torchrun) is for the time-stepped engine; "
+            f"{args.config} is a {engine} config: run it in one process"
+        )
     if engine == "eventprop":
         from .eventprop.train import load_config as ep_config
         from .eventprop.train import train_eventprop
@@ -180,7 +189,8 @@ def cmd_evaluate(args) -> int:
     dest.write_text(json.dumps(out, indent=2))
     m = res["metrics"]
     print(
-        f"[{cfg.name}] {ck.name} (epoch {state.get('epoch')}, {epochs} epochs logged): {args.split} accuracy "
+        f"[{cfg.name}] {ck.name} (epoch {state.get('epoch', state.get('global_epoch'))}, {epochs} epochs logged): "
+        f"{args.split} accuracy "
         f"{100 * res['acc']:.2f} % (loss {res['loss']:.4f}, {len(split)} samples) | spikes/sample "
         f"{m['spike_count']:.1f} | SynOps {m['synops']:.4g} -> {dest}"
     )
@@ -280,11 +290,10 @@ def cmd_report(args) -> int:
     if engine != "time-stepped":
         w = _run_row(run)
         print(f"# {w['name']} (seed {w['seed']}, {engine} engine)\n")
-        sel = "" if w["acc"] == w["acc_last"] else f" (at the best-validation epoch: {100 * w['acc']:.2f} %)"
-        print(
-            f"test accuracy {100 * w['acc_last']:.2f} %{sel} after {w['epochs']} epochs, "
-            f"training {w['train_s']:.0f} s\n"
-        )
+        acc, last = w["val_acc"] if w.get("val_acc") else (w["acc"], w["acc_last"])
+        what = "validation accuracy (no test run)" if w.get("val_acc") else "test accuracy"
+        sel = "" if acc == last else f" (at the best-validation epoch: {100 * acc:.2f} %)"
+        print(f"{what} {100 * last:.2f} %{sel} after {w['epochs']} epochs, training {w['train_s']:.0f} s\n")
         for k, v in w["extra"].items():
             print(f"- {k}: {v}")
         return 0
@@ -338,6 +347,8 @@ def _eventprop_row(run: Path, info: dict) -> dict:
     """An EventProp run: first-spike accuracy, spikes and <N_S> on the test split."""
     cfg, log = info.get("config", {}), _log(run)
     final = info["final"] or {}
+    # a run with eval_test: false has validation figures only: shown as such, never as "test"
+    split = "test" if final.get("test") else "validation"
     test = final.get("test") or final.get("val") or {}
     bv = final.get("best_val") or {}
     sel = bv.get("test") or bv.get("val") or test  # the last phase's best-validation epoch
@@ -351,8 +362,10 @@ def _eventprop_row(run: Path, info: dict) -> dict:
         "gates": "-",
         "regs": " -> ".join(str(p.get("loss")) for p in cfg.get("phases") or []) or "-",
         "epochs": len(log),
-        "acc": sel.get("accuracy", nan),
-        "acc_last": test.get("accuracy", nan),
+        "acc": sel.get("accuracy", nan) if split == "test" else nan,
+        "acc_last": test.get("accuracy", nan) if split == "test" else nan,
+        "acc_split": split,
+        "val_acc": (sel.get("accuracy", nan), test.get("accuracy", nan)) if split != "test" else None,
         "spikes": test.get("spikes_per_sample", nan),
         "synops": nan,
         "flops": nan,
@@ -365,7 +378,7 @@ def _eventprop_row(run: Path, info: dict) -> dict:
             + ", ".join(f"{v:.3f}" for v in test.get("n_s_per_layer", [])),
             "silent neurons per layer": ", ".join(str(v) for v in test.get("silent_neurons_per_layer", [])),
             "first output spike (ms)": f"{test.get('latency_ms', nan):.2f}",
-            "test samples": test.get("n_samples", "-"),
+            f"{split} samples": test.get("n_samples", "-"),
         },
     }
 

@@ -223,7 +223,25 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
     for k, v in (overrides or {}).items():
         set_dotted(raw, k, v)
+    if "train.epochs" in (overrides or {}):
+        _check_epochs_vs_phases(raw)
     return from_dict(ExperimentConfig, raw)
+
+
+def _check_epochs_vs_phases(raw: dict) -> None:
+    """With ``train.phases`` the phases' ``epochs`` set the run's length and ``train.epochs`` is
+    not used: an override ``train.epochs`` that disagrees with their total (``--set
+    train.epochs=2`` on a phased config) would be ignored in silence, so it is refused."""
+    tr = raw.get("train") if isinstance(raw, dict) else None
+    if not isinstance(tr, dict) or not tr.get("phases") or "epochs" not in tr:
+        return
+    phases = tr["phases"] if isinstance(tr["phases"], list) else []
+    total = sum(p.get("epochs", PhaseConfig.epochs) for p in phases if isinstance(p, dict))
+    if isinstance(total, int) and tr["epochs"] != total:
+        raise ConfigError(
+            f"train.epochs = {tr['epochs']!r}, but the config has train.phases, which add up to {total} epochs "
+            "and set the run's length: change a phase's length instead (train.phases.K.epochs)"
+        )
 
 
 def set_path(d: dict, key: str, value, *, create: bool, where: str) -> None:

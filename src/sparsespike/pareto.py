@@ -68,7 +68,17 @@ import yaml
 
 from .config import ExperimentConfig, from_dict, load_config, set_path
 from .errors import ConfigError
-from .sweep import evaluate_run, mark_worker, resolve_config, slot_status, train_trial, trial_guard
+from .sweep import (
+    claim_slot,
+    evaluate_run,
+    mark_worker,
+    read_json_cache,
+    resolve_config,
+    slot_status,
+    train_trial,
+    trial_guard,
+    write_json_atomic,
+)
 
 DIST_KINDS = ("log", "uniform", "int", "choice")
 SAMPLERS = ("nsga2", "tpe")
@@ -155,7 +165,14 @@ class Dist:
             return math.sqrt(self.values[0] * self.values[1])
         if self.kind == "uniform":
             return 0.5 * (self.values[0] + self.values[1])
+        if self.kind == "int":
+            return (self.values[0] + self.values[1]) // 2
         return self.values[0]
+
+    def extremes(self) -> tuple:
+        """The values a spec is checked with: every ``choice``, both ends of a range (a config
+        check is a bound or a type, so a range whose ends build valid configs is valid inside)."""
+        return tuple(self.values)
 
     def as_spec(self) -> dict:
         return {self.kind: list(self.values)}
@@ -200,6 +217,8 @@ def parse_dist(key: str, raw) -> Dist:
     if len(vals) != 2:
         raise ConfigError(f"{where}: {kind} takes [lo, hi], got {list(vals)}")
     lo, hi = (_number(v, where) for v in vals)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ConfigError(f"{where}: {kind} needs finite bounds, got [{lo:g}, {hi:g}]")
     if not lo < hi:
         raise ConfigError(f"{where}: {kind} needs lo < hi, got [{lo:g}, {hi:g}]")
     if kind == "log" and lo <= 0:
@@ -231,6 +250,11 @@ def is_reference(trial) -> bool:
 
 def _is_surplus(trial) -> bool:
     return bool(trial.user_attrs.get("surplus"))
+
+
+def _is_duplicate(trial) -> bool:
+    """A retry pruned because another trial held its slot (:func:`~sparsespike.sweep.claim_slot`)."""
+    return trial.user_attrs.get("duplicate_of") is not None
 
 
 # ================================================================ the spec
@@ -336,8 +360,10 @@ class ParetoSpec:
         return spec
 
     def validate(self) -> None:
-        """Check the spec against its experiment config: every space key exists (a scalar), a
-        sampled and every reference config build, and the sampler accepts its options."""
+        """Check the spec against its experiment config: every space key exists (a scalar); the
+        trial config builds with every ``choice`` value and both ends of every range (the other
+        keys at a middle value), so a value that would fail only when sampled fails here; every
+        reference config builds; and the sampler accepts its options."""
         base = self.base_dict()
         for key in self.space:
             cur = get_path(base, key, "pareto spec: space")
@@ -346,7 +372,17 @@ class ParetoSpec:
                     f"pareto spec: space key {key!r} holds {type(cur).__name__} {cur!r} in the experiment config; "
                     "search over a scalar entry inside it"
                 )
-        self.trial_config({k: d.example() for k, d in self.space.items()})
+        middle = {k: d.example() for k, d in self.space.items()}
+        try:
+            self.trial_config(middle)
+        except ConfigError as e:
+            raise ConfigError(f"pareto spec: a trial of the space ({_fmt_params(middle)}) is not valid: {e}") from e
+        for key, d in self.space.items():
+            for v in d.extremes():
+                try:
+                    self.trial_config({**middle, key: v})
+                except ConfigError as e:
+                    raise ConfigError(f"pareto spec: space[{key!r}] = {d.as_spec()} allows {v!r}: {e}") from e
         for rname in self.references:
             self.trial_config(reference=rname)
         try:
@@ -517,7 +553,7 @@ def _trial_seed(seed: int, number: int) -> int:
 
 
 class SearchView:
-    """A study seen by the sampler: the same study, without reference and surplus trials."""
+    """A study seen by the sampler: the same study, without reference, surplus and duplicate trials."""
 
     def __init__(self, study) -> None:
         self._study = study
@@ -527,7 +563,7 @@ class SearchView:
 
     @staticmethod
     def _keep(trials):
-        return [t for t in trials if not is_reference(t) and not _is_surplus(t)]
+        return [t for t in trials if not is_reference(t) and not _is_surplus(t) and not _is_duplicate(t)]
 
     def get_trials(self, deepcopy: bool = True, states=None):
         return self._keep(self._study.get_trials(deepcopy=deepcopy, states=states))
@@ -577,7 +613,7 @@ def _search_sampler_cls():
                 self._base(trial).before_trial(SearchView(study), trial)
 
         def after_trial(self, study, trial, state, values) -> None:
-            if not is_reference(trial) and not _is_surplus(trial):
+            if not is_reference(trial) and not _is_surplus(trial) and not _is_duplicate(trial):
                 self._base(trial).after_trial(SearchView(study), trial, state, values)
 
     return _SearchSampler
@@ -602,6 +638,9 @@ class ParetoObjective:
         mark_worker(trial)
         frozen = trial.study._storage.get_trial(trial._trial_id)
         key = self.spec.trial_key(frozen)
+        # a slot another trial already holds: two retries queued for it by processes reconciling
+        # at once, or a reference enqueued twice
+        claim_slot(trial, self.spec.trial_key, key)
         if key[0] == "ref":
             reference, params = key[1], {}
             trial.set_user_attr("role", "reference")
@@ -621,14 +660,18 @@ class ParetoObjective:
             import torch
 
             torch.set_num_threads(int(self.threads))
+        from .train import atomic_write_text
+
         with trial_guard(trial, run_dir):
+            claim_slot(trial, self.spec.trial_key, key, running=False)  # one finished while we waited
             cfg = self.spec.trial_config(params, reference, tag=name)
             # resume only a run of the same point (a retry keeps its parameters; this guards a
-            # run directory left by something else)
+            # run directory left by something else); written atomically: a cut file would make
+            # the retry start over
             ident = json.dumps({"params": params, "reference": reference}, sort_keys=True)
             ident_p = run_dir / "trial.json"
             same = ident_p.exists() and ident_p.read_text() == ident
-            ident_p.write_text(ident)
+            atomic_write_text(ident_p, ident)
             label = f"reference {reference}" if reference else _fmt_params(params)
             recs = train_trial(
                 trial, self.spec, cfg, run_dir, self.data_dir, self.threads, label, self.log, allow_resume=same
@@ -716,7 +759,7 @@ def finalize_pareto(spec: ParetoSpec, out: Path, study, *, data_dir=None, log=pr
     front = sorted((p for p in search if p["on_front"]), key=lambda p: (p["val_synops"], -p["val_acc"]))
     # test set, once per (run, epoch)
     cache_p = out / "test_cache.json"
-    cache = json.loads(cache_p.read_text()) if cache_p.exists() else {}
+    cache = read_json_cache(cache_p, log)
     for p in front + refs:
         if not p["run_dir"] or p["epoch"] is None:
             continue
@@ -725,7 +768,7 @@ def finalize_pareto(spec: ParetoSpec, out: Path, study, *, data_dir=None, log=pr
             log(f"sweep: testing {p['slot']} (epoch {p['epoch']})")
             cfg = spec.trial_config(p["params"] if p["role"] == "search" else None, p["reference"])
             cache[key] = evaluate_run(spec, cfg, Path(p["run_dir"]), int(p["epoch"]), data_dir)
-            cache_p.write_text(json.dumps(cache, indent=1))
+            write_json_atomic(cache_p, cache)
         p.update(cache[key])
     for p in points:
         p.pop("_frozen", None)
@@ -897,7 +940,7 @@ def write_pareto_report(results: dict, out: Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "pareto.json", "markdown": out / "pareto.md", "plot": out / "pareto.png"}
-    files["json"].write_text(json.dumps(results, indent=1, default=str))
+    write_json_atomic(files["json"], results)
     files["markdown"].write_text(pareto_markdown(results))
     with contextlib.suppress(Exception):
         files["plot"].unlink()

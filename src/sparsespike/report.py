@@ -191,10 +191,28 @@ def markdown(results: dict) -> str:
         "",
         paper_markdown("table2"),
     ]
+    if results.get("incomplete"):
+        seeds = sorted(
+            {r["seed"] for r in results.get("rows", [])}
+            | {s for e in results["incomplete"] for s in e["missing_seeds"]}
+        )
+        parts += [
+            "",
+            "## Points left out of the selection (not every seed)",
+            "",
+            f"Averaged over fewer seeds than the sweep's {seeds} (a seed failed, diverged before that epoch, "
+            "or has not finished): kept in `sweep_results.json` (`complete: false`) and the plot, but they do "
+            "not compete in Tables 1 and 2 or set the reference.",
+            "",
+        ]
+        for e in results["incomplete"]:
+            epochs = ", ".join(str(x) for x in e["epochs"])
+            parts.append(f"- {e['method']} s0={e['s0']:g}: epoch(s) {epochs} lack seed(s) {e['missing_seeds']}")
     if results.get("failed"):
         parts += ["", "## Failed grid points (retries used up)", ""]
         for f in results["failed"]:
-            parts.append(f"- trial {f['trial']} {f['setting']} seed {f['seed']}: {f.get('error')}")
+            n = f" ({f['attempts']} attempts)" if f.get("attempts", 1) > 1 else ""
+            parts.append(f"- trial {f['trial']} {f['setting']} seed {f['seed']}{n}: {f.get('error')}")
     return "\n".join(parts) + "\n"
 
 

@@ -17,7 +17,10 @@ Protocol (Allred et al. sec. 2.4 and 3; METHODS.md sec. 5):
    * among the admissible points the fewest validation spikes wins ("best spiking sparsity");
      ties go to the larger ``s0``, then the fewer epochs. The same rules pick the baseline's own
      row (Table 1: its best epoch; Table 2: its sparsest epoch within the tolerance), which is
-     why the paper's two baselines differ (7 vs 6 epochs).
+     why the paper's two baselines differ (7 vs 6 epochs);
+   * with several seeds, a point is the mean over seeds, and only points that hold every seed of
+     the spec compete (reference included): a seed that failed or diverged before that epoch
+     leaves the point ``complete: false``, kept in the results and listed in the report.
 4. The selected checkpoints are evaluated once on the test set (accuracy, spike count, SynOps).
 
 **Epochs are chosen from per-epoch checkpoints, not by retraining.** The schedules depend on the
@@ -39,7 +42,9 @@ failed (immediately if its pid is dead on this host, else once its heartbeat is 
 grace period) and re-queued by :class:`optuna.storages.RetryHeartbeatStaleTrialCallback`
 (``--max-retry``). A re-queued trial resumes from the run's ``last.pt`` (Trainer resume), so
 only the interrupted epoch is repeated. A failed trial is never dropped silently: it is retried
-up to ``max_retry`` times, then listed as failed in the report.
+up to ``max_retry`` times, then its grid point is listed once as failed in the report. Two
+retries queued for one point by processes reconciling at once: the later one is pruned
+(:func:`claim_slot`).
 
 Spec (YAML)::
 
@@ -89,7 +94,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ExperimentConfig, check_value, load_config
+from .config import ExperimentConfig, check_value, config_float, load_config
 from .errors import ConfigError
 
 # torch and the Trainer are imported lazily, so that ``sparsespike --help`` stays fast
@@ -149,28 +154,24 @@ class SweepSpec:
             if k not in raw:
                 raise ConfigError(f"sweep spec: missing key {k!r}")
         cfg = resolve_config(raw["config"], source)
-        scheds: dict[str, list[float]] = {}
-        for name, grid in (raw["schedules"] or {}).items():
-            if name not in SCHEDULE_NAMES and name != BASELINE:
-                raise ConfigError(f"sweep spec: unknown schedule {name!r}; use {', '.join(SCHEDULE_NAMES)}")
-            if name == BASELINE:
-                continue
-            vals = [float(v) for v in (grid if isinstance(grid, (list, tuple)) else [grid])]
-            if any(v <= 0 for v in vals):
-                raise ConfigError(f"sweep spec: s0 values of {name!r} must be > 0 (the baseline is added)")
-            scheds[name] = vals
-        tol = float(raw.get("tolerance", 0.01))
+        set_ = raw.get("set") or {}
+        if not isinstance(set_, dict):
+            raise ConfigError(f"sweep spec: set must map dotted config keys to values, got {set_!r}")
+        vf = check_value(raw.get("val_fraction", 0.2), float, "sweep spec: val_fraction")
+        if not 0 < vf < 1:
+            raise ConfigError(f"sweep spec: val_fraction must be in (0, 1), got {vf!r}")
+        tol = check_value(raw.get("tolerance", 0.01), float, "sweep spec: tolerance")
         if not 0 <= tol < 1:
-            raise ConfigError(f"sweep spec: tolerance is a fraction of accuracy in [0, 1), got {tol}")
+            raise ConfigError(f"sweep spec: tolerance is a fraction of accuracy in [0, 1), got {tol!r}")
         return cls(
             name=str(raw["name"]),
             config=cfg,
-            schedules=scheds,
-            set=dict(raw.get("set") or {}),
-            val_fraction=float(raw.get("val_fraction", 0.2)),
-            val_subset=raw.get("val_subset"),
-            seeds=[int(s) for s in (raw.get("seeds") or [0])],
-            tolerance=tol,
+            schedules=_parse_schedules(raw["schedules"]),
+            set=dict(set_),
+            val_fraction=float(vf),
+            val_subset=check_value(raw.get("val_subset"), int | None, "sweep spec: val_subset", min=1),
+            seeds=_parse_seeds(raw.get("seeds", [0])),
+            tolerance=float(tol),
             per_batch=check_value(raw.get("per_batch", False), bool, "sweep spec: per_batch"),
             normalized=check_value(raw.get("normalized", False), bool, "sweep spec: normalized"),
             source=source,
@@ -273,6 +274,42 @@ def read_spec_yaml(path: str | Path) -> tuple[dict, Path]:
     return raw, p
 
 
+def _parse_schedules(raw) -> dict[str, list[float]]:
+    """The ``schedules:`` of a grid spec: schedule name -> distinct finite ``s0 > 0`` (a list, or
+    one number); the baseline is always added, so a ``baseline`` entry is ignored."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"sweep spec: schedules must map schedule names to s0 lists (e.g. {{constant: [1.0e-5]}}), got {raw!r}"
+        )
+    out: dict[str, list[float]] = {}
+    for name, grid in raw.items():
+        if name not in SCHEDULE_NAMES and name != BASELINE:
+            raise ConfigError(f"sweep spec: unknown schedule {name!r}; use {', '.join(SCHEDULE_NAMES)}")
+        if name == BASELINE:
+            continue
+        where = f"sweep spec: s0 of schedules.{name} (the baseline is added by itself)"
+        vals = [config_float(v, where, strict=True) for v in (grid if isinstance(grid, (list, tuple)) else [grid])]
+        if len(set(vals)) != len(vals):
+            raise ConfigError(f"sweep spec: s0 values of schedules.{name} repeat: {vals}")
+        out[name] = vals
+    return out
+
+
+def _parse_seeds(raw) -> list[int]:
+    """The ``seeds:`` of a grid spec: a non-empty list of distinct integers in numpy's seed range
+    (``null``: ``[0]``)."""
+    if raw is None:
+        return [0]
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ConfigError(f"sweep spec: seeds must be a non-empty list of integers, got {raw!r}")
+    seeds = [check_value(s, int, "sweep spec: seeds", min=0, below=2**32) for s in raw]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"sweep spec: seeds repeat: {seeds}")
+    return seeds
+
+
 SPEC_KINDS = ("grid", "pareto")
 
 
@@ -338,7 +375,7 @@ def _epoch_trainer_cls():
     global _EPOCH_TRAINER
     if _EPOCH_TRAINER is not None:
         return _EPOCH_TRAINER
-    from .train import Trainer, atomic_save
+    from .train import Trainer, atomic_save, atomic_write_text, load_checkpoint
 
     class EpochTrainer(Trainer):
         """A :class:`~sparsespike.train.Trainer` that, after every epoch, also
@@ -362,11 +399,22 @@ def _epoch_trainer_cls():
                 if ck.is_dir():
                     for f in ck.glob("epoch_*.pt"):
                         f.unlink()
+            elif (self.out / "last.pt").exists():  # (no last.pt: the Trainer refuses the resume)
+                self._trim_epochs(int(load_checkpoint(self.out / "last.pt")["global_epoch"]))
             self._fitting = True
             try:
                 return super().fit()
             finally:
                 self._fitting = False
+
+        def _trim_epochs(self, done: int) -> None:
+            """Rewrite ``epochs.jsonl`` (atomically) with its readable records of epochs ``<= done``,
+            the checkpoint's epoch: a resume repeats the epochs after it, and a line cut by the
+            crash would otherwise swallow the next record appended to it (as ``Trainer`` does
+            for ``metrics.jsonl``)."""
+            recs = _read_jsonl(self.out / "epochs.jsonl")
+            text = "".join(json.dumps(recs[e]) + "\n" for e in sorted(recs) if e <= done)
+            atomic_write_text(self.out / "epochs.jsonl", text)
 
         def evaluate(self, split, seed_offset: int = 10**6, metrics: bool = False) -> dict:
             if not (self._fitting and split is self.data.val and not metrics):
@@ -426,7 +474,8 @@ def _read_jsonl(path: Path) -> dict[int, dict]:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a crash
-        out[int(r["epoch"])] = r
+        if isinstance(r, dict) and isinstance(r.get("epoch"), int):
+            out[r["epoch"]] = r
     return out
 
 
@@ -600,6 +649,10 @@ def reconcile(study, max_retry: int = 2, log=print, min_age: float = 10.0, key=g
             except optuna.exceptions.UpdateFinishedTrialError:
                 ok = False  # another process got there first
             if ok:
+                k = key(t)
+                if k is not None and _slot_busy(study, k, key):  # another process re-queued it meanwhile
+                    log(f"sweep: trial {t.number} ({t.params}) lost its worker (pid {ua['pid']}); already re-queued")
+                    continue
                 _retry(study, storage.get_trial(t._trial_id), max_retry)
                 log(f"sweep: trial {t.number} ({t.params}) lost its worker (pid {ua['pid']}); re-queued")
                 n += 1
@@ -626,10 +679,40 @@ def reconcile(study, max_retry: int = 2, log=print, min_age: float = 10.0, key=g
             continue
         last = max(failed, key=lambda t: t.number)
         if len(last.system_attrs.get("retry_history", [])) < max_retry:
+            if _slot_busy(study, k, key):  # read again: another process may have re-queued it meanwhile
+                continue
             _retry(study, storage.get_trial(last._trial_id), max_retry)
             log(f"sweep: re-queued failed trial {last.number} {k}")
             n += 1
     return n
+
+
+def _slot_busy(study, k: tuple, key) -> bool:
+    """Whether slot ``k`` has a COMPLETE trial or one WAITING or RUNNING, read afresh from the
+    storage (what :func:`reconcile` checks just before it queues a retry, so that two processes
+    reconciling at once rarely queue two; the objectives prune the rest, :func:`claim_slot`)."""
+    from optuna.trial import TrialState
+
+    busy = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    return any(key(t) == k for t in study.get_trials(deepcopy=False, states=busy))
+
+
+def claim_slot(trial, key, k: tuple, *, running: bool = True) -> None:
+    """Prune ``trial`` (user attribute ``duplicate_of``) when another trial holds its slot ``k``
+    (``key(frozen_trial) == k``): a COMPLETE one, or with ``running`` a RUNNING one with a lower
+    number. Such duplicates come from races between processes: GridSampler handing out a grid
+    point twice, or two retries queued for one slot. Called before a trial trains, and again with
+    ``running=False`` once it holds the run directory's lock (a duplicate that started first and
+    finished while this one waited for the lock)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.RUNNING) if running else (TrialState.COMPLETE,)
+    for t in trial.study.get_trials(deepcopy=False, states=states):
+        if t.number != trial.number and key(t) == k:
+            if t.state == TrialState.COMPLETE or t.number < trial.number:
+                trial.set_user_attr("duplicate_of", t.number)
+                raise optuna.TrialPruned(f"slot {k} already taken by trial {t.number}")
 
 
 def slot_status(trials, keys: set, key_of) -> dict:
@@ -663,12 +746,15 @@ def slot_status(trials, keys: set, key_of) -> dict:
 def grid_status(study, spec: SweepSpec) -> dict:
     """Counts of grid points by state: done, running, waiting, unstarted, failed (retries used up)."""
 
-    def key_of(t):
-        p = t.params or t.system_attrs.get("fixed_params", {})
-        return (p["setting"], p.get("seed")) if "setting" in p else None
-
     keys = {(s, seed) for s in spec.settings() for seed in spec.seeds}
-    return slot_status(study.get_trials(deepcopy=False), keys, key_of)
+    return slot_status(study.get_trials(deepcopy=False), keys, _grid_point)
+
+
+def _grid_point(trial) -> tuple | None:
+    """The grid point ``(setting, seed)`` a trial claims, from its parameters or, for a WAITING
+    retry, the parameters it is queued with; ``None`` for neither."""
+    p = trial.params or trial.system_attrs.get("fixed_params", {})
+    return (p["setting"], p.get("seed")) if "setting" in p else None
 
 
 def mark_worker(trial) -> None:
@@ -680,9 +766,13 @@ def mark_worker(trial) -> None:
 @contextlib.contextmanager
 def trial_guard(trial, run_dir: Path):
     """Hold ``run_dir``'s lock while a trial trains; record any exception on the trial, re-raise it."""
+    import optuna
+
     with _dir_lock(run_dir):
         try:
             yield
+        except optuna.TrialPruned:
+            raise  # not an error (a duplicate, or a trial superseded by its retry)
         except KeyboardInterrupt:
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", "interrupted")
@@ -759,19 +849,13 @@ class _Objective:
         self.spec, self.out, self.data_dir, self.threads, self.log = spec, Path(out), data_dir, threads, log
 
     def __call__(self, trial):
-        import optuna
-        from optuna.trial import TrialState
-
         mark_worker(trial)
         setting = trial.suggest_categorical("setting", self.spec.settings())
         seed = trial.suggest_categorical("seed", list(self.spec.seeds))
         schedule, s0 = parse_setting(setting)
-        # a grid point another worker already has (a rare race of GridSampler across processes)
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            if t.number != trial.number and t.params.get("setting") == setting and t.params.get("seed") == seed:
-                if t.state == TrialState.COMPLETE or t.number < trial.number:
-                    trial.set_user_attr("duplicate_of", t.number)
-                    raise optuna.TrialPruned(f"grid point already taken by trial {t.number}")
+        # a grid point another worker already has (a race of GridSampler across processes, or two
+        # retries queued for one point)
+        claim_slot(trial, grid_key, (setting, seed))
         run_dir = self.out / "trials" / run_name(schedule, s0, seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("run_dir", str(run_dir))
@@ -782,6 +866,7 @@ class _Objective:
 
             torch.set_num_threads(int(self.threads))
         with trial_guard(trial, run_dir):
+            claim_slot(trial, grid_key, (setting, seed), running=False)
             return self._train(trial, schedule, s0, seed, run_dir)
 
     def _train(self, trial, schedule, s0, seed, run_dir):
@@ -992,55 +1077,79 @@ def _run_local_workers(
 
 # ================================================================ selection
 def collect(study) -> tuple[list[dict], list[dict]]:
-    """``(rows, failed)``: one row per (trial, epoch) of every COMPLETE trial; failed grid points."""
+    """``(rows, failed)``: one row per (trial, epoch) of the first COMPLETE trial of every grid
+    point; one entry per failed grid point.
+
+    A grid point is failed when it has no COMPLETE trial and no retry WAITING or RUNNING (all its
+    trials failed, or were pruned as duplicates): ``{"trial", "setting", "seed", "error",
+    "attempts"}`` with the last failed attempt's number and error and the count of failed attempts.
+    """
     from optuna.trial import TrialState
 
-    rows, failed = [], []
-    best: dict[tuple, object] = {}
+    by_key: dict[tuple, list] = {}
     for t in study.get_trials(deepcopy=False):
-        if "setting" not in t.params:
+        k = _grid_point(t)
+        if k is not None:
+            by_key.setdefault(k, []).append(t)
+    rows, failed = [], []
+    for key, ts in by_key.items():
+        done = [t for t in ts if t.state == TrialState.COMPLETE]
+        if done:
+            t = min(done, key=lambda t: t.number)
+            schedule, s0 = parse_setting(key[0])
+            for r in t.user_attrs.get("epochs", []):
+                rows.append(
+                    {
+                        "method": schedule,
+                        "s0": s0,
+                        "seed": key[1],
+                        "trial": t.number,
+                        "run_dir": t.user_attrs.get("run_dir"),
+                        **r,
+                    }
+                )
             continue
-        key = (t.params["setting"], t.params["seed"])
-        if t.state == TrialState.COMPLETE:
-            if key not in best or t.number < best[key].number:
-                best[key] = t
-    for key, t in best.items():
-        schedule, s0 = parse_setting(key[0])
-        for r in t.user_attrs.get("epochs", []):
-            rows.append(
+        fails = [t for t in ts if t.state == TrialState.FAIL]
+        if fails and {t.state for t in ts} <= {TrialState.FAIL, TrialState.PRUNED}:
+            last = max(fails, key=lambda t: t.number)
+            failed.append(
                 {
-                    "method": schedule,
-                    "s0": s0,
+                    "trial": last.number,
+                    "setting": key[0],
                     "seed": key[1],
-                    "trial": t.number,
-                    "run_dir": t.user_attrs.get("run_dir"),
-                    **r,
+                    "error": last.user_attrs.get("error"),
+                    "attempts": len(fails),
                 }
             )
-    done = set(best)
-    for t in study.get_trials(deepcopy=False):
-        if "setting" in t.params and t.state == TrialState.FAIL:
-            key = (t.params["setting"], t.params["seed"])
-            if key not in done:
-                failed.append(
-                    {"trial": t.number, "setting": key[0], "seed": key[1], "error": t.user_attrs.get("error")}
-                )
     return rows, failed
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean over seeds per (method, s0, epoch) of the validation numbers."""
+def aggregate(rows: list[dict], seeds: list[int] | None = None) -> list[dict]:
+    """Mean over seeds per (method, s0, epoch) of the validation numbers.
+
+    Every point says whether it is ``complete``: averaged over every seed of ``seeds`` (the
+    spec's; ``None``: every seed any epoch of that (method, s0) has). A seed that failed, diverged
+    before that epoch or has not finished yet leaves the point incomplete (``missing_seeds``), and
+    :func:`select` does not let it compete: its mean would come from fewer, possibly lucky, runs.
+    """
+    seen: dict[tuple, set] = {}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
+        seen.setdefault((r["method"], r["s0"]), set()).add(r["seed"])
         groups.setdefault((r["method"], r["s0"], r["epoch"]), []).append(r)
     out = []
     for (m, s0, e), rs in sorted(groups.items(), key=lambda kv: (_method_order(kv[0][0]), kv[0][1], kv[0][2])):
+        have = sorted(r["seed"] for r in rs)
+        want = set(seeds) if seeds is not None else seen[(m, s0)]
+        missing = sorted(want - set(have))
         out.append(
             {
                 "method": m,
                 "s0": s0,
                 "epoch": e,
-                "seeds": sorted(r["seed"] for r in rs),
+                "seeds": have,
+                "complete": not missing,
+                "missing_seeds": missing,
                 "val_acc": sum(r["val_acc"] for r in rs) / len(rs),
                 "val_spikes": sum(r["val_spikes"] for r in rs) / len(rs),
                 "train_spikes": _mean([r.get("train_spikes") for r in rs]),
@@ -1062,21 +1171,73 @@ def _method_order(m: str) -> int:
 def select(points: list[dict], tolerance: float = 0.01, eps: float = 1e-9) -> dict:
     """The Table 1 / Table 2 choice per method from aggregated validation points (see module doc).
 
-    Returns ``{"reference_val_acc", "table1": {method: point|None}, "table2": {...}}``.
+    Only complete points compete (``complete`` of :func:`aggregate`; a point without the flag
+    counts as complete), for the reference as for the tables. Returns ``{"reference_val_acc",
+    "tolerance", "excluded": number of incomplete points, "table1": {method: point|None},
+    "table2": {...}}``; a method whose points are all incomplete gets ``None``.
     """
-    base = [p for p in points if p["method"] == BASELINE]
-    if not base:
+    if not any(p["method"] == BASELINE for p in points):
         raise ConfigError("selection needs the CE-only baseline (schedule 'baseline') among the results")
+    pool = [p for p in points if p.get("complete", True)]
+    base = [p for p in pool if p["method"] == BASELINE]
+    if not base:
+        missing = sorted({s for p in points if p["method"] == BASELINE for s in p.get("missing_seeds", [])})
+        raise ConfigError(
+            "selection needs the CE-only baseline averaged over every seed, but no epoch of it has "
+            f"seed(s) {missing} (failed, diverged or not finished yet)"
+        )
     ref = max(p["val_acc"] for p in base)
     methods = sorted({p["method"] for p in points}, key=_method_order)
-    out = {"reference_val_acc": ref, "tolerance": tolerance}
+    out = {"reference_val_acc": ref, "tolerance": tolerance, "excluded": len(points) - len(pool)}
     for table, floor in (("table1", ref - eps), ("table2", ref - tolerance - eps)):
         chosen = {}
         for m in methods:
-            ok = [p for p in points if p["method"] == m and p["val_acc"] >= floor]
+            ok = [p for p in pool if p["method"] == m and p["val_acc"] >= floor]
             chosen[m] = min(ok, key=lambda p: (p["val_spikes"], -p["s0"], p["epoch"])) if ok else None
         out[table] = chosen
     return out
+
+
+def incomplete_points(points: list[dict]) -> list[dict]:
+    """The incomplete points of :func:`aggregate`, one entry per (method, s0): its epochs and
+    the seeds they lack."""
+    out: dict[tuple, dict] = {}
+    for p in points:
+        if p.get("complete", True):
+            continue
+        e = out.setdefault(
+            (p["method"], p["s0"]), {"method": p["method"], "s0": p["s0"], "epochs": [], "missing": set()}
+        )
+        e["epochs"].append(p["epoch"])
+        e["missing"].update(p.get("missing_seeds", []))
+    return [
+        {"method": e["method"], "s0": e["s0"], "epochs": e["epochs"], "missing_seeds": sorted(e["missing"])}
+        for e in out.values()
+    ]
+
+
+def read_json_cache(path: Path, log=print) -> dict:
+    """A JSON cache file (``test_cache.json``) as a dict; a missing or unreadable one (e.g. cut by a
+    crash before the writes were atomic) is empty, so its entries are computed again."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        log(f"sweep: {path} is unreadable ({type(e).__name__}: {e}); evaluating again")
+        return {}
+    if not isinstance(d, dict):
+        log(f"sweep: {path} does not hold a mapping; evaluating again")
+        return {}
+    return d
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """``obj`` as indented JSON, written atomically (a crash leaves the old file or the new one)."""
+    from .train import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(obj, indent=1, default=str))
 
 
 # ================================================================ test evaluation of the chosen points
@@ -1132,10 +1293,11 @@ def finalize_grid(spec: SweepSpec, out: Path, study, *, data_dir=None, log=print
     rows, failed = collect(study)
     if not rows:
         raise ConfigError(f"sweep {spec.name}: no finished trial to report")
-    points = aggregate(rows)
+    points = aggregate(rows, spec.seeds)
     sel = select(points, spec.tolerance)
+    incomplete = incomplete_points(points)
     cache_p = out / "test_cache.json"
-    cache = json.loads(cache_p.read_text()) if cache_p.exists() else {}
+    cache = read_json_cache(cache_p, log)
     tables = {}
     for table in ("table1", "table2"):
         tab = []
@@ -1149,7 +1311,7 @@ def finalize_grid(spec: SweepSpec, out: Path, study, *, data_dir=None, log=print
                 if key not in cache:
                     log(f"sweep: testing {m} s0={p['s0']:g} seed={seed} epoch {p['epoch']}")
                     cache[key] = evaluate_checkpoint(spec, m, p["s0"], seed, Path(run_dir), p["epoch"], data_dir)
-                    cache_p.write_text(json.dumps(cache, indent=1))
+                    write_json_atomic(cache_p, cache)
                 tests.append(cache[key])
             row = {
                 "method": m,
@@ -1174,9 +1336,10 @@ def finalize_grid(spec: SweepSpec, out: Path, study, *, data_dir=None, log=print
         "points": [{k: v for k, v in p.items() if k != "runs"} for p in points],
         "rows": rows,
         "failed": failed,
+        "incomplete": incomplete,
         "n_trials": len({(r["method"], r["s0"], r["seed"]) for r in rows}),
     }
-    (out / "sweep_results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_json_atomic(out / "sweep_results.json", results)
     files = report.write_report(results, out)
     results["files"] = {k: str(v) for k, v in files.items()}
     log((out / "tables.md").read_text())
@@ -1199,12 +1362,15 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2, help="local worker processes (0: run in this process)")
     s.add_argument("--storage", help="Optuna RDB URL (default sqlite:///<out>/study.db)")
     s.add_argument("--data-dir")
-    s.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    s.add_argument("--heartbeat", type=int, default=20, help="trial heartbeat interval, s")
+    s.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1, at least 1)")
+    s.add_argument("--heartbeat", type=int, default=20, help="trial heartbeat interval, s (at least 1)")
     s.add_argument(
-        "--grace", type=int, default=120, help="a trial with no heartbeat for this long is failed and retried"
+        "--grace",
+        type=int,
+        default=120,
+        help="a trial with no heartbeat for this long (s, more than --heartbeat) is failed and retried",
     )
-    s.add_argument("--max-retry", type=int, default=2, help="retries of a failed or lost trial")
+    s.add_argument("--max-retry", type=int, default=2, help="retries of a failed or lost trial (0: none)")
     s.add_argument("--worker", action="store_true", help="only run trials (another machine/process joining a sweep)")
     s.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
     s.add_argument(
@@ -1214,7 +1380,29 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     return s
 
 
+def check_sweep_args(args) -> None:
+    """Refuse flag values that would run something else than asked (a :class:`ConfigError` naming
+    the flag): ``--workers`` and ``--max-retry`` ``>= 0``, ``--heartbeat`` and ``--threads``
+    ``>= 1``, and ``--grace`` longer than ``--heartbeat`` (else live trials are failed as stale)."""
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0: run the trials in this process), got {args.workers}")
+    if args.max_retry < 0:
+        raise ConfigError(f"--max-retry must be >= 0 (0: no retries), got {args.max_retry}")
+    if args.heartbeat < 1:
+        raise ConfigError(f"--heartbeat must be >= 1 (seconds), got {args.heartbeat}")
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.grace <= args.heartbeat:
+        raise ConfigError(
+            f"--grace must be longer than --heartbeat ({args.heartbeat} s), got {args.grace}: a running "
+            "trial would be failed as stale between two of its heartbeats"
+        )
+
+
 def cmd_sweep(args) -> int:
+    """``sparsespike sweep``: run a sweep (``--workers``), join one (``--worker``) or report on
+    one (``--report-only``)."""
+    check_sweep_args(args)
     spec = load_spec(args.spec)
     out = Path(args.out or Path("runs") / spec.name)
     url = args.storage or default_storage(out)

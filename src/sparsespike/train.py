@@ -630,6 +630,18 @@ class Trainer:
             )
         if pi > len(self.phases):
             raise ConfigError(f"--resume: {last} is past phase {pi}, the config has {len(self.phases)} phases")
+        was = ckpt.get("phase_epochs")  # the stopped phase's length then (not in older checkpoints)
+        if was is not None and pi < len(self.phases) and self.phases[pi].epochs != int(was):
+            ph = self.phases[pi]
+            regs = ph.regularizers if ph.regularizers is not None else self.cfg.train.regularizers
+            dep = [r.get("schedule") for r in regs if isinstance(r, dict) and r.get("name") == "spike_count"
+                   and r.get("schedule", "constant") != "constant"]  # fmt: skip
+            if dep:  # w(n, N) of Allred et al. eqs. 5-8: the epochs already run used the old N
+                raise ConfigError(
+                    f"--resume: phase {ph.name!r} has a spike-count schedule ({dep[0]!r}) whose weights depend "
+                    f"on the phase's length: {int(was)} -> {ph.epochs} epochs would change those of the epochs "
+                    "already run (a constant schedule can be lengthened)"
+                )
         ran = ckpt.get("phase_lengths")  # checkpoints from before 2026-11-24 do not record them
         for i in range(min(pi, len(self.phases))) if ran is not None else ():
             if int(ran[i]) != self.phases[i].epochs:  # a finished phase's epochs have all been run
@@ -649,6 +661,7 @@ class Trainer:
             "phase": phase_idx,
             "epoch_in_phase": epoch_in_phase,
             "phase_lengths": [ph.epochs for ph in self.phases[:phase_idx]],  # finished phases
+            "phase_epochs": self.phases[phase_idx].epochs if phase_idx < len(self.phases) else None,
             "global_epoch": global_epoch,
             "best": best,
             "history": json.dumps(self.history),
