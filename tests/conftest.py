@@ -29,3 +29,20 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def atomic_writes(monkeypatch) -> list[str]:
+    """Names of the files written through ``train.atomic_write_text`` during the test (which
+    still writes them)."""
+    from sparsespike import train
+
+    names: list[str] = []
+    write = train.atomic_write_text
+
+    def record(path, text):
+        names.append(Path(path).name)
+        write(path, text)
+
+    monkeypatch.setattr(train, "atomic_write_text", record)
+    return names

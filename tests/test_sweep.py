@@ -287,10 +287,8 @@ def test_stale_heartbeat_trial_is_retried(tmp_path, data_dir):
     assert grid_status(study, spec)["done"] == spec.n_points()
 
 
-def test_trial_of_dead_local_worker_is_requeued_at_once(tmp_path):
-    spec = tiny_spec(schedules={"constant": [1e-3]})
-    storage = make_storage(default_storage(tmp_path))
-    study = open_study(spec, storage, create=True)
+def _trial_of_a_dead_worker(study, spec):
+    """A RUNNING grid trial whose worker (a finished process on this host) is gone."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     t = study.ask()
@@ -298,6 +296,14 @@ def test_trial_of_dead_local_worker_is_requeued_at_once(tmp_path):
     t.set_user_attr("pid", dead.pid)
     t.suggest_categorical("setting", spec.settings())
     t.suggest_categorical("seed", spec.seeds)
+    return t
+
+
+def test_trial_of_dead_local_worker_is_requeued_at_once(tmp_path):
+    spec = tiny_spec(schedules={"constant": [1e-3]})
+    storage = make_storage(default_storage(tmp_path))
+    study = open_study(spec, storage, create=True)
+    t = _trial_of_a_dead_worker(study, spec)
     assert reconcile(study, min_age=0.0, log=lambda *a: None) == 1
     trials = study.get_trials()
     assert trials[t.number].state == TrialState.FAIL
@@ -436,12 +442,11 @@ def test_collect_lists_each_failed_point_once():
     assert {(r["method"], r["s0"]) for r in rows} == {("baseline", 0.0), ("constant", 0.1)}
 
 
-def test_finalize_grid_marks_incomplete_points_and_survives_a_cut_cache(tmp_path, monkeypatch):
+def test_finalize_grid_marks_incomplete_points_and_survives_a_cut_cache(tmp_path, monkeypatch, atomic_writes):
     """The report: points short of a seed are listed, not selected; a test_cache.json cut by a
     crash is evaluated again (not a crash of every later --report-only); the cache is written
     atomically."""
     import sparsespike.sweep as sw
-    import sparsespike.train as train
 
     spec = tiny_spec(seeds=[0, 1], schedules={"constant": [1e-3, 1e-2]})
     study = optuna.create_study(directions=["maximize", "minimize"])
@@ -457,9 +462,7 @@ def test_finalize_grid_marks_incomplete_points_and_survives_a_cut_cache(tmp_path
         return {"test_acc": 0.8, "test_spikes": 10.0, "test_synops": 100.0, "test_ns": 1.0, "test_samples": 100}
 
     monkeypatch.setattr(sw, "evaluate_checkpoint", fake_test)
-    written = []
-    atomic = train.atomic_write_text
-    monkeypatch.setattr(train, "atomic_write_text", lambda p, t: (written.append(Path(p).name), atomic(p, t)))
+    written = atomic_writes
     (tmp_path / "test_cache.json").write_text('{"/runs/baseline:0.0_0|2": {"test_acc"')  # cut by a crash
     res = finalize_grid(spec, tmp_path, study, log=QUIET)
     t1 = {r["method"]: r for r in res["tables"]["table1"]}
@@ -483,13 +486,7 @@ def test_concurrent_reconcile_queues_one_retry(tmp_path, monkeypatch):
     url = default_storage(tmp_path)
     study = open_study(spec, make_storage(url), create=True)
     other = open_study(spec, make_storage(url), create=False)  # process B
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    t = study.ask()
-    t.set_user_attr("host", socket.gethostname())
-    t.set_user_attr("pid", dead.pid)
-    t.suggest_categorical("setting", spec.settings())
-    t.suggest_categorical("seed", spec.seeds)
+    t = _trial_of_a_dead_worker(study, spec)
     storage = study._storage
     fail = storage.set_trial_state_values
 

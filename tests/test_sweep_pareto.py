@@ -288,11 +288,10 @@ def test_dead_worker_search_trial_is_retried_not_lost(tmp_path, data_dir):
     assert spec.status(study)["done"] == spec.status(study)["total"] == 1
 
 
-def test_two_retries_of_one_slot_train_once(tmp_path, monkeypatch):
+def test_two_retries_of_one_slot_train_once(tmp_path, monkeypatch, atomic_writes):
     """Two processes reconciling at once may queue two retries for one search slot: the second to
     start is pruned (hidden from the sampler) while the first runs; trial.json is written atomically."""
     import sparsespike.pareto as pareto
-    import sparsespike.train as train
     from sparsespike.sweep import _retry
 
     spec = tiny(trials=1, references={})
@@ -311,9 +310,7 @@ def test_two_retries_of_one_slot_train_once(tmp_path, monkeypatch):
         return [{"epoch": 2, "val_acc": 0.5, "val_synops": 10.0}]
 
     monkeypatch.setattr(pareto, "train_trial", fake_train)
-    written = []
-    atomic = train.atomic_write_text
-    monkeypatch.setattr(train, "atomic_write_text", lambda p, text: (written.append(Path(p).name), atomic(p, text)))
+    written = atomic_writes
     obj = spec.objective(tmp_path, None, 1, QUIET)
     with pytest.raises(optuna.TrialPruned):
         obj(second)  # the first one is RUNNING
@@ -325,11 +322,10 @@ def test_two_retries_of_one_slot_train_once(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "trials" / f"t{t.number:04d}" / "trial.json").read_text())["params"] == params
 
 
-def test_report_survives_a_cut_test_cache(tmp_path, monkeypatch):
+def test_report_survives_a_cut_test_cache(tmp_path, monkeypatch, atomic_writes):
     """A test_cache.json cut by a crash is evaluated again (it broke every later --report-only);
     the cache is written atomically."""
     import sparsespike.pareto as pareto
-    import sparsespike.train as train
     from sparsespike.pareto import finalize_pareto
 
     spec = tiny(trials=2, references={})
@@ -348,9 +344,7 @@ def test_report_survives_a_cut_test_cache(tmp_path, monkeypatch):
         return {"test_acc": 0.65, "test_spikes": 1.0, "test_synops": 40.0, "test_ns": 1.0, "test_samples": 100}
 
     monkeypatch.setattr(pareto, "evaluate_run", fake_eval)
-    written = []
-    atomic = train.atomic_write_text
-    monkeypatch.setattr(train, "atomic_write_text", lambda p, text: (written.append(Path(p).name), atomic(p, text)))
+    written = atomic_writes
     (tmp_path / "test_cache.json").write_text('{"x|2": {"test_acc": 0.')  # cut by a crash
     res = finalize_pareto(spec, tmp_path, study, log=QUIET)
     assert res["front"] == [1] and tested == [str(tmp_path / "trials" / "t0001")]

@@ -35,20 +35,30 @@ def linear_fanout(weight: torch.Tensor) -> torch.Tensor:
     return (weight.detach() != 0).sum(0).to("cpu", torch.float64)
 
 
-def conv_fanout_map(
+def conv_fanout(
     weight: torch.Tensor,
     in_hw: tuple[int, int],
     stride=1,
     padding=0,
     dilation=1,
     groups: int = 1,
+    *,
+    values: bool = False,
 ) -> torch.Tensor:
-    """``[C_in, H, W]``: for every input position of a 2-D convolution, the sum of ``weight``'s
-    entries over the (output channel, output position, tap) triples that read it -- the
-    transposed convolution of an all-ones output with ``weight``. Differentiable in ``weight``
-    (the expected-SynOps penalty passes gate probabilities); :func:`conv_fanout` passes the
-    non-zero mask. Positions a stride never reaches, or that only padding would cover, get 0.
+    """Exact fan-out ``[C_in, H, W]`` of every input position of a 2-D convolution.
+
+    Entry ``(c, y, x)`` is the number of (output channel, output position) pairs whose receptive
+    field uses input ``(c, y, x)`` through a non-zero weight: the transposed convolution of an
+    all-ones output with the non-zero mask of ``weight``. Its sum is the layer's exact MAC count.
+    Positions a stride never reaches, or that only padding would cover, get 0.
+
+    ``values=True`` sums ``weight``'s own entries instead of its non-zero mask, differentiably
+    (the expected-SynOps penalty passes the gates' ``P(b != 0)``: the expected fan-out).
     """
+    if not values:
+        mask = (weight.detach() != 0).to("cpu", torch.float64)
+        with torch.no_grad():
+            return conv_fanout(mask, in_hw, stride, padding, dilation, groups, values=True)
     h, w = in_hw
     k = weight.shape[2:]
     pair = nn.modules.utils._pair
@@ -77,25 +87,6 @@ def conv_fanout_map(
         ones, weight, stride=stride, padding=padding, output_padding=extra, dilation=dilation, groups=groups
     )
     return fan[0, :, :h, :w]
-
-
-def conv_fanout(
-    weight: torch.Tensor,
-    in_hw: tuple[int, int],
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups: int = 1,
-) -> torch.Tensor:
-    """Exact fan-out ``[C_in, H, W]`` of every input position of a 2-D convolution.
-
-    Entry ``(c, y, x)`` is the number of (output channel, output position) pairs whose receptive
-    field uses input ``(c, y, x)`` through a non-zero weight: the transposed convolution of an
-    all-ones output with the non-zero mask of ``weight``. Its sum is the layer's exact MAC count.
-    """
-    mask = (weight.detach() != 0).to("cpu", torch.float64)
-    with torch.no_grad():
-        return conv_fanout_map(mask, in_hw, stride, padding, dilation, groups)
 
 
 def synops(spikes_per_unit: torch.Tensor, fanout: torch.Tensor) -> float:

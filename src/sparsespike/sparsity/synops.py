@@ -19,7 +19,7 @@ al. eq. 5 weighted by connectivity. ``detach_spikes=True`` keeps only the gate p
 
 For a ``Linear`` layer the expectation is exact. For a convolution the spike counts are kept per
 input position and each position is charged its own expected fan-out: the transposed convolution
-of an all-ones output with ``P(b != 0)`` (:func:`sparsespike.metrics.conv_fanout_map`), so
+of an all-ones output with ``P(b != 0)`` (:func:`sparsespike.metrics.conv_fanout` with ``values=True``), so
 borders, strides, dilation and padding are priced exactly, as ``metrics`` counts them. Grouped
 convolutions are not supported.
 
@@ -36,7 +36,7 @@ import torch
 
 from ..errors import ConfigError
 from ..kernels.sparse import get_meta, spike_counts
-from ..metrics import conv_fanout_map
+from ..metrics import conv_fanout
 from ..train import register_regularizer
 from .connectivity import GatedWeight
 from .gate_penalty import GatedInputPenalty, prob_nonzero
@@ -79,7 +79,7 @@ def expected_synops(gw: GatedWeight, counts: torch.Tensor) -> torch.Tensor:
             raise ConfigError(f"synops penalty: {gw.name!r} pads with {m.padding_mode!r}; zero padding only")
         if counts.dim() != 3:
             raise ConfigError(f"synops penalty: {gw.name!r} needs per-position input counts [C, H, W]")
-        fan = conv_fanout_map(p, tuple(counts.shape[1:]), m.stride, m.padding, m.dilation).to(counts.dtype)
+        fan = conv_fanout(p, tuple(counts.shape[1:]), m.stride, m.padding, m.dilation, values=True).to(counts.dtype)
     else:
         raise ConfigError(f"synops penalty: unsupported weight shape {tuple(p.shape)} at {gw.name!r}")
     if fan.shape != counts.shape:
