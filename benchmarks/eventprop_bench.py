@@ -443,6 +443,24 @@ def plot_vs(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _refuse_mixed_settings(path: Path, args, parts: set, device: str) -> None:
+    """A partial run (``--only``) merges into ``path`` only if the kept timings were measured
+    under the same settings -- the file states one device (thread count) and one batch size for
+    all its parts; checked before anything is measured."""
+    if not (args.only and path.exists()):
+        return
+    keep = json.loads(path.read_text())
+    now = {"device": device}
+    if parts & {"spike_sweep", "time_scale"}:
+        now["batch"] = args.batch
+    clash = [k for k in now if k in keep and keep[k] != now[k]]
+    if clash:
+        raise SystemExit(
+            f"{path} was measured with {', '.join(f'{k}={keep[k]!r}' for k in clash)}, this run with "
+            f"{', '.join(f'{k}={now[k]!r}' for k in clash)}: rerun every part, or write to another --out-dir"
+        )
+
+
 def main(argv=None):
     from sparsespike.runtime import tune_allocator
 
@@ -455,7 +473,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--data-dir", default=None, help="data root (Yin-Yang is generated, so unused there)")
-    ap.add_argument("--out-dir", type=Path, default=OUT)
+    ap.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help=f"default {OUT} ({OUT}/quick with --quick: a smoke run never replaces the full results)",
+    )
     g = ap.add_argument_group("vs_time_stepped")
     g.add_argument("--target", type=float, default=None, help="common test accuracy (default 0.95; --quick 0.8)")
     g.add_argument("--vs-epochs", type=int, default=None, help="epochs per engine (default 30; --quick 3)")
@@ -479,6 +502,8 @@ def main(argv=None):
             "numpy": np.__version__,
         },
     }
+    out = args.out_dir if args.out_dir is not None else (OUT / "quick" if args.quick else OUT)
+    _refuse_mixed_settings(out / "eventprop.json", args, parts, res["device"])
     if parts & {"spike_sweep", "time_scale"}:
         X, Y = load_yinyang("train")
         x = encode_yinyang(X[: args.batch])
@@ -533,19 +558,10 @@ def main(argv=None):
         res["vs_time_stepped"] = vs
         print(vs_table(vs))
 
-    out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     path = out / "eventprop.json"
     if args.only and path.exists():  # a partial run replaces its own keys and keeps the rest of the file
         keep = json.loads(path.read_text())
-        # only if the kept timings were measured under the same settings: the file has one
-        # device (thread count) and one batch size for all its parts
-        clash = [k for k in ("device", "batch") if k in keep and k in res and keep[k] != res[k]]
-        if clash:
-            raise SystemExit(
-                f"{path} was measured with {', '.join(f'{k}={keep[k]!r}' for k in clash)}, this run with "
-                f"{', '.join(f'{k}={res[k]!r}' for k in clash)}: rerun every part, or write to another --out-dir"
-            )
         new = set(parts) | ({"batch"} if parts & {"spike_sweep", "time_scale"} else set())
         new |= {"fit_total_us_per_sample"} if "spike_sweep" in parts else set()
         res = {**keep, **{k: v for k, v in res.items() if k in new}}

@@ -34,6 +34,8 @@ def main(argv=None) -> dict:
 
     overrides = parse_overrides(args.set)
     base = load_config(args.config, **overrides)
+    if not base.eval_test:  # (its validation figures would otherwise fill the test columns)
+        raise SystemExit("eventprop_train.py reports test accuracy and <N_S> per seed: eval_test must be true")
     if args.epochs:
         if len(args.epochs) != len(base.phases):
             raise SystemExit(f"--epochs needs {len(base.phases)} values")
@@ -55,7 +57,7 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         r = train_eventprop(base, seed=seed, progress=args.progress)
         fin = r["final"]
-        te = fin.get("test", fin["val"])
+        te = fin["test"]
         run = {
             "seed": seed,
             "test_accuracy": te["accuracy"],
@@ -109,7 +111,7 @@ def main(argv=None) -> dict:
 def _selected(sel: dict | None) -> dict | None:
     if sel is None:
         return None
-    te = sel.get("test", sel["val"])
+    te = sel["test"]
     return {
         "epoch": sel["epoch"],
         "val_accuracy": sel["val"]["accuracy"],

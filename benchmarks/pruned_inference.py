@@ -276,6 +276,16 @@ def write_table(path: Path, meta: dict, rows: list[dict]) -> str:
     return text
 
 
+def _refuse_mixed_settings(was: dict, now: dict, path: Path) -> None:
+    """``--append`` only onto rows measured with the same batch, T and input: one table states
+    one of each, so rows measured otherwise would look alike."""
+    clash = [k for k in now if k in was and was[k] != now[k]]
+    if clash:
+        old = ", ".join(f"{k}={was[k]!r}" for k in clash)
+        new = ", ".join(f"{k}={now[k]!r}" for k in clash)
+        raise SystemExit(f"--append: {path} was measured with {old}, this run with {new}: write to another --out")
+
+
 def main(argv=None) -> None:
     from sparsespike.runtime import tune_allocator
 
@@ -310,6 +320,10 @@ def main(argv=None) -> None:
     if args.save_input is not None:
         torch.save(x, args.save_input)
     densities = [float(d) for d in args.densities.split(",")]
+    json_path = args.out.with_suffix(".json")
+    if args.append and json_path.exists():  # checked before anything is timed
+        now = {"batch": int(x.shape[1]), "T": int(x.shape[0]), "input": source}
+        _refuse_mixed_settings(json.loads(json_path.read_text())["meta"], now, json_path)
     rows = []
     for ck in args.checkpoint:
         net, cfg = load_yin_model(ck)
@@ -346,7 +360,6 @@ def main(argv=None) -> None:
         "timing": "Full forward under no_grad; the four variants interleaved round-robin (rotating order), "
         "one warm-up call each, medians over the rounds; load = 1-min load average before/after timing.",
     }
-    json_path = args.out.with_suffix(".json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     if args.append and json_path.exists():
         old = json.loads(json_path.read_text())

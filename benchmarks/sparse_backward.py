@@ -643,6 +643,8 @@ def markdown(res: dict) -> str:
     def rat(r, key):
         w = r["layer2_ratios"].get(key)
         cp = r["layer2_ratios_cpu"].get(key)
+        if key == "fastest_peer_over_sparse" and w is not None:  # the CPU ratio of the same peer
+            cp = r["layer2_ratios_cpu"].get(f"{r['layer2_ratios']['fastest_peer']}_over_sparse", cp)
         return "n/a" if w is None else f"{w:.1f}x ({cp:.1f}x)"
 
     if rows:
@@ -827,12 +829,22 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--whole", type=int, nargs="*", default=[200], help="hidden sizes to time the whole backward at")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--quick", action="store_true", help="H=200 only, batch 64, short sweep")
+    ap.add_argument(
+        "--out", default=None, help="default benchmarks/results (benchmarks/results/quick with --quick: a smoke run "
+        "never replaces the full results)"
+    )  # fmt: skip
+    ap.add_argument(
+        "--quick", action="store_true", help="H=200 only, batch 64, short sweep (flags given explicitly are kept)"
+    )
     ap.add_argument("--device", default="cpu", help="cpu (numba kernels) or cuda (Triton kernels)")
     a = ap.parse_args(argv)
-    if a.quick:
-        a.hidden, a.batch, a.bth_sweep, a.reps, a.sweep_reps, a.warmup = [200], 64, [0.05, 0.2, 0.5], 3, 2, 1
+    if a.quick:  # smoke-run sizes for the flags left at their defaults
+        quick = {"hidden": [200], "batch": 64, "bth_sweep": [0.05, 0.2, 0.5], "reps": 3, "sweep_reps": 2, "warmup": 1}
+        for k, v in quick.items():
+            if getattr(a, k) == ap.get_default(k):
+                setattr(a, k, v)
+    if a.out is None:
+        a.out = "benchmarks/results/quick" if a.quick else "benchmarks/results"
     run(
         hidden=tuple(a.hidden),
         batch=a.batch,

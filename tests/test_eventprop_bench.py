@@ -85,3 +85,19 @@ def test_vs_time_stepped_cli_merges_into_existing_json(bench, tmp_path):
     assert vs["engines"]["time_stepped"]["epochs_to_target"] == 1
     assert _pos(vs["ratios_time_stepped_over_eventprop"]["train_s_to_target"])
     assert (tmp_path / "eventprop_vs_time_stepped.png").stat().st_size > 0
+
+
+def test_bench_cli_prints_a_scripts_refusal(tmp_path, capsys):
+    """`sparsespike bench` turned a script's SystemExit message into a ValueError traceback; the
+    partial-run merge refuses, before measuring, a file made with another batch."""
+    import json
+
+    from sparsespike.cli import main
+
+    (tmp_path / "eventprop.json").write_text(json.dumps({"device": "CPU (x), 1 thread(s)", "batch": 256}))
+    assert (
+        main(["bench", "eventprop", "--only", "spike_sweep", "--quick", "--batch", "8", "--out-dir", str(tmp_path)])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "was measured with" in err and "batch=256" in err

@@ -101,3 +101,16 @@ def test_a_val_fraction_that_empties_a_split_is_refused(nmnist_root: Path, fract
     """10 samples: 1 % gives no validation sample, 99 % no training sample (0 / 0 after an epoch)."""
     with pytest.raises(ConfigError, match=rf"data.val_fraction = {fraction} of 10 samples leaves the {part} split"):
         _nmnist(nmnist_root, val_fraction=fraction, T=10)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [("max_rotation", "abc", "max_rotation must be a number"), ("max_rotation", None, "max_rotation must be a number"),
+     ("max_rotation", True, "max_rotation must be a number"), ("max_shift", -0.1, "max_shift must be a finite")],
+)  # fmt: skip
+def test_augment_values_are_checked_by_name(key, value, match):
+    """float() ran before any check: a raw ValueError/TypeError, and True read as 1 degree."""
+    from sparsespike.pipeline import make_augment
+
+    with pytest.raises(ConfigError, match=f"data.augment.{match}"):
+        make_augment({"name": "affine", key: value}, "mnist")

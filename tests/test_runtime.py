@@ -19,11 +19,21 @@ def test_tune_allocator_applies_once():
     assert tune_allocator() is True  # idempotent
 
 
-def test_tune_allocator_opt_out():
+@pytest.mark.parametrize("value", ["0", "false", "Off"])
+def test_tune_allocator_opt_out(value):
     code = "from sparsespike.runtime import tune_allocator; print(tune_allocator())"
-    env = dict(os.environ, SPARSESPIKE_TUNE_MALLOC="0")
+    env = dict(os.environ, SPARSESPIKE_TUNE_MALLOC=value)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_tune_allocator_refuses_thresholds_that_wrap_as_c_ints():
+    """mallopt takes a C int: 1 << 31 was passed and wrapped to a negative threshold."""
+    code = "from sparsespike.runtime import tune_allocator; tune_allocator(trim_threshold=1 << 32)"
+    env = dict(os.environ, SPARSESPIKE_TUNE_MALLOC="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if sys.platform.startswith("linux"):
+        assert out.returncode != 0 and "thresholds must lie in" in out.stderr
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -502,6 +502,9 @@ def cmd_bench(args) -> int:
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as e:
+        if isinstance(e.code, str):  # a script's refusal: its message, not a ValueError from int()
+            print(e.code, file=sys.stderr)
+            return 1
         return int(e.code or 0)
     finally:
         sys.argv = old

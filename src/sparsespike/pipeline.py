@@ -226,7 +226,8 @@ def make_augment(spec: dict | None, dataset: str):
         raise ConfigError(f"unknown data.augment keys {sorted(unknown)}; use max_shift, max_rotation")
     from .data.augment import random_affine
 
-    shift, rot = float(spec.get("max_shift", 0.1)), float(spec.get("max_rotation", 20.0))
+    shift = config_float(spec.get("max_shift", 0.1), "data.augment.max_shift")
+    rot = config_float(spec.get("max_rotation", 20.0), "data.augment.max_rotation")
     if not (0.0 <= shift < 1.0 and 0.0 <= rot <= 180.0):
         raise ConfigError(f"data.augment needs 0 <= max_shift < 1 and 0 <= max_rotation <= 180, got {shift}, {rot}")
 

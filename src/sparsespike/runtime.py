@@ -7,10 +7,14 @@ allocates many large time-major temporaries per batch (an F-MNIST batch's input 
 ``torch.zeros(100, 256, 784)`` takes 43 ms this way and 5.3 ms once the memory is kept
 (measured on the 2-core CI machine, 1 thread). :func:`tune_allocator` raises both thresholds
 (``mallopt``) so that freed memory stays in the heap for the next batch -- the effect jemalloc or
-tcmalloc would have, without a dependency. Peak memory is unchanged; the process's resident size
-no longer shrinks after a peak. Applied by every ``sparsespike`` command, the timing benchmarks
-and the training entry points (``Trainer``, ``train_eventprop``, ``train_yin``); opt out with
-``SPARSESPIKE_TUNE_MALLOC=0``. A no-op off glibc.
+tcmalloc would have, without a dependency. The process's resident size no longer shrinks after
+a peak, and its peak can grow: a freed block stays in the heap, and a new one of the same size
+does not always fit the hole it left (torch aligns its buffers), so a benchmark's RSS peak
+(``bench/memory.py``) may read up to one such block higher than without the tuning; the torch
+allocator's own statistics, which the sparse-backward benchmark uses, are not affected. Applied
+by every ``sparsespike`` command, the timing benchmarks and the training entry points
+(``Trainer``, ``train_eventprop``, ``train_yin``); opt out with ``SPARSESPIKE_TUNE_MALLOC=0``
+(or ``false``/``no``/``off``). A no-op off glibc.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ _M_MMAP_THRESHOLD = -3
 _done: bool | None = None
 
 
-def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 31) -> bool:
+_INT_MAX = (1 << 31) - 1  # mallopt takes a C int: 1 << 31 would wrap to a negative value
+
+
+def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = _INT_MAX) -> bool:
     """Keep freed large blocks in glibc's heap (see module doc). Returns whether it applied.
 
     Idempotent; ``SPARSESPIKE_TUNE_MALLOC=0`` disables it. ``mmap_threshold`` is capped by
@@ -35,8 +42,14 @@ def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 31)
     if _done is not None:
         return _done
     _done = False
-    if os.environ.get("SPARSESPIKE_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+    if os.environ.get("SPARSESPIKE_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
+    if not sys.platform.startswith("linux"):
+        return False
+    if not (0 < int(mmap_threshold) <= _INT_MAX and 0 < int(trim_threshold) <= _INT_MAX):
+        raise ValueError(
+            f"tune_allocator: thresholds must lie in (0, 2**31 - 1], got {mmap_threshold}, {trim_threshold}"
+        )
     name = ctypes.util.find_library("c")
     if not name:
         return False

@@ -4,8 +4,12 @@ interleaving the methods it compares).
 Memory on CPU: the peak
 resident set size above the level before the measured call, sampled every 0.5 ms from
 ``/proc/self/statm`` by a background thread after returning freed heap to the OS
-(``malloc_trim``). Large tensors are ``mmap``-ed by glibc and unmapped on free, so the sampled
-RSS follows live tensor memory closely. CUDA: ``torch.cuda.max_memory_allocated``.
+(``malloc_trim``). Without the allocator tuning (``runtime.tune_allocator``), large tensors are
+``mmap``-ed by glibc and unmapped on free, so the sampled RSS follows live tensor memory closely;
+with it (every benchmark applies it, for the timings), freed blocks stay in the heap and a peak
+can read up to one such block higher (measured on the peers network: within the noise). For an
+exact CPU peak of torch tensors use the allocator's events, as ``benchmarks/sparse_backward.py``
+does. CUDA: ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
