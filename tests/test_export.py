@@ -385,3 +385,43 @@ def test_export_refuses_a_non_zero_padding_mode():
     net[0].conv.padding_mode = "circular"
     with pytest.raises(ExportError, match="padding_mode 'circular'"):
         export_nir(net, (1, 5, 5))
+
+
+def test_import_refuses_nir_neurons_we_cannot_represent():
+    """Mixed-sign or zero thresholds were folded into the weights wrongly (a silent mismatch, or
+    inf weights), a negative tau became an IF neuron with negated weights."""
+    import nir
+
+    w = np.ones((3, 4), dtype=np.float32)
+
+    def graph(neuron):
+        return nir.NIRGraph(
+            nodes={"input": nir.Input(input_type={"input": np.array([4])}), "fc": nir.Linear(weight=w),
+                   "lif": neuron, "output": nir.Output(output_type={"output": np.array([3])})},
+            edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")],
+        )  # fmt: skip
+
+    def lif(tau, thr):
+        o = np.ones(3)
+        return nir.LIF(tau=tau * o, r=o, v_leak=0 * o, v_threshold=np.asarray(thr, dtype=float), v_reset=0 * o)
+
+    for thr in ([0.5, -0.2, 0.5], [0.5, 0.0, 0.5]):
+        with pytest.raises(ExportError, match="v_threshold must be > 0"):
+            import_nir(graph(lif(5.0, thr)), dt=1.0)
+    with pytest.raises(ExportError, match="tau must be > 0"):
+        import_nir(graph(lif(-2.0, [1.0, 1.0, 1.0])), dt=1.0)
+    import_nir(graph(lif(5.0, [0.5, 0.7, 0.5])), dt=1.0)  # positive per-neuron thresholds fold exactly
+
+
+def test_export_refuses_bad_dt_and_max_pooling_of_analog_values():
+    """dt <= 0 was only checked for leaky layers (an IF layer wrote r = inf or -1); a max pool of
+    average-pooled (analog) values became SumPool2d + Threshold, which is max only for spikes."""
+    if_net = nn.Sequential(SpikingLinear(4, 3, LIFParams(beta=1.0)), LeakyReadout(3, 2, beta=1.0))
+    for dt in (0.0, -1.0):
+        with pytest.raises(ExportError, match="dt must be a finite number > 0"):
+            export_nir(if_net, (4,), dt=dt)
+    pools = nn.Sequential(
+        SpikingConv2d(1, 2, 3, LIFParams(beta=0.5), padding=1), SeqPool2d(2, "avg"), SeqPool2d(2, "max"), SeqFlatten()
+    )
+    with pytest.raises(ExportError, match="max pooling of average-pooled values"):
+        export_nir(pools, (1, 8, 8))

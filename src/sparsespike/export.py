@@ -111,11 +111,15 @@ def _check_mapping(mapping: str) -> None:
         raise ExportError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
 
 
+def _check_dt(dt: float) -> None:
+    if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):  # IF/I nodes write r = 1/dt
+        raise ExportError(f"dt must be a finite number > 0, got {dt!r}")
+
+
 def decay_to_tau(decay: float, dt: float = 1.0, mapping: Mapping = "euler") -> float:
     """Time constant of a per-step decay in ``[0, 1)``: ``dt/(1-d)`` (euler) or ``-dt/ln d`` (exp)."""
     _check_mapping(mapping)
-    if not dt > 0:
-        raise ExportError(f"dt must be > 0, got {dt}")
+    _check_dt(dt)
     if not 0.0 <= decay < 1.0:
         raise ExportError(f"a decay must be in [0, 1) to have a finite time constant, got {decay}")
     if mapping == "euler":
@@ -155,6 +159,7 @@ def lif_to_nir(
     (``tau_syn = dt``, ``w_in = 1``; exact under forward Euler only). Returns
     ``(type name, keyword arguments)``.
     """
+    _check_dt(dt)
     ones = np.ones(shape, dtype=np.float64)
     zero = np.zeros(shape, dtype=np.float64)
     thr = p.threshold * ones
@@ -186,6 +191,7 @@ def readout_to_nir(
     beta: float, shape: tuple[int, ...], dt: float = 1.0, mapping: Mapping = "euler"
 ) -> tuple[str, dict[str, np.ndarray]]:
     """NIR node for the leaky readout ``V[t] = beta V[t-1] + I[t]``: ``LI`` (or ``I`` if beta = 1)."""
+    _check_dt(dt)
     ones = np.ones(shape, dtype=np.float64)
     if beta == 1.0:
         return "I", {"r": ones / dt}
@@ -338,6 +344,7 @@ def export_nir(
 
     nir = require_nir()
     _check_mapping(mapping)
+    _check_dt(dt)
     if subtract_reset not in ("warn", "error", "ignore"):
         raise ExportError(f"subtract_reset must be 'warn', 'error' or 'ignore', got {subtract_reset!r}")
     model = _maybe_prune(model)
@@ -372,8 +379,24 @@ def export_nir(
         return (m.out_features,)
 
     last = len(mods) - 1
+    # what the current tensor holds: spikes (after a spiking layer, or a max pool of them),
+    # analog values (after an average pool) or the graph input (unknown)
+    held = "input"
     for i, m in enumerate(mods):
         where = f"layer {i} ({type(m).__name__})"
+        if isinstance(m, (SpikingLinear, SpikingConv2d)):
+            held = "spikes"
+        elif isinstance(m, SeqPool2d) and m.mode == "avg":
+            held = "analog"
+        if isinstance(m, SeqPool2d) and m.mode == "max" and held != "spikes":
+            # NIR has no max pooling: SumPool2d + Threshold(0.5) equals max only on 0/1 inputs
+            if held == "analog":
+                raise ExportError(f"{where}: max pooling of average-pooled values has no NIR equivalent")
+            warnings.warn(
+                f"{where}: max pooling of the network input is exported as SumPool2d + Threshold, which "
+                "equals max only if the input is binary (spikes)",
+                stacklevel=2,
+            )
         if isinstance(m, SpikingLinear):
             shape = add_fc(i, m, shape, where)
             add(f"lif{i}", _neuron_node(nir, m.neuron, "SpikingLinear", shape, dt, mapping, lif_as_cubalif))
@@ -608,6 +631,9 @@ def _neuron_dynamics(name: str, node: Any, dt: float, mapping: str) -> dict:
     if getattr(node, "v_reset", None) is not None and not np.allclose(np.asarray(node.v_reset, dtype=np.float64), 0.0):
         raise ExportError(f"node {name!r}: v_reset != 0 is not supported (our reset is to 0)")
     out: dict[str, Any] = {"alpha": None, "shape": shape}
+    for f in ("tau", "tau_syn", "tau_mem"):  # NIR's tau < 0 is a growing membrane: nothing of ours
+        if hasattr(node, f) and not np.all(np.asarray(getattr(node, f), dtype=np.float64) > 0):
+            raise ExportError(f"node {name!r}: {f} must be > 0, got {np.asarray(getattr(node, f)).reshape(-1)[:4]}")
     if t in ("LIF", "LI"):
         tau, r = _arr(node, "tau", shape), _arr(node, "r", shape)
         out["beta"] = _uniform(tau_to_decay(tau, dt, mapping), "tau", name)
@@ -637,6 +663,8 @@ def _resolve_neuron(name: str, node: Any, dt: float, mapping: str, reset: str | 
     md = _metadata(node)
     thr_arr = dyn.get("thr")
     beta, alpha = dyn["beta"], dyn["alpha"]
+    if thr_arr is not None and not np.all(thr_arr > 0):  # folding thr/thr_j flips or breaks v > thr
+        raise ExportError(f"node {name!r}: v_threshold must be > 0 for every neuron (ours spike at v > thr > 0)")
     thr = None if thr_arr is None else float(thr_arr.reshape(-1)[0])
     scale = dyn["gain"] if thr_arr is None else dyn["gain"] * thr / thr_arr
     if "beta" in md:
@@ -726,7 +754,12 @@ def import_nir(
                 if nt in ("LI", "I", "CubaLI"):
                     raise ExportError(f"node {nname!r}: a non-spiking {nt} after Conv2d is not supported")
                 if scale is not None:
-                    s = np.asarray(scale).reshape(weight.shape[0], -1)
+                    sc = np.asarray(scale, dtype=np.float64)  # per channel x position, or one value
+                    s = (
+                        np.full((weight.shape[0], 1), float(sc.reshape(-1)[0]))
+                        if sc.size == 1
+                        else sc.reshape(weight.shape[0], -1)
+                    )
                     if not np.allclose(s, s[:, :1], rtol=_GAIN_RTOL, atol=0):
                         raise ExportError(f"node {nname!r}: gain/threshold varies within a channel")
                     _fold(m.conv.weight, m.conv.bias, s[:, 0])
@@ -743,7 +776,10 @@ def import_nir(
                     if i + 2 != len(chain):
                         raise ExportError(f"node {nname!r}: a leaky readout ({nt}) must be last")
                     mode = readout_mode or gmeta.get("readout_mode") or _metadata(nnode).get("mode") or "max"
-                    m = LeakyReadout(shape[0], n_out, beta=params["beta"], mode=mode, bias=has_bias)
+                    try:
+                        m = LeakyReadout(shape[0], n_out, beta=params["beta"], mode=mode, bias=has_bias)
+                    except ValueError as e:  # e.g. tau < dt under 'euler': a negative decay
+                        raise ExportError(f"node {nname!r}: {e}") from e
                 elif nt == "CubaLI":
                     raise ExportError(f"node {nname!r}: CubaLI (current-based readout) is not supported")
                 else:
@@ -1067,9 +1103,9 @@ def load_trained_model(
     p = Path(path)
     if p.name == "model.pt":
         return _load_yin(p, input_shape)
-    engine = run_engine(p) if p.is_dir() else None
-    if engine == "yin":
-        return _load_yin(p / "model.pt", input_shape)
+    engine = run_engine(p if p.is_dir() else p.parent) if p.exists() else None
+    if engine == "yin":  # a Yin run exports its pruned model.pt, whichever file was named
+        return _load_yin((p if p.is_dir() else p.parent) / "model.pt", input_shape)
     if engine == "eventprop":
         raise ExportError(
             f"{p} is an EventProp run (exact event-driven simulation): NIR export covers the "
