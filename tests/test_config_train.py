@@ -555,3 +555,16 @@ def test_cli_refuses_torchrun_for_one_process_engines_and_labels_validation_only
     assert "validation accuracy (no test run)" in out and "test accuracy" not in out
     assert main(["demo", "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_resumed_run_reports_the_training_time_of_every_epoch(tmp_path, data_dir):
+    """train_time_s counted only the epochs after the last resume (a run resumed one epoch before
+    its end looked almost free in `compare`)."""
+    cfg = load_config(_write(tmp_path, SMALL), {"train.epochs": 3})
+    t = Trainer(cfg, tmp_path / "r", data_dir, progress=False)
+    g = t.epochs()
+    next(g), next(g)
+    g.close()  # stopped after 2 of 3 epochs
+    res = Trainer(cfg, tmp_path / "r", data_dir, resume=True, progress=False).fit()
+    logged = [json.loads(x)["epoch_time_s"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 3 and res["train_time_s"] >= sum(logged)

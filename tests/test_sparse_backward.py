@@ -799,6 +799,65 @@ def test_triton_kernels_compile_for_sm90(monkeypatch):
     assert "ld.global" in out.asm["ptx"] and "atom.global" in out.asm["ptx"]
 
 
+def test_triton_recurrence_kernels_compile_when_one_neuron(monkeypatch):
+    """B*N = 1 on a GPU: Triton specialises an integer argument equal to 1 into a Python int, on
+    which the kernels called .to() (a CompilationError). Runs the library's own launch code with
+    Triton's binder and compiles for sm_90 instead of launching (no GPU needed)."""
+    _triton_or_skip()
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    import triton
+
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, make_backend
+        from triton.runtime.jit import JITFunction, create_function_from_signature
+    except ImportError as e:
+        pytest.skip(f"this triton version's internals differ: {e}")
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas) and not shutil.which("ptxas"):
+        pytest.skip("no ptxas (triton's NVIDIA backend) on this machine")
+    from sparsespike.kernels import triton_gpu
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    compiled = []
+
+    def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
+        binder = create_function_from_signature(self.signature, self.params, backend)
+        bound, specialization, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, specialization, options)
+        triton.compile(ASTSource(self, signature, constexprs, attrs), target=target, options=options.__dict__)
+        compiled.append(self.__name__)
+
+    monkeypatch.setattr(JITFunction, "run", compile_instead_of_launch)
+    p = LIFParams(beta=0.9)
+    for shape in [(4, 1), (1, 1), (4, 3)]:
+        triton_gpu._run_fwd(torch.randn(*shape), p, 0.3, write_d=False, want_mask=True)
+        triton_gpu.lif_backward_dense(torch.randn(*shape), torch.randn(*shape), None, None, p)
+    assert compiled.count("lif_fwd") == 3 and compiled.count("lif_bwd") == 3
+
+
+def test_triton_paths_refuse_what_numba_refuses(triton_interpret):
+    """Under the interpreter: float64 takes the torch loop, not the float32 kernels; a NaN input
+    with the Triangle/Rectangle surrogates (whose values hide the NaN) and an overflowed
+    membrane in the sparse forward are refused; K = 0 works."""
+    from sparsespike.kernels.recurrence import choose_impl, lif_recurrence
+
+    x64 = torch.full((1, 1), 1.0 + 1e-9, dtype=torch.float64)
+    assert choose_impl(x64, LIFParams(), "triton") == "torch"
+    assert float(lif_recurrence(x64, LIFParams(beta=0.9, threshold=1.0), impl="triton").sum()) == 1.0
+    xn = torch.tensor([[0.5, float("nan"), 0.2]] * 3)
+    for sur in (Triangle(1.0, 1.0), Rectangle(1.0, 1.0)):
+        for impl in ("triton", "torch"):
+            with pytest.raises(SpikeInputError, match="NaN"):
+                lif_recurrence(xn, LIFParams(beta=0.9, surrogate=sur), impl=impl)
+    W = torch.tensor([[3e38, -3e38], [1.0, 0.0]])
+    with pytest.raises(SpikeInputError, match="overflowed"):
+        sparse_spiking_linear(torch.full((1, 1, 2), 2.0), W, None, LIFParams(beta=0.9), 0.2, impl="triton")
+    S = sparse_spiking_linear(torch.zeros(2, 2, 0), torch.zeros(4, 0), None, LIFParams(), 0.2, impl="triton")
+    assert S.shape == (2, 2, 4)
+
+
 def test_importable_without_triton(monkeypatch):
     import importlib
     import sys

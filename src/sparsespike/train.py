@@ -651,8 +651,14 @@ class Trainer:
                     "may be lengthened"
                 )
 
+    def _elapsed(self) -> float:
+        """Training time so far, across resumes (``epochs()`` sets the clock)."""
+        prior, t0 = self._clock
+        return prior + time.perf_counter() - t0
+
     def _state(self, phase_idx, epoch_in_phase, global_epoch, opt, sched, best) -> dict:
         return {
+            "train_s": self._elapsed(),
             "config": json.dumps(self._fingerprint()),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "model": self.model.state_dict(),
@@ -714,13 +720,16 @@ class Trainer:
             start_phase, start_epoch = int(ckpt["phase"]), int(ckpt["epoch_in_phase"])
             global_epoch, best = int(ckpt["global_epoch"]), dict(ckpt["best"])
             self.history = json.loads(ckpt["history"])
+            # training time before the restart (older checkpoints: the logged epochs' sum)
+            prior_s = float(ckpt.get("train_s", sum(r.get("epoch_time_s", 0.0) for r in self.history)))
             if self.rank == 0:  # drop lines of epochs logged after last.pt was written (a crash between)
                 lines = "".join(json.dumps(r) + "\n" for r in self.history)
                 atomic_write_text(self.out / "metrics.jsonl", lines)
         elif self.rank == 0 and (self.out / "metrics.jsonl").exists():
             (self.out / "metrics.jsonl").unlink()
         self._write_run_json(global_epoch if ckpt else None)
-        t_start = time.perf_counter()
+        # train_time_s spans restarts: the time before the last one is carried in last.pt
+        self._clock = (prior_s if ckpt is not None else 0.0, time.perf_counter())
         for pi in range(start_phase, len(self.phases)):
             ph = self.phases[pi]
             lr = ph.lr if ph.lr is not None else self.cfg.train.optimizer.get("lr")
@@ -786,7 +795,7 @@ class Trainer:
                         t.release()
             ckpt = None
         self._best = best
-        self._train_s = time.perf_counter() - t_start
+        self._train_s = self._elapsed()
 
     def _finish(self, best: dict, train_time: float) -> dict:
         if self.world > 1:

@@ -42,11 +42,30 @@ def _kernel_surrogate(p: LIFParams) -> tuple[int, float, float] | None:
     return int(code), float(p0), float(p1)
 
 
+def _nan_membranes(x: torch.Tensor, G: torch.Tensor) -> int:
+    """NaN membranes seen by the torch / Triton recurrences, which keep no membrane: NaN in the
+    surrogate values (FastSigmoid passes a NaN on) or in the input itself (Triangle's max(.., 0)
+    and Rectangle's comparison turn a NaN membrane into 0); only looked at if ``x`` is not finite."""
+    if bool(torch.isfinite(x).all()):
+        return 0
+    return int(torch.isnan(G).sum()) + int(torch.isnan(x).sum())
+
+
 def choose_impl(x: torch.Tensor, p: LIFParams, impl: str = "auto") -> str:
-    """``numba`` on CPU and ``triton`` on CUDA (float32) for built-in surrogates, else ``torch``."""
+    """``numba`` on CPU and ``triton`` on CUDA (float32) for built-in surrogates, else ``torch``.
+
+    An explicit ``impl`` is kept when its kernels can compute it: ``triton`` only in float32,
+    ``numba`` in float32/64, both only for the built-in surrogates; otherwise ``torch`` (the
+    float32 Triton kernels once ran float64 inputs, spikes and gradients off by rounding).
+    """
+    compiled = _kernel_surrogate(p) is not None
+    if impl == "triton":
+        return "triton" if compiled and x.dtype == torch.float32 else "torch"
+    if impl == "numba":
+        return "numba" if compiled and x.dtype in (torch.float32, torch.float64) else "torch"
     if impl != "auto":
         return impl
-    if _kernel_surrogate(p) is None:
+    if not compiled:
         return "torch"
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         return "numba"
@@ -169,11 +188,11 @@ class LIFRecurrence(torch.autograd.Function):
             from . import triton_gpu
 
             S, G, R, n_active = triton_gpu.lif_forward_dense(x.detach(), p, b_th)
-            n_nan = int(torch.isnan(G).sum()) if not torch.isfinite(x).all() else 0
+            n_nan = _nan_membranes(x, G)
         else:
             with torch.no_grad():
                 S, G, R, n_active = forward_torch(x, p, b_th)
-                n_nan = int(torch.isnan(G).sum()) if not torch.isfinite(x).all() else 0
+                n_nan = _nan_membranes(x, G)
         refuse_nan_membranes(n_nan)
         if stats is not None:
             stats["n_active"] = int(n_active)

@@ -65,7 +65,9 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
     # builtins only (tl.full, not the @jit helper tl.zeros; tl.reduce with the standard sum
     # combiner, which the interpreter recognises, instead of the @jit tl.sum), so the interpreter
     # also works when triton was imported before TRITON_INTERPRET was set
-    @triton.jit
+    # T and M are never specialised: Triton turns an integer argument equal to 1 into a Python
+    # int constant, which has no .to() (B*N = 1 failed to compile on a GPU)
+    @triton.jit(do_not_specialize=["T", "M"])
     def lif_fwd(
         x_ptr,
         s_ptr,
@@ -131,7 +133,7 @@ def _build() -> SimpleNamespace:  # noqa: C901 - kernel definitions
             if not DETACH:
                 tl.store(r_ptr + base + offs, r.to(r_ptr.dtype.element_ty), mask=msk)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T", "M"])
     def lif_bwd(
         gs_ptr,
         g_ptr,
@@ -350,12 +352,20 @@ def sparse_forward(x: torch.Tensor, W: torch.Tensor, bias, p, b_th: float, spike
 
     T, B, K = x.shape
     N = W.shape[0]
-    cur = x.reshape(-1, K) @ W.t()
+    cur = x.reshape(T * B, K) @ W.t()  # (not -1: K may be 0)
     if bias is not None:
         cur = cur + bias
     cur = cur.reshape(T, B * N).contiguous()
     S, D, _, Mk = _run_fwd(cur, p, b_th, write_d=True, want_mask=True)
     del cur
+    if D.numel() and not bool(torch.isfinite(D).all()):  # as the CPU kernel: an overflowed membrane
+        from ..errors import SpikeInputError
+
+        n = int((~torch.isfinite(D)).sum())
+        raise SpikeInputError(
+            f"sparse layer: {n} membranes overflowed to inf/NaN; the synaptic input exceeds the float range "
+            "(check the input scale, or weights that diverged)"
+        )
     S3 = S.reshape(T, B, N)
     act = ActiveSet.from_mask(Mk.reshape(T, B, N))
     d = act.gather(D.reshape(T, B, N))
