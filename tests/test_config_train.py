@@ -568,3 +568,26 @@ def test_resumed_run_reports_the_training_time_of_every_epoch(tmp_path, data_dir
     res = Trainer(cfg, tmp_path / "r", data_dir, resume=True, progress=False).fit()
     logged = [json.loads(x)["epoch_time_s"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert len(logged) == 3 and res["train_time_s"] >= sum(logged)
+
+
+def test_gate_lam_checked_and_a_gated_model_argument_is_treated_as_gated(tmp_path, data_dir):
+    """model.gates.lam was never checked (a negative L0 term rewarded dense gates); a model passed
+    in with its own gates got one noise sample for the whole run; the spike monitor's hook leaked
+    when an epoch raised."""
+    from sparsespike.sparsity.connectivity import add_l0_gates
+
+    gated = json.loads(json.dumps(SMALL))
+    for bad in (-0.001, "abc", float("nan")):
+        gated["model"]["gates"] = {"lam": bad, "lr": 0.05}
+        with pytest.raises(ConfigError, match="model.gates.lam"):
+            Trainer(load_config(_write(tmp_path, gated)), tmp_path / "r", data_dir, progress=False)
+    cfg = load_config(_write(tmp_path, SMALL), {"train.epochs": 1})
+    net = Trainer(cfg, tmp_path / "plain", data_dir, progress=False).model  # the config's network
+    add_l0_gates(net, seed=0, resample="manual")
+    t = Trainer(cfg, tmp_path / "m", data_dir, model=net, progress=False)
+    assert t.gated and t.manual_resample
+    hooks = sum(len(x._forward_hooks) for x in net.modules())
+    t.extra_regs = [lambda ctx: (_ for _ in ()).throw(RuntimeError("simulated"))]
+    with pytest.raises(RuntimeError, match="simulated"):
+        t.fit()
+    assert sum(len(x._forward_hooks) for x in net.modules()) == hooks

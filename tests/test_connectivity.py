@@ -880,3 +880,57 @@ def test_counting_refuses_inference_twins_and_count_ops_synops_follow_design():
     assert ops["synops"] == pytest.approx(rep.synops, rel=1e-9)
     assert ops["nonspiking_macs"] == pytest.approx(ops["layers"][1]["flops"] / 2)
     assert ops["events"] == pytest.approx(ops["synops"] + ops["layers"][1]["events"])
+
+
+def test_stacked_parametrizations_report_and_prune_the_weight_as_used():
+    """weight_norm stacked on a gate: report/count_ops crashed (no .original) and prune left the
+    weight a buffer; a parametrization after the gate made prune differ from the gated model."""
+    from torch.nn.utils import parametrize as P
+
+    torch.manual_seed(0)
+    m = nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
+    add_l0_gates(m, [m], seed=0, init_mean=0.0)
+    m.eval()
+    x = torch.rand(5, 4)
+    want = m(x)
+    rep = sparsity_report(m)
+    assert rep["total"]["nonzero"] == int((m.weight != 0).sum())
+    prune(m)
+    assert isinstance(m.weight, nn.Parameter) and "weight" in dict(m.named_parameters())
+    torch.testing.assert_close(m(x), want)
+
+    class Sym(nn.Module):
+        def forward(self, w):
+            return w.triu() + w.triu(1).T
+
+    s = nn.Linear(4, 4, bias=False)
+    add_l0_gates(s, [s], seed=1, init_mean=0.0)
+    P.register_parametrization(s, "weight", Sym())
+    s.eval()
+    want = s(x)
+    assert sparsity_report(s)["total"]["nonzero"] == int((s.weight != 0).sum())
+    with pytest.warns(UserWarning, match="other parametrizations"):
+        prune(s)
+    torch.testing.assert_close(s(x), want)
+
+
+def test_gated_input_penalties_refuse_unpriceable_convs_at_attach():
+    """Transposed/grouped/circular-padded convs were accepted at attach and failed (or gave a
+    wrong value) only at the first value(); a failed attach left its hooks behind."""
+    from sparsespike.errors import ConfigError
+    from sparsespike.sparsity.flops import ExpectedFlops
+    from sparsespike.sparsity.synops import ExpectedSynOps
+
+    for conv in (
+        nn.ConvTranspose2d(3, 3, 3),
+        nn.Conv2d(2, 2, 3, groups=2),
+        nn.Conv2d(2, 2, 3, padding_mode="circular"),
+    ):
+        net = nn.Sequential(nn.Linear(4, 4), conv)
+        add_l0_gates(net, seed=0)
+        for pen in (ExpectedFlops(1.0), ExpectedSynOps(1.0)):
+            with pytest.raises(ConfigError):
+                pen.attach(net)
+            assert not net[0]._forward_pre_hooks or all(
+                getattr(h, "__name__", "") == "_resample_hook" for h in net[0]._forward_pre_hooks.values()
+            )

@@ -372,12 +372,17 @@ class Trainer:
             cfg.model.b_th,
             cfg.model.weight_scale,
         )
-        self.gated = False
         if cfg.model.gates:
             from .sparsity.connectivity import add_l0_gates_from_config
 
+            if "lam" in cfg.model.gates:  # (the L0 term's weight: a negative one rewards dense gates)
+                config_float(cfg.model.gates["lam"], "model.gates.lam")
             add_l0_gates_from_config(self.model, cfg.model.gates)
-            self.gated = True
+        from .sparsity.connectivity import gates as _gates
+
+        # gated by the config or by the caller (a model= with add_l0_gates): either way the gate
+        # noise is drawn per batch, reseeded per epoch, and gates can be frozen by a phase
+        self.gated = bool(_gates(self.model))
         # the trainer draws the gate noise per batch only for a model that does not draw it itself
         # on every training call (gates added with resample="forward"): a second draw would be waste
         self.manual_resample = False
@@ -451,7 +456,7 @@ class Trainer:
         if self.cfg.model.gates and self.cfg.model.gates.get("lam") and ph.gates != "freeze":
             from .sparsity.connectivity import l0_penalty
 
-            lam = float(self.cfg.model.gates["lam"])
+            lam = config_float(self.cfg.model.gates["lam"], "model.gates.lam")
             terms.append(lambda ctx: l0_penalty(ctx.model, lam))
         return task_loss(loss_name), terms
 
@@ -477,74 +482,76 @@ class Trainer:
             leave=False,
             disable=None if self.progress is None else not self.progress,
         )
-        for b, (xb, yb) in enumerate(bar):
-            if self.data.augment is not None:
-                xb = self.data.augment(xb, gen)
-            x = self.data.encode(xb, gen).to(self.device, non_blocking=True)
-            yb = yb.to(self.device)
-            n_global = len(yb)
-            if self.world > 1:
-                # every rank encodes the same global batch (same random draws) and takes its shard
-                lo = self.rank * n_global // self.world
-                hi = (self.rank + 1) * n_global // self.world
-                x, yb = x[:, lo:hi], yb[lo:hi]
-            if self.manual_resample:
-                from .sparsity.connectivity import resample_gates
+        try:  # the monitor's hook is removed even when an epoch raises (a non-finite loss)
+            for b, (xb, yb) in enumerate(bar):
+                if self.data.augment is not None:
+                    xb = self.data.augment(xb, gen)
+                x = self.data.encode(xb, gen).to(self.device, non_blocking=True)
+                yb = yb.to(self.device)
+                n_global = len(yb)
+                if self.world > 1:
+                    # every rank encodes the same global batch (same random draws) and takes its shard
+                    lo = self.rank * n_global // self.world
+                    hi = (self.rank + 1) * n_global // self.world
+                    x, yb = x[:, lo:hi], yb[lo:hi]
+                if self.manual_resample:
+                    from .sparsity.connectivity import resample_gates
 
-                resample_gates(self.model)
+                    resample_gates(self.model)
+                if mon is not None:
+                    mon.reset()
+                out = self.net(x)
+                if len(yb) == 0:
+                    # an empty shard (a global batch smaller than the world): it must still run the
+                    # forward and backward, for DDP's gradient all-reduce, but adds nothing (weight 0
+                    # below); a mean over no samples would be NaN. Every parameter gets a zero grad.
+                    task = loss = out.sum() * 0.0 + sum(q.sum() for q in self.model.parameters()) * 0.0
+                else:
+                    task = loss_fn(out, yb)
+                    loss = task
+                    if terms:
+                        ctx = LossContext(e_in_phase, ph.epochs, b, n_batches, self.model, out, yb, mon, global_epoch)
+                        for t in terms:
+                            loss = loss + t(ctx)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite loss {float(loss)} at epoch {global_epoch + 1}, batch {b}; lower the learning rate"
+                    )
+                opt.zero_grad(set_to_none=True)
+                if self.world > 1:
+                    # DDP averages gradients over ranks; weight each shard so the result is the
+                    # gradient of the global-batch mean even when shards differ in size
+                    (loss * (len(yb) * self.world / n_global)).backward()
+                else:
+                    loss.backward()
+                if self.cfg.train.grad_clip:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+                opt.step()
+                if self.gated:
+                    from .sparsity.connectivity import constrain_gates
+
+                    constrain_gates(self.model)
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                n = len(yb)
+                seen += n
+                tot_loss += float(loss.detach()) * n
+                tot_task += float(task.detach()) * n
+                correct += float((out.argmax(-1) == yb).sum())
+                if mon is not None and n:
+                    spikes += float(mon.spike_count().detach()) * n
+                me = self.cfg.train.measure_every
+                if me and b % me == 0:
+                    # weighted by the shard's samples and summed over ranks below: the activity of
+                    # the whole global batch, as one process measures it
+                    for name, m in self.model.named_modules():
+                        if hasattr(m, "activity") and getattr(m, "last_stats", None):
+                            act_sum[name] = act_sum.get(name, 0.0) + m.activity() * n
+                    act_n += n
+                bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        finally:
             if mon is not None:
-                mon.reset()
-            out = self.net(x)
-            if len(yb) == 0:
-                # an empty shard (a global batch smaller than the world): it must still run the
-                # forward and backward, for DDP's gradient all-reduce, but adds nothing (weight 0
-                # below); a mean over no samples would be NaN. Every parameter gets a zero grad.
-                task = loss = out.sum() * 0.0 + sum(q.sum() for q in self.model.parameters()) * 0.0
-            else:
-                task = loss_fn(out, yb)
-                loss = task
-                if terms:
-                    ctx = LossContext(e_in_phase, ph.epochs, b, n_batches, self.model, out, yb, mon, global_epoch)
-                    for t in terms:
-                        loss = loss + t(ctx)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss {float(loss)} at epoch {global_epoch + 1}, batch {b}; lower the learning rate"
-                )
-            opt.zero_grad(set_to_none=True)
-            if self.world > 1:
-                # DDP averages gradients over ranks; weight each shard so the result is the
-                # gradient of the global-batch mean even when shards differ in size
-                (loss * (len(yb) * self.world / n_global)).backward()
-            else:
-                loss.backward()
-            if self.cfg.train.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-            opt.step()
-            if self.gated:
-                from .sparsity.connectivity import constrain_gates
-
-                constrain_gates(self.model)
-            if self.ema is not None:
-                self.ema.update(self.model)
-            n = len(yb)
-            seen += n
-            tot_loss += float(loss.detach()) * n
-            tot_task += float(task.detach()) * n
-            correct += float((out.argmax(-1) == yb).sum())
-            if mon is not None and n:
-                spikes += float(mon.spike_count().detach()) * n
-            me = self.cfg.train.measure_every
-            if me and b % me == 0:
-                # weighted by the shard's samples and summed over ranks below: the activity of
-                # the whole global batch, as one process measures it
-                for name, m in self.model.named_modules():
-                    if hasattr(m, "activity") and getattr(m, "last_stats", None):
-                        act_sum[name] = act_sum.get(name, 0.0) + m.activity() * n
-                act_n += n
-            bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
-        if mon is not None:
-            mon.remove()
+                mon.remove()
         seen, tot_loss, tot_task, correct, spikes = _all_reduce_sum(
             [seen, tot_loss, tot_task, correct, spikes], self.world
         )

@@ -449,17 +449,22 @@ def prune(model: nn.Module) -> nn.Module:
                 "they are baked into the weight too",
                 stacklevel=2,
             )
-        with torch.no_grad():
-            was = g.training
-            g.eval()
-            zero = g.test_gate() == 0
+        was = g.training
+        g.eval()
+        try:
+            with torch.no_grad():
+                # the zeros of the weight as used at test time: the gate's, or, with other
+                # parametrizations stacked, those of the final weight (one applied after the gate
+                # may move entries)
+                zero = g.test_gate() == 0 if len(m.parametrizations[tname]) == 1 else getattr(m, tname) == 0
             _own_class(m)
-            try:
-                parametrize.remove_parametrizations(m, tname, leave_parametrized=True)
-            finally:
-                g.train(was)
-            w = getattr(m, tname)
-            w.masked_fill_(zero, 0.0)  # +0.0 rather than -0.0 where W_tilde < 0
+            # (not under no_grad: with a multi-tensor parametrization stacked, e.g. weight_norm,
+            # torch keeps the baked weight a Parameter only if it requires grad)
+            parametrize.remove_parametrizations(m, tname, leave_parametrized=True)
+        finally:
+            g.train(was)
+        with torch.no_grad():
+            getattr(m, tname).masked_fill_(zero, 0.0)  # +0.0 rather than -0.0 where W_tilde < 0
     for mod in model.modules():
         for key, h in list(mod._forward_pre_hooks.items()):
             if h is _resample_hook:
@@ -484,7 +489,14 @@ def _effective_weight(m: nn.Module, tname: str = "weight") -> torch.Tensor:
     if g is None:
         return getattr(m, tname).detach()
     with torch.no_grad():
-        return m.parametrizations[tname].original.detach() * g.test_gate()
+        if len(m.parametrizations[tname]) == 1:
+            return m.parametrizations[tname].original.detach() * g.test_gate()
+        was = g.training  # other parametrizations stacked: the final weight, gate at test time
+        g.eval()
+        try:
+            return getattr(m, tname).detach()
+        finally:
+            g.train(was)
 
 
 def _other_gated(model: nn.Module) -> list[GatedWeight]:

@@ -54,6 +54,7 @@ class ExpectedFlops(GatedInputPenalty):
         return tuple(x.shape)
 
     def _check(self, gw: GatedWeight) -> None:
+        super()._check(gw)
         if not isinstance(gw.module, nn.modules.conv._ConvNd) and gw.gate.log_alpha.dim() != 2:
             raise ConfigError(f"flops penalty: {gw.name!r} is neither a convolution nor a [out, in] weight")
 

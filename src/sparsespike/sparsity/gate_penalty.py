@@ -64,15 +64,23 @@ class GatedInputPenalty:
         return x
 
     def _check(self, gw: GatedWeight) -> None:
-        """Raise :class:`ConfigError` for a gated layer this penalty cannot price."""
+        """Raise :class:`ConfigError` for a gated layer this penalty cannot price (the common
+        conv cases here; subclasses add their own)."""
+        m = gw.module
+        if isinstance(m, nn.modules.conv._ConvNd):
+            if m.transposed or m.groups != 1:
+                raise ConfigError(f"{self.what}: {gw.name!r} is a transposed or grouped convolution (not supported)")
+            if m.padding_mode != "zeros":
+                raise ConfigError(f"{self.what}: {gw.name!r} pads with {m.padding_mode!r}; zero padding only")
 
     def attach(self, model: nn.Module):
         self.release()
         self._gated = gated_weights(model)
         if not self._gated:
             raise ConfigError(f"{self.what} needs L0 gates (model.gates / connectivity.l0) on the model")
-        for gw in self._gated:
+        for gw in self._gated:  # every layer checked before any hook is registered
             self._check(gw)
+        for gw in self._gated:
             key = id(gw.module)
 
             def hook(mod, args, key=key):
