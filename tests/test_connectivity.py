@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from sparsespike.errors import SpikeInputError
 from sparsespike.layers import LeakyReadout, SeqFlatten, SeqPool2d, SpikeCountReadout, SpikingConv2d, SpikingLinear
 from sparsespike.neurons import LIFParams
 from sparsespike.sparse_inference import kernel_report, sparse_inference_model
@@ -934,3 +935,42 @@ def test_gated_input_penalties_refuse_unpriceable_convs_at_attach():
             assert not net[0]._forward_pre_hooks or all(
                 getattr(h, "__name__", "") == "_resample_hook" for h in net[0]._forward_pre_hooks.values()
             )
+
+
+@pytest.mark.parametrize("kernel", ["dense", "csr", "event", "event_vec"])
+def test_inference_twin_follows_weights_loaded_after_conversion(kernel):
+    """The sparse kernels run on tables built from the weights at conversion: load_state_dict or
+    an in-place edit left them stale (dense saw the new weights, csr/event the old)."""
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Linear(5, 3)).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    f = sparse_inference_model(lin, kernels=kernel)
+    new = {n: torch.randn_like(v) for n, v in f.state_dict().items()}
+    f.load_state_dict(new)
+    lin.load_state_dict(new)
+    torch.testing.assert_close(f(x), lin(x))
+
+
+@pytest.mark.parametrize("kernel", ["taps", "event", "event_vec"])
+def test_inference_conv_twin_checks_channels_and_follows_edits(kernel):
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).double()
+    f = sparse_inference_model(conv, kernels=kernel)
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    f(x)
+    with torch.no_grad():
+        f[0].weight.mul_(0.5)
+        conv[0].weight.mul_(0.5)
+    torch.testing.assert_close(f(x), conv(x))
+    for cin in (2, 5):  # the tap lists index 3 channels: out-of-bounds reads or a segfault before
+        with pytest.raises(SpikeInputError, match="input channels"):
+            f(torch.ones(1, cin, 6, 6, dtype=torch.float64))
+
+
+def test_inference_refuses_unknown_kernel_names_and_keeps_nan():
+    lin = nn.Sequential(nn.Linear(5, 3)).double()
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        sparse_inference_model(lin, kernels="evnet")
+    x = torch.randn(1, 5, dtype=torch.float64)
+    x[0, 2] = float("nan")
+    assert torch.isnan(sparse_inference_model(lin, kernels="event")(x)).all()  # fastmath dropped NaN inputs

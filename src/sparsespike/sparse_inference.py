@@ -399,7 +399,7 @@ def _event_tiles(x, wt, Np, nv, lanes, out):
                 _tile(nv, wt, idx, val, 0, n, j0, out, r * Np + j0, 0.0)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath={"contract", "reassoc", "nsz", "arcp"})  # no nnan: a NaN input
 def _event_csc(x, colptr, rowidx, data, out):
     """``out[r, :] = sum_{i: x[r,i] != 0} x[r, i] * W[:, i]`` through the CSC non-zeros of W."""
     R, K = x.shape
@@ -862,7 +862,23 @@ class _SparseBase(nn.Module):
 
     def _init_common(self, kernel: str) -> None:
         self.timings: dict[str, float] = {}
+        self._stamp = self._weights_stamp()
         self.set_kernel(kernel)
+
+    def _weights_stamp(self) -> tuple:
+        """Version counters and storage of ``weight``/``bias``: ``load_state_dict`` and in-place
+        edits change them without ``_apply``, and the sparse kernels run on copies built from
+        them (CSR/CSC tables, tap lists), which must then be rebuilt."""
+        return tuple((t._version, t.data_ptr()) if t is not None else None for t in (self.weight, self.bias))
+
+    def _refresh(self) -> None:  # rebuild what the kernels derive from the weights (subclasses)
+        pass
+
+    def _fresh(self) -> None:
+        stamp = self._weights_stamp()
+        if stamp != self._stamp:
+            self._refresh()
+            self._stamp = self._weights_stamp()
 
     def set_kernel(self, kernel: str) -> None:
         if kernel not in self.KERNELS and kernel != "auto":
@@ -875,12 +891,14 @@ class _SparseBase(nn.Module):
     @torch.no_grad()
     def tune(self, x: torch.Tensor, reps: int = 3) -> str:
         """Time every kernel on ``x`` and keep the fastest (dense unless beaten by > 5 %)."""
+        self._fresh()
         self.timings = _time_kernels({k: (lambda k=k: self.run(x, k)) for k in self.KERNELS}, reps)
         self.kernel = _pick(self.timings)
         return self.kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
+            self._fresh()
             return self.run(x, self.kernel)
 
     def run(self, x: torch.Tensor, kernel: str) -> torch.Tensor:  # pragma: no cover - abstract
@@ -910,7 +928,15 @@ class SparseLinear(_SparseBase):
         self.density = self.nnz / max(1, w.numel())
         self._init_common(kernel)
 
+    def _refresh(self) -> None:
+        self._build()
+
     def _build(self) -> None:
+        if self.weight.dtype not in (torch.float32, torch.float64):  # e.g. bfloat16: dense kernel only
+            self._csr = self._csc = self._wt = None
+            self.nnz = int((self.weight != 0).sum())
+            self.density = self.nnz / max(1, self.weight.numel())
+            return
         wn = self.weight.contiguous().numpy()
         self._csr = _csr(wn)
         self._csc = _csr(np.ascontiguousarray(wn.T))
@@ -1020,8 +1046,14 @@ class SparseConv2d(_SparseBase):
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        self._geom_cache = {}
+        self._refresh()
         return out
+
+    def _refresh(self) -> None:
+        """Tap lists and density again from the current weights (cleared; rebuilt on next use)."""
+        self._geom_cache = {}
+        self.nnz = int((self.weight != 0).sum())
+        self.density = self.nnz / max(1, self.weight.numel())
 
     def default_kernel(self) -> str:
         return "taps" if (self.supported and self.density < 0.5) else "dense"
@@ -1088,8 +1120,15 @@ class SparseConv2d(_SparseBase):
         """
         x5 = x5.to(self.weight.dtype).contiguous()
         T, B, C, H, W = x5.shape
+        if C != self.in_channels:  # the tap lists index the layer's channels: no bounds checks
+            raise SpikeInputError(f"{type(self).__name__}: expected {self.in_channels} input channels, got {C}")
         g = self.geometry(H, W)
         Ho, Wo = g["Ho"], g["Wo"]
+        if Ho < 1 or Wo < 1 or (lif is not None and (Ho < pool or Wo < pool)):
+            raise SpikeInputError(
+                f"{type(self).__name__}: a {self.kernel_size} kernel (padding {self.pad}) and pooling {pool} do not "
+                f"fit a {H}x{W} input"
+            )
         if lif is None:
             out = torch.empty(T, B, self.out_channels, Ho, Wo, dtype=x5.dtype)
             mode, largs, pool = 0, (1.0, -1.0, 1.0, False), 1
@@ -1113,7 +1152,7 @@ class SparseConv2d(_SparseBase):
         return out
 
     def run(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
-        if kernel == "dense" or not self.supported:
+        if kernel == "dense" or not self.supported or self.weight.dtype not in (torch.float32, torch.float64):
             if self._mode_pad is not None:
                 x = nn.functional.pad(x, self._mode_pad, mode=self.padding_mode)
                 return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
@@ -1178,16 +1217,21 @@ class SparseSpikingConv2d(nn.Module):
         self.pool: tuple[int, str] | None = None
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.dim() != 5 or x.shape[2] != self.in_channels:
+        if x.dim() != 5 or x.shape[2] != self.in_channels or x.shape[0] < 1:
             raise SpikeInputError(
-                f"{type(self).__name__}: expected [T, B, {self.in_channels}, H, W], got shape {tuple(x.shape)}"
+                f"{type(self).__name__}: expected [T, B, {self.in_channels}, H, W] with T >= 1, got shape "
+                f"{tuple(x.shape)}"
             )
+        if not x.is_floating_point():  # as the source layer
+            raise SpikeInputError(f"{type(self).__name__}: expected a floating-point input, got {x.dtype}")
 
     def run(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
+        self.conv._fresh()  # (run_frames bypasses the conv's forward, which checks the weights)
         T, B = x.shape[:2]
         pk, pmode = self.pool if self.pool is not None else (1, "avg")
         fast = self.fast_recurrence and x.device.type == "cpu"
-        if fast and kernel in ("taps", "event", "event_vec") and self.conv.supported:
+        compiled = self.conv.supported and self.conv.weight.dtype in (torch.float32, torch.float64)
+        if fast and kernel in ("taps", "event", "event_vec") and compiled:
             return self.conv.run_frames(x, kernel, lif=self.neuron, pool=pk, pool_mode=pmode)
         current = self.conv.run(x.reshape(T * B, *x.shape[2:]), kernel)
         current = current.reshape(T, B, *current.shape[1:])
@@ -1323,6 +1367,8 @@ def sparse_inference_model(
     """
     from .sparsity.connectivity import gated_weights, prune
 
+    if kernels not in KERNEL_NAMES:  # (a typo fell through to "dense" on every layer)
+        raise ValueError(f"sparse_inference_model: kernels must be one of {KERNEL_NAMES}, got {kernels!r}")
     m = model if inplace else copy.deepcopy(model)
     if gated_weights(m):
         prune(m)
@@ -1355,6 +1401,9 @@ def sparse_inference_model(
             if id(u) in captured:
                 u.tune(captured[id(u)], reps=reps)
     return m
+
+
+KERNEL_NAMES = ("auto", "dense", "csr", "taps", "event", "event_vec")
 
 
 def _alias(kernel: str, syn: _SparseBase) -> str:
