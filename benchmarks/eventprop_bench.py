@@ -46,6 +46,7 @@ import numba
 import numpy as np
 import torch
 
+from sparsespike.bench import refuse_mixed_settings
 from sparsespike.data.yinyang import load_yinyang
 from sparsespike.eventprop import (
     EventNetwork,
@@ -453,12 +454,7 @@ def _refuse_mixed_settings(path: Path, args, parts: set, device: str) -> None:
     now = {"device": device}
     if parts & {"spike_sweep", "time_scale"}:
         now["batch"] = args.batch
-    clash = [k for k in now if k in keep and keep[k] != now[k]]
-    if clash:
-        raise SystemExit(
-            f"{path} was measured with {', '.join(f'{k}={keep[k]!r}' for k in clash)}, this run with "
-            f"{', '.join(f'{k}={now[k]!r}' for k in clash)}: rerun every part, or write to another --out-dir"
-        )
+    refuse_mixed_settings(path, keep, now, "rerun every part, or write to another --out-dir")
 
 
 def main(argv=None):

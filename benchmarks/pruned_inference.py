@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparsespike.bench import refuse_mixed_settings
 from sparsespike.sparse_inference import kernel_report, sparse_inference_model
 from sparsespike.sparsity.connectivity import count_ops, sparsity_report
 from sparsespike.sparsity.yin_models import build_yin_network, load_yin_model
@@ -276,16 +277,6 @@ def write_table(path: Path, meta: dict, rows: list[dict]) -> str:
     return text
 
 
-def _refuse_mixed_settings(was: dict, now: dict, path: Path) -> None:
-    """``--append`` only onto rows measured with the same batch, T and input: one table states
-    one of each, so rows measured otherwise would look alike."""
-    clash = [k for k in now if k in was and was[k] != now[k]]
-    if clash:
-        old = ", ".join(f"{k}={was[k]!r}" for k in clash)
-        new = ", ".join(f"{k}={now[k]!r}" for k in clash)
-        raise SystemExit(f"--append: {path} was measured with {old}, this run with {new}: write to another --out")
-
-
 def main(argv=None) -> None:
     from sparsespike.runtime import tune_allocator
 
@@ -323,7 +314,9 @@ def main(argv=None) -> None:
     json_path = args.out.with_suffix(".json")
     if args.append and json_path.exists():  # checked before anything is timed
         now = {"batch": int(x.shape[1]), "T": int(x.shape[0]), "input": source}
-        _refuse_mixed_settings(json.loads(json_path.read_text())["meta"], now, json_path)
+        refuse_mixed_settings(
+            json_path, json.loads(json_path.read_text())["meta"], now, "--append: write to another --out"
+        )
     rows = []
     for ck in args.checkpoint:
         net, cfg = load_yin_model(ck)

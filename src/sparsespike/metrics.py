@@ -122,7 +122,6 @@ class LayerRecord:
 
     name: str
     kind: str
-    neurons: int = 0
     spikes: float = 0.0
     n_active: int = 0
     n_entries: int = 0
@@ -133,6 +132,11 @@ class LayerRecord:
     binary_input: bool = True
     widths: set = field(default_factory=set)  # per-sample widths of the outputs it emitted
     first_call: int | None = None  # order of its first synaptic call (execution, not declaration)
+
+    @property
+    def neurons(self) -> int:
+        """Neurons per sample: each width the module emitted, counted once (see the recorder)."""
+        return sum(self.widths)
 
 
 @dataclass
@@ -278,7 +282,6 @@ class MetricsRecorder:
                 # once (calls of one width are indistinguishable from a loop over time steps)
                 bd = self.batch_dim
                 rec.widths.add(int(s.shape[bd + 1 :].numel()) if s.dim() > bd + 1 else int(s.shape[-1]))
-                rec.neurons = sum(rec.widths)
             st = getattr(mod, "last_stats", None)
             if st:
                 rec.n_active += st.get("n_active", 0)

@@ -871,8 +871,15 @@ class _SparseBase(nn.Module):
         them (CSR/CSC tables, tap lists), which must then be rebuilt."""
         return tuple((t._version, t.data_ptr()) if t is not None else None for t in (self.weight, self.bias))
 
-    def _refresh(self) -> None:  # rebuild what the kernels derive from the weights (subclasses)
-        pass
+    def _refresh(self) -> None:
+        """Recompute what is derived from ``weight`` (subclasses add their kernel tables)."""
+        self.nnz = int((self.weight != 0).sum())
+        self.density = self.nnz / max(1, self.weight.numel())
+
+    def _apply(self, fn, *args, **kwargs):  # keep the derived tables in step with .double() etc.
+        out = super()._apply(fn, *args, **kwargs)
+        self._refresh()
+        return out
 
     def _fresh(self) -> None:
         stamp = self._weights_stamp()
@@ -923,19 +930,16 @@ class SparseLinear(_SparseBase):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.out_features, self.in_features = w.shape
         self.spiking = spiking
-        self._build()
-        self.nnz = int(self._csr[0][-1])
-        self.density = self.nnz / max(1, w.numel())
+        self._refresh()
         self._init_common(kernel)
 
     def _refresh(self) -> None:
         self._build()
+        super()._refresh()
 
     def _build(self) -> None:
         if self.weight.dtype not in (torch.float32, torch.float64):  # e.g. bfloat16: dense kernel only
             self._csr = self._csc = self._wt = None
-            self.nnz = int((self.weight != 0).sum())
-            self.density = self.nnz / max(1, self.weight.numel())
             return
         wn = self.weight.contiguous().numpy()
         self._csr = _csr(wn)
@@ -957,11 +961,6 @@ class SparseLinear(_SparseBase):
 
     def default_kernel(self) -> str:
         return "csr" if self.density < 0.3 else "dense"
-
-    def _apply(self, fn, *args, **kwargs):  # keep the numpy copies in step with .double() etc.
-        out = super()._apply(fn, *args, **kwargs)
-        self._build()
-        return out
 
     def run(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -1039,21 +1038,12 @@ class SparseConv2d(_SparseBase):
         if not self.supported:
             self.KERNELS = ("dense",)
         self.pad = (0, 0) if isinstance(pad, str) else (int(pad[0]), int(pad[1]))
-        self.nnz = int((w != 0).sum())
-        self.density = self.nnz / max(1, w.numel())
-        self._geom_cache: dict = {}
+        self._refresh()
         self._init_common(kernel)
 
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        self._refresh()
-        return out
-
     def _refresh(self) -> None:
-        """Tap lists and density again from the current weights (cleared; rebuilt on next use)."""
-        self._geom_cache = {}
-        self.nnz = int((self.weight != 0).sum())
-        self.density = self.nnz / max(1, self.weight.numel())
+        self._geom_cache: dict = {}  # tap lists per input size, rebuilt on next use
+        super()._refresh()
 
     def default_kernel(self) -> str:
         return "taps" if (self.supported and self.density < 0.5) else "dense"

@@ -637,7 +637,10 @@ class Trainer:
             )
         if pi > len(self.phases):
             raise ConfigError(f"--resume: {last} is past phase {pi}, the config has {len(self.phases)} phases")
-        was = ckpt.get("phase_epochs")  # the stopped phase's length then (not in older checkpoints)
+        # the phases' lengths when the checkpoint was written, up to the stopped one (checkpoints
+        # from before 2026-11-24 do not record them)
+        ran = ckpt.get("phase_lengths") or []
+        was = ran[pi] if pi < len(ran) else None
         if was is not None and pi < len(self.phases) and self.phases[pi].epochs != int(was):
             ph = self.phases[pi]
             regs = ph.regularizers if ph.regularizers is not None else self.cfg.train.regularizers
@@ -649,8 +652,7 @@ class Trainer:
                     f"on the phase's length: {int(was)} -> {ph.epochs} epochs would change those of the epochs "
                     "already run (a constant schedule can be lengthened)"
                 )
-        ran = ckpt.get("phase_lengths")  # checkpoints from before 2026-11-24 do not record them
-        for i in range(min(pi, len(self.phases))) if ran is not None else ():
+        for i in range(min(pi, len(self.phases), len(ran))):
             if int(ran[i]) != self.phases[i].epochs:  # a finished phase's epochs have all been run
                 raise ConfigError(
                     f"--resume: phase {self.phases[i].name!r} of {last} is finished after {ran[i]} epochs, the "
@@ -673,8 +675,7 @@ class Trainer:
             "scheduler": sched.state_dict() if sched is not None else {},
             "phase": phase_idx,
             "epoch_in_phase": epoch_in_phase,
-            "phase_lengths": [ph.epochs for ph in self.phases[:phase_idx]],  # finished phases
-            "phase_epochs": self.phases[phase_idx].epochs if phase_idx < len(self.phases) else None,
+            "phase_lengths": [ph.epochs for ph in self.phases[: phase_idx + 1]],  # finished + the current one
             "global_epoch": global_epoch,
             "best": best,
             "history": json.dumps(self.history),

@@ -155,6 +155,16 @@ def refuse_nan_membranes(n_nan: int) -> None:
         )
 
 
+def refuse_overflowed_membranes(n: int) -> None:
+    """The sparse forwards' check (numba and Triton): membranes that overflowed to inf/NaN from
+    finite inputs and weights (the dense recurrences see those as NaN membranes)."""
+    if n:
+        raise SpikeInputError(
+            f"sparse layer: {n} membranes overflowed to inf/NaN; the synaptic input exceeds the float range "
+            "(check the input scale, or weights that diverged)"
+        )
+
+
 class LIFRecurrence(torch.autograd.Function):
     """Spikes ``S[T, M]`` of the LIF recurrence driven by the synaptic input ``X[T, M]``."""
 

@@ -60,7 +60,14 @@ from ..errors import SpikeInputError
 from ..neurons import LIFParams, Reset
 from . import cpu
 from . import sparse_cpu as kc
-from .recurrence import _kernel_surrogate, backward_torch, forward_torch, refuse_nan_membranes
+from .recurrence import (
+    _kernel_surrogate,
+    backward_torch,
+    choose_impl,
+    forward_torch,
+    refuse_nan_membranes,
+    refuse_overflowed_membranes,
+)
 
 # The metadata of a tensor lives here, keyed by the tensor's id and checked against a weak
 # reference to it, not in the tensor's __dict__: torch pickles and deep-copies a tensor's
@@ -512,11 +519,7 @@ def _sparse_forward_numba(x, W, bias, p: LIFParams, b_th: float, spikes_in: Acti
     kc.fused_forward(
         blist, _num_chunks(B), *args, a_buf.numpy(), d_buf.numpy(), a_cnt.numpy(), o_buf.numpy(), o_cnt.numpy(), n_nan
     )
-    if n_nan.any():  # finite inputs and weights can still overflow (the dense path then sees NaN)
-        raise SpikeInputError(
-            f"sparse layer: {int(n_nan.sum())} membranes overflowed to inf/NaN; the synaptic input exceeds "
-            "the float range (check the input scale, or weights that diverged)"
-        )
+    refuse_overflowed_membranes(int(n_nan.sum()))  # finite inputs and weights can still overflow
     over = ((a_cnt > cap_a) | (o_cnt > cap_o)).nonzero().flatten()
     extra = None
     if over.numel():  # rerun the batch elements that did not fit, with exact room
@@ -1029,22 +1032,9 @@ class MaskedLIFRecurrence(torch.autograd.Function):
 
 
 def _recurrence_impl(x: torch.Tensor, p: LIFParams, impl: str) -> str:
-    compiled_ok = x.dtype in _FLOATS and _kernel_surrogate(p) is not None
-    if impl == "triton" and x.dtype != torch.float32:  # the Triton kernels compute in float32
-        return "torch"
-    if impl in ("numba", "triton"):  # a custom surrogate or dtype the kernels lack: torch loop
-        return impl if compiled_ok else "torch"
-    if impl != "auto":
-        return "torch"
-    if compiled_ok:
-        if x.device.type == "cpu":
-            return "numba"
-        if x.device.type == "cuda" and x.dtype == torch.float32:
-            from . import triton_gpu
-
-            if triton_gpu.available():
-                return "triton"
-    return "torch"
+    """The recurrence's kernels for ``impl`` (``recurrence.choose_impl``'s rule; any other name
+    than ``auto``/``numba``/``triton`` is the torch loop)."""
+    return choose_impl(x, p, impl if impl in ("auto", "numba", "triton") else "torch")
 
 
 def lif_recurrence_masked(

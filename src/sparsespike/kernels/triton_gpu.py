@@ -359,13 +359,9 @@ def sparse_forward(x: torch.Tensor, W: torch.Tensor, bias, p, b_th: float, spike
     S, D, _, Mk = _run_fwd(cur, p, b_th, write_d=True, want_mask=True)
     del cur
     if D.numel() and not bool(torch.isfinite(D).all()):  # as the CPU kernel: an overflowed membrane
-        from ..errors import SpikeInputError
+        from .recurrence import refuse_overflowed_membranes
 
-        n = int((~torch.isfinite(D)).sum())
-        raise SpikeInputError(
-            f"sparse layer: {n} membranes overflowed to inf/NaN; the synaptic input exceeds the float range "
-            "(check the input scale, or weights that diverged)"
-        )
+        refuse_overflowed_membranes(int((~torch.isfinite(D)).sum()))
     S3 = S.reshape(T, B, N)
     act = ActiveSet.from_mask(Mk.reshape(T, B, N))
     d = act.gather(D.reshape(T, B, N))

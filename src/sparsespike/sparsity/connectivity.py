@@ -449,14 +449,12 @@ def prune(model: nn.Module) -> nn.Module:
                 "they are baked into the weight too",
                 stacklevel=2,
             )
+        # the zeros of the weight as used at test time (with other parametrizations stacked, those
+        # of the final weight: one applied after the gate may move entries)
+        zero = _effective_weight(m, tname) == 0
         was = g.training
         g.eval()
         try:
-            with torch.no_grad():
-                # the zeros of the weight as used at test time: the gate's, or, with other
-                # parametrizations stacked, those of the final weight (one applied after the gate
-                # may move entries)
-                zero = g.test_gate() == 0 if len(m.parametrizations[tname]) == 1 else getattr(m, tname) == 0
             _own_class(m)
             # (not under no_grad: with a multi-tensor parametrization stacked, e.g. weight_norm,
             # torch keeps the baked weight a Parameter only if it requires grad)
