@@ -187,3 +187,25 @@ def test_empty_time_axis_bad_settings_and_rectangular_kernels():
         SpikingLinear(4, 3, impl="cuda")
     conv = SpikingConv2d(2, 3, (3, 1), weight_scale=1.0)  # fan-in 2 * 3 * 1
     assert conv.weight.shape == (3, 2, 3, 1)
+
+
+def test_sparse_layers_honour_their_impl() -> None:
+    """``impl`` picks the sparse path's kernels as it picks the dense path's (it was ignored)."""
+    x = torch.zeros(5, 2, 4)
+    for impl, backend in (("auto", "numba"), ("numba", "numba"), ("fallback", "fallback")):
+        layer = SpikingLinear(4, 3, backward="sparse", impl=impl)
+        layer(x)
+        assert layer.last_stats["backend"] == backend, impl
+
+
+@pytest.mark.parametrize("backward", ["dense", "sparse"])
+def test_triton_on_a_cpu_tensor_without_the_interpreter_is_a_clear_error(monkeypatch, backward) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from sparsespike.kernels import triton_gpu
+
+    if not triton_gpu.HAS_TRITON:
+        pytest.skip("triton not installed")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        SpikingLinear(4, 3, backward=backward, impl="triton")(torch.zeros(5, 2, 4))
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        SpikingConv2d(2, 3, 3, backward=backward, impl="triton")(torch.zeros(4, 1, 2, 5, 5))

@@ -98,7 +98,7 @@ class _SpikingBase(nn.Module):
         if self.backward == "sparse":
             from .kernels.sparse import lif_recurrence_masked
 
-            s = lif_recurrence_masked(current, self.neuron, b_th=self.b_th, stats=stats)
+            s = lif_recurrence_masked(current, self.neuron, b_th=self.b_th, stats=stats, impl=self.impl)
         else:
             s = lif_recurrence(current, self.neuron, impl=self.impl, b_th=self.b_th, stats=stats)
         self.last_stats = stats
@@ -151,7 +151,7 @@ class SpikingLinear(_SpikingBase):
             from .kernels.sparse import sparse_spiking_linear
 
             stats: dict = {}
-            s = sparse_spiking_linear(x, self.weight, self.bias, self.neuron, self.b_th, stats)
+            s = sparse_spiking_linear(x, self.weight, self.bias, self.neuron, self.b_th, stats, impl=self.impl)
             self.last_stats = stats
             return s
         current = synaptic_linear(x, self.weight, self.bias, event_driven=self.event_driven)

@@ -60,7 +60,12 @@ def choose_impl(x: torch.Tensor, p: LIFParams, impl: str = "auto") -> str:
     """
     compiled = _kernel_surrogate(p) is not None
     if impl == "triton":
-        return "triton" if compiled and x.dtype == torch.float32 else "torch"
+        if not (compiled and x.dtype == torch.float32):
+            return "torch"
+        from . import triton_gpu
+
+        triton_gpu.check_device(x)
+        return "triton"
     if impl == "numba":
         return "numba" if compiled and x.dtype in (torch.float32, torch.float64) else "torch"
     if impl != "auto":

@@ -466,6 +466,10 @@ def choose_backend(x: torch.Tensor, W: torch.Tensor, bias, p: LIFParams, impl: s
         return "fallback"
     if impl == "triton" and x.dtype != torch.float32:  # the Triton kernels compute in float32
         return "fallback"
+    if impl == "triton":
+        from . import triton_gpu
+
+        triton_gpu.check_device(x)
     if impl in ("numba", "triton"):
         return impl
     if x.device.type == "cpu":

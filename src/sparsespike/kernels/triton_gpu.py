@@ -48,6 +48,18 @@ def available() -> bool:
     return HAS_TRITON and torch.cuda.is_available()
 
 
+def check_device(x: torch.Tensor) -> None:
+    """Refuse an explicit ``impl="triton"`` that cannot run: Triton missing, or a CPU tensor
+    without ``TRITON_INTERPRET=1`` (Triton's own error there names no cause)."""
+    if not HAS_TRITON:
+        raise RuntimeError("impl='triton' needs triton installed (pip install 'sparsespike[gpu]')")
+    if x.device.type != "cuda" and not interpret_mode():
+        raise ValueError(
+            f"impl='triton' runs on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1), got a "
+            f"{x.device.type} tensor; use impl='auto' or 'numba' on the CPU"
+        )
+
+
 _KERNELS: dict[bool, SimpleNamespace] = {}
 
 
