@@ -133,7 +133,9 @@ def activity_bounds(
 
 
 def task_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``ce``: cross-entropy on logits; ``mse_count``: Yin et al. eq. 5, MSE of output rates vs one-hot."""
+    """``ce``: cross-entropy on logits; ``mse_count``: MSE of output rates vs one-hot, averaged over
+    samples *and classes* (``nn.MSELoss``), i.e. Yin et al. eq. 5 divided by the number of classes
+    (:func:`~sparsespike.sparsity.yin_models.vote_mse_loss` is eq. 5 itself, summed over classes)."""
     if name == "ce":
         return nn.functional.cross_entropy
     if name == "mse_count":

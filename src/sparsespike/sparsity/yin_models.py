@@ -142,7 +142,10 @@ def yin_neuron(
 def stbp_init_(model: nn.Module, gain: float = 1.0, generator: torch.Generator | None = None) -> None:
     """STBP weight init (Wu et al. 2018; Yin sec. 5.3 "standard uniform followed by
     normalization"): ``W ~ U(-1, 1)``, then every output unit's weight vector (its row; a conv
-    filter over ``C_in x k x k``) scaled to L2 norm ``gain``. Biases keep PyTorch's init."""
+    filter over ``C_in x k x k``) scaled to L2 norm ``gain``. Literally "standard uniform" is
+    ``U(0, 1)``; we use the zero-centred ``U(-1, 1)`` on purpose (a deliberate reading, not the
+    literal text; METHODS.md 4 calls the normalisation unspecified). Biases are not touched
+    (a conv bias keeps PyTorch's init, a ``SpikingLinear`` bias starts at zero)."""
     for m in model.modules():
         if isinstance(m, (SpikingConv2d, SpikingLinear)):
             w = m.weight
