@@ -285,6 +285,10 @@ def make_optimizer(params, spec: dict, lr: float | None = None) -> torch.optim.O
 
 
 def make_schedule(opt, spec: dict | None, epochs: int):
+    """The learning-rate schedule of ``train.lr_schedule`` (or a phase's ``lr_schedule``), stepped once
+    per epoch; defaults in brackets: ``exponential`` (``gamma`` 0.95: lr x gamma per epoch),
+    ``cosine`` (``eta_min`` 0; from lr to eta_min over the phase's ``epochs``), ``step`` (``step`` 10
+    epochs, ``gamma`` 0.1). ``None`` for no schedule."""
     if not spec:
         return None
     spec = dict(spec)
@@ -637,8 +641,8 @@ class Trainer:
                 f"--resume: {last} holds {done} epochs of phase {self.phases[pi].name!r}, "
                 f"the config gives it only {self.phases[pi].epochs}"
             )
-        if pi > len(self.phases):
-            raise ConfigError(f"--resume: {last} is past phase {pi}, the config has {len(self.phases)} phases")
+        if pi >= len(self.phases):  # a checkpoint's phase index is always one of its config's phases
+            raise ConfigError(f"--resume: {last} stopped in phase {pi + 1}, the config has {len(self.phases)} phase(s)")
         # the phases' lengths when the checkpoint was written, up to the stopped one (checkpoints
         # from before 2026-11-24 do not record them)
         ran = ckpt.get("phase_lengths") or []
