@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from idx_files import idx_bytes
 
 from sparsespike.data import load_fashion_mnist, load_mnist, parse_idx, read_idx
 from sparsespike.data.idx import FASHION_MNIST_MD5, MNIST_MD5
@@ -17,11 +18,6 @@ from sparsespike.data.paths import file_md5
 from sparsespike.errors import DataError
 
 FOUR = list(MNIST_MD5)
-
-
-def _idx_bytes(arr: np.ndarray, code: int) -> bytes:
-    head = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    return head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
 
 
 def test_published_md5_match_the_shared_files(data_dir: Path) -> None:
@@ -118,17 +114,17 @@ def test_bad_magic(data_dir: Path, tmp_path: Path) -> None:
 
 def test_wrong_shape_is_rejected(data_dir: Path, tmp_path: Path) -> None:
     target = _copy_labels(data_dir, tmp_path)
-    target.write_bytes(gzip.compress(_idx_bytes(np.zeros(7, np.uint8), 0x08)))
+    target.write_bytes(gzip.compress(idx_bytes(np.zeros(7, np.uint8), 0x08)))
     with pytest.raises(DataError, match=r"expected \(10000,\)"):
         load_mnist(tmp_path, train=False, verify=False)
 
 
 def test_parse_idx_types_and_sizes() -> None:
     a = np.arange(-6, 6, dtype=np.int16).reshape(3, 4)
-    assert np.array_equal(parse_idx(_idx_bytes(a, 0x0B)), a)
+    assert np.array_equal(parse_idx(idx_bytes(a, 0x0B)), a)
     f = np.linspace(0, 1, 5, dtype=np.float32)
-    assert np.array_equal(parse_idx(_idx_bytes(f, 0x0D)), f)
-    good = _idx_bytes(np.zeros((2, 3), np.uint8), 0x08)
+    assert np.array_equal(parse_idx(idx_bytes(f, 0x0D)), f)
+    good = idx_bytes(np.zeros((2, 3), np.uint8), 0x08)
     with pytest.raises(DataError, match="payload"):
         parse_idx(good[:-1], "cut.idx")
     with pytest.raises(DataError, match="header truncated"):

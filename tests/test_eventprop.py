@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from finite_diff import central_differences
 from numba import njit
 
 from sparsespike.errors import ConfigError, SpikeInputError
@@ -165,13 +166,7 @@ def _fd_check(loss_of_out, x, weights, eps=1e-6, rtol=1e-3, check_input=False, z
             return float(loss_of_out(o))
 
     for l, w in enumerate(weights):
-        fd = np.zeros_like(w)
-        for idx in np.ndindex(w.shape):
-            wp = [v.copy() for v in weights]
-            wm = [v.copy() for v in weights]
-            wp[l][idx] += eps
-            wm[l][idx] -= eps
-            fd[idx] = (f(wp, x) - f(wm, x)) / (2 * eps)
+        fd = central_differences(lambda a, l=l: f([a if i == l else v for i, v in enumerate(weights)], x), w, eps)
         g = ws[l].grad.numpy()
         if l in zero_layers:  # the loss does not depend on these weights
             assert np.abs(fd).max() == 0 and np.abs(g).max() == 0
@@ -180,12 +175,7 @@ def _fd_check(loss_of_out, x, weights, eps=1e-6, rtol=1e-3, check_input=False, z
         assert err < rtol, f"layer {l}: relative error {err:.2e}"
         assert np.abs(fd).max() > 0
     if check_input:
-        fd = np.zeros_like(x)
-        for idx in np.ndindex(x.shape):
-            xp, xm = x.copy(), x.copy()
-            xp[idx] += eps
-            xm[idx] -= eps
-            fd[idx] = (f(weights, xp) - f(weights, xm)) / (2 * eps)
+        fd = central_differences(lambda a: f(weights, a), x, eps)
         g = xt.grad.numpy()
         err = np.abs(g - fd).max() / max(np.abs(fd).max(), 1e-12)
         assert err < rtol, f"input times: relative error {err:.2e}"
@@ -395,15 +385,11 @@ def test_other_neuron_constants_gradients():
     out = event_forward(_t(x), ws, params)
     assert int(out.counts[0].max()) >= 2
     _sum_times(out).backward()
-    eps = 1e-6
-    fd = np.zeros_like(W)
-    for idx in np.ndindex(W.shape):
-        vals = []
-        for s in (eps, -eps):
-            Wp = W.copy()
-            Wp[idx] += s
-            o = event_forward(_t(x), [_t(Wp)], params)
-            assert torch.equal(o.counts[0], out.counts[0])
-            vals.append(float(_sum_times(o)))
-        fd[idx] = (vals[0] - vals[1]) / (2 * eps)
+
+    def f(w: np.ndarray) -> float:
+        o = event_forward(_t(x), [_t(w)], params)
+        assert torch.equal(o.counts[0], out.counts[0])
+        return float(_sum_times(o))
+
+    fd = central_differences(f, W, 1e-6)
     np.testing.assert_allclose(ws[0].grad.numpy(), fd, rtol=1e-4, atol=1e-7)

@@ -9,7 +9,6 @@ pixel map, the documented equation evaluated directly, or a documented boundary 
 from __future__ import annotations
 
 import math
-import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from idx_files import idx_bytes
 from torch import nn
 
 from sparsespike.data import (
@@ -36,7 +36,7 @@ from sparsespike.data.yinyang import make_yinyang
 from sparsespike.errors import DataError, SpikeInputError
 from sparsespike.export import export_nir, import_nir, lif_to_nir, simulate_nir
 from sparsespike.layers import SeqFlatten, SeqPool2d, SpikingConv2d, SpikingLinear
-from sparsespike.neurons import LIFParams
+from sparsespike.neurons import LIFParams, lif_sequence_loop
 
 
 # ------------------------------------------------------------------------------- encoding
@@ -260,14 +260,10 @@ def test_label_file_refuses_label_10(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- IDX
-def _idx(arr: np.ndarray, code: int = 0x08) -> bytes:
-    return bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-
-
 def test_parse_idx_refuses_bad_headers_and_trailing_bytes() -> None:
     """The magic is ``0x00 0x00 TT NN`` with NN >= 1; the payload is exactly the header's size.
     Mutants: trailing bytes accepted, 0 dimensions accepted, second magic byte not checked."""
-    good = _idx(np.arange(6, dtype=np.uint8).reshape(2, 3))
+    good = idx_bytes(np.arange(6, dtype=np.uint8).reshape(2, 3))
     assert parse_idx(good).tolist() == [[0, 1, 2], [3, 4, 5]]
     with pytest.raises(DataError, match="payload"):
         parse_idx(good + b"\x00")
@@ -281,13 +277,13 @@ def test_idx_dataset_refuses_label_10(tmp_path: Path) -> None:
     """MNIST labels are 0..9 (mutant: 10 accepted). Uncompressed files, no digest involved."""
     d = tmp_path / "mnist"
     d.mkdir()
-    (d / "t10k-images-idx3-ubyte").write_bytes(_idx(np.zeros((10000, 28, 28), np.uint8)))
+    (d / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((10000, 28, 28), np.uint8)))
     labels = np.zeros(10000, np.uint8)
-    (d / "t10k-labels-idx1-ubyte").write_bytes(_idx(labels))
+    (d / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
     _, y = load_idx_dataset(tmp_path, "mnist", train=False)
     assert int(y.max()) == 0
     labels[17] = 10
-    (d / "t10k-labels-idx1-ubyte").write_bytes(_idx(labels))
+    (d / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
     with pytest.raises(DataError, match="out of range"):
         load_idx_dataset(tmp_path, "mnist", train=False)
 
@@ -573,37 +569,21 @@ def test_search_sampler_draws_a_new_point_per_trial() -> None:
 
 
 # ------------------------------------------------------------------------------- sparse inference
-def _hand_lif(cur: torch.Tensor, beta: float, alpha: float | None, thr: float, reset: str) -> tuple[torch.Tensor, int]:
-    """README recurrence, written out: ``I = alpha I + x``, ``V = beta U + I``, ``S = H(V - thr)``
-    with ``H(0) = 0``, ``U = V - S thr`` (subtract) or ``V (1 - S)`` (zero). Returns the spikes
-    and how many steps had ``V == thr`` exactly."""
-    i = torch.zeros_like(cur[0])
-    u = torch.zeros_like(cur[0])
-    out, ties = [], 0
-    for x in cur:
-        i = alpha * i + x if alpha is not None else x
-        v = beta * u + i
-        s = (v > thr).to(cur.dtype)
-        ties += int((v == thr).sum())
-        u = v - s * thr if reset == "subtract" else v * (1 - s)
-        out.append(s)
-    return torch.stack(out), ties
-
-
 @pytest.mark.parametrize("reset,alpha", [("zero", None), ("subtract", None), ("subtract", 0.5), ("zero", 0.5)])
 def test_inference_lif_kernels_do_not_spike_at_exact_threshold(reset: str, alpha: float | None) -> None:
     """Dyadic currents (multiples of 1/8, beta = alpha = 0.5, thr = 0.5) make ``V == thr``
     exactly at many steps; the forward-only kernels must not spike there, as the README
-    recurrence ``S = H(V - thr)`` with H(0) = 0 (hand-written reference above; the random
-    currents of the other tests never hit the tie). Mutants: ``v - thr >= 0`` in the inference
+    recurrence ``S = H(V - thr)`` with H(0) = 0 (reference: the per-step loop
+    ``lif_sequence_loop``, itself pinned at the tie in test_pins_kernels; the random currents of
+    the other tests never hit the tie). Mutants: ``v - thr >= 0`` in the inference
     LIF kernels."""
     from sparsespike.sparse_inference import lif_inference, lif_pool_inference
 
     g = torch.Generator().manual_seed(0)
     cur = torch.randint(0, 5, (10, 2, 3, 4, 4), generator=g).double() * 0.125
     p = LIFParams(beta=0.5, alpha=alpha, threshold=0.5, reset=reset)
-    ref, ties = _hand_lif(cur, 0.5, alpha, 0.5, reset)
-    assert ties > 20 and ref.sum() > 20
+    ref, v = lif_sequence_loop(cur, p)
+    assert int((v == 0.5).sum()) > 20 and ref.sum() > 20
     assert torch.equal(lif_inference(cur, p), ref)
     assert torch.equal(lif_pool_inference(cur, p, 1), ref)
     pooled = ref.reshape(20, 3, 2, 2, 2, 2).sum((3, 5)).reshape(10, 2, 3, 2, 2) / 4

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from finite_diff import central_differences
 
 from sparsespike.errors import ConfigError, SpikeInputError
 from sparsespike.eventprop import (
@@ -207,17 +208,6 @@ def test_grazing_clip_of_the_adjoint_jump(factor: float, eps: float) -> None:
         assert slope > 0  # a genuine crossing whose jump was clipped
 
 
-def _central_differences(f, a: np.ndarray, h: float) -> np.ndarray:
-    """``(f(a + h e_i) - f(a - h e_i)) / 2h`` for every entry ``i`` of ``a``."""
-    out = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        ap, am = a.copy(), a.copy()
-        ap[idx] += h
-        am[idx] -= h
-        out[idx] = (f(ap) - f(am)) / (2 * h)
-    return out
-
-
 def test_input_time_and_lower_layer_gradients_with_r_m_not_one() -> None:
     """R_m != 1 enters the error passed down, ``W (R_m lambda_V - lambda_I)`` (Fontanini eq. 5):
     gradients wrt the first layer's weights and the input times of a 2-layer network vs central
@@ -244,8 +234,8 @@ def test_input_time_and_lower_layer_gradients_with_r_m_not_one() -> None:
         assert all(torch.equal(a, b) for a, b in zip(o.counts, counts, strict=True))
         return float(loss(o))
 
-    fd_x = _central_differences(lambda a: f(a, W1), x, 1e-6)
-    fd_w = _central_differences(lambda a: f(x, a), W1, 1e-6)
+    fd_x = central_differences(lambda a: f(a, W1), x, 1e-6)
+    fd_w = central_differences(lambda a: f(x, a), W1, 1e-6)
     assert np.abs(fd_x).max() > 0 and np.abs(fd_w).max() > 0
     np.testing.assert_allclose(xt.grad.numpy(), fd_x, rtol=1e-4, atol=1e-6 * np.abs(fd_x).max())
     np.testing.assert_allclose(ws[0].grad.numpy(), fd_w, rtol=1e-4, atol=1e-6 * np.abs(fd_w).max())

@@ -41,19 +41,13 @@ DT = torch.float64
 HUGE = 1e9  # every neuron active
 
 
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import problem means "no triton"
-        return False
-    return True
-
-
 @pytest.fixture(params=["numba", "torch", "triton"])
 def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """A recurrence / sparse-layer implementation; Triton through its CPU interpreter."""
     if request.param == "triton":
-        if not _has_triton():
+        from sparsespike.kernels import triton_gpu
+
+        if not triton_gpu.HAS_TRITON:
             pytest.skip("triton not importable")
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     return str(request.param)

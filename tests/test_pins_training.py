@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsespike import pipeline
+from sparsespike.cli import _log
 from sparsespike.config import ExperimentConfig, from_dict
 from sparsespike.errors import ConfigError
 from sparsespike.pipeline import DataBundle, Split
@@ -72,10 +73,6 @@ def _cfg(**train: Any) -> ExperimentConfig:
 
 def _trainer(tmp: Path, cfg: ExperimentConfig, *, resume: bool = False, **kw: Any) -> Trainer:
     return Trainer(cfg, tmp, None, progress=False, resume=resume, data=kw.pop("data", None) or _bundle(), **kw)
-
-
-def _log(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 # ---------------------------------------------------------------- per-epoch random draws

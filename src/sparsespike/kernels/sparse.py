@@ -464,9 +464,9 @@ def choose_backend(x: torch.Tensor, W: torch.Tensor, bias, p: LIFParams, impl: s
     """
     if impl in ("torch", "fallback") or not _fast_path_ok(x, W, bias, p):
         return "fallback"
-    if impl == "triton" and x.dtype != torch.float32:  # the Triton kernels compute in float32
-        return "fallback"
     if impl == "triton":
+        if x.dtype != torch.float32:  # the Triton kernels compute in float32
+            return "fallback"
         from . import triton_gpu
 
         triton_gpu.check_device(x)
