@@ -61,6 +61,18 @@ CFG_ONE_LEFT = {
 }
 
 
+# a SynOps budget held by a Lagrange multiplier: every rank steps it with the global batch's cost
+CFG_BUDGET = {
+    **CFG,
+    "name": "ddp_budget",
+    "model": {**CFG["model"], "gates": {"lam": 0.0, "lr": 0.05, "init_mean": 2.0, "seed": 0}},
+    "train": {
+        **CFG["train"],
+        "regularizers": [{"name": "synops", "lam": 1.0e-3, "budget": 200.0, "dual_lr": 0.5, "dual_avg": 0.5}],
+    },
+}
+
+
 def _worker(rank: int, world: int, init_file: str, out: str, data_dir: str, cfg: dict) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -72,7 +84,9 @@ def _worker(rank: int, world: int, init_file: str, out: str, data_dir: str, cfg:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 @pytest.mark.parametrize(
-    "cfg", [CFG, CFG_FREEZE, CFG_ONE_LEFT], ids=["plain", "gates_learn_then_freeze", "empty_shard_and_activity"]
+    "cfg",
+    [CFG, CFG_FREEZE, CFG_ONE_LEFT, CFG_BUDGET],
+    ids=["plain", "gates_learn_then_freeze", "empty_shard_and_activity", "synops_budget_multiplier"],
 )
 def test_two_process_ddp_matches_single_process(tmp_path, data_dir, cfg):
     single = tmp_path / "single"
@@ -97,3 +111,12 @@ def test_two_process_ddp_matches_single_process(tmp_path, data_dir, cfg):
         for a_, b_ in zip(one, two, strict=True):
             for k in a_:
                 assert b_[k] == pytest.approx(a_[k], rel=1e-4), k
+    if cfg is CFG_BUDGET:  # one multiplier, stepped with the whole batch's cost, and its log
+        import json
+
+        one, two = ([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (single, ddp))
+        assert one[-1]["train_expected_synops_mu"] > 1  # over budget: the multiplier grew
+        for r1, r2 in zip(one, two, strict=True):
+            for k in ("train_expected_synops", "train_expected_synops_mu"):
+                assert r2[k] == pytest.approx(r1[k], rel=1e-4), k
+        assert load_checkpoint(ddp / "last.pt")["terms"][-1]["mu"] == pytest.approx(one[-1]["train_expected_synops_mu"])

@@ -397,3 +397,187 @@ def test_the_ten_seed_fmnist_recipe_is_the_config_that_ran(config, overrides, ru
     keys = (set(mine) | set(theirs)) - {"name", "notes"}
     diff = {k: (mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)}
     assert diff == {}
+
+
+def test_budget_is_a_hinge_on_the_expected_cost():
+    """``budget = C``: ``lam * max(0, E - C)``, with the plain term's gradient above ``C`` and
+    none below; the epoch statistics are the sample-weighted mean of the un-hinged cost."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 4, bias=False)
+    add_l0_gates(lin, seed=0, init_mean=1.0)
+    (gate,) = gates(lin)
+    x = (torch.rand(6, 2, 3) < 0.5).float()
+    plain = ExpectedSynOps(lam=0.5).attach(lin)
+    lin.train()
+    lin(x)
+    cost_t = plain.value(2) / 0.5
+    cost = float(cost_t.detach())
+    (g_plain,) = torch.autograd.grad(cost_t, gate.log_alpha)
+    assert cost > 1
+    for budget, want in ((cost - 1.0, 0.5), (cost + 1.0, 0.0), (1e-9, 0.5 * cost)):
+        pen = ExpectedSynOps(lam=0.5, budget=budget).attach(lin)
+        lin(x)
+        v = pen.value(2)
+        assert float(v) == pytest.approx(want, rel=1e-6)
+        (g,) = torch.autograd.grad(v, gate.log_alpha, allow_unused=True)
+        if budget < cost:
+            torch.testing.assert_close(g, 0.5 * g_plain)
+        else:  # below the budget: no pull on the gates at all
+            assert g is None or float(g.abs().max()) == 0.0
+        assert pen.epoch_stats() == pytest.approx((2 * cost, 2.0))  # un-hinged cost x samples
+        assert pen.epoch_stats() == (0.0, 0.0)  # reset by the call
+        pen.release()
+    reg = make_regularizer({"name": "synops", "lam": 1e-6, "budget": "2e4"})
+    assert reg.budget == 2e4 and make_regularizer({"name": "synops", "lam": 1e-6}).budget is None
+    assert make_regularizer({"name": "flops", "lam": 1e-9, "budget": 5e6}).budget == 5e6
+    for bad in (-1.0, 0.0, float("nan"), "many"):
+        with pytest.raises(ConfigError, match="budget"):
+            make_regularizer({"name": "synops", "lam": 1e-6, "budget": bad})
+    with pytest.raises(ConfigError, match="dual_lr needs a budget"):
+        make_regularizer({"name": "synops", "lam": 1e-6, "dual_lr": 0.1})
+    with pytest.raises(ConfigError, match="dual_lr"):
+        make_regularizer({"name": "flops", "lam": 1e-9, "budget": 1e6, "dual_lr": -0.1})
+    for bad in (1.0, -0.5):
+        with pytest.raises(ConfigError, match="dual_avg"):
+            make_regularizer({"name": "synops", "lam": 1e-6, "budget": 1e4, "dual_lr": 0.1, "dual_avg": bad})
+
+
+def test_a_budgeted_run_prunes_to_the_budget_and_logs_its_cost(tmp_path):
+    """The same short gated run with the plain penalty and with a budget between its first and
+    last epochs' costs: the budgeted run stops pruning at its budget (Adam's momentum carries it
+    somewhat below, never above), the plain one goes on far below, and each epoch record
+    carries the mean expected SynOps."""
+    import json
+
+    from sparsespike.config import load_config
+    from sparsespike.train import Trainer
+
+    def run(name, reg):
+        cfg = load_config(
+            "experiments/demo_yinyang.yaml",
+            {
+                "train.epochs": 6,
+                "data.train_subset": 640,
+                "model.gates": {"init_mean": 3.0, "seed": 0, "lr": 0.2},
+                "train.regularizers": [reg],
+            },
+        )
+        Trainer(cfg, out_dir=tmp_path / name, progress=False).fit()
+        return [json.loads(line)["train_expected_synops"] for line in (tmp_path / name / "metrics.jsonl").open()]
+
+    plain = run("plain", {"name": "synops", "lam": 1e-2})
+    assert plain[-1] < 0.4 * plain[0]  # the plain penalty keeps pruning
+    budget = 0.55 * plain[0]
+    capped = run("capped", {"name": "synops", "lam": 1e-2, "budget": budget})
+    assert capped[0] == pytest.approx(plain[0], rel=1e-6)  # same first epoch: still above the budget
+    assert all(0.75 * budget < c <= 1.02 * budget for c in capped[-3:]), (capped, budget)
+    assert capped[-1] > 1.3 * plain[-1]
+
+
+def test_dual_step_by_hand():
+    """Gallego-Posada et al.'s ascent on the normalised defect, clipped at 1, and the dual restart."""
+    from sparsespike.sparsity.gate_penalty import dual_step
+
+    assert dual_step(1.0, 150.0, 100.0, 0.2) == pytest.approx(1.1)  # 1 + 0.2 * 0.5
+    assert dual_step(1.0, 1000.0, 100.0, 0.2) == pytest.approx(1.2)  # defect 9 clipped to 1
+    assert dual_step(3.0, 100.0, 100.0, 0.2) == 0.0  # constraint holds (at equality): restart
+    assert dual_step(3.0, 40.0, 100.0, 0.2) == 0.0
+
+
+def test_dual_budget_term_multiplier_and_checkpoint_state():
+    """``lam * mu * (cost - C)`` with the multiplier before the batch's step; mu follows
+    dual_step on the running mean of the batches' costs (a single cheap batch does not restart
+    it), round-trips through checkpoint_state/restore_state, and the gradient is ``lam * mu``
+    times the cost's."""
+    from sparsespike.sparsity.gate_penalty import COST_AVG, dual_step
+
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 4, bias=False)
+    add_l0_gates(lin, seed=0, init_mean=1.0)
+    (gate,) = gates(lin)
+    xs = [(torch.rand(6, 2, 3) < p).float() for p in (0.9, 0.8, 0.1, 0.9)]
+    plain = ExpectedSynOps(lam=1.0).attach(lin)
+    lin.train()
+    costs, grads = [], []
+    for x in xs:
+        lin(x)
+        c = plain.value(2)
+        costs.append(float(c.detach()))
+        grads.append(torch.autograd.grad(c, gate.log_alpha)[0])
+    plain.release()
+    budget = 0.5 * (max(costs) + min(costs))
+    assert min(costs) < budget < max(costs) and costs[2] < budget  # the third batch is under budget
+    pen = ExpectedSynOps(lam=0.5, budget=budget, dual_lr=0.3).attach(lin)
+    assert pen.mu == 1.0 and pen.checkpoint_state() == {"mu": 1.0, "avg": None}
+    mu, avg, restarted = 1.0, None, False
+    for x, c, g_plain in zip(xs, costs, grads, strict=True):
+        lin(x)
+        v = pen.value(2)
+        assert float(v) == pytest.approx(0.5 * mu * (c - budget), rel=1e-6, abs=1e-9)
+        if mu > 0:
+            torch.testing.assert_close(torch.autograd.grad(v, gate.log_alpha)[0], 0.5 * mu * g_plain)
+        avg = c if avg is None else COST_AVG * avg + (1 - COST_AVG) * c
+        mu = dual_step(mu, avg, budget, 0.3)
+        restarted |= mu == 0.0
+        assert pen.mu == pytest.approx(mu) and pen.avg == pytest.approx(avg)
+    assert mu > 0 and not restarted  # the running mean stays over budget through the cheap third batch
+    state = pen.checkpoint_state()
+    other = ExpectedSynOps(lam=0.5, budget=budget, dual_lr=0.3)
+    other.restore_state(state)
+    assert other.mu == pytest.approx(mu) and other.avg == pytest.approx(avg)
+    with pytest.raises(ConfigError, match="multiplier"):
+        other.restore_state({})
+    hinge = ExpectedSynOps(lam=0.5, budget=budget)
+    assert hinge.mu is None and hinge.checkpoint_state() == {}
+    hinge.restore_state({})  # nothing to restore
+
+
+def test_dual_budget_reaches_a_budget_the_plain_term_does_not(tmp_path):
+    """A weak penalty levels off far above a budget; the same weight with the dual form gets
+    the run to it (the last epochs at most 20 % under it, never over), logs the multiplier, and a run stopped
+    after 3 epochs and resumed ends with the same weights and multiplier as the whole run."""
+    import json
+
+    from sparsespike.config import load_config
+    from sparsespike.train import Trainer, load_checkpoint
+
+    def run(name, reg):
+        cfg = load_config(
+            "experiments/demo_yinyang.yaml",
+            {
+                "train.epochs": 6,
+                "data.train_subset": 640,
+                "model.gates": {"init_mean": 3.0, "seed": 0, "lr": 0.2},
+                "train.regularizers": [reg],
+            },
+        )
+        Trainer(cfg, out_dir=tmp_path / name, progress=False).fit()
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+
+    weak = {"name": "synops", "lam": 1e-3}
+    plain = [r["train_expected_synops"] for r in run("plain", weak)]
+    budget = 0.5 * plain[0]
+    assert plain[-1] > 1.4 * budget  # the weak penalty levels off far above the budget
+    dual = {**weak, "budget": budget, "dual_lr": 0.3, "dual_avg": 0.8}  # 20 batches per epoch
+    recs = run("dual", dual)
+    got = [r["train_expected_synops"] for r in recs]
+    assert all(0.8 * budget < c <= 1.02 * budget for c in got[-2:]), (got, budget)
+    assert all("train_expected_synops_mu" in r for r in recs)
+    cfg = load_config(
+        "experiments/demo_yinyang.yaml",
+        {
+            "train.epochs": 6,
+            "data.train_subset": 640,
+            "model.gates": {"init_mean": 3.0, "seed": 0, "lr": 0.2},
+            "train.regularizers": [dual],
+        },
+    )
+    steps = Trainer(cfg, out_dir=tmp_path / "resumed", progress=False).epochs()
+    for _ in range(3):  # stop after 3 of the 6 epochs, as a crash would
+        next(steps)
+    steps.close()
+    Trainer(cfg, out_dir=tmp_path / "resumed", progress=False, resume=True).fit()
+    a, b = (load_checkpoint(tmp_path / n / "last.pt") for n in ("dual", "resumed"))
+    assert a["terms"] == b["terms"] and a["terms"][-1]["mu"] >= 0
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0)

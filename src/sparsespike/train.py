@@ -574,6 +574,16 @@ class Trainer:
         )
         if act_n:
             rec["activity_pct"] = {k: v / act_n for k, v in act_sum.items()}
+        # penalties that price the gates (sparsity/gate_penalty.py) log their mean expected cost
+        stats = [(t.stat, t.epoch_stats()) for t in terms if hasattr(t, "epoch_stats")]
+        if stats:
+            sums = _all_reduce_sum([v for _, pair in stats for v in pair], self.world)
+            for i, (key, _) in enumerate(stats):
+                name = f"train_{key}" if f"train_{key}" not in rec else f"train_{key}_{i}"
+                rec[name] = sums[2 * i] / sums[2 * i + 1] if sums[2 * i + 1] else None
+        for t in terms:  # a budget's Lagrange multiplier (the same on every rank)
+            if getattr(t, "mu", None) is not None:
+                rec[f"train_{t.stat}_mu"] = t.mu
         return rec
 
     @torch.no_grad()
@@ -671,8 +681,10 @@ class Trainer:
         prior, t0 = self._clock
         return prior + time.perf_counter() - t0
 
-    def _state(self, phase_idx, epoch_in_phase, global_epoch, opt, sched, best) -> dict:
+    def _state(self, phase_idx, epoch_in_phase, global_epoch, opt, sched, best, terms=()) -> dict:
         return {
+            # loss terms with state (a budget's multiplier), by position in the phase's list
+            "terms": [t.checkpoint_state() if hasattr(t, "checkpoint_state") else None for t in terms],
             "train_s": self._elapsed(),
             "config": json.dumps(self._fingerprint()),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -763,6 +775,11 @@ class Trainer:
                 e0 = start_epoch
             self._set_gates(ph)
             loss_fn, terms = self._phase_terms(ph)
+            if ckpt is not None and pi == start_phase:
+                saved = ckpt.get("terms") or []
+                for i, t in enumerate(terms):
+                    if hasattr(t, "restore_state"):
+                        t.restore_state(saved[i] if i < len(saved) and saved[i] is not None else {})
             try:
                 for e in range(e0, ph.epochs):
                     t0 = time.perf_counter()
@@ -797,7 +814,7 @@ class Trainer:
                             f.write(json.dumps(rec) + "\n")
                         # "epoch e + 1 of phase pi done", also at a phase's end: a resume with that
                         # phase lengthened goes on in it, with its optimizer state
-                        atomic_save(self._state(pi, e + 1, global_epoch, opt, sched, best), last)
+                        atomic_save(self._state(pi, e + 1, global_epoch, opt, sched, best, terms), last)
                         tqdm.write(
                             f"[{self.cfg.name}] epoch {global_epoch} ({ph.name}) loss {rec['train_loss']:.4f} "
                             f"train acc {rec['train_acc']:.4f} val acc {val['acc']:.4f} ({train_time:.1f}s)"

@@ -21,7 +21,8 @@ indicators ``b_ij != 0``. A frozen gate contributes its test-time indicator, as 
 :mod:`.synops`.
 
 YAML (time-stepped engine): ``train.regularizers: [{name: flops, lam: 1.0e-9}]`` beside
-``model.gates``; Yin engine: ``connectivity: {penalty: flops, lam: ...}``.
+``model.gates`` (``budget: C``, optionally with ``dual_lr``: keep the expected FLOPs per sample
+at or under ``C``, :mod:`.gate_penalty`, "Budget"); Yin engine: ``connectivity: {penalty: flops, lam: ...}``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..train import register_regularizer
 from .connectivity import GatedWeight, tap_use_counts
-from .gate_penalty import GatedInputPenalty, prob_nonzero
+from .gate_penalty import COST_AVG, GatedInputPenalty, prob_nonzero
 
 __all__ = ["ExpectedFlops", "tap_use_counts"]
 
@@ -45,9 +46,17 @@ class ExpectedFlops(GatedInputPenalty):
     hooks of :class:`GatedInputPenalty` keep the shape of every training-mode layer input."""
 
     what = "flops penalty"
+    stat = "expected_flops"
 
-    def __init__(self, lam: float = 1e-9, ramp_epochs: float = 0.0) -> None:
-        super().__init__(lam, ramp_epochs)
+    def __init__(
+        self,
+        lam: float = 1e-9,
+        ramp_epochs: float = 0.0,
+        budget: float | None = None,
+        dual_lr: float = 0.0,
+        dual_avg: float = COST_AVG,
+    ) -> None:
+        super().__init__(lam, ramp_epochs, budget, dual_lr, dual_avg)
         self._taps: dict[tuple, torch.Tensor] = {}
 
     def _record(self, x: torch.Tensor) -> tuple[int, ...]:
@@ -82,7 +91,14 @@ class ExpectedFlops(GatedInputPenalty):
 
 
 @register_regularizer("flops")
-def flops_regularizer(lam: float = 1e-9, ramp_epochs: float = 0.0) -> ExpectedFlops:
-    """YAML: ``{name: flops, lam: 1.0e-9, ramp_epochs: 0}`` (module doc; ``ramp_epochs``:
-    :class:`~.gate_penalty.GatedInputPenalty`, "Ramp")."""
-    return ExpectedFlops(lam, ramp_epochs)
+def flops_regularizer(
+    lam: float = 1e-9,
+    ramp_epochs: float = 0.0,
+    budget: float | None = None,
+    dual_lr: float = 0.0,
+    dual_avg: float = COST_AVG,
+) -> ExpectedFlops:
+    """YAML: ``{name: flops, lam: 1.0e-9, ramp_epochs: 0, budget: null, dual_lr: 0, dual_avg:
+    0.98}`` (module doc; ``ramp_epochs``, ``budget``, ``dual_lr`` and ``dual_avg``:
+    :mod:`.gate_penalty`, "Ramp" and "Budget")."""
+    return ExpectedFlops(lam, ramp_epochs, budget, dual_lr, dual_avg)

@@ -18,6 +18,34 @@ trainer's :class:`~sparsespike.train.LossContext` (which carries the epoch and b
 spike-count schedules of ``sparsity/activity.py`` (Allred et al. eqs. 5-8): those step once per
 epoch and span the whole phase, whereas the ramp is per batch and reaches ``lam`` after ``R``
 epochs.
+
+**Budget.** ``budget = C`` states the cost a run may spend per sample, in two forms:
+
+* ``dual_lr = 0`` (default): a hinge, ``lam * max(0, cost - C)``. It pushes with the plain
+  term's gradient while the expected cost is above ``C`` and not at all below, so a run that
+  prunes past ``C`` stops there (budget-aware regularisation in its simplest form, Lemaire et
+  al., CVPR 2019). It cannot push harder than the plain term: a run whose plain penalty levels
+  off above ``C`` never reaches it.
+* ``dual_lr = eta > 0``: a constraint ``cost <= C`` held by a Lagrange multiplier (Gallego-Posada
+  et al., "Controlled sparsity via constrained optimization", NeurIPS 2022, for the L0 gates of
+  Louizos et al.): the term is ``lam * mu * (cost - C)``, and after every batch the multiplier
+  steps by :func:`dual_step`: ``mu <- mu + eta * min(avg / C - 1, 1)`` while the run is over
+  budget, ``mu <- 0`` (their *dual restart*) as soon as it is not, where ``avg`` is a running
+  mean of the batches' costs, ``avg <- dual_avg avg + (1 - dual_avg) cost`` (default 0.98,
+  :data:`COST_AVG`; their L0 expectation has no input noise, ours has). It starts at ``mu = 1``, the
+  plain term. While a run stays over budget the pressure grows without bound, so it gets there
+  even where the plain term would level off above ``C``; once there, the restart drops the
+  pressure at once, so the gates are not pushed on by a multiplier built up on the way (a gate
+  whose samples are all clamped to zero gets no task gradient and would not come back). ``mu`` is saved in
+  ``last.pt`` (:meth:`GatedInputPenalty.checkpoint_state`), so a resumed run continues exactly;
+  under DDP every rank steps ``mu`` with the cost averaged over all ranks, so they keep one
+  multiplier.
+
+The cost is the training-time expectation (gate probabilities, training inputs), so the
+test-time count (deterministic gates, test inputs) lands near ``C``, not on it.
+:meth:`GatedInputPenalty.epoch_stats` gives the epoch's mean expected cost (un-hinged), which
+the trainer logs as ``train_expected_synops`` / ``train_expected_flops``, with the multiplier
+as ``train_expected_synops_mu`` (dual form).
 """
 
 from __future__ import annotations
@@ -30,7 +58,40 @@ from ..errors import ConfigError
 from ..train import LossContext
 from .connectivity import GatedWeight, gated_weights
 
-__all__ = ["GatedInputPenalty", "prob_nonzero"]
+__all__ = ["COST_AVG", "GatedInputPenalty", "dual_step", "prob_nonzero"]
+
+
+#: default ``dual_avg``: the multiplier is stepped with a running mean of the batches' costs,
+#: ``avg <- 0.98 avg + 0.02 cost`` (about the last 50 batches). A batch's cost varies with its
+#: inputs' spike counts by several per cent, and a dual restart on every batch that happens to
+#: dip under the budget kept the multiplier near 0 while an F-MNIST run as a whole stayed 10 %
+#: over it. The mean lags by about ``1 / (1 - dual_avg)`` batches, and the multiplier goes on
+#: pushing for that long after the run crosses the budget: keep it well under an epoch.
+COST_AVG = 0.98
+
+
+def dual_step(mu: float, cost: float, budget: float, lr: float) -> float:
+    """One step of the multiplier of ``cost <= budget`` (module doc, "Budget"): gradient ascent
+    on the defect normalised by the budget and clipped at 1, ``mu + lr * min(cost / budget - 1, 1)``,
+    while the constraint is violated, and a *dual restart* to 0 as soon as it holds
+    (Gallego-Posada et al., NeurIPS 2022, sec. 4 and Algorithm 1; the normalisation and the clip
+    are ours: they make ``lr`` independent of the budget's units and bound ``mu``'s growth while
+    the cost is still many times the budget)."""
+    if cost <= budget:
+        return 0.0
+    return mu + lr * min(cost / budget - 1.0, 1.0)
+
+
+def _global_mean(cost: float, n: int) -> float:
+    """The sample-weighted mean of ``cost`` over the ranks of an initialised process group (the
+    batch's cost on one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return cost
+    t = torch.tensor([cost * n, float(n)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0] / t[1])
 
 
 def prob_nonzero(gw: GatedWeight) -> torch.Tensor:
@@ -51,10 +112,32 @@ class GatedInputPenalty:
 
     #: name used in error messages
     what = "gate penalty"
+    #: key of the epoch's mean expected cost in the trainer's epoch record (``train_<key>``)
+    stat = "expected_cost"
 
-    def __init__(self, lam: float, ramp_epochs: float = 0.0) -> None:
+    def __init__(
+        self,
+        lam: float,
+        ramp_epochs: float = 0.0,
+        budget: float | None = None,
+        dual_lr: float = 0.0,
+        dual_avg: float = COST_AVG,
+    ) -> None:
         self.lam = config_float(lam, f"{self.what}: lam")
         self.ramp_epochs = config_float(ramp_epochs, f"{self.what}: ramp_epochs")
+        self.budget = None if budget is None else config_float(budget, f"{self.what}: budget", strict=True)
+        self.dual_lr = config_float(dual_lr, f"{self.what}: dual_lr")
+        self.dual_avg = config_float(dual_avg, f"{self.what}: dual_avg")
+        if self.dual_avg >= 1:
+            raise ConfigError(f"{self.what}: dual_avg must be in [0, 1), got {dual_avg!r}")
+        if self.dual_lr > 0 and self.budget is None:
+            raise ConfigError(f"{self.what}: dual_lr needs a budget (the constraint cost <= budget it enforces)")
+        #: Lagrange multiplier of the dual form (module doc, "Budget"); ``None`` otherwise
+        self.mu: float | None = 1.0 if self.dual_lr > 0 else None
+        #: running mean of the batches' costs that steps the multiplier (``None`` before the first)
+        self.avg: float | None = None
+        self._cost_sum = 0.0
+        self._cost_n = 0
         self._seen: dict[int, list] = {}
         self._gated: list[GatedWeight] = []
         self._handles: list = []
@@ -110,14 +193,47 @@ class GatedInputPenalty:
         return out
 
     def value(self, n_samples: int) -> torch.Tensor:
-        """``lam * sum(terms)`` of the forward passes since the last call (then forgets them)."""
+        """``lam * sum(terms)`` of the forward passes since the last call (then forgets them);
+        with a budget the hinge or, with ``dual_lr``, the Lagrangian term, whose multiplier then
+        takes its step (module doc, "Budget")."""
         if not self._handles:
             raise RuntimeError(f"{self.what}: call attach(model) before the forward pass (the trainer does)")
-        parts = self.terms(max(1, int(n_samples)))
+        n = max(1, int(n_samples))
+        parts = self.terms(n)
         self._seen.clear()
         if not parts:
             return torch.zeros(())
-        return self.lam * torch.stack(list(parts.values())).sum()
+        cost = torch.stack(list(parts.values())).sum()
+        c = float(cost.detach())
+        self._cost_sum += c * n
+        self._cost_n += n
+        if self.budget is None:
+            return self.lam * cost
+        if self.mu is None:
+            return self.lam * torch.clamp(cost - self.budget, min=0.0)
+        out = (self.lam * self.mu) * (cost - self.budget)
+        c = _global_mean(c, n)
+        self.avg = c if self.avg is None else self.dual_avg * self.avg + (1.0 - self.dual_avg) * c
+        self.mu = dual_step(self.mu, self.avg, self.budget, self.dual_lr)
+        return out
+
+    def checkpoint_state(self) -> dict:
+        """What a resumed run needs: the dual form's multiplier (``{}`` otherwise)."""
+        return {} if self.mu is None else {"mu": float(self.mu), "avg": self.avg}
+
+    def restore_state(self, state: dict) -> None:
+        if self.mu is not None:
+            if "mu" not in state:
+                raise ConfigError(f"{self.what}: the checkpoint holds no multiplier for the budget's dual_lr")
+            self.mu = float(state["mu"])
+            self.avg = None if state.get("avg") is None else float(state["avg"])
+
+    def epoch_stats(self) -> tuple[float, float]:
+        """``(sum of cost x samples, samples)`` priced since the last call (then reset): the
+        trainer sums them over ranks and logs the mean as ``train_<stat>``."""
+        out = (self._cost_sum, float(self._cost_n))
+        self._cost_sum, self._cost_n = 0.0, 0
+        return out
 
     def ramp(self, epoch: int, batch: int, n_batches: int) -> float:
         """The share of ``lam`` applied at ``batch`` (0-based) of the phase's 0-based ``epoch``

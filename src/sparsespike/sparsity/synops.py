@@ -24,7 +24,10 @@ borders, strides, dilation and padding are priced exactly, as ``metrics`` counts
 convolutions are not supported.
 
 YAML: ``train.regularizers: [{name: synops, lam: 1.0e-6}]`` beside ``model.gates``; add
-``ramp_epochs: R`` to raise the weight linearly from 0 over the phase's first ``R`` epochs.
+``ramp_epochs: R`` to raise the weight linearly from 0 over the phase's first ``R`` epochs, or
+``budget: C`` to stop pushing once the expected SynOps per sample are at or below ``C``, with
+``dual_lr: eta`` to hold them at ``C`` by a Lagrange multiplier (:mod:`.gate_penalty`, "Budget";
+the trainer logs the epoch's mean as ``train_expected_synops``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from ..kernels.sparse import get_meta, spike_counts
 from ..metrics import conv_fanout
 from ..train import register_regularizer
 from .connectivity import GatedWeight
-from .gate_penalty import GatedInputPenalty, prob_nonzero
+from .gate_penalty import COST_AVG, GatedInputPenalty, prob_nonzero
 
 __all__ = ["ExpectedSynOps", "expected_synops", "input_spike_counts"]
 
@@ -94,9 +97,18 @@ class ExpectedSynOps(GatedInputPenalty):
     of :class:`GatedInputPenalty` keep each training batch's layer inputs."""
 
     what = "synops penalty"
+    stat = "expected_synops"
 
-    def __init__(self, lam: float = 1e-6, detach_spikes: bool = False, ramp_epochs: float = 0.0) -> None:
-        super().__init__(lam, ramp_epochs)
+    def __init__(
+        self,
+        lam: float = 1e-6,
+        detach_spikes: bool = False,
+        ramp_epochs: float = 0.0,
+        budget: float | None = None,
+        dual_lr: float = 0.0,
+        dual_avg: float = COST_AVG,
+    ) -> None:
+        super().__init__(lam, ramp_epochs, budget, dual_lr, dual_avg)
         self.detach_spikes = bool(detach_spikes)
 
     def _price(self, gw: GatedWeight, seen: list, n_samples: int) -> torch.Tensor:
@@ -110,7 +122,15 @@ class ExpectedSynOps(GatedInputPenalty):
 
 
 @register_regularizer("synops")
-def synops_regularizer(lam: float = 1e-6, detach_spikes: bool = False, ramp_epochs: float = 0.0) -> ExpectedSynOps:
-    """YAML: ``{name: synops, lam: 1.0e-6, detach_spikes: false, ramp_epochs: 0}`` (module doc;
-    ``ramp_epochs``: :class:`~.gate_penalty.GatedInputPenalty`, "Ramp")."""
-    return ExpectedSynOps(lam, detach_spikes, ramp_epochs)
+def synops_regularizer(
+    lam: float = 1e-6,
+    detach_spikes: bool = False,
+    ramp_epochs: float = 0.0,
+    budget: float | None = None,
+    dual_lr: float = 0.0,
+    dual_avg: float = COST_AVG,
+) -> ExpectedSynOps:
+    """YAML: ``{name: synops, lam: 1.0e-6, detach_spikes: false, ramp_epochs: 0, budget: null,
+    dual_lr: 0, dual_avg: 0.98}`` (module doc; ``ramp_epochs``, ``budget``, ``dual_lr`` and
+    ``dual_avg``: :mod:`.gate_penalty`, "Ramp" and "Budget")."""
+    return ExpectedSynOps(lam, detach_spikes, ramp_epochs, budget, dual_lr, dual_avg)
