@@ -442,28 +442,39 @@ def test_budget_is_a_hinge_on_the_expected_cost():
             make_regularizer({"name": "synops", "lam": 1e-6, "budget": 1e4, "dual_lr": 0.1, "dual_avg": bad})
 
 
+def _gated_demo(reg: dict):
+    """The demo Yin-Yang network with seeded L0 gates, 6 short epochs, and one penalty."""
+    from sparsespike.config import load_config
+
+    return load_config(
+        "experiments/demo_yinyang.yaml",
+        {
+            "train.epochs": 6,
+            "data.train_subset": 640,
+            "model.gates": {"init_mean": 3.0, "seed": 0, "lr": 0.2},
+            "train.regularizers": [reg],
+        },
+    )
+
+
+def _gated_demo_log(tmp_path, name: str, reg: dict) -> list[dict]:
+    """Train :func:`_gated_demo` into ``tmp_path / name``; its epoch records."""
+    import json
+
+    from sparsespike.train import Trainer
+
+    Trainer(_gated_demo(reg), out_dir=tmp_path / name, progress=False).fit()
+    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+
+
 def test_a_budgeted_run_prunes_to_the_budget_and_logs_its_cost(tmp_path):
     """The same short gated run with the plain penalty and with a budget between its first and
     last epochs' costs: the budgeted run stops pruning at its budget (Adam's momentum carries it
     somewhat below, never above), the plain one goes on far below, and each epoch record
     carries the mean expected SynOps."""
-    import json
-
-    from sparsespike.config import load_config
-    from sparsespike.train import Trainer
 
     def run(name, reg):
-        cfg = load_config(
-            "experiments/demo_yinyang.yaml",
-            {
-                "train.epochs": 6,
-                "data.train_subset": 640,
-                "model.gates": {"init_mean": 3.0, "seed": 0, "lr": 0.2},
-                "train.regularizers": [reg],
-            },
-        )
-        Trainer(cfg, out_dir=tmp_path / name, progress=False).fit()
-        return [json.loads(line)["train_expected_synops"] for line in (tmp_path / name / "metrics.jsonl").open()]
+        return [r["train_expected_synops"] for r in _gated_demo_log(tmp_path, name, reg)]
 
     plain = run("plain", {"name": "synops", "lam": 1e-2})
     assert plain[-1] < 0.4 * plain[0]  # the plain penalty keeps pruning
@@ -534,25 +545,13 @@ def test_dual_budget_term_multiplier_and_checkpoint_state():
 
 def test_dual_budget_reaches_a_budget_the_plain_term_does_not(tmp_path):
     """A weak penalty levels off far above a budget; the same weight with the dual form gets
-    the run to it (the last epochs at most 20 % under it, never over), logs the multiplier, and a run stopped
-    after 3 epochs and resumed ends with the same weights and multiplier as the whole run."""
-    import json
-
-    from sparsespike.config import load_config
+    the run to it (the last epochs at most 20 % under it, never over), logs the multiplier, and
+    a run stopped after 3 epochs and resumed ends with the same weights and multiplier as the
+    whole run."""
     from sparsespike.train import Trainer, load_checkpoint
 
     def run(name, reg):
-        cfg = load_config(
-            "experiments/demo_yinyang.yaml",
-            {
-                "train.epochs": 6,
-                "data.train_subset": 640,
-                "model.gates": {"init_mean": 3.0, "seed": 0, "lr": 0.2},
-                "train.regularizers": [reg],
-            },
-        )
-        Trainer(cfg, out_dir=tmp_path / name, progress=False).fit()
-        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+        return _gated_demo_log(tmp_path, name, reg)
 
     weak = {"name": "synops", "lam": 1e-3}
     plain = [r["train_expected_synops"] for r in run("plain", weak)]
@@ -563,15 +562,7 @@ def test_dual_budget_reaches_a_budget_the_plain_term_does_not(tmp_path):
     got = [r["train_expected_synops"] for r in recs]
     assert all(0.8 * budget < c <= 1.02 * budget for c in got[-2:]), (got, budget)
     assert all("train_expected_synops_mu" in r for r in recs)
-    cfg = load_config(
-        "experiments/demo_yinyang.yaml",
-        {
-            "train.epochs": 6,
-            "data.train_subset": 640,
-            "model.gates": {"init_mean": 3.0, "seed": 0, "lr": 0.2},
-            "train.regularizers": [dual],
-        },
-    )
+    cfg = _gated_demo(dual)
     steps = Trainer(cfg, out_dir=tmp_path / "resumed", progress=False).epochs()
     for _ in range(3):  # stop after 3 of the 6 epochs, as a crash would
         next(steps)

@@ -36,27 +36,27 @@ from torch import nn
 from ..errors import ConfigError
 from ..train import register_regularizer
 from .connectivity import GatedWeight, tap_use_counts
-from .gate_penalty import COST_AVG, GatedInputPenalty, prob_nonzero
+from .gate_penalty import GatedInputPenalty, prob_nonzero
 
 __all__ = ["ExpectedFlops", "tap_use_counts"]
 
 
+@register_regularizer("flops")
 class ExpectedFlops(GatedInputPenalty):
     """Regularizer ``lam * E[dense FLOPs per sample]`` over every gated layer (module doc); the
-    hooks of :class:`GatedInputPenalty` keep the shape of every training-mode layer input."""
+    hooks of :class:`GatedInputPenalty` keep the shape of every training-mode layer input.
+
+    YAML: ``{name: flops, lam: 1.0e-9, ramp_epochs: 0, budget: null, dual_lr: 0, dual_avg:
+    0.98}`` (``ramp_epochs``, ``budget``, ``dual_lr`` and ``dual_avg``: :mod:`.gate_penalty`,
+    "Ramp" and "Budget")."""
 
     what = "flops penalty"
     stat = "expected_flops"
 
-    def __init__(
-        self,
-        lam: float = 1e-9,
-        ramp_epochs: float = 0.0,
-        budget: float | None = None,
-        dual_lr: float = 0.0,
-        dual_avg: float = COST_AVG,
-    ) -> None:
-        super().__init__(lam, ramp_epochs, budget, dual_lr, dual_avg)
+    def __init__(self, lam: float = 1e-9, **options: float | None) -> None:
+        """``options``: ``ramp_epochs``, ``budget``, ``dual_lr``, ``dual_avg`` of
+        :class:`GatedInputPenalty`."""
+        super().__init__(lam, **options)
         self._taps: dict[tuple, torch.Tensor] = {}
 
     def _record(self, x: torch.Tensor) -> tuple[int, ...]:
@@ -88,17 +88,3 @@ class ExpectedFlops(GatedInputPenalty):
             per_frame = p.sum() if taps is None else (p * taps.to(p)).sum()
             total = total + 2.0 * calls * frames / n_samples * per_frame
         return total
-
-
-@register_regularizer("flops")
-def flops_regularizer(
-    lam: float = 1e-9,
-    ramp_epochs: float = 0.0,
-    budget: float | None = None,
-    dual_lr: float = 0.0,
-    dual_avg: float = COST_AVG,
-) -> ExpectedFlops:
-    """YAML: ``{name: flops, lam: 1.0e-9, ramp_epochs: 0, budget: null, dual_lr: 0, dual_avg:
-    0.98}`` (module doc; ``ramp_epochs``, ``budget``, ``dual_lr`` and ``dual_avg``:
-    :mod:`.gate_penalty`, "Ramp" and "Budget")."""
-    return ExpectedFlops(lam, ramp_epochs, budget, dual_lr, dual_avg)

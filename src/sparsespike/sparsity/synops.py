@@ -92,9 +92,14 @@ def expected_synops(gw: GatedWeight, counts: torch.Tensor) -> torch.Tensor:
     return (counts * fan).sum()
 
 
+@register_regularizer("synops")
 class ExpectedSynOps(GatedInputPenalty):
     """Regularizer ``lam * E[SynOps per sample]`` over every gated layer (module doc); the hooks
-    of :class:`GatedInputPenalty` keep each training batch's layer inputs."""
+    of :class:`GatedInputPenalty` keep each training batch's layer inputs.
+
+    YAML: ``{name: synops, lam: 1.0e-6, detach_spikes: false, ramp_epochs: 0, budget: null,
+    dual_lr: 0, dual_avg: 0.98}`` (``ramp_epochs``, ``budget``, ``dual_lr`` and ``dual_avg``:
+    :mod:`.gate_penalty`, "Ramp" and "Budget")."""
 
     what = "synops penalty"
     stat = "expected_synops"
@@ -119,18 +124,3 @@ class ExpectedSynOps(GatedInputPenalty):
         with torch.no_grad() if self.detach_spikes else contextlib.nullcontext():
             counts = sum(input_spike_counts(x, feats, n_samples, conv) for x in seen)
         return expected_synops(gw, counts)
-
-
-@register_regularizer("synops")
-def synops_regularizer(
-    lam: float = 1e-6,
-    detach_spikes: bool = False,
-    ramp_epochs: float = 0.0,
-    budget: float | None = None,
-    dual_lr: float = 0.0,
-    dual_avg: float = COST_AVG,
-) -> ExpectedSynOps:
-    """YAML: ``{name: synops, lam: 1.0e-6, detach_spikes: false, ramp_epochs: 0, budget: null,
-    dual_lr: 0, dual_avg: 0.98}`` (module doc; ``ramp_epochs``, ``budget``, ``dual_lr`` and
-    ``dual_avg``: :mod:`.gate_penalty`, "Ramp" and "Budget")."""
-    return ExpectedSynOps(lam, detach_spikes, ramp_epochs, budget, dual_lr, dual_avg)
