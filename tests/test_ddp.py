@@ -72,6 +72,16 @@ CFG_BUDGET = {
     },
 }
 
+# a hinge against a budget lowered from the first batch's cost: one C0 (the cost of the whole batch)
+CFG_BUDGET_SCHEDULE = {
+    **CFG_BUDGET,
+    "name": "ddp_budget_schedule",
+    "train": {
+        **CFG["train"],
+        "regularizers": [{"name": "synops", "lam": 1.0e-2, "budget": 200.0, "budget_epochs": 2}],
+    },
+}
+
 
 def _worker(rank: int, world: int, init_file: str, out: str, data_dir: str, cfg: dict) -> None:
     torch.set_num_threads(1)
@@ -85,8 +95,8 @@ def _worker(rank: int, world: int, init_file: str, out: str, data_dir: str, cfg:
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 @pytest.mark.parametrize(
     "cfg",
-    [CFG, CFG_FREEZE, CFG_ONE_LEFT, CFG_BUDGET],
-    ids=["plain", "gates_learn_then_freeze", "empty_shard_and_activity", "synops_budget_multiplier"],
+    [CFG, CFG_FREEZE, CFG_ONE_LEFT, CFG_BUDGET, CFG_BUDGET_SCHEDULE],
+    ids=["plain", "gates_learn_then_freeze", "empty_shard_and_activity", "synops_budget_multiplier", "budget_schedule"],
 )
 def test_two_process_ddp_matches_single_process(tmp_path, data_dir, cfg):
     single = tmp_path / "single"
@@ -120,3 +130,12 @@ def test_two_process_ddp_matches_single_process(tmp_path, data_dir, cfg):
             for k in ("train_expected_synops", "train_expected_synops_mu"):
                 assert r2[k] == pytest.approx(r1[k], rel=1e-4), k
         assert load_checkpoint(ddp / "last.pt")["terms"][-1]["mu"] == pytest.approx(one[-1]["train_expected_synops_mu"])
+    if cfg is CFG_BUDGET_SCHEDULE:  # one schedule, started from the whole first batch's cost
+        import json
+
+        one, two = ([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (single, ddp))
+        c0 = load_checkpoint(single / "last.pt")["terms"][-1]["start"]
+        assert c0 > one[0]["train_expected_synops_budget"] > 200.0
+        assert load_checkpoint(ddp / "last.pt")["terms"][-1]["start"] == pytest.approx(c0, rel=1e-5)
+        for r1, r2 in zip(one, two, strict=True):
+            assert r2["train_expected_synops_budget"] == pytest.approx(r1["train_expected_synops_budget"], rel=1e-5)

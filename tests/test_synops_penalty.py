@@ -572,3 +572,109 @@ def test_dual_budget_reaches_a_budget_the_plain_term_does_not(tmp_path):
     assert a["terms"] == b["terms"] and a["terms"][-1]["mu"] >= 0
     for k, v in a["model"].items():
         torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0)
+
+
+def test_scheduled_budget_by_hand():
+    """Zhu & Gupta's cubic schedule applied to a cost: C + (C0 - C)(1 - p)^3, C from p = 1 on."""
+    from sparsespike.sparsity.gate_penalty import scheduled_budget
+
+    assert scheduled_budget(100.0, 900.0, 0.0) == 900.0
+    assert scheduled_budget(100.0, 900.0, 0.5) == pytest.approx(100.0 + 800.0 * 0.125)
+    assert scheduled_budget(100.0, 900.0, 0.9) == pytest.approx(100.0 + 800.0 * 0.001)
+    assert scheduled_budget(100.0, 900.0, 1.0) == scheduled_budget(100.0, 900.0, 3.0) == 100.0
+    assert scheduled_budget(100.0, 50.0, 0.2) == 100.0  # already under budget: never below C
+
+
+def test_budget_schedule_term_start_multiplier_and_state():
+    """With ``budget_epochs`` the first batch's cost becomes C0, each batch is priced against the
+    scheduled budget at its progress (hinge and dual form), the multiplier starts at 0, and C0
+    round-trips through the checkpoint state; a set ``budget_start`` is used as given."""
+    from sparsespike.sparsity.gate_penalty import COST_AVG, dual_step, scheduled_budget
+
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 4, bias=False)
+    add_l0_gates(lin, seed=0, init_mean=1.0)
+    x = (torch.rand(6, 2, 3) < 0.9).float()
+    lin.train()
+    plain = ExpectedSynOps(lam=1.0).attach(lin)
+    lin(x)
+    cost = float(plain.value(2).detach())
+    plain.release()
+    final = 0.25 * cost
+    hinge = ExpectedSynOps(lam=0.5, budget=final, budget_epochs=2).attach(lin)
+    assert hinge.start is None and hinge.budget_at(0.3) == final  # C0 not known yet
+    for p in (0.1, 0.6):
+        lin(x)
+        v = float(hinge.value(2, progress=p).detach())
+        assert hinge.start == pytest.approx(cost)
+        want = scheduled_budget(final, cost, p)
+        assert hinge.in_force == pytest.approx(want)
+        assert v == pytest.approx(0.5 * max(0.0, cost - want), rel=1e-6, abs=1e-9)
+    assert hinge.checkpoint_state() == {"start": pytest.approx(cost)}
+    dual = ExpectedSynOps(lam=0.5, budget=final, dual_lr=0.3, budget_epochs=2).attach(lin)
+    assert dual.mu == 0.0  # the schedule, not the plain term, sets the pace
+    mu, avg = 0.0, None
+    for p in (0.1, 0.2, 0.3):
+        lin(x)
+        v = float(dual.value(2, progress=p).detach())
+        budget = scheduled_budget(final, cost, p)
+        assert v == pytest.approx(0.5 * mu * (cost - budget), rel=1e-6, abs=1e-9)
+        avg = cost if avg is None else COST_AVG * avg + (1 - COST_AVG) * cost
+        mu = dual_step(mu, avg, budget, 0.3)
+        assert dual.mu == pytest.approx(mu)
+    assert mu > 0
+    state = dual.checkpoint_state()
+    assert state["start"] == pytest.approx(cost) and state["mu"] == pytest.approx(mu)
+    other = ExpectedSynOps(lam=0.5, budget=final, dual_lr=0.3, budget_epochs=2)
+    other.restore_state(state)
+    assert other.start == pytest.approx(cost) and other.budget_at(0.5) == pytest.approx(dual.budget_at(0.5))
+    with pytest.raises(ConfigError, match="start cost"):
+        other.restore_state({"mu": 1.0, "avg": None})
+    given = ExpectedSynOps(lam=0.5, budget=final, budget_epochs=2, budget_start=2 * cost).attach(lin)
+    lin(x)
+    given.value(2, progress=0.5)
+    assert given.start == 2 * cost and given.in_force == pytest.approx(final + (2 * cost - final) / 8)
+    for bad, match in (
+        ({"budget_epochs": 3}, "set budget too"),
+        ({"budget": 1e4, "budget_start": 5e4}, "budget_start needs budget_epochs"),
+        ({"budget": 1e4, "budget_epochs": -1}, "budget_epochs"),
+        ({"budget": 1e4, "budget_epochs": 2, "budget_start": 0.0}, "budget_start"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            make_regularizer({"name": "synops", "lam": 1e-6, **bad})
+    assert make_regularizer({"name": "flops", "lam": 1e-9, "budget": 1e6, "budget_epochs": 2}).budget_epochs == 2
+
+
+def test_a_scheduled_budget_prunes_gradually_to_it_and_resumes_exactly(tmp_path):
+    """The dual budget of the demo run, once set from the first batch and once lowered over 4 of
+    the 6 epochs: the scheduled run prunes less in its first epoch, logs the schedule's value at
+    each epoch's end, ends at the budget (at most 20 % under, never over), and a run stopped after
+    2 epochs and resumed ends with the same weights and schedule as the whole run."""
+    from sparsespike.sparsity.gate_penalty import scheduled_budget
+    from sparsespike.train import Trainer, load_checkpoint
+
+    weak = {"name": "synops", "lam": 1e-3}
+    first = _gated_demo_log(tmp_path, "plain", weak)[0]["train_expected_synops"]
+    budget = 0.5 * first
+    dual = {**weak, "budget": budget, "dual_lr": 0.3, "dual_avg": 0.8}
+    at_once = [r["train_expected_synops"] for r in _gated_demo_log(tmp_path, "at_once", dual)]
+    # a multiplier that starts at 0 has to catch up with a moving budget: a faster dual_lr
+    sched = {**dual, "dual_lr": 1.0, "budget_epochs": 4}
+    recs = _gated_demo_log(tmp_path, "scheduled", sched)
+    got = [r["train_expected_synops"] for r in recs]
+    start = load_checkpoint(tmp_path / "scheduled" / "last.pt")["terms"][-1]["start"]
+    assert start > budget
+    for e, r in enumerate(recs):  # the budget in force after the epoch's last batch
+        assert r["train_expected_synops_budget"] == pytest.approx(scheduled_budget(budget, start, (e + 1) / 4))
+    assert got[0] > at_once[0]  # gradual: less pruned after the first epoch than the budget at once
+    assert all(0.8 * budget < c <= 1.02 * budget for c in got[-2:]), (got, budget)
+    cfg = _gated_demo(sched)
+    steps = Trainer(cfg, out_dir=tmp_path / "resumed", progress=False).epochs()
+    for _ in range(2):
+        next(steps)
+    steps.close()
+    Trainer(cfg, out_dir=tmp_path / "resumed", progress=False, resume=True).fit()
+    a, b = (load_checkpoint(tmp_path / n / "last.pt") for n in ("scheduled", "resumed"))
+    assert a["terms"] == b["terms"]
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0)

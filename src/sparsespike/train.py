@@ -581,9 +581,11 @@ class Trainer:
             for i, (key, _) in enumerate(stats):
                 name = f"train_{key}" if f"train_{key}" not in rec else f"train_{key}_{i}"
                 rec[name] = sums[2 * i] / sums[2 * i + 1] if sums[2 * i + 1] else None
-        for t in terms:  # a budget's Lagrange multiplier (the same on every rank)
+        for t in terms:  # a budget's Lagrange multiplier and scheduled value (the same on every rank)
             if getattr(t, "mu", None) is not None:
                 rec[f"train_{t.stat}_mu"] = t.mu
+            if getattr(t, "budget_epochs", 0) > 0:
+                rec[f"train_{t.stat}_budget"] = t.in_force
         return rec
 
     @torch.no_grad()

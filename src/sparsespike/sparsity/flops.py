@@ -47,15 +47,15 @@ class ExpectedFlops(GatedInputPenalty):
     hooks of :class:`GatedInputPenalty` keep the shape of every training-mode layer input.
 
     YAML: ``{name: flops, lam: 1.0e-9, ramp_epochs: 0, budget: null, dual_lr: 0, dual_avg:
-    0.98}`` (``ramp_epochs``, ``budget``, ``dual_lr`` and ``dual_avg``: :mod:`.gate_penalty`,
-    "Ramp" and "Budget")."""
+    0.98, budget_epochs: 0, budget_start: null}`` (the options after ``lam``:
+    :mod:`.gate_penalty`, "Ramp", "Budget" and "Budget schedule")."""
 
     what = "flops penalty"
     stat = "expected_flops"
 
     def __init__(self, lam: float = 1e-9, **options: float | None) -> None:
-        """``options``: ``ramp_epochs``, ``budget``, ``dual_lr``, ``dual_avg`` of
-        :class:`GatedInputPenalty`."""
+        """``options``: ``ramp_epochs``, ``budget``, ``dual_lr``, ``dual_avg``, ``budget_epochs``,
+        ``budget_start`` of :class:`GatedInputPenalty`."""
         super().__init__(lam, **options)
         self._taps: dict[tuple, torch.Tensor] = {}
 

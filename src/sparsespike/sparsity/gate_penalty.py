@@ -41,11 +41,23 @@ epochs.
   under DDP every rank steps ``mu`` with the cost averaged over all ranks, so they keep one
   multiplier.
 
+**Budget schedule.** ``budget_epochs = R > 0`` lowers the budget gradually instead of setting
+it from the first batch: over the first ``R`` epochs of the phase it follows Zhu & Gupta's cubic
+sparsity schedule ("To prune, or not to prune", 2017, eq. 1) written for a cost,
+``C_p = C + (C_0 - C) (1 - p)^3`` with ``p = min(1, (e + (b + 1) / n_b) / R)`` (the ramp's
+progress above) and ``C_0`` the expected cost of the first batch priced (the un-pruned network;
+``budget_start`` sets it instead), and holds ``C`` after that (:func:`scheduled_budget`). Both
+forms then act against ``C_p``. The schedule prunes fast while there is much to prune and slowly
+near the end, and it sets the pace: in the dual form the multiplier starts at 0 instead of 1, so
+that the plain term does not prune ahead of the schedule, and it grows only while the run lags
+behind it. ``C_0`` is saved with the multiplier, so a resumed run follows the same schedule.
+
 The cost is the training-time expectation (gate probabilities, training inputs), so the
 test-time count (deterministic gates, test inputs) lands near ``C``, not on it.
 :meth:`GatedInputPenalty.epoch_stats` gives the epoch's mean expected cost (un-hinged), which
 the trainer logs as ``train_expected_synops`` / ``train_expected_flops``, with the multiplier
-as ``train_expected_synops_mu`` (dual form).
+as ``train_expected_synops_mu`` (dual form) and a scheduled budget's value at the epoch's end as
+``train_expected_synops_budget``.
 """
 
 from __future__ import annotations
@@ -58,7 +70,7 @@ from ..errors import ConfigError
 from ..train import LossContext
 from .connectivity import GatedWeight, gated_weights
 
-__all__ = ["COST_AVG", "GatedInputPenalty", "dual_step", "prob_nonzero"]
+__all__ = ["COST_AVG", "GatedInputPenalty", "dual_step", "prob_nonzero", "scheduled_budget"]
 
 
 #: default ``dual_avg``: the multiplier is stepped with a running mean of the batches' costs,
@@ -80,6 +92,15 @@ def dual_step(mu: float, cost: float, budget: float, lr: float) -> float:
     if cost <= budget:
         return 0.0
     return mu + lr * min(cost / budget - 1.0, 1.0)
+
+
+def scheduled_budget(final: float, start: float, progress: float) -> float:
+    """The budget at ``progress`` (0 to 1) of its schedule (module doc, "Budget schedule"): Zhu &
+    Gupta's cubic schedule (2017, eq. 1, there for the share of pruned weights) applied to the
+    cost, ``final + (start - final) * (1 - progress)**3``; ``final`` from ``progress >= 1`` on,
+    and never below ``final`` when ``start`` is (a network already cheaper than its budget)."""
+    p = min(max(progress, 0.0), 1.0)
+    return final + max(start - final, 0.0) * (1.0 - p) ** 3
 
 
 def _global_mean(cost: float, n: int) -> float:
@@ -122,6 +143,8 @@ class GatedInputPenalty:
         budget: float | None = None,
         dual_lr: float = 0.0,
         dual_avg: float = COST_AVG,
+        budget_epochs: float = 0.0,
+        budget_start: float | None = None,
     ) -> None:
         self.lam = config_float(lam, f"{self.what}: lam")
         self.ramp_epochs = config_float(ramp_epochs, f"{self.what}: ramp_epochs")
@@ -132,10 +155,23 @@ class GatedInputPenalty:
             raise ConfigError(f"{self.what}: dual_avg must be in [0, 1), got {dual_avg!r}")
         if self.dual_lr > 0 and self.budget is None:
             raise ConfigError(f"{self.what}: dual_lr needs a budget (the constraint cost <= budget it enforces)")
-        #: Lagrange multiplier of the dual form (module doc, "Budget"); ``None`` otherwise
-        self.mu: float | None = 1.0 if self.dual_lr > 0 else None
+        self.budget_epochs = config_float(budget_epochs, f"{self.what}: budget_epochs")
+        if (self.budget_epochs > 0 or budget_start is not None) and self.budget is None:
+            raise ConfigError(f"{self.what}: budget_epochs and budget_start schedule a budget; set budget too")
+        #: ``C_0`` of the budget schedule (module doc, "Budget schedule"): set, or taken from the
+        #: first batch priced
+        self.start: float | None = (
+            None if budget_start is None else config_float(budget_start, f"{self.what}: budget_start", strict=True)
+        )
+        if self.start is not None and self.budget_epochs <= 0:
+            raise ConfigError(f"{self.what}: budget_start needs budget_epochs (the epochs it falls over)")
+        #: Lagrange multiplier of the dual form (module doc, "Budget"); ``None`` otherwise. With a
+        #: budget schedule it starts at 0: the schedule sets the pace, not the plain term.
+        self.mu: float | None = (0.0 if self.budget_epochs > 0 else 1.0) if self.dual_lr > 0 else None
         #: running mean of the batches' costs that steps the multiplier (``None`` before the first)
         self.avg: float | None = None
+        #: the budget the last batch was priced against (``C_p`` of a schedule)
+        self.in_force: float | None = self.budget
         self._cost_sum = 0.0
         self._cost_n = 0
         self._seen: dict[int, list] = {}
@@ -192,10 +228,18 @@ class GatedInputPenalty:
                 out[gw.name] = self._price(gw, seen, n_samples)
         return out
 
-    def value(self, n_samples: int) -> torch.Tensor:
+    def budget_at(self, progress: float = 1.0) -> float | None:
+        """The budget in force at ``progress`` of the schedule (``budget`` without one, or before
+        ``C_0`` is known)."""
+        if self.budget is None or self.budget_epochs <= 0 or self.start is None:
+            return self.budget
+        return scheduled_budget(self.budget, self.start, progress)
+
+    def value(self, n_samples: int, progress: float = 1.0) -> torch.Tensor:
         """``lam * sum(terms)`` of the forward passes since the last call (then forgets them);
         with a budget the hinge or, with ``dual_lr``, the Lagrangian term, whose multiplier then
-        takes its step (module doc, "Budget")."""
+        takes its step (module doc, "Budget"), against the budget in force at ``progress`` of a
+        budget schedule (its end, ``budget`` itself, by default)."""
         if not self._handles:
             raise RuntimeError(f"{self.what}: call attach(model) before the forward pass (the trainer does)")
         n = max(1, int(n_samples))
@@ -209,17 +253,25 @@ class GatedInputPenalty:
         self._cost_n += n
         if self.budget is None:
             return self.lam * cost
+        if self.budget_epochs > 0 or self.mu is not None:
+            c = _global_mean(c, n)  # one schedule and one multiplier on every rank
+        if self.budget_epochs > 0 and self.start is None:
+            self.start = c
+        budget = self.in_force = self.budget_at(progress)
         if self.mu is None:
-            return self.lam * torch.clamp(cost - self.budget, min=0.0)
-        out = (self.lam * self.mu) * (cost - self.budget)
-        c = _global_mean(c, n)
+            return self.lam * torch.clamp(cost - budget, min=0.0)
+        out = (self.lam * self.mu) * (cost - budget)
         self.avg = c if self.avg is None else self.dual_avg * self.avg + (1.0 - self.dual_avg) * c
-        self.mu = dual_step(self.mu, self.avg, self.budget, self.dual_lr)
+        self.mu = dual_step(self.mu, self.avg, budget, self.dual_lr)
         return out
 
     def checkpoint_state(self) -> dict:
-        """What a resumed run needs: the dual form's multiplier (``{}`` otherwise)."""
-        return {} if self.mu is None else {"mu": float(self.mu), "avg": self.avg}
+        """What a resumed run needs: the dual form's multiplier and the budget schedule's ``C_0``
+        (``{}`` for neither)."""
+        out = {} if self.mu is None else {"mu": float(self.mu), "avg": self.avg}
+        if self.budget_epochs > 0:
+            out["start"] = self.start
+        return out
 
     def restore_state(self, state: dict) -> None:
         if self.mu is not None:
@@ -227,6 +279,10 @@ class GatedInputPenalty:
                 raise ConfigError(f"{self.what}: the checkpoint holds no multiplier for the budget's dual_lr")
             self.mu = float(state["mu"])
             self.avg = None if state.get("avg") is None else float(state["avg"])
+        if self.budget_epochs > 0:
+            if "start" not in state:
+                raise ConfigError(f"{self.what}: the checkpoint holds no start cost for the budget schedule")
+            self.start = None if state["start"] is None else float(state["start"])
 
     def epoch_stats(self) -> tuple[float, float]:
         """``(sum of cost x samples, samples)`` priced since the last call (then reset): the
@@ -235,12 +291,20 @@ class GatedInputPenalty:
         self._cost_sum, self._cost_n = 0.0, 0
         return out
 
+    @staticmethod
+    def _progress(epoch: int, batch: int, n_batches: int, epochs: float) -> float:
+        """Share of ``epochs`` done after ``batch`` (0-based) of the phase's 0-based ``epoch``."""
+        return min(1.0, (epoch + (batch + 1) / max(1, n_batches)) / epochs)
+
     def ramp(self, epoch: int, batch: int, n_batches: int) -> float:
         """The share of ``lam`` applied at ``batch`` (0-based) of the phase's 0-based ``epoch``
         (module doc, "Ramp"): 1 without a ramp."""
         if self.ramp_epochs <= 0:
             return 1.0
-        return min(1.0, (epoch + (batch + 1) / max(1, n_batches)) / self.ramp_epochs)
+        return self._progress(epoch, batch, n_batches, self.ramp_epochs)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        return self.ramp(ctx.epoch, ctx.batch, ctx.n_batches) * self.value(len(ctx.targets))
+        progress = 1.0
+        if self.budget_epochs > 0:
+            progress = self._progress(ctx.epoch, ctx.batch, ctx.n_batches, self.budget_epochs)
+        return self.ramp(ctx.epoch, ctx.batch, ctx.n_batches) * self.value(len(ctx.targets), progress)

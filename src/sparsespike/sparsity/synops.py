@@ -26,8 +26,9 @@ convolutions are not supported.
 YAML: ``train.regularizers: [{name: synops, lam: 1.0e-6}]`` beside ``model.gates``; add
 ``ramp_epochs: R`` to raise the weight linearly from 0 over the phase's first ``R`` epochs, or
 ``budget: C`` to stop pushing once the expected SynOps per sample are at or below ``C``, with
-``dual_lr: eta`` to hold them at ``C`` by a Lagrange multiplier (:mod:`.gate_penalty`, "Budget";
-the trainer logs the epoch's mean as ``train_expected_synops``).
+``dual_lr: eta`` to hold them at ``C`` by a Lagrange multiplier, and ``budget_epochs: R`` to lower
+the budget to ``C`` gradually over the phase's first ``R`` epochs (:mod:`.gate_penalty`, "Budget"
+and "Budget schedule"; the trainer logs the epoch's mean as ``train_expected_synops``).
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ class ExpectedSynOps(GatedInputPenalty):
     of :class:`GatedInputPenalty` keep each training batch's layer inputs.
 
     YAML: ``{name: synops, lam: 1.0e-6, detach_spikes: false, ramp_epochs: 0, budget: null,
-    dual_lr: 0, dual_avg: 0.98}`` (``ramp_epochs``, ``budget``, ``dual_lr`` and ``dual_avg``:
-    :mod:`.gate_penalty`, "Ramp" and "Budget")."""
+    dual_lr: 0, dual_avg: 0.98, budget_epochs: 0, budget_start: null}`` (the options after
+    ``detach_spikes``: :mod:`.gate_penalty`, "Ramp", "Budget" and "Budget schedule")."""
 
     what = "synops penalty"
     stat = "expected_synops"
@@ -112,8 +113,10 @@ class ExpectedSynOps(GatedInputPenalty):
         budget: float | None = None,
         dual_lr: float = 0.0,
         dual_avg: float = COST_AVG,
+        budget_epochs: float = 0.0,
+        budget_start: float | None = None,
     ) -> None:
-        super().__init__(lam, ramp_epochs, budget, dual_lr, dual_avg)
+        super().__init__(lam, ramp_epochs, budget, dual_lr, dual_avg, budget_epochs, budget_start)
         self.detach_spikes = bool(detach_spikes)
 
     def _price(self, gw: GatedWeight, seen: list, n_samples: int) -> torch.Tensor:
