@@ -24,3 +24,32 @@ def test_tradeoff_plot_names_only_the_baseline_and_the_front_when_crowded(tmp_pa
     assert len(seen["labels"]) < len(pts)
     plots.plot_tradeoff(pts[:5], tmp_path / "t.png")
     assert sorted(seen["labels"]) == sorted(p[0] for p in pts[:5])
+
+
+def test_curves_show_a_penalty_cost_against_its_budget_and_multiplier(tmp_path, monkeypatch):
+    from sparsespike import plots
+
+    seen = {}
+
+    def keep(fig, path, suptitle=None):
+        seen["axes"] = fig.axes
+        return plots.Path(path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    base = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5, "val_acc": 0.5} for e in (1, 2, 3)]
+    plots.plot_curves(base, tmp_path / "c.png")
+    assert len(seen["axes"]) == 2  # no spikes, no penalty: loss and accuracy only
+    hist = [dict(h, train_spikes=10.0) for h in base]
+    hist[0]["train_expected_synops"] = None  # a warm-up epoch without the penalty
+    for h, cost, bud, mu in zip(hist[1:], (900.0, 500.0), (600.0, 400.0), (0.0, 0.7), strict=True):
+        h.update(train_expected_synops=cost, train_expected_synops_budget=bud, train_expected_synops_mu=mu)
+    plots.plot_curves(hist, tmp_path / "c.png")
+    cost_ax, mu_ax = seen["axes"][3], seen["axes"][4]  # loss, accuracy, spikes, cost (+ twin)
+    lines = {ln.get_label(): ln for ln in cost_ax.get_lines()}
+    assert list(lines["expected SynOps"].get_xdata()) == [2, 3]
+    assert list(lines["expected SynOps"].get_ydata()) == [900.0, 500.0]
+    assert list(lines["budget"].get_ydata()) == [600.0, 400.0]
+    assert cost_ax.get_yscale() == "log"
+    assert list(mu_ax.get_lines()[0].get_ydata()) == [0.0, 0.7]
+    legend = [t.get_text() for t in cost_ax.get_legend().get_texts()]
+    assert legend == ["expected SynOps", "budget", "multiplier"]

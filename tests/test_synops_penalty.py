@@ -554,7 +554,8 @@ def test_dual_budget_reaches_a_budget_the_plain_term_does_not(tmp_path):
         return _gated_demo_log(tmp_path, name, reg)
 
     weak = {"name": "synops", "lam": 1e-3}
-    plain = [r["train_expected_synops"] for r in run("plain", weak)]
+    plain_recs = run("plain", weak)
+    plain = [r["train_expected_synops"] for r in plain_recs]
     budget = 0.5 * plain[0]
     assert plain[-1] > 1.4 * budget  # the weak penalty levels off far above the budget
     dual = {**weak, "budget": budget, "dual_lr": 0.3, "dual_avg": 0.8}  # 20 batches per epoch
@@ -562,6 +563,8 @@ def test_dual_budget_reaches_a_budget_the_plain_term_does_not(tmp_path):
     got = [r["train_expected_synops"] for r in recs]
     assert all(0.8 * budget < c <= 1.02 * budget for c in got[-2:]), (got, budget)
     assert all("train_expected_synops_mu" in r for r in recs)
+    assert all(r["train_expected_synops_budget"] == budget for r in recs)  # logged for the curves
+    assert "train_expected_synops_budget" not in plain_recs[0]
     cfg = _gated_demo(dual)
     steps = Trainer(cfg, out_dir=tmp_path / "resumed", progress=False).epochs()
     for _ in range(3):  # stop after 3 of the 6 epochs, as a crash would

@@ -21,12 +21,39 @@ def _save(fig, path: Path, suptitle: str | None = None) -> Path:
     return path
 
 
+def _plot_cost(ax, history: list[dict], stat: str) -> None:
+    """The epoch's mean expected cost of a gate penalty (``train_<stat>``, log scale), the budget in
+    force (``train_<stat>_budget``, dashed) and the dual multiplier (``train_<stat>_mu``, right
+    axis) where they were logged."""
+    pts = [(h["epoch"], h[f"train_{stat}"]) for h in history if h.get(f"train_{stat}") is not None]
+    label = stat.replace("expected_", "expected ").replace("synops", "SynOps").replace("flops", "FLOPs")
+    ax.plot(*zip(*pts, strict=True), color="C0", label=label)
+    bud = [(h["epoch"], h[f"train_{stat}_budget"]) for h in history if h.get(f"train_{stat}_budget") is not None]
+    if bud:
+        ax.plot(*zip(*bud, strict=True), color="C0", ls="--", label="budget")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{label} / sample (train)")
+    handles, labels = ax.get_legend_handles_labels()
+    mu = [(h["epoch"], h[f"train_{stat}_mu"]) for h in history if h.get(f"train_{stat}_mu") is not None]
+    if mu:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*mu, strict=True), color="C3", lw=1, label="multiplier")
+        ax2.set_ylabel("multiplier", color="C3")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize="small")
+
+
 def plot_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
-    """Training curves: loss, accuracy (train/validation) and spikes per sample over epochs."""
+    """Training curves: loss, accuracy (train/validation) and spikes per sample over epochs, and,
+    for runs with a gate penalty, its expected cost against its budget (:func:`_plot_cost`)."""
     path = Path(path)
     ep = [h["epoch"] for h in history]
     has_spk = any(h.get("train_spikes") is not None for h in history)
-    fig, axes = plt.subplots(1, 3 if has_spk else 2, figsize=(12 if has_spk else 8, 3.4))
+    costs = [s for s in ("expected_synops", "expected_flops") if any(h.get(f"train_{s}") is not None for h in history)]
+    n = 2 + has_spk + len(costs)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.4))
     axes[0].plot(ep, [h["train_loss"] for h in history], label="train")
     axes[0].plot(ep, [h["val_loss"] for h in history], label="validation")
     axes[0].set_xlabel("epoch")
@@ -41,6 +68,8 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
         axes[2].plot(ep, [h.get("train_spikes") or 0 for h in history])
         axes[2].set_xlabel("epoch")
         axes[2].set_ylabel("spikes / sample (train)")
+    for ax, stat in zip(axes[2 + has_spk :], costs, strict=True):
+        _plot_cost(ax, history, stat)
     return _save(fig, path, title)
 
 

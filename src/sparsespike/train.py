@@ -584,7 +584,7 @@ class Trainer:
         for t in terms:  # a budget's Lagrange multiplier and scheduled value (the same on every rank)
             if getattr(t, "mu", None) is not None:
                 rec[f"train_{t.stat}_mu"] = t.mu
-            if getattr(t, "budget_epochs", 0) > 0:
+            if getattr(t, "budget", None) is not None:  # scheduled: the value at the epoch's end
                 rec[f"train_{t.stat}_budget"] = t.in_force
         return rec
 

@@ -56,8 +56,8 @@ The cost is the training-time expectation (gate probabilities, training inputs),
 test-time count (deterministic gates, test inputs) lands near ``C``, not on it.
 :meth:`GatedInputPenalty.epoch_stats` gives the epoch's mean expected cost (un-hinged), which
 the trainer logs as ``train_expected_synops`` / ``train_expected_flops``, with the multiplier
-as ``train_expected_synops_mu`` (dual form) and a scheduled budget's value at the epoch's end as
-``train_expected_synops_budget``.
+as ``train_expected_synops_mu`` (dual form) and the budget in force at the epoch's end (a
+schedule's value then) as ``train_expected_synops_budget``; ``curves.png`` plots them.
 """
 
 from __future__ import annotations
