@@ -648,6 +648,24 @@ def test_budget_schedule_term_start_multiplier_and_state():
     assert make_regularizer({"name": "flops", "lam": 1e-9, "budget": 1e6, "budget_epochs": 2}).budget_epochs == 2
 
 
+def test_a_budget_schedule_longer_than_its_phase_is_refused_before_training(tmp_path):
+    """The budget would never be in force: the trainer says so when it is built (before any
+    epoch, for a later phase too), and a schedule as long as its phase is accepted."""
+    from sparsespike.train import Trainer
+
+    reg = {"name": "synops", "lam": 1e-3, "budget": 100.0, "budget_epochs": 7}
+    with pytest.raises(ConfigError, match=r"budget_epochs 7 is longer than the phase \(6 epochs\)"):
+        Trainer(_gated_demo(reg), out_dir=tmp_path / "a", progress=False)
+    cfg = _gated_demo({"name": "activity_bounds"})
+    cfg.train.phases = [
+        {"name": "warm", "epochs": 2},
+        {"name": "prune", "epochs": 4, "regularizers": [{**reg, "budget_epochs": 5}]},
+    ]
+    with pytest.raises(ConfigError, match="phase 'prune'"):
+        Trainer(cfg, out_dir=tmp_path / "b", progress=False)
+    Trainer(_gated_demo({**reg, "budget_epochs": 6}), out_dir=tmp_path / "c", progress=False)
+
+
 def test_a_scheduled_budget_prunes_gradually_to_it_and_resumes_exactly(tmp_path):
     """The dual budget of the demo run, once set from the first batch and once lowered over 4 of
     the 6 epochs: the scheduled run prunes less in its first epoch, logs the schedule's value at

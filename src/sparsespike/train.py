@@ -416,6 +416,14 @@ class Trainer:
                 raise ConfigError(f"train.phases[{ph.name!r}].gates must be 'learn' or 'freeze', got {ph.gates!r}")
             if ph.gates == "freeze" and not self.gated:
                 raise ConfigError(f"phase {ph.name!r} has gates: freeze but the model has no L0 gates (model.gates)")
+            for r in ph.regularizers if ph.regularizers is not None else cfg.train.regularizers:
+                # a budget schedule longer than its phase never puts the budget itself in force
+                be = r.get("budget_epochs") if isinstance(r, dict) else None
+                if isinstance(be, int | float) and be > ph.epochs:
+                    raise ConfigError(
+                        f"phase {ph.name!r}: {r.get('name')} budget_epochs {be} is longer than the phase "
+                        f"({ph.epochs} epochs), so the budget {r.get('budget')} would never be in force"
+                    )
         self.extra_regs = regularizers or []
         self.ema = None  # EmaWeights when train.ema is set (built by epochs())
         self.history: list[dict] = []
