@@ -106,6 +106,26 @@ def test_silent_bump_moves_a_silenced_layer():
         load_config(_tiny(silent_bump=-1.0))
 
 
+def test_a_phase_sets_its_own_silent_bump():
+    """A phase's ``silent_bump`` overrides the run's (here: none in phase 1, the run's 0.05 in
+    phase 2, on a silenced hidden layer); a negative one is refused."""
+    from sparsespike.eventprop import train as ep_train
+
+    cfg = _tiny(silent_bump=0.05, eval_test=False)
+    cfg["phases"][0]["silent_bump"] = 0.0
+    tr = ep_train.EventPropTraining(load_config(cfg))
+    with torch.no_grad():
+        tr.net.weights[0].zero_()
+    after = []
+    for _ in tr.epochs():
+        after.append(tr.net.weights[0].detach().clone())
+    assert torch.count_nonzero(after[0]) == 0  # phase 1: no bump, no gradient, still silent
+    assert float(after[1].min()) > 0  # phase 2: the run's bump
+    cfg["phases"][1]["silent_bump"] = -0.1
+    with pytest.raises(ConfigError, match="phase silent_bump"):
+        load_config(cfg)
+
+
 def test_silent_target_reaches_the_training_loss():
     """``silent_target: skip`` is passed to every phase's loss; an unknown rule is refused."""
     from sparsespike.eventprop import train as ep_train

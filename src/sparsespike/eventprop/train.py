@@ -54,19 +54,24 @@ __all__ = ["PhaseConfig", "EventPropConfig", "load_config", "train_eventprop", "
 
 @dataclass
 class PhaseConfig:
-    """One training phase: loss ``name`` in {CE, L_W, L, L_A}, its alpha / eta (ms), lr, epochs."""
+    """One training phase: loss ``name`` in {CE, L_W, L, L_A}, its alpha / eta (ms), lr, epochs,
+    and optionally its own ``silent_bump`` (``None``: the run's :attr:`EventPropConfig.silent_bump`;
+    e.g. bump in phase 1, where neurons die, and not in phase 2)."""
 
     loss: str = "L_W"
     alpha: float = 3e-3
     eta: float = 0.0
     lr: float = 5e-3
     epochs: int = 100
+    silent_bump: float | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSS_NAMES:
             raise ConfigError(f"phase loss must be one of {LOSS_NAMES}, got {self.loss!r}")
         if self.epochs < 0 or self.lr <= 0 or self.alpha < 0 or self.eta < 0:
             raise ConfigError(f"bad phase settings: {self}")
+        if self.silent_bump is not None and not self.silent_bump >= 0:
+            raise ConfigError(f"phase silent_bump must be >= 0 (or null: the run's), got {self.silent_bump}")
 
 
 @dataclass
@@ -409,6 +414,8 @@ class EventPropTraining:
             for p in old.get("phases", [])
         ]
         old.setdefault("silent_bump", 0.0)  # checkpoints from before these options ran without them
+        for p in old["phases"]:
+            p.setdefault("silent_bump", None)
         old.setdefault("silent_target", "window")
         refuse_changes(old, json.loads(json.dumps(self._fingerprint())), path, "phase lengths")
         ph_i, done = int(ck["phase"]), int(ck["phase_epoch"])
@@ -474,6 +481,7 @@ class EventPropTraining:
             if ph_i < ph0:
                 continue
             loss_fn = self._loss(ph)
+            bump = cfg.silent_bump if ph.silent_bump is None else ph.silent_bump
             opt = torch.optim.Adam(net.parameters(), lr=ph.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.lr_decay)
             if ph_i == ph0 and self._opt_state is not None:
@@ -503,8 +511,8 @@ class EventPropTraining:
                         if cfg.grad_clip:
                             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
                         opt.step()
-                    if cfg.silent_bump:
-                        bump_silent(net.weights, out.counts, cfg.silent_bump)
+                    if bump:
+                        bump_silent(net.weights, out.counts, bump)
                     stats.update(out, y, parts)
                     if bar is not None and (i // cfg.batch_size) % 20 == 0:
                         bar.set_postfix(loss=f"{parts['total']:.3f}", acc=f"{stats.n_correct / stats.n:.3f}")
