@@ -25,17 +25,21 @@ def _plot_cost(ax, history: list[dict], stat: str) -> None:
     """The epoch's mean expected cost of a gate penalty (``train_<stat>``, log scale), the budget in
     force (``train_<stat>_budget``, dashed) and the dual multiplier (``train_<stat>_mu``, right
     axis) where they were logged."""
-    pts = [(h["epoch"], h[f"train_{stat}"]) for h in history if h.get(f"train_{stat}") is not None]
+
+    def series(key: str) -> list[tuple]:
+        return [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+
+    pts = series(f"train_{stat}")
     label = stat.replace("expected_", "expected ").replace("synops", "SynOps").replace("flops", "FLOPs")
     ax.plot(*zip(*pts, strict=True), color="C0", label=label)
-    bud = [(h["epoch"], h[f"train_{stat}_budget"]) for h in history if h.get(f"train_{stat}_budget") is not None]
+    bud = series(f"train_{stat}_budget")
     if bud:
         ax.plot(*zip(*bud, strict=True), color="C0", ls="--", label="budget")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{label} / sample (train)")
     handles, labels = ax.get_legend_handles_labels()
-    mu = [(h["epoch"], h[f"train_{stat}_mu"]) for h in history if h.get(f"train_{stat}_mu") is not None]
+    mu = series(f"train_{stat}_mu")
     if mu:
         ax2 = ax.twinx()
         ax2.plot(*zip(*mu, strict=True), color="C3", lw=1, label="multiplier")

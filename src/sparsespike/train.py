@@ -416,7 +416,7 @@ class Trainer:
                 raise ConfigError(f"train.phases[{ph.name!r}].gates must be 'learn' or 'freeze', got {ph.gates!r}")
             if ph.gates == "freeze" and not self.gated:
                 raise ConfigError(f"phase {ph.name!r} has gates: freeze but the model has no L0 gates (model.gates)")
-            for r in ph.regularizers if ph.regularizers is not None else cfg.train.regularizers:
+            for r in self._phase_regs(ph):
                 # a budget schedule longer than its phase never puts the budget itself in force
                 be = r.get("budget_epochs") if isinstance(r, dict) else None
                 if isinstance(be, int | float) and be > ph.epochs:
@@ -460,10 +460,13 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
 
+    def _phase_regs(self, ph: PhaseConfig) -> list:
+        """The regularizer specs in force in phase ``ph``: its own, or the run's."""
+        return ph.regularizers if ph.regularizers is not None else self.cfg.train.regularizers
+
     def _phase_terms(self, ph: PhaseConfig):
         loss_name = ph.loss or self.cfg.train.loss
-        regs = ph.regularizers if ph.regularizers is not None else self.cfg.train.regularizers
-        terms = [make_regularizer(r) for r in regs] + list(self.extra_regs)
+        terms = [make_regularizer(r) for r in self._phase_regs(ph)] + list(self.extra_regs)
         for t in terms:  # terms that watch layer inputs (sparsity/synops.py) hook into the model
             if hasattr(t, "attach"):
                 t.attach(self.model)
@@ -669,8 +672,8 @@ class Trainer:
         was = ran[pi] if pi < len(ran) else None
         if was is not None and pi < len(self.phases) and self.phases[pi].epochs != int(was):
             ph = self.phases[pi]
-            regs = ph.regularizers if ph.regularizers is not None else self.cfg.train.regularizers
-            dep = [r.get("schedule") for r in regs if isinstance(r, dict) and r.get("name") == "spike_count"
+            dep = [r.get("schedule") for r in self._phase_regs(ph)
+                   if isinstance(r, dict) and r.get("name") == "spike_count"
                    and r.get("schedule", "constant") != "constant"]  # fmt: skip
             if dep:  # w(n, N) of Allred et al. eqs. 5-8: the epochs already run used the old N
                 raise ConfigError(
