@@ -201,6 +201,38 @@ def test_train_mnist_smoke(data_dir):
     assert res["final"]["test"]["n_samples"] == 20
 
 
+def test_mnist_without_validation_trains_on_all_60000_and_monitors_test(data_dir, tmp_path, capsys):
+    """``mnist_val_size: 0`` (the paper's protocol, sec. 3.4): all 60,000 training images, no
+    validation split (an empty one used to give accuracy 0 silently), the test split recorded per
+    epoch for monitoring only, and no best epoch chosen on it."""
+    from sparsespike.eventprop.train import EventPropTraining
+
+    base = {"dataset": "mnist", "data_dir": str(data_dir), "sizes": [784, 16, 10], "progress": False}
+    assert EventPropTraining(base).xtr.shape[0] == 55000  # default: 5,000 held out
+    cfg = {
+        **base,
+        "mnist_val_size": 0,
+        "init_ranges": [[-0.01, 0.03], [-0.4, 0.8]],
+        "batch_size": 20,
+        "phases": [{"loss": "L_A", "alpha": 3e-3, "eta": 3.0, "lr": 2e-3, "epochs": 2}],
+        "sp_per_neuron": True,
+        "n_test": 20,
+        "progress": True,
+        "out_dir": str(tmp_path / "r"),
+    }
+    tr = EventPropTraining({**cfg, "n_train": None})
+    assert tr.xtr.shape[0] == 60000 and not tr.has_val
+    res = train_eventprop({**cfg, "n_train": 40})
+    hist, final = res["history"], res["final"]
+    assert [sorted(h) for h in hist] == [sorted(["epoch", "phase", "phase_epoch", "loss_name", "lr", "train",
+                                                 "test", "epoch_time_s"])] * 2  # fmt: skip
+    assert all(h["test"]["n_samples"] == 20 for h in hist)
+    assert "val" not in final and "best_val" not in final
+    assert final["test"] == hist[-1]["test"]  # the same weights, the same 20 test images
+    assert "test acc" in capsys.readouterr().out
+    assert (tmp_path / "r" / "curves.png").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_yinyang_learns():
     """A few epochs of L_W on the full Yin-Yang training set reach > 85 % validation accuracy."""

@@ -80,7 +80,8 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
 def plot_eventprop_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
     """EventProp training curves of one or more runs (label -> ``metrics.jsonl`` records):
     cross-entropy, accuracy and <N_S> (spikes per neuron per sample, Fontanini eq. 16) per epoch,
-    training (dashed) and validation (solid); dotted verticals mark the start of each later phase."""
+    training (dashed) and validation (solid), or test (dash-dot) for a run with no validation set
+    (monitored, not selected on); dotted verticals mark the start of each later phase."""
     path = Path(path)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = (("loss_ce", "cross-entropy", 1.0), ("accuracy", "accuracy %", 100.0), ("n_s", "<N_S>", 1.0))
@@ -88,8 +89,10 @@ def plot_eventprop_curves(runs: dict[str, list[dict]], path: str | Path, title: 
         color = f"C{k}"
         ep = [h["epoch"] for h in hist]
         for ax, (key, ylabel, scale) in zip(axes, panels, strict=True):
-            for split, style in (("train", "--"), ("val", "-")):
-                ys = [scale * h[split][key] if key in h[split] else float("nan") for h in hist]
+            for split, style in (("train", "--"), ("val", "-"), ("test", "-.")):
+                if not any(split in h for h in hist):
+                    continue
+                ys = [scale * h[split][key] if key in h.get(split, {}) else float("nan") for h in hist]
                 ax.plot(ep, ys, style, color=color, label=f"{label} ({'validation' if split == 'val' else split})")
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)

@@ -81,7 +81,7 @@ def encode_mnist(
         x = x / 255.0
     if x.dim() < 2:
         raise SpikeInputError(f"images must be [n, ...], got shape {tuple(x.shape)}")
-    x = x.reshape(x.shape[0], -1)
+    x = x.flatten(1)  # also for n = 0 (an empty split), where reshape(0, -1) is ambiguous
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise SpikeInputError("image intensities must lie in [0, 1] (or be uint8)")
     v = (1.0 - x) if bright_early else x

@@ -116,7 +116,10 @@ class EventPropConfig:
     n_train: int | None = None  # use a subset (first n after a seeded shuffle); None = all
     n_val: int | None = None
     n_test: int | None = None
-    mnist_val_size: int = 5000  # held out from the MNIST training set
+    # held out from the MNIST training set; 0: train on all 60,000 as the paper does (sec. 3.4),
+    # with no validation set: each epoch then records the test split (as their Fig. 12), for
+    # monitoring only, and no best-validation epoch is chosen
+    mnist_val_size: int = 5000
     eval_test: bool = True
     eval_batch_size: int = 500
     out_dir: str | None = None
@@ -351,6 +354,7 @@ class EventPropTraining:
         if train_data is not None:
             xtr, ytr = train_data
         self.xtr, self.ytr = xtr, ytr
+        self.has_val = self.xva.shape[0] > 0  # mnist_val_size: 0 trains on all 60,000, without one
         self.train_times = None if (cfg.dataset == "mnist" and cfg.augment) else self.enc(xtr)
 
         self.n_layers = len(cfg.sizes) - 1
@@ -523,10 +527,7 @@ class EventPropTraining:
                 t_ep = time.perf_counter() - t0
                 self.train_time += t_ep
                 tr = stats.result()
-                va = evaluate(net, self.xva, self.yva, loss_fn, cfg.eval_batch_size)
                 self.epoch_global += 1
-                if ph_i == len(cfg.phases) - 1:
-                    self._track_best(va)
                 rec = {
                     "epoch": self.epoch_global,
                     "phase": ph_i + 1,
@@ -534,22 +535,33 @@ class EventPropTraining:
                     "loss_name": ph.loss,
                     "lr": lr_used,
                     "train": tr,
-                    "val": va,
-                    "epoch_time_s": t_ep,
                 }
+                if self.has_val:
+                    rec["val"] = evaluate(net, self.xva, self.yva, loss_fn, cfg.eval_batch_size)
+                    if ph_i == len(cfg.phases) - 1:
+                        self._track_best(rec["val"])
+                elif cfg.eval_test:  # no validation set: monitor the test split, never select on it
+                    rec["test"] = evaluate(net, self.xte, self.yte, loss_fn, cfg.eval_batch_size)
+                rec["epoch_time_s"] = t_ep
                 self.results["history"].append(_json_safe(rec))
                 if self.out_dir:
                     with open(self.out_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(_json_safe(rec)) + "\n")
                     self._checkpoint(ph_i, ep + 1, opt, sched)
                 if cfg.progress:
+                    split = "val" if "val" in rec else "test" if "test" in rec else None
+                    ev = rec.get(split) if split else None
+                    shown = (
+                        f"{split} acc {ev['accuracy']:.4f} CE {ev.get('loss_ce', float('nan')):.4f} "
+                        f"<N_S> {ev['n_s']:.3f} {[round(v, 2) for v in ev['n_s_per_layer']]} "
+                        f"silent {ev['silent_neurons_per_layer']}"
+                        if ev
+                        else "no validation set"
+                    )
                     print(
                         f"[{cfg.name}] phase {ph_i + 1} {ph.loss} ep {ep + 1}/{ph.epochs}: "
                         f"train acc {tr['accuracy']:.4f} "
-                        f"loss {tr.get('loss_total', float('nan')):.4f} | "
-                        f"val acc {va['accuracy']:.4f} CE {va.get('loss_ce', float('nan')):.4f} "
-                        f"<N_S> {va['n_s']:.3f} {[round(v, 2) for v in va['n_s_per_layer']]} "
-                        f"silent {va['silent_neurons_per_layer']} | {t_ep:.1f}s",
+                        f"loss {tr.get('loss_total', float('nan')):.4f} | {shown} | {t_ep:.1f}s",
                         flush=True,
                     )
                 yield rec
@@ -573,7 +585,7 @@ class EventPropTraining:
         """
         cfg, net, results = self.cfg, self.net, self.results
         last_loss = self._loss(cfg.phases[-1])
-        final = {"val": evaluate(net, self.xva, self.yva, last_loss, cfg.eval_batch_size)}
+        final = {"val": evaluate(net, self.xva, self.yva, last_loss, cfg.eval_batch_size)} if self.has_val else {}
         if cfg.eval_test:
             t0 = time.perf_counter()
             final["test"] = evaluate(net, self.xte, self.yte, last_loss, cfg.eval_batch_size)
