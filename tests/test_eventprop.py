@@ -393,3 +393,85 @@ def test_other_neuron_constants_gradients():
 
     fd = central_differences(f, W, 1e-6)
     np.testing.assert_allclose(ws[0].grad.numpy(), fd, rtol=1e-4, atol=1e-7)
+
+
+def test_simultaneous_inputs_as_one_jump_match_event_by_event(monkeypatch):
+    """A long run of equal input times (MNIST's background pixels) is one jump in the forward
+    pass and one lambda_I sample in the adjoint (simulate.py, "Inputs that arrive together"):
+    spike times and every gradient equal the event-by-event walk's to rounding. Without input
+    gradients the first layer's weight gradient comes from the neuron-parallel kernel, which must
+    equal the sample-parallel one's to the bit."""
+    import sparsespike.eventprop.simulate as sim
+
+    g = torch.Generator().manual_seed(3)
+    B, n_in = 6, 96
+    x = torch.rand(B, n_in, generator=g, dtype=torch.float64) * 20.0
+    bg = torch.rand(B, n_in, generator=g) < 0.6
+    x[bg] = 12.0  # 60 % of the inputs spike together, mid-window
+    x[0, :] = 12.0  # a sample that is one run only
+    x[1, bg[1]] = 0.0  # a run at t = 0
+    ws = [torch.empty(40, n_in, dtype=torch.float64).uniform_(-0.05, 0.25, generator=g),
+          torch.empty(10, 40, dtype=torch.float64).uniform_(-0.2, 0.8, generator=g)]  # fmt: skip
+
+    def run(input_grad):
+        xi = x.clone().requires_grad_(input_grad)
+        wi = [w.clone().requires_grad_(True) for w in ws]
+        out = event_forward(xi, wi)
+        t = torch.where(torch.isfinite(out.output), out.output, torch.zeros_like(out.output))
+        h = torch.where(torch.isfinite(out.hidden[0]), out.hidden[0], torch.zeros_like(out.hidden[0]))
+        (t.square().sum() + 0.1 * h.sum()).backward()
+        return out, [w.grad for w in wi], xi.grad
+
+    ev = sim.merge_events(x.numpy()[:, :, None])
+    assert ev.bulk_mult is not None and ev.bulk_mult.sum(axis=1).tolist() == [n_in] + bg[1:].sum(1).tolist()
+    bulk = {ig: run(ig) for ig in (False, True)}
+    monkeypatch.setattr(sim, "BULK_MIN", 10**9)  # every event walked one by one
+    assert sim.merge_events(x.numpy()[:, :, None]).bulk_mult is None
+    walk = {ig: run(ig) for ig in (False, True)}
+    out_e = walk[True][0]
+    assert sum(int(c.sum()) for c in out_e.counts) > 100  # the network is active
+    for ig in (False, True):
+        out_b, gw_b, gx_b = bulk[ig]
+        for a, b in zip(out_b.times, out_e.times, strict=True):
+            assert torch.equal(torch.isfinite(a), torch.isfinite(b))
+            torch.testing.assert_close(a[torch.isfinite(a)], b[torch.isfinite(b)], rtol=0, atol=1e-9)
+        for a, b in zip(gw_b, walk[ig][1], strict=True):
+            assert float(b.abs().max()) > 0
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(bulk[True][2], walk[True][2], rtol=1e-9, atol=1e-12)  # input-time gradient
+    assert bulk[False][2] is None
+    for a, b in zip(walk[False][1], walk[True][1], strict=True):
+        assert torch.equal(a, b)  # neuron-parallel vs sample-parallel kernel: the same bits
+
+
+@pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+def test_gradients_are_the_same_bits_on_one_and_two_threads():
+    """The adjoint kernels run samples (or, for the first layer's weight gradient, neurons) in
+    parallel but add per-sample contributions in sample order: any thread count gives the same
+    bits (adjoint.py docstring). The batch is large enough for the parallel builds."""
+    import numba
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(16, 200, generator=g, dtype=torch.float64) * 20.0
+    x[torch.rand(16, 200, generator=g) < 0.5] = 20.0  # with a run of simultaneous inputs
+    ws = [torch.empty(64, 200, dtype=torch.float64).uniform_(-0.02, 0.12, generator=g),
+          torch.empty(10, 64, dtype=torch.float64).uniform_(-0.2, 0.8, generator=g)]  # fmt: skip
+
+    def grads(threads, input_grad):
+        numba.set_num_threads(threads)
+        xi = x.clone().requires_grad_(input_grad)
+        wi = [w.clone().requires_grad_(True) for w in ws]
+        out = event_forward(xi, wi)
+        t = torch.where(torch.isfinite(out.output), out.output, torch.zeros_like(out.output))
+        t.square().sum().backward()
+        return [w.grad for w in wi] + ([xi.grad] if input_grad else [])
+
+    before = numba.get_num_threads()
+    try:
+        for input_grad in (False, True):
+            one, two = grads(1, input_grad), grads(2, input_grad)
+            assert float(one[0].abs().max()) > 0
+            for a, b in zip(one, two, strict=True):
+                assert torch.equal(a, b)
+    finally:
+        numba.set_num_threads(before)

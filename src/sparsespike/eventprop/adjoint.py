@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from ..kernels.cpu import parallel_kernel
 from .params import DEFAULT_PARAMS, DEFAULT_SOLVER, LIFParams, SolverOptions
@@ -50,58 +50,114 @@ from .simulate import PARALLEL_MIN_WORK, EventList, LayerSpikes, gap_decays
 __all__ = ["adjoint_layer", "scatter_event_errors", "adjoint_network"]
 
 
+@njit(cache=True)
+def _walk(
+    b, m, e, g_first, g_last, ev_t, ev_n, dm, ds, W, out_t, out_i, out_count, err_spk,
+    tau_m, tau_s, r_m, theta, grazing_eps, need_err, grad_row, err_row,
+):  # fmt: skip
+    """Integrate neuron ``m`` of sample ``b`` backwards from its last spike over its spikes and
+    input events ``e, e-1, ..., 0`` (module docstring). Adds eq. 8 to ``grad_row[n]``, the error
+    of each input event to ``err_row[e]`` (if ``need_err``), and returns the weight gradient of
+    the run of simultaneous inputs ``g_first .. g_last`` (sampled once; 0 if none or unreached)."""
+    kb = r_m * tau_m / (tau_m - tau_s)
+    g_bulk = 0.0
+    p = out_count[b, m] - 1
+    if p < 0:
+        return g_bulk  # silent neuron: lambda = 0 throughout
+    # lambda = 0 after the neuron's last spike: start there
+    lv = 0.0
+    li = 0.0
+    tc = out_t[b, m, p]
+    while e >= 0 and ev_t[b, e] >= tc:
+        e -= 1
+    prev_input = False  # the last processed event was input e + 1 (gap decays apply)
+    while p >= 0 or e >= 0:
+        is_post = p >= 0 and (e < 0 or out_t[b, m, p] > ev_t[b, e])
+        te = out_t[b, m, p] if is_post else ev_t[b, e]
+        D = tc - te
+        if D > 0.0 and (lv != 0.0 or li != 0.0):
+            if prev_input and not is_post:
+                em = dm[b, e + 1]
+                es = ds[b, e + 1]
+            else:
+                em = math.exp(-D / tau_m)
+                es = math.exp(-D / tau_s)
+            li = li * es + lv * kb * (em - es)
+            lv = lv * em
+        tc = te
+        if is_post:
+            den = r_m * out_i[b, m, p] - theta
+            if den < grazing_eps:
+                den = grazing_eps
+            lv = lv + (theta * lv + err_spk[b, m, p]) / den
+            p -= 1
+            prev_input = False
+        elif e == g_last:
+            g_bulk += -tau_s * li
+            e = g_first - 1
+            prev_input = True
+        else:
+            n = ev_n[b, e]
+            grad_row[n] += -tau_s * li
+            if need_err:
+                err_row[e] += W[m, n] * (r_m * lv - li)
+            e -= 1
+            prev_input = True
+    return g_bulk
+
+
 @parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _adjoint_layer_kernel(
-    ev_t, ev_n, ev_count, dm, ds, W, out_t, out_i, out_count, err_spk,
-    tau_m, tau_s, r_m, theta, t_window, grazing_eps,
-    grad_b, err_in,
+    ev_t, ev_n, e_last, dm, ds, W, out_t, out_i, out_count, err_spk,
+    tau_m, tau_s, r_m, theta, grazing_eps, bulk_s, bulk_e, need_err,
+    grad_b, err_in, grad_bulk,
 ):  # fmt: skip
+    """Samples in parallel: per-sample gradients ``grad_b [B, N_out, N_in]`` (summed by the caller
+    in sample order) and per-event errors ``err_in [B, K]``."""
     B = ev_t.shape[0]
     N = W.shape[0]
-    kb = r_m * tau_m / (tau_m - tau_s)
     for b in prange(B):
-        e_last = ev_count[b] - 1
-        while e_last >= 0 and ev_t[b, e_last] >= t_window:
-            e_last -= 1  # inputs at or after T never act: zero gradient and error
+        # a run of simultaneous inputs (simulate.py, "Inputs that arrive together") is sampled once:
+        # its weight gradient -tau_s lambda_I goes to grad_bulk[b, m], spread by the caller
+        g_last = bulk_e[b] - 1 if bulk_s[b] >= 0 else -2
         for m in range(N):
-            p = out_count[b, m] - 1
-            if p < 0:
-                continue  # silent neuron: lambda = 0 throughout
-            # lambda = 0 after the neuron's last spike: start there
-            lv = 0.0
-            li = 0.0
-            tc = out_t[b, m, p]
-            e = e_last
-            while e >= 0 and ev_t[b, e] >= tc:
-                e -= 1
-            prev_input = False  # the last processed event was input e + 1 (gap decays apply)
-            while p >= 0 or e >= 0:
-                is_post = p >= 0 and (e < 0 or out_t[b, m, p] > ev_t[b, e])
-                te = out_t[b, m, p] if is_post else ev_t[b, e]
-                D = tc - te
-                if D > 0.0 and (lv != 0.0 or li != 0.0):
-                    if prev_input and not is_post:
-                        em = dm[b, e + 1]
-                        es = ds[b, e + 1]
-                    else:
-                        em = math.exp(-D / tau_m)
-                        es = math.exp(-D / tau_s)
-                    li = li * es + lv * kb * (em - es)
-                    lv = lv * em
-                tc = te
-                if is_post:
-                    den = r_m * out_i[b, m, p] - theta
-                    if den < grazing_eps:
-                        den = grazing_eps
-                    lv = lv + (theta * lv + err_spk[b, m, p]) / den
-                    p -= 1
-                    prev_input = False
-                else:
-                    n = ev_n[b, e]
-                    grad_b[b, m, n] += -tau_s * li
-                    err_in[b, e] += W[m, n] * (r_m * lv - li)
-                    e -= 1
-                    prev_input = True
+            grad_bulk[b, m] = _walk(
+                b, m, e_last[b], bulk_s[b], g_last, ev_t, ev_n, dm, ds, W, out_t, out_i, out_count, err_spk,
+                tau_m, tau_s, r_m, theta, grazing_eps, need_err, grad_b[b, m], err_in[b],
+            )  # fmt: skip
+
+
+@parallel_kernel(min_work=PARALLEL_MIN_WORK)
+def _adjoint_weights_kernel(
+    ev_t, ev_n, e_last, dm, ds, W, out_t, out_i, out_count, err_spk,
+    tau_m, tau_s, r_m, theta, grazing_eps, bulk_s, bulk_e,
+    grad, grad_bulk,
+):  # fmt: skip
+    """Weight gradient only (no input errors), neurons in parallel: each sample's contribution to
+    row ``m`` is gathered in a scratch row and added in sample order, which is what summing
+    per-sample gradients over the batch axis does (numpy adds them in that order): the same
+    result to the bit, without a ``[B, N_out, N_in]`` buffer."""
+    B = ev_t.shape[0]
+    N, K_in = W.shape
+    no_err = np.zeros(1)
+    for m in prange(N):
+        row = np.zeros(K_in)
+        for b in range(B):
+            g_last = bulk_e[b] - 1 if bulk_s[b] >= 0 else -2
+            grad_bulk[b, m] = _walk(
+                b, m, e_last[b], bulk_s[b], g_last, ev_t, ev_n, dm, ds, W, out_t, out_i, out_count, err_spk,
+                tau_m, tau_s, r_m, theta, grazing_eps, False, row, no_err,
+            )  # fmt: skip
+            e = 0
+            while e <= e_last[b]:  # the inputs walked (not the run): add and clear their entries
+                if e == bulk_s[b]:
+                    e = bulk_e[b]
+                    continue
+                n = ev_n[b, e]
+                if row[n] != 0.0:
+                    grad[m, n] += row[n]
+                    row[n] = 0.0
+                e += 1
 
 
 def adjoint_layer(
@@ -111,7 +167,8 @@ def adjoint_layer(
     err_spikes: np.ndarray,
     params: LIFParams = DEFAULT_PARAMS,
     options: SolverOptions = DEFAULT_SOLVER,
-) -> tuple[np.ndarray, np.ndarray]:
+    need_input_errors: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Backward pass of one layer.
 
     Args:
@@ -120,6 +177,10 @@ def adjoint_layer(
         spikes: the layer's output spikes (from the forward pass).
         err_spikes: ``[B, N_out, S]`` total error of each output spike, ``err_k`` above
             (direct ``dL/dt_k`` plus what the next layer passed down); padding is ignored.
+
+        need_input_errors: False skips ``err_events`` (returned as None): the first layer of a
+            network whose input times need no gradient. Only then is a run of simultaneous
+            inputs (``events.bulk_*``) sampled once instead of event by event.
 
     Returns:
         ``(grad_W [N_out, N_in], err_events [B, K])``: the weight gradient summed over the batch
@@ -130,19 +191,34 @@ def adjoint_layer(
     if err.shape != spikes.times.shape:
         raise ValueError(f"err_spikes has shape {err.shape}, expected {spikes.times.shape}")
     B, K = events.times.shape
-    grad_b = np.zeros((B, W.shape[0], W.shape[1]))
-    err_in = np.zeros((B, K))
+    # per-event errors are needed for every input event: runs are then walked event by event
+    bulk = not need_input_errors and events.bulk_mult is not None
+    if bulk:
+        bulk_s, bulk_e = events.bulk_arrays()
+    else:
+        bulk_s = bulk_e = np.full(B, -1, dtype=np.int64)
+    grad_bulk = np.zeros((B, W.shape[0]))
     p = params
     work = B * W.shape[0] * K
     dm, ds = gap_decays(events, params, work)
-    _adjoint_layer_kernel.select(work)(
-        events.times, events.neuron, events.count, dm, ds, W,
-        spikes.times, spikes.currents, spikes.counts, err,
-        float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
-        float(options.grazing_eps),
-        grad_b, err_in,
+    # the last event before T per sample (inputs at or after T never act: no gradient, no error)
+    e_last = np.minimum((events.times < p.t_window).sum(axis=1), events.count) - 1
+    args = (
+        events.times, events.neuron, e_last, dm, ds, W, spikes.times, spikes.currents, spikes.counts, err,
+        float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(options.grazing_eps),
+        bulk_s, bulk_e,
     )  # fmt: skip
-    return grad_b.sum(axis=0), err_in
+    if need_input_errors:
+        grad_b = np.zeros((B, W.shape[0], W.shape[1]))
+        err_in = np.zeros((B, K))
+        _adjoint_layer_kernel.select(work)(*args, True, grad_b, err_in, grad_bulk)
+        grad = grad_b.sum(axis=0)  # in sample order
+    else:
+        grad = np.zeros(W.shape)
+        _adjoint_weights_kernel.select(work)(*args, grad, grad_bulk)
+    if bulk:
+        grad += grad_bulk.T @ events.bulk_mult  # eq. 8 for every input of each sample's run
+    return grad, (err_in if need_input_errors else None)
 
 
 def scatter_event_errors(events: EventList, err_events: np.ndarray, shape: tuple) -> np.ndarray:
@@ -166,12 +242,14 @@ def adjoint_network(
     input_shape: tuple,
     params: LIFParams = DEFAULT_PARAMS,
     options: SolverOptions = DEFAULT_SOLVER,
-) -> tuple[list[np.ndarray], np.ndarray]:
+    need_input_grad: bool = True,
+) -> tuple[list[np.ndarray], np.ndarray | None]:
     """Backward pass through all layers, output first.
 
     ``dl_dt[l]`` is ``dL/dt`` for the spikes of layer ``l`` (shape of its ``times``) or None.
     Entries beyond a neuron's spike count (padding) are ignored, whatever they hold.
-    Returns ``(weight gradients, dL/d(input times) of shape input_shape as [B, N_in, S])``.
+    Returns ``(weight gradients, dL/d(input times) of shape input_shape as [B, N_in, S])``; the
+    latter is None with ``need_input_grad=False``, which lets the first layer skip it.
     """
     grads: list[np.ndarray] = [None] * len(layers)  # type: ignore[list-item]
     err_above: np.ndarray | None = None
@@ -185,8 +263,12 @@ def adjoint_network(
             err = np.where(valid, np.asarray(g, dtype=np.float64), 0.0)
         if err_above is not None:
             err = err + err_above
-        gW, err_ev = adjoint_layer(ev, weights[l], sp, err, params, options)
+        need = l > 0 or need_input_grad
+        gW, err_ev = adjoint_layer(ev, weights[l], sp, err, params, options, need_input_errors=need)
         grads[l] = gW
-        shape_below = layers[l - 1][1].times.shape if l > 0 else input_shape
-        err_above = scatter_event_errors(ev, err_ev, shape_below)
+        if need:
+            shape_below = layers[l - 1][1].times.shape if l > 0 else input_shape
+            err_above = scatter_event_errors(ev, err_ev, shape_below)
+        else:
+            err_above = None
     return grads, err_above

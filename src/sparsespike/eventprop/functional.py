@@ -86,13 +86,15 @@ class _EventPropFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grad_times):
         dl_dt = [None if g is None else g.detach().cpu().numpy() for g in grad_times]
-        grads, g_in = adjoint_network(ctx.layers, ctx.Ws, dl_dt, ctx.x_shape, ctx.params, ctx.options)
+        need_x = bool(ctx.needs_input_grad[3])
+        grads, g_in = adjoint_network(ctx.layers, ctx.Ws, dl_dt, ctx.x_shape, ctx.params, ctx.options,
+                                      need_input_grad=need_x)  # fmt: skip
         gWs = tuple(
             torch.from_numpy(g).to(device=dv, dtype=dt)
             for g, dt, dv in zip(grads, ctx.dtypes, ctx.devices, strict=True)
         )
         g_x = None
-        if ctx.needs_input_grad[3]:
+        if need_x:
             g_x = torch.from_numpy(g_in.reshape(ctx.in_shape)).to(ctx.in_device, ctx.in_dtype)
         return (None, None, None, g_x, *gWs)
 

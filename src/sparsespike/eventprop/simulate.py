@@ -35,6 +35,17 @@ Data layout
 
 The cost is O(sum over neurons of (#input events + #own spikes)) per sample: it grows with the
 number of events, not with a time grid. Kernels run in numba, parallel over (sample, neuron).
+
+Inputs that arrive together
+---------------------------
+Simultaneous input events leave no time for the state to move between them: the closed form
+advances by 0, so their jumps simply add up. When a sample's longest run of equal event times
+is long (:data:`BULK_MIN`; MNIST's background pixels, ~70 % of the 784 inputs, all spike at
+``t_max``), :func:`merge_events` records it (``EventList.bulk_*``): the forward pass adds the
+run's summed weights ``sum_n M[b, n] W[m, n]`` (one matrix product for the batch) as one jump,
+and the adjoint samples ``lambda_I`` once for the run, whose weight gradient (Fontanini eq. 8,
+the same value for every input of the run) is added back as ``gtot^T M``. Exact up to the
+order of floating-point summation; the loops then cost O(#distinct input times) per neuron.
 """
 
 from __future__ import annotations
@@ -66,6 +77,11 @@ __all__ = [
 #: (``kernels.cpu.Kernel``): launching the numba thread pool costs more than it saves on small
 #: batches (and far more on a loaded machine).
 PARALLEL_MIN_WORK = 100_000
+
+#: A run of equal input-event times in a sample is treated as one jump (module docstring,
+#: "Inputs that arrive together") when it is at least this long and at least 1/32 of the
+#: layer's inputs (below that the matrix product costs more than the loop iterations it saves).
+BULK_MIN = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +185,8 @@ def gap_decays(events, params, work: int | None = None):
 
 @parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _forward_layer_kernel(
-    ev_t, ev_n, ev_count, dm, ds, W, tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol,
+    ev_t, ev_n, ev_count, dm, ds, W, bulk_s, bulk_e, bulk_w,
+    tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol,
     out_t, out_i, out_count, capped,
 ):  # fmt: skip
     B = ev_t.shape[0]
@@ -186,8 +203,10 @@ def _forward_layer_kernel(
         clean = True  # t0 is the previous input time (no spike since): gap decays apply
         cnt = 0
         K = ev_count[b]
+        gs = bulk_s[b]  # events gs .. bulk_e[b]-1 share one time: one jump bulk_w[b, m] (-1: none)
         stop = False
-        for e in range(K + 1):
+        e = 0
+        while e <= K:
             last = e == K
             if not last:
                 te = ev_t[b, e]
@@ -240,7 +259,12 @@ def _forward_layer_kernel(
                 I = I * es
             t0 = t1
             clean = True
-            I += W[m, ev_n[b, e]]
+            if e == gs:
+                I += bulk_w[b, m]
+                e = bulk_e[b]
+            else:
+                I += W[m, ev_n[b, e]]
+                e += 1
         out_count[b, m] = cnt
 
 
@@ -281,6 +305,34 @@ def _merge_kernel(times, counts, ev_t, ev_n, ev_p):
             ev_p[b, i] = bp[o]
 
 
+@njit(cache=True)
+def _bulk_kernel(ev_t, ev_n, ev_count, min_len, bulk_s, bulk_e, mult):
+    """Per sample, the longest run of equal (finite) event times if >= ``min_len`` long:
+    its bounds and ``mult[b, n]``, how many of its events come from input ``n``."""
+    B = ev_t.shape[0]
+    found = False
+    for b in range(B):
+        K = ev_count[b]
+        best_s = -1
+        best_len = 0
+        e = 0
+        while e < K:
+            f = e + 1
+            while f < K and ev_t[b, f] == ev_t[b, e]:
+                f += 1
+            if f - e > best_len:
+                best_len = f - e
+                best_s = e
+            e = f
+        if best_len >= min_len:
+            bulk_s[b] = best_s
+            bulk_e[b] = best_s + best_len
+            for i in range(best_s, best_s + best_len):
+                mult[b, ev_n[b, i]] += 1.0
+            found = True
+    return found
+
+
 # ----------------------------------------------------------------------------------------------
 # containers and numpy-level API
 # ----------------------------------------------------------------------------------------------
@@ -292,6 +344,19 @@ class EventList:
     neuron: np.ndarray  # [B, K] int64 source neuron, -1 padded
     index: np.ndarray  # [B, K] int64 spike index of the source neuron, -1 padded
     count: np.ndarray  # [B] int64
+    # the longest run of equal event times per sample, when long (module docstring, "Inputs that
+    # arrive together"): events bulk_start[b] .. bulk_end[b]-1 (-1: none); bulk_mult [B, N_in]
+    # counts its events per source neuron. None: no sample has one (the loops see every event).
+    bulk_start: np.ndarray | None = None
+    bulk_end: np.ndarray | None = None
+    bulk_mult: np.ndarray | None = None
+
+    def bulk_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(bulk_start, bulk_end)`` for the kernels: ``-1`` everywhere when there is no run."""
+        if self.bulk_start is None:
+            none = np.full(self.times.shape[0], -1, dtype=np.int64)
+            return none, none
+        return self.bulk_start, self.bulk_end
 
 
 @dataclass
@@ -338,7 +403,14 @@ def merge_events(times: np.ndarray) -> EventList:
     ev_n = np.full((B, K), -1, dtype=np.int64)
     ev_p = np.full((B, K), -1, dtype=np.int64)
     _merge_kernel.select(times.size)(times, counts, ev_t, ev_n, ev_p)
-    return EventList(ev_t, ev_n, ev_p, counts)
+    ev = EventList(ev_t, ev_n, ev_p, counts)
+    n_in = times.shape[1]
+    bs = np.full(B, -1, dtype=np.int64)
+    be = np.full(B, -1, dtype=np.int64)
+    mult = np.zeros((B, n_in))
+    if B and _bulk_kernel(ev_t, ev_n, counts, max(BULK_MIN, n_in // 32), bs, be, mult):
+        ev.bulk_start, ev.bulk_end, ev.bulk_mult = bs, be, mult
+    return ev
 
 
 def simulate_layer(
@@ -374,8 +446,11 @@ def simulate_layer(
     p = params
     work = B * N * (events.times.shape[1] + 1)
     dm, ds = gap_decays(events, params, work)
+    bulk_s, bulk_e = events.bulk_arrays()
+    # each sample's run of simultaneous inputs as one jump: sum_n mult[b, n] W[m, n]
+    bulk_w = events.bulk_mult @ W.T if events.bulk_mult is not None else np.zeros((B, 1))
     _forward_layer_kernel.select(work)(
-        events.times, events.neuron, events.count, dm, ds, W,
+        events.times, events.neuron, events.count, dm, ds, W, bulk_s, bulk_e, bulk_w,
         float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
         float(options.peak_tol), float(options.root_xtol),
         out_t, out_i, out_c, capped,
