@@ -183,89 +183,151 @@ def gap_decays(events, params, work: int | None = None):
     return dm, ds
 
 
+@njit(cache=True)
+def _lane_interval(
+    b, m, e, last, t1, V, I, t0, dirty, live, cnt, dm, ds,
+    tau_m, tau_s, r_m, theta, k, kr, peak_tol, xtol, out_t, out_i, capped,
+):  # fmt: skip
+    """Neuron ``m`` of sample ``b`` over ``(t0[m], t1]``: its spikes there (several allowed),
+    then, unless ``last``, its state advanced to ``t1`` (the jump of the input is the caller's)."""
+    if not live[m]:
+        return
+    S = out_t.shape[2]
+    Vm = V[m]
+    Im = I[m]
+    t0m = t0[m]
+    cl = dirty[m] == 0  # t0 is the previous input time (no spike since): gap decays apply
+    c = cnt[m]
+    while True:
+        # cheap exclusion (tau_m > tau_s): V <= V0 + k R I0 when I0 > 0, V <= max(V0, 0)
+        # when I0 <= 0, and V only decays until the next input
+        if k > 0.0 and (Im <= 0.0 or Vm + kr * Im <= theta):
+            break
+        D = t1 - t0m
+        if D <= 0.0:
+            break
+        if cl and not last:
+            em = dm[b, e]
+            es = ds[b, e]
+        else:
+            em = math.exp(-D / tau_m)
+            es = math.exp(-D / tau_s)
+        d = _next_crossing(Vm, Im, D, em, es, tau_m, tau_s, r_m, theta, k, peak_tol, xtol)
+        if d < 0.0:
+            break
+        if c >= S:
+            capped[b, m] = 1
+            live[m] = 0  # the neuron stops here
+            cnt[m] = c
+            return
+        ts = t0m + d
+        Im = Im * math.exp(-d / tau_s)
+        out_t[b, m, c] = ts
+        out_i[b, m, c] = Im
+        c += 1
+        Vm = 0.0
+        t0m = ts
+        cl = False
+    if not last:
+        # advance the closed form to the input event
+        D = t1 - t0m
+        if D > 0.0:
+            if cl:
+                em = dm[b, e]
+                es = ds[b, e]
+            else:
+                em = math.exp(-D / tau_m)
+                es = math.exp(-D / tau_s)
+            bb = kr * Im
+            Vm = (Vm + bb) * em - bb * es
+            Im = Im * es
+        t0m = t1
+        cl = True
+    V[m] = Vm
+    I[m] = Im
+    t0[m] = t0m
+    dirty[m] = 0 if cl else 1
+    cnt[m] = c
+
+
 @parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _forward_layer_kernel(
-    ev_t, ev_n, ev_count, dm, ds, W, bulk_s, bulk_e, bulk_w,
-    tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol,
+    ev_t, ev_n, ev_count, dm, ds, WT, bulk_s, bulk_e, bulk_w,
+    tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol, per_neuron,
     out_t, out_i, out_count, capped,
 ):  # fmt: skip
+    """Samples in parallel; within a sample, input events in the outer loop and neurons in the
+    inner one. Each gap is first advanced for every neuron at once in a branch-free (vectorised)
+    loop, which also flags the neurons that may cross the threshold in it: ``V(t1) > theta``, or
+    an interior maximum (``V'`` positive at the start and negative at the end; the tests of
+    :func:`_next_crossing`, on the same numbers), or a spike since the last input. Only those take
+    the exact per-neuron path (:func:`_lane_interval`); every other one provably has no spike in
+    the gap, and its advanced state is the value the per-neuron path computes, to the bit.
+    ``WT`` is ``[N_in, N_out]``; ``per_neuron`` sends every neuron down the exact path (tests)."""
     B = ev_t.shape[0]
-    N = W.shape[0]
-    S = out_t.shape[2]
+    N = WT.shape[1]
     k = tau_s / (tau_m - tau_s)
     kr = k * r_m
-    for j in prange(B * N):
-        b = j // N
-        m = j - b * N
-        V = 0.0
-        I = 0.0
-        t0 = 0.0
-        clean = True  # t0 is the previous input time (no spike since): gap decays apply
-        cnt = 0
+    peak_margin = 1e-9 * max(1.0, abs(theta))
+    for b in prange(B):
+        V = np.zeros(N)
+        I = np.zeros(N)
+        t0 = np.zeros(N)  # per neuron: the time its state is at
+        dirty = np.zeros(N, dtype=np.uint8)  # spiked since the previous input: t0 is its spike
+        live = np.ones(N, dtype=np.uint8)  # 0 once max_spikes is reached
+        cnt = np.zeros(N, dtype=np.int64)
+        Vn = np.empty(N)
+        In = np.empty(N)
+        flag = np.empty(N, dtype=np.uint8)
         K = ev_count[b]
         gs = bulk_s[b]  # events gs .. bulk_e[b]-1 share one time: one jump bulk_w[b, m] (-1: none)
-        stop = False
+        t_prev = 0.0
         e = 0
-        while e <= K:
-            last = e == K
-            if not last:
-                te = ev_t[b, e]
-                if te >= t_window:
-                    last = True
-            t1 = t_window if last else te
-            # all spikes in (t0, t1]
-            while True:
-                # cheap exclusion (tau_m > tau_s): V <= V0 + k R I0 when I0 > 0, V <= max(V0, 0)
-                # when I0 <= 0, and V only decays until the next input
-                if k > 0.0 and (I <= 0.0 or V + kr * I <= theta):
-                    break
-                D = t1 - t0
-                if D <= 0.0:
-                    break
-                if clean and not last:
-                    em = dm[b, e]
-                    es = ds[b, e]
-                else:
-                    em = math.exp(-D / tau_m)
-                    es = math.exp(-D / tau_s)
-                d = _next_crossing(V, I, D, em, es, tau_m, tau_s, r_m, theta, k, peak_tol, xtol)
-                if d < 0.0:
-                    break
-                if cnt >= S:
-                    capped[b, m] = 1
-                    stop = True
-                    break
-                ts = t0 + d
-                I = I * math.exp(-d / tau_s)
-                out_t[b, m, cnt] = ts
-                out_i[b, m, cnt] = I
-                cnt += 1
-                V = 0.0
-                t0 = ts
-                clean = False
-            if stop or last:
-                break
-            # advance the closed form to the input event and apply its jump
-            D = t1 - t0
-            if D > 0.0:
-                if clean:
-                    em = dm[b, e]
-                    es = ds[b, e]
-                else:
-                    em = math.exp(-D / tau_m)
-                    es = math.exp(-D / tau_s)
-                bb = kr * I
-                V = (V + bb) * em - bb * es
-                I = I * es
-            t0 = t1
-            clean = True
-            if e == gs:
-                I += bulk_w[b, m]
-                e = bulk_e[b]
-            else:
-                I += W[m, ev_n[b, e]]
-                e += 1
-        out_count[b, m] = cnt
+        while e < K and ev_t[b, e] < t_window:
+            t1 = ev_t[b, e]
+            em0 = dm[b, e]
+            es0 = ds[b, e]
+            wrow = bulk_w[b] if e == gs else WT[ev_n[b, e]]
+            if t1 - t_prev > 0.0:
+                for m in range(N):  # branch-free: every neuron advanced, possible crossings flagged
+                    Vm = V[m]
+                    Im = I[m]
+                    bb = kr * Im
+                    vn = (Vm + bb) * em0 - bb * es0
+                    ri = r_m * Im
+                    Vn[m] = vn
+                    In[m] = Im * es0
+                    # what _lane_interval would test: the exclusion, V(t1) > theta, and an interior
+                    # maximum, which is R I(t*) <= R I0 (V' = 0 there), so not above theta unless
+                    # R I0 is (with a margin far above rounding, so the test stays conservative)
+                    excl = (k > 0.0) & ((Im <= 0.0) | (Vm + bb <= theta))
+                    peak = (ri > Vm) & (ri * es0 < (vn - theta) + theta) & (ri > theta - peak_margin)
+                    flag[m] = ((~excl) & ((vn > theta) | peak)) | (dirty[m] != 0) | (live[m] == 0) | per_neuron
+                for m in range(N):
+                    if flag[m]:
+                        _lane_interval(
+                            b, m, e, False, t1, V, I, t0, dirty, live, cnt, dm, ds,
+                            tau_m, tau_s, r_m, theta, k, kr, peak_tol, xtol, out_t, out_i, capped,
+                        )  # fmt: skip
+                    else:
+                        V[m] = Vn[m]
+                        I[m] = In[m]
+                        t0[m] = t1
+                    I[m] += wrow[m]
+            else:  # simultaneous with the previous input: no time passes but since a spike
+                for m in range(N):
+                    if dirty[m]:
+                        _lane_interval(
+                            b, m, e, False, t1, V, I, t0, dirty, live, cnt, dm, ds,
+                            tau_m, tau_s, r_m, theta, k, kr, peak_tol, xtol, out_t, out_i, capped,
+                        )  # fmt: skip
+                    I[m] += wrow[m]
+            t_prev = t1
+            e = bulk_e[b] if e == gs else e + 1
+        for m in range(N):  # the rest of the window
+            _lane_interval(b, m, e, True, t_window, V, I, t0, dirty, live, cnt, dm, ds,
+                           tau_m, tau_s, r_m, theta, k, kr, peak_tol, xtol, out_t, out_i, capped)  # fmt: skip
+            out_count[b, m] = cnt[m]
 
 
 @parallel_kernel(min_work=PARALLEL_MIN_WORK)
@@ -419,6 +481,7 @@ def simulate_layer(
     params: LIFParams = DEFAULT_PARAMS,
     options: SolverOptions = DEFAULT_SOLVER,
     layer_name: str = "layer",
+    _per_neuron: bool = False,
 ) -> LayerSpikes:
     """Exact spike times of one layer of ``weight.shape[0]`` neurons driven by ``events``.
 
@@ -450,9 +513,9 @@ def simulate_layer(
     # each sample's run of simultaneous inputs as one jump: sum_n mult[b, n] W[m, n]
     bulk_w = events.bulk_mult @ W.T if events.bulk_mult is not None else np.zeros((B, 1))
     _forward_layer_kernel.select(work)(
-        events.times, events.neuron, events.count, dm, ds, W, bulk_s, bulk_e, bulk_w,
+        events.times, events.neuron, events.count, dm, ds, np.ascontiguousarray(W.T), bulk_s, bulk_e, bulk_w,
         float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
-        float(options.peak_tol), float(options.root_xtol),
+        float(options.peak_tol), float(options.root_xtol), bool(_per_neuron),
         out_t, out_i, out_c, capped,
     )  # fmt: skip
     n_capped = int(capped.sum())
