@@ -127,36 +127,131 @@ def _adjoint_layer_kernel(
             )  # fmt: skip
 
 
+#: neurons per block of the weight-gradient kernel (its per-sample scratch is N_in x LANES)
+LANES = 32
+
+
 @parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _adjoint_weights_kernel(
     ev_t, ev_n, e_last, dm, ds, W, out_t, out_i, out_count, err_spk,
     tau_m, tau_s, r_m, theta, grazing_eps, bulk_s, bulk_e,
-    grad, grad_bulk,
+    gradT, grad_bulk,
 ):  # fmt: skip
-    """Weight gradient only (no input errors), neurons in parallel: each sample's contribution to
-    row ``m`` is gathered in a scratch row and added in sample order, which is what summing
-    per-sample gradients over the batch axis does (numpy adds them in that order): the same
-    result to the bit, without a ``[B, N_out, N_in]`` buffer."""
+    """Weight gradient only (no input errors; the first layer). Blocks of ``LANES`` neurons run
+    in parallel, samples in order; within a sample the input events go backwards in the outer
+    loop and the block's neurons in the inner one, so consecutive iterations are independent.
+    A neuron with a spike of its own between this input and the previous one (rare) takes the
+    steps of :func:`_walk` for that gap; every other neuron decays over it in one branch-free
+    loop with the shared gap factors, the numbers :func:`_walk` computes (a neuron whose last
+    spike is not reached yet holds lambda = 0, which stays 0). Each sample's contributions are
+    gathered in a scratch and added in sample order, as summing per-sample gradients over the
+    batch axis does: the sample-parallel kernel's result to the bit. ``gradT`` is ``[N_in, N_out]``."""
     B = ev_t.shape[0]
     N, K_in = W.shape
-    no_err = np.zeros(1)
-    for m in prange(N):
-        row = np.zeros(K_in)
+    kb = r_m * tau_m / (tau_m - tau_s)
+    n_blocks = (N + LANES - 1) // LANES
+    for blk in prange(n_blocks):
+        m0 = blk * LANES
+        L = min(LANES, N - m0)
+        lv = np.zeros(L)
+        li = np.zeros(L)
+        tc = np.zeros(L)
+        p = np.zeros(L, dtype=np.int64)
+        nxt = np.zeros(L)  # the neuron's next spike time going backwards (-inf: none left)
+        prev = np.zeros(L, dtype=np.uint8)  # the last step was an input (gap factors apply)
+        flag = np.zeros(L, dtype=np.uint8)
+        scratch = np.zeros((K_in, L))
         for b in range(B):
-            g_last = bulk_e[b] - 1 if bulk_s[b] >= 0 else -2
-            grad_bulk[b, m] = _walk(
-                b, m, e_last[b], bulk_s[b], g_last, ev_t, ev_n, dm, ds, W, out_t, out_i, out_count, err_spk,
-                tau_m, tau_s, r_m, theta, grazing_eps, False, row, no_err,
-            )  # fmt: skip
+            g_first = bulk_s[b]
+            g_last = bulk_e[b] - 1 if g_first >= 0 else -2
+            for l in range(L):
+                m = m0 + l
+                lv[l] = 0.0
+                li[l] = 0.0
+                prev[l] = 0
+                p[l] = out_count[b, m] - 1
+                nxt[l] = out_t[b, m, p[l]] if p[l] >= 0 else -np.inf
+                tc[l] = nxt[l] if p[l] >= 0 else 0.0
+                grad_bulk[b, m] = 0.0
+            e = e_last[b]
+            first = True
+            while e >= 0:
+                te = ev_t[b, e]
+                for l in range(L):
+                    flag[l] = nxt[l] > te
+                if not first:  # every unflagged neuron has just stepped over input e + 1
+                    gap = ev_t[b, e + 1] - te
+                    em0 = dm[b, e + 1]
+                    es0 = ds[b, e + 1]
+                    if gap > 0.0:
+                        for l in range(L):  # branch-free
+                            lvl = lv[l]
+                            lil = li[l]
+                            nli = lil * es0 + lvl * kb * (em0 - es0)
+                            keep = flag[l] != 0
+                            li[l] = lil if keep else nli
+                            lv[l] = lvl if keep else lvl * em0
+                for l in range(L):
+                    if flag[l]:  # its own spikes after this input: _walk's steps
+                        m = m0 + l
+                        lvl = lv[l]
+                        lil = li[l]
+                        tcl = tc[l]
+                        pp = p[l]
+                        prv = prev[l] != 0
+                        while pp >= 0 and out_t[b, m, pp] > te:
+                            tp = out_t[b, m, pp]
+                            D = tcl - tp
+                            if D > 0.0 and (lvl != 0.0 or lil != 0.0):
+                                em = math.exp(-D / tau_m)
+                                es = math.exp(-D / tau_s)
+                                lil = lil * es + lvl * kb * (em - es)
+                                lvl = lvl * em
+                            tcl = tp
+                            den = r_m * out_i[b, m, pp] - theta
+                            if den < grazing_eps:
+                                den = grazing_eps
+                            lvl = lvl + (theta * lvl + err_spk[b, m, pp]) / den
+                            pp -= 1
+                            prv = False
+                        D = tcl - te
+                        if D > 0.0 and (lvl != 0.0 or lil != 0.0):
+                            if prv:
+                                em = dm[b, e + 1]
+                                es = ds[b, e + 1]
+                            else:
+                                em = math.exp(-D / tau_m)
+                                es = math.exp(-D / tau_s)
+                            lil = lil * es + lvl * kb * (em - es)
+                            lvl = lvl * em
+                        lv[l] = lvl
+                        li[l] = lil
+                        p[l] = pp
+                        nxt[l] = out_t[b, m, pp] if pp >= 0 else -np.inf
+                        prev[l] = 1
+                for l in range(L):
+                    tc[l] = te
+                if e == g_last:  # the run of simultaneous inputs: sampled once
+                    for l in range(L):
+                        grad_bulk[b, m0 + l] += -tau_s * li[l]
+                    e = g_first - 1
+                else:
+                    n = ev_n[b, e]
+                    for l in range(L):
+                        scratch[n, l] += -tau_s * li[l]
+                    e -= 1
+                first = False
             e = 0
-            while e <= e_last[b]:  # the inputs walked (not the run): add and clear their entries
-                if e == bulk_s[b]:
+            while e <= e_last[b]:  # add this sample's entries in sample order and clear them
+                if e == g_first:
                     e = bulk_e[b]
                     continue
                 n = ev_n[b, e]
-                if row[n] != 0.0:
-                    grad[m, n] += row[n]
-                    row[n] = 0.0
+                for l in range(L):
+                    v = scratch[n, l]
+                    if v != 0.0:
+                        gradT[n, m0 + l] += v
+                        scratch[n, l] = 0.0
                 e += 1
 
 
@@ -214,8 +309,9 @@ def adjoint_layer(
         _adjoint_layer_kernel.select(work)(*args, True, grad_b, err_in, grad_bulk)
         grad = grad_b.sum(axis=0)  # in sample order
     else:
-        grad = np.zeros(W.shape)
-        _adjoint_weights_kernel.select(work)(*args, grad, grad_bulk)
+        gradT = np.zeros((W.shape[1], W.shape[0]))
+        _adjoint_weights_kernel.select(work)(*args, gradT, grad_bulk)
+        grad = np.ascontiguousarray(gradT.T)
     if bulk:
         grad += grad_bulk.T @ events.bulk_mult  # eq. 8 for every input of each sample's run
     return grad, (err_in if need_input_errors else None)
