@@ -101,3 +101,22 @@ def test_bench_cli_prints_a_scripts_refusal(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "was measured with" in err and "batch=256" in err
+
+
+def test_mnist_step_bench_runs_trees_side_by_side(data_dir, tmp_path):
+    """benchmarks/eventprop_mnist_step.py times the MNIST training step of each source tree in its
+    own process and writes the ratios; the same tree twice gives the same spikes, and a tree
+    without sparsespike sources is refused."""
+    path = REPO / "benchmarks" / "eventprop_mnist_step.py"
+    spec = importlib.util.spec_from_file_location("eventprop_mnist_step", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "step.json"
+    args = ["--data-dir", str(data_dir), "--batches", "1", "--reps", "1", "--rounds", "1", "--out", str(out)]
+    assert mod.main(["--src", str(REPO), "--src", str(REPO), *args]) == 0
+    res = json.loads(out.read_text())["results"]
+    assert len(res) == 2 and all(_pos(r["ms_per_batch"]) for r in res)
+    assert res[0]["speedup_vs_first"] == 1.0 and res[0]["spikes_per_sample"] == res[1]["spikes_per_sample"] > 0
+    assert res[0]["module"].startswith(str(REPO))
+    with pytest.raises(SystemExit):
+        mod.main(["--src", str(tmp_path), *args])
