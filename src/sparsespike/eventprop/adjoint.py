@@ -51,6 +51,33 @@ __all__ = ["adjoint_layer", "scatter_event_errors", "adjoint_network"]
 
 
 @njit(cache=True)
+def _decay(lv, li, em, es, kb):
+    """The adjoint's closed form going back over a gap (module docstring): ``(lambda_V, lambda_I)``."""
+    return lv * em, li * es + lv * kb * (em - es)
+
+
+@njit(cache=True)
+def _back(lv, li, D, shared, dm, ds, b, g, tau_m, tau_s, kb):
+    """Go back over a gap of ``D`` ms: with the input gap ``g``'s shared factors ``dm[b, g]``,
+    ``ds[b, g]`` when ``shared``, else its own exponentials; nothing moves for ``D <= 0`` or
+    lambda = 0."""
+    if D > 0.0 and (lv != 0.0 or li != 0.0):
+        if shared:
+            return _decay(lv, li, dm[b, g], ds[b, g], kb)
+        return _decay(lv, li, math.exp(-D / tau_m), math.exp(-D / tau_s), kb)
+    return lv, li
+
+
+@njit(cache=True)
+def _spike_jump(lv, err, current, r_m, theta, grazing_eps):
+    """lambda_V just before a spike of the neuron (Fontanini eq. 5), the slope clipped for grazing."""
+    den = r_m * current - theta
+    if den < grazing_eps:
+        den = grazing_eps
+    return lv + (theta * lv + err) / den
+
+
+@njit(cache=True)
 def _walk(
     b, m, e, g_first, g_last, ev_t, ev_n, dm, ds, W, out_t, out_i, out_count, err_spk,
     tau_m, tau_s, r_m, theta, grazing_eps, need_err, grad_row, err_row,
@@ -74,22 +101,10 @@ def _walk(
     while p >= 0 or e >= 0:
         is_post = p >= 0 and (e < 0 or out_t[b, m, p] > ev_t[b, e])
         te = out_t[b, m, p] if is_post else ev_t[b, e]
-        D = tc - te
-        if D > 0.0 and (lv != 0.0 or li != 0.0):
-            if prev_input and not is_post:
-                em = dm[b, e + 1]
-                es = ds[b, e + 1]
-            else:
-                em = math.exp(-D / tau_m)
-                es = math.exp(-D / tau_s)
-            li = li * es + lv * kb * (em - es)
-            lv = lv * em
+        lv, li = _back(lv, li, tc - te, prev_input and not is_post, dm, ds, b, e + 1, tau_m, tau_s, kb)
         tc = te
         if is_post:
-            den = r_m * out_i[b, m, p] - theta
-            if den < grazing_eps:
-                den = grazing_eps
-            lv = lv + (theta * lv + err_spk[b, m, p]) / den
+            lv = _spike_jump(lv, err_spk[b, m, p], out_i[b, m, p], r_m, theta, grazing_eps)
             p -= 1
             prev_input = False
         elif e == g_last:
@@ -201,29 +216,12 @@ def _adjoint_weights_kernel(
                         prv = prev[l] != 0
                         while pp >= 0 and out_t[b, m, pp] > te:
                             tp = out_t[b, m, pp]
-                            D = tcl - tp
-                            if D > 0.0 and (lvl != 0.0 or lil != 0.0):
-                                em = math.exp(-D / tau_m)
-                                es = math.exp(-D / tau_s)
-                                lil = lil * es + lvl * kb * (em - es)
-                                lvl = lvl * em
+                            lvl, lil = _back(lvl, lil, tcl - tp, False, dm, ds, b, 0, tau_m, tau_s, kb)
                             tcl = tp
-                            den = r_m * out_i[b, m, pp] - theta
-                            if den < grazing_eps:
-                                den = grazing_eps
-                            lvl = lvl + (theta * lvl + err_spk[b, m, pp]) / den
+                            lvl = _spike_jump(lvl, err_spk[b, m, pp], out_i[b, m, pp], r_m, theta, grazing_eps)
                             pp -= 1
                             prv = False
-                        D = tcl - te
-                        if D > 0.0 and (lvl != 0.0 or lil != 0.0):
-                            if prv:
-                                em = dm[b, e + 1]
-                                es = ds[b, e + 1]
-                            else:
-                                em = math.exp(-D / tau_m)
-                                es = math.exp(-D / tau_s)
-                            lil = lil * es + lvl * kb * (em - es)
-                            lvl = lvl * em
+                        lvl, lil = _back(lvl, lil, tcl - te, prv, dm, ds, b, e + 1, tau_m, tau_s, kb)
                         lv[l] = lvl
                         li[l] = lil
                         p[l] = pp

@@ -288,7 +288,8 @@ def _forward_layer_kernel(
             em0 = dm[b, e]
             es0 = ds[b, e]
             wrow = bulk_w[b] if e == gs else WT[ev_n[b, e]]
-            if t1 - t_prev > 0.0:
+            moved = t1 - t_prev > 0.0  # else simultaneous with the previous input: no time passes
+            if moved:
                 for m in range(N):  # branch-free: every neuron advanced, possible crossings flagged
                     Vm = V[m]
                     Im = I[m]
@@ -303,25 +304,17 @@ def _forward_layer_kernel(
                     excl = (k > 0.0) & ((Im <= 0.0) | (Vm + bb <= theta))
                     peak = (ri > Vm) & (ri * es0 < (vn - theta) + theta) & (ri > theta - peak_margin)
                     flag[m] = ((~excl) & ((vn > theta) | peak)) | (dirty[m] != 0) | (live[m] == 0) | per_neuron
-                for m in range(N):
-                    if flag[m]:
-                        _lane_interval(
-                            b, m, e, False, t1, V, I, t0, dirty, live, cnt, dm, ds,
-                            tau_m, tau_s, r_m, theta, k, kr, peak_tol, xtol, out_t, out_i, capped,
-                        )  # fmt: skip
-                    else:
-                        V[m] = Vn[m]
-                        I[m] = In[m]
-                        t0[m] = t1
-                    I[m] += wrow[m]
-            else:  # simultaneous with the previous input: no time passes but since a spike
-                for m in range(N):
-                    if dirty[m]:
-                        _lane_interval(
-                            b, m, e, False, t1, V, I, t0, dirty, live, cnt, dm, ds,
-                            tau_m, tau_s, r_m, theta, k, kr, peak_tol, xtol, out_t, out_i, capped,
-                        )  # fmt: skip
-                    I[m] += wrow[m]
+            for m in range(N):
+                if flag[m] != 0 if moved else dirty[m] != 0:  # (if no time passed: since a spike)
+                    _lane_interval(
+                        b, m, e, False, t1, V, I, t0, dirty, live, cnt, dm, ds,
+                        tau_m, tau_s, r_m, theta, k, kr, peak_tol, xtol, out_t, out_i, capped,
+                    )  # fmt: skip
+                elif moved:
+                    V[m] = Vn[m]
+                    I[m] = In[m]
+                    t0[m] = t1
+                I[m] += wrow[m]
             t_prev = t1
             e = bulk_e[b] if e == gs else e + 1
         for m in range(N):  # the rest of the window
