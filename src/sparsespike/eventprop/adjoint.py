@@ -31,9 +31,13 @@ the state does not depend on the state)::
 ``err_i`` is also exactly dL/dt_i, the derivative of the loss wrt the time of input spike i,
 so the same quantity gives the gradient wrt the network's input spike times.
 
-Neurons of a layer are independent given the errors of their own spikes, so the kernel loops
-over the neurons of one sample serially and runs samples in parallel; per-sample weight
-gradients are summed afterwards in a fixed order (deterministic for any thread count).
+Neurons of a layer are independent given the errors of their own spikes. Within a sample the
+kernels walk the input events backwards in the outer loop and the neurons in the inner one
+(:func:`_sample_lanes`), so that consecutive iterations are independent. Samples run in
+parallel, with per-sample weight gradients summed afterwards in sample order; the first layer
+of a network whose input times need no gradient runs blocks of neurons in parallel instead and
+adds each sample's part in the same order. Either way the result does not depend on the thread
+count, to the bit.
 """
 
 from __future__ import annotations
@@ -78,68 +82,106 @@ def _spike_jump(lv, err, current, r_m, theta, grazing_eps):
 
 
 @njit(cache=True)
-def _walk(
-    b, m, e, g_first, g_last, ev_t, ev_n, dm, ds, W, out_t, out_i, out_count, err_spk,
-    tau_m, tau_s, r_m, theta, grazing_eps, need_err, grad_row, err_row,
+def _sample_lanes(
+    b, m0, L, e_last, g_first, g_last, ev_t, ev_n, dm, ds, WT, out_t, out_i, out_count, err_spk,
+    tau_m, tau_s, r_m, theta, grazing_eps, need_err, G, err_row, grad_bulk,
+    lv, li, tc, p, nxt, prev, flag,
 ):  # fmt: skip
-    """Integrate neuron ``m`` of sample ``b`` backwards from its last spike over its spikes and
-    input events ``e, e-1, ..., 0`` (module docstring). Adds eq. 8 to ``grad_row[n]``, the error
-    of each input event to ``err_row[e]`` (if ``need_err``), and returns the weight gradient of
-    the run of simultaneous inputs ``g_first .. g_last`` (sampled once; 0 if none or unreached)."""
+    """The adjoint of neurons ``m0 .. m0+L-1`` for sample ``b`` (module docstring), input events
+    backwards from ``e_last`` in the outer loop and the neurons in the inner one, so that
+    consecutive iterations are independent neurons. A neuron with a spike of its own between
+    this input and the previous one (rare) takes those spikes' jumps (eq. 5) one by one; every
+    other neuron decays over the gap in one branch-free loop with the gap's shared factors. A
+    neuron whose last spike is not reached yet holds lambda = 0, which stays 0 and adds 0.
+
+    Adds eq. 8 to ``G[n, l]``; with ``need_err``, the error of input event ``e`` (summed over
+    the neurons in order) to ``err_row[e]``. A run of simultaneous inputs ``g_first .. g_last``
+    is sampled once, into ``grad_bulk[b, m]``. ``lv .. flag`` are the caller's lane buffers."""
     kb = r_m * tau_m / (tau_m - tau_s)
-    g_bulk = 0.0
-    p = out_count[b, m] - 1
-    if p < 0:
-        return g_bulk  # silent neuron: lambda = 0 throughout
-    # lambda = 0 after the neuron's last spike: start there
-    lv = 0.0
-    li = 0.0
-    tc = out_t[b, m, p]
-    while e >= 0 and ev_t[b, e] >= tc:
-        e -= 1
-    prev_input = False  # the last processed event was input e + 1 (gap decays apply)
-    while p >= 0 or e >= 0:
-        is_post = p >= 0 and (e < 0 or out_t[b, m, p] > ev_t[b, e])
-        te = out_t[b, m, p] if is_post else ev_t[b, e]
-        lv, li = _back(lv, li, tc - te, prev_input and not is_post, dm, ds, b, e + 1, tau_m, tau_s, kb)
-        tc = te
-        if is_post:
-            lv = _spike_jump(lv, err_spk[b, m, p], out_i[b, m, p], r_m, theta, grazing_eps)
-            p -= 1
-            prev_input = False
-        elif e == g_last:
-            g_bulk += -tau_s * li
+    for l in range(L):
+        m = m0 + l
+        lv[l] = 0.0
+        li[l] = 0.0
+        prev[l] = 0
+        p[l] = out_count[b, m] - 1
+        nxt[l] = out_t[b, m, p[l]] if p[l] >= 0 else -np.inf  # next own spike going backwards
+        tc[l] = nxt[l] if p[l] >= 0 else 0.0
+    e = e_last
+    first = True
+    while e >= 0:
+        te = ev_t[b, e]
+        for l in range(L):
+            flag[l] = nxt[l] > te
+        if not first:  # every unflagged neuron has just stepped over input e + 1
+            em0 = dm[b, e + 1]
+            es0 = ds[b, e + 1]
+            if ev_t[b, e + 1] - te > 0.0:
+                for l in range(L):  # branch-free
+                    lvl = lv[l]
+                    lil = li[l]
+                    nli = lil * es0 + lvl * kb * (em0 - es0)
+                    keep = flag[l] != 0
+                    li[l] = lil if keep else nli
+                    lv[l] = lvl if keep else lvl * em0
+        for l in range(L):
+            if flag[l]:  # its own spikes after this input, one by one
+                m = m0 + l
+                lvl = lv[l]
+                lil = li[l]
+                tcl = tc[l]
+                pp = p[l]
+                prv = prev[l] != 0
+                while pp >= 0 and out_t[b, m, pp] > te:
+                    tp = out_t[b, m, pp]
+                    lvl, lil = _back(lvl, lil, tcl - tp, False, dm, ds, b, 0, tau_m, tau_s, kb)
+                    tcl = tp
+                    lvl = _spike_jump(lvl, err_spk[b, m, pp], out_i[b, m, pp], r_m, theta, grazing_eps)
+                    pp -= 1
+                    prv = False
+                lvl, lil = _back(lvl, lil, tcl - te, prv, dm, ds, b, e + 1, tau_m, tau_s, kb)
+                lv[l] = lvl
+                li[l] = lil
+                p[l] = pp
+                nxt[l] = out_t[b, m, pp] if pp >= 0 else -np.inf
+                prev[l] = 1
+        for l in range(L):
+            tc[l] = te
+        if e == g_last:  # the run of simultaneous inputs: sampled once
+            for l in range(L):
+                grad_bulk[b, m0 + l] += -tau_s * li[l]
             e = g_first - 1
-            prev_input = True
         else:
             n = ev_n[b, e]
-            grad_row[n] += -tau_s * li
+            for l in range(L):
+                G[n, l] += -tau_s * li[l]
             if need_err:
-                err_row[e] += W[m, n] * (r_m * lv - li)
+                acc = err_row[e]
+                for l in range(L):  # in neuron order (a sequential sum: the same bits on any run)
+                    acc += WT[n, m0 + l] * (r_m * lv[l] - li[l])
+                err_row[e] = acc
             e -= 1
-            prev_input = True
-    return g_bulk
+        first = False
 
 
 @parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _adjoint_layer_kernel(
-    ev_t, ev_n, e_last, dm, ds, W, out_t, out_i, out_count, err_spk,
-    tau_m, tau_s, r_m, theta, grazing_eps, bulk_s, bulk_e, need_err,
-    grad_b, err_in, grad_bulk,
+    ev_t, ev_n, e_last, dm, ds, WT, out_t, out_i, out_count, err_spk,
+    tau_m, tau_s, r_m, theta, grazing_eps, bulk_s, bulk_e,
+    gradT_b, err_in, grad_bulk,
 ):  # fmt: skip
-    """Samples in parallel: per-sample gradients ``grad_b [B, N_out, N_in]`` (summed by the caller
-    in sample order) and per-event errors ``err_in [B, K]``."""
+    """Samples in parallel, every neuron of the layer as one block (:func:`_sample_lanes`):
+    per-sample gradients ``gradT_b [B, N_in, N_out]`` (summed by the caller in sample order)
+    and per-event errors ``err_in [B, K]``."""
     B = ev_t.shape[0]
-    N = W.shape[0]
+    N = WT.shape[1]
     for b in prange(B):
-        # a run of simultaneous inputs (simulate.py, "Inputs that arrive together") is sampled once:
-        # its weight gradient -tau_s lambda_I goes to grad_bulk[b, m], spread by the caller
         g_last = bulk_e[b] - 1 if bulk_s[b] >= 0 else -2
-        for m in range(N):
-            grad_bulk[b, m] = _walk(
-                b, m, e_last[b], bulk_s[b], g_last, ev_t, ev_n, dm, ds, W, out_t, out_i, out_count, err_spk,
-                tau_m, tau_s, r_m, theta, grazing_eps, need_err, grad_b[b, m], err_in[b],
-            )  # fmt: skip
+        _sample_lanes(
+            b, 0, N, e_last[b], bulk_s[b], g_last, ev_t, ev_n, dm, ds, WT, out_t, out_i, out_count, err_spk,
+            tau_m, tau_s, r_m, theta, grazing_eps, True, gradT_b[b], err_in[b], grad_bulk,
+            np.zeros(N), np.zeros(N), np.zeros(N), np.zeros(N, dtype=np.int64), np.zeros(N),
+            np.zeros(N, dtype=np.uint8), np.zeros(N, dtype=np.uint8),
+        )  # fmt: skip
 
 
 #: neurons per block of the weight-gradient kernel (its per-sample scratch is N_in x LANES)
@@ -148,23 +190,19 @@ LANES = 32
 
 @parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _adjoint_weights_kernel(
-    ev_t, ev_n, e_last, dm, ds, W, out_t, out_i, out_count, err_spk,
+    ev_t, ev_n, e_last, dm, ds, WT, out_t, out_i, out_count, err_spk,
     tau_m, tau_s, r_m, theta, grazing_eps, bulk_s, bulk_e,
     gradT, grad_bulk,
 ):  # fmt: skip
-    """Weight gradient only (no input errors; the first layer). Blocks of ``LANES`` neurons run
-    in parallel, samples in order; within a sample the input events go backwards in the outer
-    loop and the block's neurons in the inner one, so consecutive iterations are independent.
-    A neuron with a spike of its own between this input and the previous one (rare) takes the
-    steps of :func:`_walk` for that gap; every other neuron decays over it in one branch-free
-    loop with the shared gap factors, the numbers :func:`_walk` computes (a neuron whose last
-    spike is not reached yet holds lambda = 0, which stays 0). Each sample's contributions are
-    gathered in a scratch and added in sample order, as summing per-sample gradients over the
-    batch axis does: the sample-parallel kernel's result to the bit. ``gradT`` is ``[N_in, N_out]``."""
+    """Weight gradient only (no input errors; the first layer), without a per-sample buffer:
+    blocks of ``LANES`` neurons in parallel, samples in order (:func:`_sample_lanes`). Each
+    sample's contributions are gathered in a scratch and added in sample order, as summing
+    per-sample gradients over the batch axis does: :func:`_adjoint_layer_kernel`'s result to the
+    bit. ``gradT`` is ``[N_in, N_out]``."""
     B = ev_t.shape[0]
-    N, K_in = W.shape
-    kb = r_m * tau_m / (tau_m - tau_s)
+    K_in, N = WT.shape
     n_blocks = (N + LANES - 1) // LANES
+    no_err = np.zeros(1)
     for blk in prange(n_blocks):
         m0 = blk * LANES
         L = min(LANES, N - m0)
@@ -172,76 +210,20 @@ def _adjoint_weights_kernel(
         li = np.zeros(L)
         tc = np.zeros(L)
         p = np.zeros(L, dtype=np.int64)
-        nxt = np.zeros(L)  # the neuron's next spike time going backwards (-inf: none left)
-        prev = np.zeros(L, dtype=np.uint8)  # the last step was an input (gap factors apply)
+        nxt = np.zeros(L)
+        prev = np.zeros(L, dtype=np.uint8)
         flag = np.zeros(L, dtype=np.uint8)
         scratch = np.zeros((K_in, L))
         for b in range(B):
-            g_first = bulk_s[b]
-            g_last = bulk_e[b] - 1 if g_first >= 0 else -2
-            for l in range(L):
-                m = m0 + l
-                lv[l] = 0.0
-                li[l] = 0.0
-                prev[l] = 0
-                p[l] = out_count[b, m] - 1
-                nxt[l] = out_t[b, m, p[l]] if p[l] >= 0 else -np.inf
-                tc[l] = nxt[l] if p[l] >= 0 else 0.0
-                grad_bulk[b, m] = 0.0
-            e = e_last[b]
-            first = True
-            while e >= 0:
-                te = ev_t[b, e]
-                for l in range(L):
-                    flag[l] = nxt[l] > te
-                if not first:  # every unflagged neuron has just stepped over input e + 1
-                    gap = ev_t[b, e + 1] - te
-                    em0 = dm[b, e + 1]
-                    es0 = ds[b, e + 1]
-                    if gap > 0.0:
-                        for l in range(L):  # branch-free
-                            lvl = lv[l]
-                            lil = li[l]
-                            nli = lil * es0 + lvl * kb * (em0 - es0)
-                            keep = flag[l] != 0
-                            li[l] = lil if keep else nli
-                            lv[l] = lvl if keep else lvl * em0
-                for l in range(L):
-                    if flag[l]:  # its own spikes after this input: _walk's steps
-                        m = m0 + l
-                        lvl = lv[l]
-                        lil = li[l]
-                        tcl = tc[l]
-                        pp = p[l]
-                        prv = prev[l] != 0
-                        while pp >= 0 and out_t[b, m, pp] > te:
-                            tp = out_t[b, m, pp]
-                            lvl, lil = _back(lvl, lil, tcl - tp, False, dm, ds, b, 0, tau_m, tau_s, kb)
-                            tcl = tp
-                            lvl = _spike_jump(lvl, err_spk[b, m, pp], out_i[b, m, pp], r_m, theta, grazing_eps)
-                            pp -= 1
-                            prv = False
-                        lvl, lil = _back(lvl, lil, tcl - te, prv, dm, ds, b, e + 1, tau_m, tau_s, kb)
-                        lv[l] = lvl
-                        li[l] = lil
-                        p[l] = pp
-                        nxt[l] = out_t[b, m, pp] if pp >= 0 else -np.inf
-                        prev[l] = 1
-                for l in range(L):
-                    tc[l] = te
-                if e == g_last:  # the run of simultaneous inputs: sampled once
-                    for l in range(L):
-                        grad_bulk[b, m0 + l] += -tau_s * li[l]
-                    e = g_first - 1
-                else:
-                    n = ev_n[b, e]
-                    for l in range(L):
-                        scratch[n, l] += -tau_s * li[l]
-                    e -= 1
-                first = False
+            g_last = bulk_e[b] - 1 if bulk_s[b] >= 0 else -2
+            _sample_lanes(
+                b, m0, L, e_last[b], bulk_s[b], g_last, ev_t, ev_n, dm, ds, WT, out_t, out_i, out_count, err_spk,
+                tau_m, tau_s, r_m, theta, grazing_eps, False, scratch, no_err, grad_bulk,
+                lv, li, tc, p, nxt, prev, flag,
+            )  # fmt: skip
             e = 0
             while e <= e_last[b]:  # add this sample's entries in sample order and clear them
-                if e == g_first:
+                if e == bulk_s[b]:
                     e = bulk_e[b]
                     continue
                 n = ev_n[b, e]
@@ -297,15 +279,15 @@ def adjoint_layer(
     # the last event before T per sample (inputs at or after T never act: no gradient, no error)
     e_last = np.minimum((events.times < p.t_window).sum(axis=1), events.count) - 1
     args = (
-        events.times, events.neuron, e_last, dm, ds, W, spikes.times, spikes.currents, spikes.counts, err,
-        float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(options.grazing_eps),
-        bulk_s, bulk_e,
+        events.times, events.neuron, e_last, dm, ds, np.ascontiguousarray(W.T), spikes.times, spikes.currents,
+        spikes.counts, err, float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold),
+        float(options.grazing_eps), bulk_s, bulk_e,
     )  # fmt: skip
     if need_input_errors:
-        grad_b = np.zeros((B, W.shape[0], W.shape[1]))
+        gradT_b = np.zeros((B, W.shape[1], W.shape[0]))
         err_in = np.zeros((B, K))
-        _adjoint_layer_kernel.select(work)(*args, True, grad_b, err_in, grad_bulk)
-        grad = grad_b.sum(axis=0)  # in sample order
+        _adjoint_layer_kernel.select(work)(*args, gradT_b, err_in, grad_bulk)
+        grad = np.ascontiguousarray(gradT_b.sum(axis=0).T)  # in sample order
     else:
         gradT = np.zeros((W.shape[1], W.shape[0]))
         _adjoint_weights_kernel.select(work)(*args, gradT, grad_bulk)
