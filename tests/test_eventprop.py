@@ -482,8 +482,8 @@ def test_vectorised_forward_equals_the_per_neuron_path_to_the_bit(seed, n_in):
     """The forward kernel advances every neuron over a gap in one branch-free loop and sends only
     those that may cross (or spiked since the last input, or are capped) down the exact
     per-neuron path; the spikes, currents and counts must be those of sending every neuron down
-    that path: bit for bit, with several spikes per neuron, inhibition, simultaneous inputs
-    and capped neurons."""
+    that path in every gap: bit for bit, with several spikes per neuron, inhibition,
+    simultaneous inputs and capped neurons."""
     from sparsespike.eventprop.params import SolverOptions
     from sparsespike.eventprop.simulate import merge_events, simulate_layer
 
@@ -501,7 +501,7 @@ def test_vectorised_forward_equals_the_per_neuron_path_to_the_bit(seed, n_in):
     ev = merge_events(x[:, :, None])
     opts = SolverOptions(max_spikes=6, on_overflow="ignore")
     fast = simulate_layer(ev, w, options=opts)
-    ref = simulate_layer(ev, w, options=opts, _per_neuron=True)
+    ref = simulate_layer(ev, w, options=opts, _exact=True)  # every neuron on the exact path
     if n_in > 2:
         assert fast.counts.sum() > 5 * B and fast.counts.max() > 1 and fast.n_capped > 0  # a rich case
     else:

@@ -183,7 +183,7 @@ def gap_decays(events, params, work: int | None = None):
     return dm, ds
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _lane_interval(
     b, m, e, last, t1, V, I, t0, dirty, live, cnt, dm, ds,
     tau_m, tau_s, r_m, theta, k, kr, peak_tol, xtol, out_t, out_i, capped,
@@ -250,10 +250,25 @@ def _lane_interval(
     cnt[m] = c
 
 
+@njit(cache=True, inline="always")
+def _advance(Vm, Im, em, es, k, kr, r_m, theta, peak_margin):
+    """A neuron's state after a gap with decay factors ``em``, ``es`` (the closed form, exactly
+    as :func:`_lane_interval` advances it), and whether it may cross the threshold in the gap:
+    what :func:`_lane_interval` tests - the exclusion, ``V(t1) > theta``, and an interior maximum,
+    which is ``R I(t*) <= R I0`` (V' = 0 there), so not above theta unless ``R I0`` is (with a
+    margin far above rounding, so the test stays conservative). Branch-free."""
+    bb = kr * Im
+    vn = (Vm + bb) * em - bb * es
+    ri = r_m * Im
+    excl = (k > 0.0) & ((Im <= 0.0) | (Vm + bb <= theta))
+    peak = (ri > Vm) & (ri * es < (vn - theta) + theta) & (ri > theta - peak_margin)
+    return vn, Im * es, (~excl) & ((vn > theta) | peak)
+
+
 @parallel_kernel(min_work=PARALLEL_MIN_WORK)
 def _forward_layer_kernel(
     ev_t, ev_n, ev_count, dm, ds, WT, bulk_s, bulk_e, bulk_w,
-    tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol, per_neuron,
+    tau_m, tau_s, r_m, theta, t_window, peak_tol, xtol, exact,
     out_t, out_i, out_count, capped,
 ):  # fmt: skip
     """Samples in parallel; within a sample, input events in the outer loop and neurons in the
@@ -263,7 +278,7 @@ def _forward_layer_kernel(
     :func:`_next_crossing`, on the same numbers), or a spike since the last input. Only those take
     the exact per-neuron path (:func:`_lane_interval`); every other one provably has no spike in
     the gap, and its advanced state is the value the per-neuron path computes, to the bit.
-    ``WT`` is ``[N_in, N_out]``; ``per_neuron`` sends every neuron down the exact path (tests)."""
+    ``WT`` is ``[N_in, N_out]``; ``exact`` sends every neuron down the exact path (tests)."""
     B = ev_t.shape[0]
     N = WT.shape[1]
     k = tau_s / (tau_m - tau_s)
@@ -291,19 +306,10 @@ def _forward_layer_kernel(
             moved = t1 - t_prev > 0.0  # else simultaneous with the previous input: no time passes
             if moved:
                 for m in range(N):  # branch-free: every neuron advanced, possible crossings flagged
-                    Vm = V[m]
-                    Im = I[m]
-                    bb = kr * Im
-                    vn = (Vm + bb) * em0 - bb * es0
-                    ri = r_m * Im
+                    vn, inn, fl = _advance(V[m], I[m], em0, es0, k, kr, r_m, theta, peak_margin)
                     Vn[m] = vn
-                    In[m] = Im * es0
-                    # what _lane_interval would test: the exclusion, V(t1) > theta, and an interior
-                    # maximum, which is R I(t*) <= R I0 (V' = 0 there), so not above theta unless
-                    # R I0 is (with a margin far above rounding, so the test stays conservative)
-                    excl = (k > 0.0) & ((Im <= 0.0) | (Vm + bb <= theta))
-                    peak = (ri > Vm) & (ri * es0 < (vn - theta) + theta) & (ri > theta - peak_margin)
-                    flag[m] = ((~excl) & ((vn > theta) | peak)) | (dirty[m] != 0) | (live[m] == 0) | per_neuron
+                    In[m] = inn
+                    flag[m] = fl | (dirty[m] != 0) | (live[m] == 0) | exact
             for m in range(N):
                 if flag[m] != 0 if moved else dirty[m] != 0:  # (if no time passed: since a spike)
                     _lane_interval(
@@ -474,7 +480,7 @@ def simulate_layer(
     params: LIFParams = DEFAULT_PARAMS,
     options: SolverOptions = DEFAULT_SOLVER,
     layer_name: str = "layer",
-    _per_neuron: bool = False,
+    _exact: bool = False,
 ) -> LayerSpikes:
     """Exact spike times of one layer of ``weight.shape[0]`` neurons driven by ``events``.
 
@@ -508,7 +514,7 @@ def simulate_layer(
     _forward_layer_kernel.select(work)(
         events.times, events.neuron, events.count, dm, ds, np.ascontiguousarray(W.T), bulk_s, bulk_e, bulk_w,
         float(p.tau_m), float(p.tau_s), float(p.r_m), float(p.threshold), float(p.t_window),
-        float(options.peak_tol), float(options.root_xtol), bool(_per_neuron),
+        float(options.peak_tol), float(options.root_xtol), bool(_exact),
         out_t, out_i, out_c, capped,
     )  # fmt: skip
     n_capped = int(capped.sum())
