@@ -174,13 +174,16 @@ def _adjoint_layer_kernel(
     and per-event errors ``err_in [B, K]``."""
     B = ev_t.shape[0]
     N = WT.shape[1]
+    # lane buffers, one row per sample (allocated once per call, not per sample)
+    fbuf = np.empty((4, B, N))
+    ibuf = np.empty((B, N), dtype=np.int64)
+    ubuf = np.empty((2, B, N), dtype=np.uint8)
     for b in prange(B):
         g_last = bulk_e[b] - 1 if bulk_s[b] >= 0 else -2
         _sample_lanes(
             b, 0, N, e_last[b], bulk_s[b], g_last, ev_t, ev_n, dm, ds, WT, out_t, out_i, out_count, err_spk,
             tau_m, tau_s, r_m, theta, grazing_eps, True, gradT_b[b], err_in[b], grad_bulk,
-            np.zeros(N), np.zeros(N), np.zeros(N), np.zeros(N, dtype=np.int64), np.zeros(N),
-            np.zeros(N, dtype=np.uint8), np.zeros(N, dtype=np.uint8),
+            fbuf[0, b], fbuf[1, b], fbuf[2, b], ibuf[b], fbuf[3, b], ubuf[0, b], ubuf[1, b],
         )  # fmt: skip
 
 

@@ -284,16 +284,26 @@ def _forward_layer_kernel(
     k = tau_s / (tau_m - tau_s)
     kr = k * r_m
     peak_margin = 1e-9 * max(1.0, abs(theta))
+    # per-sample state, one row per sample (allocated once per call, not per sample)
+    V_ = np.zeros((B, N))
+    I_ = np.zeros((B, N))
+    t0_ = np.zeros((B, N))  # per neuron: the time its state is at
+    dirty_ = np.zeros((B, N), dtype=np.uint8)  # spiked since the previous input: t0 is its spike
+    live_ = np.ones((B, N), dtype=np.uint8)  # 0 once max_spikes is reached
+    cnt_ = np.zeros((B, N), dtype=np.int64)
+    Vn_ = np.empty((B, N))
+    In_ = np.empty((B, N))
+    flag_ = np.empty((B, N), dtype=np.uint8)
     for b in prange(B):
-        V = np.zeros(N)
-        I = np.zeros(N)
-        t0 = np.zeros(N)  # per neuron: the time its state is at
-        dirty = np.zeros(N, dtype=np.uint8)  # spiked since the previous input: t0 is its spike
-        live = np.ones(N, dtype=np.uint8)  # 0 once max_spikes is reached
-        cnt = np.zeros(N, dtype=np.int64)
-        Vn = np.empty(N)
-        In = np.empty(N)
-        flag = np.empty(N, dtype=np.uint8)
+        V = V_[b]
+        I = I_[b]
+        t0 = t0_[b]
+        dirty = dirty_[b]
+        live = live_[b]
+        cnt = cnt_[b]
+        Vn = Vn_[b]
+        In = In_[b]
+        flag = flag_[b]
         K = ev_count[b]
         gs = bulk_s[b]  # events gs .. bulk_e[b]-1 share one time: one jump bulk_w[b, m] (-1: none)
         t_prev = 0.0
