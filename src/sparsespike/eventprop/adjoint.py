@@ -42,19 +42,17 @@ count, to the bit.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
 from ..kernels.cpu import parallel_kernel
 from .params import DEFAULT_PARAMS, DEFAULT_SOLVER, LIFParams, SolverOptions
-from .simulate import PARALLEL_MIN_WORK, EventList, LayerSpikes, gap_decays
+from .simulate import PARALLEL_MIN_WORK, EventList, LayerSpikes, _gap_factors, gap_decays
 
 __all__ = ["adjoint_layer", "scatter_event_errors", "adjoint_network"]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _decay(lv, li, em, es, kb):
     """The adjoint's closed form going back over a gap (module docstring): ``(lambda_V, lambda_I)``."""
     return lv * em, li * es + lv * kb * (em - es)
@@ -66,9 +64,8 @@ def _back(lv, li, D, shared, dm, ds, b, g, tau_m, tau_s, kb):
     ``ds[b, g]`` when ``shared``, else its own exponentials; nothing moves for ``D <= 0`` or
     lambda = 0."""
     if D > 0.0 and (lv != 0.0 or li != 0.0):
-        if shared:
-            return _decay(lv, li, dm[b, g], ds[b, g], kb)
-        return _decay(lv, li, math.exp(-D / tau_m), math.exp(-D / tau_s), kb)
+        em, es = _gap_factors(shared, dm, ds, b, g, D, tau_m, tau_s)
+        return _decay(lv, li, em, es, kb)
     return lv, li
 
 
@@ -83,7 +80,7 @@ def _spike_jump(lv, err, current, r_m, theta, grazing_eps):
 
 @njit(cache=True)
 def _sample_lanes(
-    b, m0, L, e_last, g_first, g_last, ev_t, ev_n, dm, ds, WT, out_t, out_i, out_count, err_spk,
+    b, m0, L, e_last, g_first, g_end, ev_t, ev_n, dm, ds, WT, out_t, out_i, out_count, err_spk,
     tau_m, tau_s, r_m, theta, grazing_eps, need_err, G, err_row, grad_bulk,
     lv, li, tc, p, nxt, prev, flag,
 ):  # fmt: skip
@@ -95,9 +92,11 @@ def _sample_lanes(
     neuron whose last spike is not reached yet holds lambda = 0, which stays 0 and adds 0.
 
     Adds eq. 8 to ``G[n, l]``; with ``need_err``, the error of input event ``e`` (summed over
-    the neurons in order) to ``err_row[e]``. A run of simultaneous inputs ``g_first .. g_last``
-    is sampled once, into ``grad_bulk[b, m]``. ``lv .. flag`` are the caller's lane buffers."""
+    the neurons in order) to ``err_row[e]``. A run of simultaneous inputs ``g_first .. g_end-1``
+    (``-1``: none) is sampled once, into ``grad_bulk[b, m]``. ``lv .. flag`` are the caller's
+    lane buffers."""
     kb = r_m * tau_m / (tau_m - tau_s)
+    g_last = g_end - 1 if g_first >= 0 else -2
     for l in range(L):
         m = m0 + l
         lv[l] = 0.0
@@ -117,12 +116,10 @@ def _sample_lanes(
             es0 = ds[b, e + 1]
             if ev_t[b, e + 1] - te > 0.0:
                 for l in range(L):  # branch-free
-                    lvl = lv[l]
-                    lil = li[l]
-                    nli = lil * es0 + lvl * kb * (em0 - es0)
+                    nlv, nli = _decay(lv[l], li[l], em0, es0, kb)
                     keep = flag[l] != 0
-                    li[l] = lil if keep else nli
-                    lv[l] = lvl if keep else lvl * em0
+                    li[l] = li[l] if keep else nli
+                    lv[l] = lv[l] if keep else nlv
         for l in range(L):
             if flag[l]:  # its own spikes after this input, one by one
                 m = m0 + l
@@ -179,9 +176,8 @@ def _adjoint_layer_kernel(
     ibuf = np.empty((B, N), dtype=np.int64)
     ubuf = np.empty((2, B, N), dtype=np.uint8)
     for b in prange(B):
-        g_last = bulk_e[b] - 1 if bulk_s[b] >= 0 else -2
         _sample_lanes(
-            b, 0, N, e_last[b], bulk_s[b], g_last, ev_t, ev_n, dm, ds, WT, out_t, out_i, out_count, err_spk,
+            b, 0, N, e_last[b], bulk_s[b], bulk_e[b], ev_t, ev_n, dm, ds, WT, out_t, out_i, out_count, err_spk,
             tau_m, tau_s, r_m, theta, grazing_eps, True, gradT_b[b], err_in[b], grad_bulk,
             fbuf[0, b], fbuf[1, b], fbuf[2, b], ibuf[b], fbuf[3, b], ubuf[0, b], ubuf[1, b],
         )  # fmt: skip
@@ -218,9 +214,8 @@ def _adjoint_weights_kernel(
         flag = np.zeros(L, dtype=np.uint8)
         scratch = np.zeros((K_in, L))
         for b in range(B):
-            g_last = bulk_e[b] - 1 if bulk_s[b] >= 0 else -2
             _sample_lanes(
-                b, m0, L, e_last[b], bulk_s[b], g_last, ev_t, ev_n, dm, ds, WT, out_t, out_i, out_count, err_spk,
+                b, m0, L, e_last[b], bulk_s[b], bulk_e[b], ev_t, ev_n, dm, ds, WT, out_t, out_i, out_count, err_spk,
                 tau_m, tau_s, r_m, theta, grazing_eps, False, scratch, no_err, grad_bulk,
                 lv, li, tc, p, nxt, prev, flag,
             )  # fmt: skip
@@ -271,10 +266,7 @@ def adjoint_layer(
     B, K = events.times.shape
     # per-event errors are needed for every input event: runs are then walked event by event
     bulk = not need_input_errors and events.bulk_mult is not None
-    if bulk:
-        bulk_s, bulk_e = events.bulk_arrays()
-    else:
-        bulk_s = bulk_e = np.full(B, -1, dtype=np.int64)
+    bulk_s, bulk_e = events.bulk_arrays(use=bulk)
     grad_bulk = np.zeros((B, W.shape[0]))
     p = params
     work = B * W.shape[0] * K

@@ -184,6 +184,22 @@ def gap_decays(events, params, work: int | None = None):
 
 
 @njit(cache=True, inline="always")
+def _gap_factors(shared, dm, ds, b, g, D, tau_m, tau_s):
+    """``(e^{-D/tau_m}, e^{-D/tau_s})``: the shared factors of input gap ``g`` (``dm[b, g]``,
+    ``ds[b, g]``) when ``shared``, else computed for this ``D``."""
+    if shared:
+        return dm[b, g], ds[b, g]
+    return math.exp(-D / tau_m), math.exp(-D / tau_s)
+
+
+@njit(cache=True, inline="always")
+def _step(Vm, Im, em, es, kr):
+    """The closed form (module docstring) over a gap with decay factors ``em``, ``es``: ``(V, I)``."""
+    bb = kr * Im
+    return (Vm + bb) * em - bb * es, Im * es
+
+
+@njit(cache=True, inline="always")
 def _lane_interval(
     b, m, e, last, t1, V, I, t0, dirty, live, cnt, dm, ds,
     tau_m, tau_s, r_m, theta, k, kr, peak_tol, xtol, out_t, out_i, capped,
@@ -206,12 +222,7 @@ def _lane_interval(
         D = t1 - t0m
         if D <= 0.0:
             break
-        if cl and not last:
-            em = dm[b, e]
-            es = ds[b, e]
-        else:
-            em = math.exp(-D / tau_m)
-            es = math.exp(-D / tau_s)
+        em, es = _gap_factors(cl and not last, dm, ds, b, e, D, tau_m, tau_s)
         d = _next_crossing(Vm, Im, D, em, es, tau_m, tau_s, r_m, theta, k, peak_tol, xtol)
         if d < 0.0:
             break
@@ -232,15 +243,8 @@ def _lane_interval(
         # advance the closed form to the input event
         D = t1 - t0m
         if D > 0.0:
-            if cl:
-                em = dm[b, e]
-                es = ds[b, e]
-            else:
-                em = math.exp(-D / tau_m)
-                es = math.exp(-D / tau_s)
-            bb = kr * Im
-            Vm = (Vm + bb) * em - bb * es
-            Im = Im * es
+            em, es = _gap_factors(cl, dm, ds, b, e, D, tau_m, tau_s)
+            Vm, Im = _step(Vm, Im, em, es, kr)
         t0m = t1
         cl = True
     V[m] = Vm
@@ -257,12 +261,11 @@ def _advance(Vm, Im, em, es, k, kr, r_m, theta, peak_margin):
     what :func:`_lane_interval` tests - the exclusion, ``V(t1) > theta``, and an interior maximum,
     which is ``R I(t*) <= R I0`` (V' = 0 there), so not above theta unless ``R I0`` is (with a
     margin far above rounding, so the test stays conservative). Branch-free."""
-    bb = kr * Im
-    vn = (Vm + bb) * em - bb * es
+    vn, inn = _step(Vm, Im, em, es, kr)
     ri = r_m * Im
-    excl = (k > 0.0) & ((Im <= 0.0) | (Vm + bb <= theta))
+    excl = (k > 0.0) & ((Im <= 0.0) | (Vm + kr * Im <= theta))
     peak = (ri > Vm) & (ri * es < (vn - theta) + theta) & (ri > theta - peak_margin)
-    return vn, Im * es, (~excl) & ((vn > theta) | peak)
+    return vn, inn, (~excl) & ((vn > theta) | peak)
 
 
 @parallel_kernel(min_work=PARALLEL_MIN_WORK)
@@ -377,9 +380,9 @@ def _merge_kernel(times, counts, ev_t, ev_n, ev_p):
 
 
 @njit(cache=True)
-def _bulk_kernel(ev_t, ev_n, ev_count, min_len, bulk_s, bulk_e, mult):
-    """Per sample, the longest run of equal (finite) event times if >= ``min_len`` long:
-    its bounds and ``mult[b, n]``, how many of its events come from input ``n``."""
+def _bulk_kernel(ev_t, ev_count, min_len, bulk_s, bulk_e):
+    """Per sample, the bounds of the longest run of equal (finite) event times if it is at least
+    ``min_len`` long; whether any sample has one."""
     B = ev_t.shape[0]
     found = False
     for b in range(B):
@@ -398,10 +401,16 @@ def _bulk_kernel(ev_t, ev_n, ev_count, min_len, bulk_s, bulk_e, mult):
         if best_len >= min_len:
             bulk_s[b] = best_s
             bulk_e[b] = best_s + best_len
-            for i in range(best_s, best_s + best_len):
-                mult[b, ev_n[b, i]] += 1.0
             found = True
     return found
+
+
+@njit(cache=True)
+def _bulk_mult_kernel(ev_n, bulk_s, bulk_e, mult):
+    """``mult[b, n]``: how many events of sample ``b``'s run come from input ``n``."""
+    for b in range(ev_n.shape[0]):
+        for i in range(bulk_s[b], bulk_e[b]):  # empty for -1 .. -1
+            mult[b, ev_n[b, i]] += 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,9 +431,10 @@ class EventList:
     bulk_end: np.ndarray | None = None
     bulk_mult: np.ndarray | None = None
 
-    def bulk_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(bulk_start, bulk_end)`` for the kernels: ``-1`` everywhere when there is no run."""
-        if self.bulk_start is None:
+    def bulk_arrays(self, use: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(bulk_start, bulk_end)`` for the kernels: ``-1`` everywhere when there is no run, or
+        when the caller walks runs event by event (``use=False``)."""
+        if self.bulk_start is None or not use:
             none = np.full(self.times.shape[0], -1, dtype=np.int64)
             return none, none
         return self.bulk_start, self.bulk_end
@@ -478,8 +488,9 @@ def merge_events(times: np.ndarray) -> EventList:
     n_in = times.shape[1]
     bs = np.full(B, -1, dtype=np.int64)
     be = np.full(B, -1, dtype=np.int64)
-    mult = np.zeros((B, n_in))
-    if B and _bulk_kernel(ev_t, ev_n, counts, max(BULK_MIN, n_in // 32), bs, be, mult):
+    if B and _bulk_kernel(ev_t, counts, max(BULK_MIN, n_in // 32), bs, be):
+        mult = np.zeros((B, n_in))
+        _bulk_mult_kernel(ev_n, bs, be, mult)
         ev.bulk_start, ev.bulk_end, ev.bulk_mult = bs, be, mult
     return ev
 
