@@ -145,3 +145,51 @@ def test_cli_train_writes_run_folder_and_resumes(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["train", str(path), "--resume", "--set", "sizes=[5, 9, 3]"]) == 2  # refused, named
     assert "sizes" in capsys.readouterr().err
+
+
+def _keep(cfg):
+    """The same run with phase 2 keeping phase 1's Adam state (moments and step counts)."""
+    cfg["phases"][1]["adam"] = "keep"
+    return cfg
+
+
+def test_adam_keep_carries_the_optimizer_state_into_the_next_phase(tmp_path, reference):
+    _, fresh = reference
+    keep = train_eventprop(_keep(_cfg(tmp_path / "keep")))
+    # phase 1 is the same run; phase 2 starts from phase 1's moments, so it differs
+    assert _strip(keep["history"][:2]) == _strip(fresh["history"][:2])
+    assert _strip(keep["history"][2:]) != _strip(fresh["history"][2:])
+    # the learning rate restarts at phase 2's own and decays from there
+    assert [h["lr"] for h in keep["history"][2:]] == pytest.approx([2e-4, 2e-4 * 0.95])
+    # Adam's step counts go on: 2 batches per epoch, 4 epochs (a fresh phase 2 counts 4)
+    ck = torch.load(tmp_path / "keep" / "last.pt", weights_only=True)
+    steps = {float(st["step"]) for st in ck["opt"]["state"].values()}
+    assert steps == {8.0}
+
+
+def test_resume_may_branch_at_a_phase_boundary(tmp_path):
+    """A checkpoint at the end of phase 1 (run with a fresh phase 2 planned) resumed with phase 2
+    changed to adam: keep is the uninterrupted keep run, to the bit."""
+    ref = train_eventprop(_keep(_cfg(tmp_path / "ref")))
+    _interrupted(tmp_path / "cut", 2)
+    res = train_eventprop(_keep(_cfg(tmp_path / "cut")), resume=True)
+    assert _strip(res["history"]) == _strip(ref["history"])
+    for k, w in _weights(tmp_path / "ref").items():
+        assert torch.equal(_weights(tmp_path / "cut")[k], w), k
+    # once phase 2 has started, it is part of the run: changing it is refused
+    _interrupted(tmp_path / "in2", 3)
+    with pytest.raises(ConfigError, match="phases"):
+        train_eventprop(_keep(_cfg(tmp_path / "in2")), resume=True)
+    # and a started phase cannot be dropped
+    with pytest.raises(ConfigError, match="has run 2 phase"):
+        train_eventprop(_cfg(tmp_path / "in2", phases=[_cfg(None)["phases"][0]]), resume=True)
+
+
+def test_adam_keep_needs_an_earlier_phase():
+    cfg = _cfg(None, out_dir=None)
+    cfg["phases"][0]["adam"] = "keep"
+    with pytest.raises(ConfigError, match="no earlier phase"):
+        train_eventprop(cfg)
+    cfg["phases"][0]["adam"] = "reuse"
+    with pytest.raises(ConfigError, match="adam must be one of"):
+        train_eventprop(cfg)

@@ -52,11 +52,17 @@ from .params import LIFParams, SolverOptions
 __all__ = ["PhaseConfig", "EventPropConfig", "load_config", "train_eventprop", "augment_images"]
 
 
+ADAM_MODES = ("fresh", "keep")
+
+
 @dataclass
 class PhaseConfig:
     """One training phase: loss ``name`` in {CE, L_W, L, L_A}, its alpha / eta (ms), lr, epochs,
-    and optionally its own ``silent_bump`` (``None``: the run's :attr:`EventPropConfig.silent_bump`;
-    e.g. bump in phase 1, where neurons die, and not in phase 2)."""
+    optionally its own ``silent_bump`` (``None``: the run's :attr:`EventPropConfig.silent_bump`;
+    e.g. bump in phase 1, where neurons die, and not in phase 2), and ``adam``: ``"fresh"`` (our
+    default: a new Adam state) or ``"keep"`` (Adam's moments and step counts go on from the
+    previous phase, only the learning rate restarts at ``lr``). Fontanini et al. say only that the
+    learning rate "has been changed between the first and the second phase" (sec. 3.4)."""
 
     loss: str = "L_W"
     alpha: float = 3e-3
@@ -64,6 +70,7 @@ class PhaseConfig:
     lr: float = 5e-3
     epochs: int = 100
     silent_bump: float | None = None
+    adam: str = field(default="fresh", metadata={"choices": ADAM_MODES})
 
     def __post_init__(self) -> None:
         if self.loss not in LOSS_NAMES:
@@ -72,6 +79,8 @@ class PhaseConfig:
             raise ConfigError(f"bad phase settings: {self}")
         if self.silent_bump is not None and not self.silent_bump >= 0:
             raise ConfigError(f"phase silent_bump must be >= 0 (or null: the run's), got {self.silent_bump}")
+        if self.adam not in ADAM_MODES:
+            raise ConfigError(f"phase adam must be one of {ADAM_MODES}, got {self.adam!r}")
 
 
 @dataclass
@@ -138,6 +147,8 @@ class EventPropConfig:
             raise ConfigError("batch_size and threads must be >= 1")
         if not self.phases:
             raise ConfigError("at least one phase is needed")
+        if self.phases[0].adam == "keep":
+            raise ConfigError("phase 1 has adam: keep, but there is no earlier phase whose Adam state it could keep")
         self._check_values()
 
     def _check_values(self) -> None:
@@ -397,7 +408,8 @@ class EventPropTraining:
 
     def _fingerprint(self) -> dict:
         """What a resumed run must share with the checkpoint: every config field but the free ones,
-        and of each phase everything but its length (phases may grow)."""
+        and of each phase that has started everything but its length (phases may grow; see
+        :meth:`_resume` for the phases that have not started)."""
         fp = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in self._RESUME_FREE}
         fp["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in fp["phases"]]
         return _json_safe(fp)
@@ -420,9 +432,18 @@ class EventPropTraining:
         old.setdefault("silent_bump", 0.0)  # checkpoints from before these options ran without them
         for p in old["phases"]:
             p.setdefault("silent_bump", None)
+            p.setdefault("adam", "fresh")
         old.setdefault("silent_target", "window")
-        refuse_changes(old, json.loads(json.dumps(self._fingerprint())), path, "phase lengths")
         ph_i, done = int(ck["phase"]), int(ck["phase_epoch"])
+        # the phases that have started must be the same; later ones are free (a run may branch at a
+        # phase boundary: phase 2 tried several ways from one phase-1 checkpoint)
+        now = json.loads(json.dumps(self._fingerprint()))
+        started = ph_i + 1
+        if len(now["phases"]) < started:
+            raise ConfigError(f"resume: {path} has run {started} phase(s), the config has only {len(now['phases'])}")
+        old["phases"] = old["phases"][:started]
+        now["phases"] = now["phases"][:started]
+        refuse_changes(old, now, path, "phase lengths and the phases that have not started")
         if done > self.cfg.phases[ph_i].epochs:
             raise ConfigError(
                 f"resume: {path} has {done} epochs of phase {ph_i + 1}, the config only {self.cfg.phases[ph_i].epochs}"
@@ -481,15 +502,23 @@ class EventPropTraining:
         except ImportError:  # pragma: no cover
             tqdm = None
         ph0, ep0 = self._start
+        prev_opt = None  # the Adam state at the end of the previous phase (for adam: keep)
         for ph_i, ph in enumerate(cfg.phases):
             if ph_i < ph0:
                 continue
             loss_fn = self._loss(ph)
             bump = cfg.silent_bump if ph.silent_bump is None else ph.silent_bump
             opt = torch.optim.Adam(net.parameters(), lr=ph.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.lr_decay)
-            if ph_i == ph0 and self._opt_state is not None:
+            resumed = ph_i == ph0 and self._opt_state is not None
+            if resumed:
                 opt.load_state_dict(self._opt_state[0])
+            elif ph.adam == "keep" and prev_opt is not None:
+                opt.load_state_dict(prev_opt)  # moments and step counts go on
+                for g in opt.param_groups:  # the learning rate restarts at this phase's
+                    g["lr"] = ph.lr
+                    g.pop("initial_lr", None)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.lr_decay)
+            if resumed:
                 sched.load_state_dict(self._opt_state[1])
             for ep in range(ep0 if ph_i == ph0 else 0, ph.epochs):
                 t0 = time.perf_counter()
@@ -565,6 +594,7 @@ class EventPropTraining:
                         flush=True,
                     )
                 yield rec
+            prev_opt = opt.state_dict()
 
     @staticmethod
     def _val_key(va: dict) -> tuple[float, float]:
