@@ -86,6 +86,7 @@ def test_resume_reads_checkpoints_with_the_older_phase_fingerprint(tmp_path):
     fp = json.loads(ck["fingerprint"])
     fp["phases"] = [[p["loss"], p["alpha"], p["eta"], p["lr"]] for p in fp["phases"]]
     del fp["silent_bump"]  # nor did they know weight bumping (read as off)
+    fp["name"] = "older"  # and the name was part of it (now free: a label)
     ck["fingerprint"] = json.dumps(fp)
     torch.save(ck, path)
     res = train_eventprop(_cfg(tmp_path / "old"), resume=True)
@@ -172,7 +173,8 @@ def test_resume_may_branch_at_a_phase_boundary(tmp_path):
     changed to adam: keep is the uninterrupted keep run, to the bit."""
     ref = train_eventprop(_keep(_cfg(tmp_path / "ref")))
     _interrupted(tmp_path / "cut", 2)
-    res = train_eventprop(_keep(_cfg(tmp_path / "cut")), resume=True)
+    # a branch may carry its own name (a label: it changes nothing the run computes)
+    res = train_eventprop(_keep(_cfg(tmp_path / "cut", name="branch")), resume=True)
     assert _strip(res["history"]) == _strip(ref["history"])
     for k, w in _weights(tmp_path / "ref").items():
         assert torch.equal(_weights(tmp_path / "cut")[k], w), k

@@ -404,7 +404,7 @@ class EventPropTraining:
             atomic_write_text(self.out_dir / "metrics.jsonl", lines)  # a resumed run keeps its epochs
 
     # settings that do not change what a run computes: free to differ on resume
-    _RESUME_FREE = ("data_dir", "threads", "eval_test", "eval_batch_size", "out_dir", "progress")
+    _RESUME_FREE = ("name", "data_dir", "threads", "eval_test", "eval_batch_size", "out_dir", "progress")
 
     def _fingerprint(self) -> dict:
         """What a resumed run must share with the checkpoint: every config field but the free ones,
@@ -434,6 +434,8 @@ class EventPropTraining:
             p.setdefault("silent_bump", None)
             p.setdefault("adam", "fresh")
         old.setdefault("silent_target", "window")
+        for k in self._RESUME_FREE:  # older checkpoints fingerprinted some of them (the name)
+            old.pop(k, None)
         ph_i, done = int(ck["phase"]), int(ck["phase_epoch"])
         # the phases that have started must be the same; later ones are free (a run may branch at a
         # phase boundary: phase 2 tried several ways from one phase-1 checkpoint)
