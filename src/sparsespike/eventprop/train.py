@@ -407,12 +407,20 @@ class EventPropTraining:
     _RESUME_FREE = ("name", "data_dir", "threads", "eval_test", "eval_batch_size", "out_dir", "progress")
 
     def _fingerprint(self) -> dict:
-        """What a resumed run must share with the checkpoint: every config field but the free ones,
-        and of each phase that has started everything but its length (phases may grow; see
-        :meth:`_resume` for the phases that have not started)."""
+        """The config as a checkpoint records it: every field but the free ones, and of each phase
+        everything but its length (phases may grow)."""
         fp = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in self._RESUME_FREE}
         fp["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in fp["phases"]]
         return _json_safe(fp)
+
+    @classmethod
+    def _comparable(cls, fp: dict, started: int) -> dict:
+        """What a resumed run must share with its checkpoint: a fingerprint without the free fields
+        (older checkpoints recorded the name) and with only the ``started`` phases; later ones may
+        change (a run may branch at a phase boundary: several phase 2s from one phase-1 checkpoint)."""
+        out = {k: v for k, v in fp.items() if k not in cls._RESUME_FREE}
+        out["phases"] = fp["phases"][:started]
+        return out
 
     def _resume(self) -> None:
         from ..train import load_checkpoint
@@ -434,18 +442,13 @@ class EventPropTraining:
             p.setdefault("silent_bump", None)
             p.setdefault("adam", "fresh")
         old.setdefault("silent_target", "window")
-        for k in self._RESUME_FREE:  # older checkpoints fingerprinted some of them (the name)
-            old.pop(k, None)
         ph_i, done = int(ck["phase"]), int(ck["phase_epoch"])
-        # the phases that have started must be the same; later ones are free (a run may branch at a
-        # phase boundary: phase 2 tried several ways from one phase-1 checkpoint)
-        now = json.loads(json.dumps(self._fingerprint()))
         started = ph_i + 1
-        if len(now["phases"]) < started:
-            raise ConfigError(f"resume: {path} has run {started} phase(s), the config has only {len(now['phases'])}")
-        old["phases"] = old["phases"][:started]
-        now["phases"] = now["phases"][:started]
-        refuse_changes(old, now, path, "phase lengths and the phases that have not started")
+        if len(self.cfg.phases) < started:
+            raise ConfigError(f"resume: {path} has run {started} phase(s), the config has only {len(self.cfg.phases)}")
+        now = json.loads(json.dumps(self._fingerprint()))
+        refuse_changes(self._comparable(old, started), self._comparable(now, started), path,
+                       "phase lengths and the phases that have not started")  # fmt: skip
         if done > self.cfg.phases[ph_i].epochs:
             raise ConfigError(
                 f"resume: {path} has {done} epochs of phase {ph_i + 1}, the config only {self.cfg.phases[ph_i].epochs}"
