@@ -422,7 +422,7 @@ def test_training_honours_optimizer_schedule_and_model_settings(tmp_path: Path) 
     torch.testing.assert_close(tr.train_times, want)  # bias spike at t_min (METHODS 2(c))
     lrs = [rec["lr"] for rec in tr.epochs()]
     assert lrs == pytest.approx([4e-3, 2e-3, 1e-3], rel=1e-12)
-    ck = torch.load(tmp_path / "last.pt", weights_only=False)
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
     (group,) = ck["opt"]["param_groups"]
     assert tuple(group["betas"]) == (0.8, 0.99) and group["eps"] == 1e-6
 
