@@ -35,6 +35,10 @@ the existing file, the rest is kept), ``benchmarks/results/eventprop.png`` (part
 
 from __future__ import annotations
 
+# isort: off
+import sparsespike  # noqa: F401 -- before torch: its process settings (runtime.tune_openmp) apply to every method
+# isort: on
+
 import argparse
 import json
 import platform

@@ -37,6 +37,10 @@ the rows to an existing JSON, e.g. a 2-thread run to a 1-thread one, and rewrite
 
 from __future__ import annotations
 
+# isort: off
+import sparsespike  # noqa: F401 -- before torch: its process settings (runtime.tune_openmp) apply to every method
+# isort: on
+
 import argparse
 import copy
 import json

@@ -38,6 +38,10 @@ Writes ``sparse_backward.json``, ``sparse_backward.md`` and two PNGs into ``--ou
 
 from __future__ import annotations
 
+# isort: off
+import sparsespike  # noqa: F401 -- before torch: its process settings (runtime.tune_openmp) apply to every method
+# isort: on
+
 import argparse
 import gc
 import json
@@ -530,6 +534,8 @@ def run(
             "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(),
             "load_avg_start": _load(),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         },
         "skipped": skipped,
         "hidden": [],
@@ -633,7 +639,10 @@ def markdown(res: dict) -> str:
         f"{c['input_density_pct']:.2f} %), B_th half-width {c['b_th_half_width']}, fast sigmoid (100), "
         f"{c['threads']} CPU thread(s); median of {c['reps']} runs (first size) / {c['sweep_reps']} (others) after "
         f"warm-up, methods interleaved. 1-min load average at start / end: {fmt_load(la)} / {fmt_load(lb_)} "
-        "(shared machine; CPU-time ratios, from `time.process_time`, are the less load-sensitive figure).",
+        "(shared machine; CPU-time ratios, from `time.process_time`, are the less load-sensitive figure). "
+        f"OpenMP: GOMP_SPINCOUNT={res['env'].get('gomp_spincount')}, "
+        f"OMP_WAIT_POLICY={res['env'].get('omp_wait_policy')} "
+        "(`sparsespike.runtime.tune_openmp`; the same for every method).",
         "",
         "## Hidden layer 2: backward time (ms, wall-clock median) and ratios to sparse",
         "",

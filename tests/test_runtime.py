@@ -1,4 +1,5 @@
-"""runtime.tune_allocator: applies once on glibc Linux, honours the opt-out."""
+"""runtime: tune_allocator applies once on glibc Linux and honours the opt-out; tune_openmp sets
+libgomp's spin count before torch loads, and only then."""
 
 from __future__ import annotations
 
@@ -79,3 +80,28 @@ def test_training_entry_points_tune_the_allocator(tmp_path, data_dir, entry):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.strip().splitlines()[-1] == want
+
+
+def _spincount_seen_by(code: str, **env_over) -> str:
+    """``GOMP_SPINCOUNT`` in a fresh interpreter after ``code`` (the user's own variables removed)."""
+    mine = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "SPARSESPIKE_TUNE_OMP")
+    env = {k: v for k, v in os.environ.items() if k not in mine}
+    env.update(env_over)
+    code += "; import os; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_tune_openmp_sets_the_spin_count_before_torch_loads():
+    """Importing sparsespike first sets it, and torch's libgomp then runs with it."""
+    assert _spincount_seen_by("import sparsespike") == "10000"
+    # libgomp reads the variable when torch loads it: too late once torch is imported
+    assert _spincount_seen_by("import torch; import sparsespike") == "None"
+
+
+@pytest.mark.parametrize(
+    ("env", "want"),
+    [({"GOMP_SPINCOUNT": "5"}, "5"), ({"OMP_WAIT_POLICY": "PASSIVE"}, "None"), ({"SPARSESPIKE_TUNE_OMP": "0"}, "None")],
+)
+def test_tune_openmp_leaves_the_users_settings_alone(env, want):
+    assert _spincount_seen_by("import sparsespike", **env) == want

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparsespike.errors import SpikeInputError
+from sparsespike.kernels import sparse as sparse_mod
 from sparsespike.kernels import sparse_cpu as kc
 from sparsespike.kernels.sparse import (
     ActiveSet,
@@ -264,25 +265,43 @@ def test_layers_use_sparse_functions():
     assert 0 < l1.activity() < 100
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_thread_splits_agree(threads):
-    """One thread (e read inside the weight walk) and several (column blocks) give the same result."""
+@pytest.mark.parametrize("mode", ["one_thread", "small_work", "batch_split", "column_blocks"])
+def test_thread_splits_agree(mode, monkeypatch):
+    """One thread (e read inside the weight walk), two threads on little work (serial builds,
+    as on one), several with the batch split (each chunk of samples into its own weight
+    gradient, then summed) and several with column blocks (the fallback when the per-thread
+    copies would be too large) give the reference gradients."""
+    if mode != "one_thread" and numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread on this machine")
+    if mode in ("batch_split", "column_blocks"):
+        monkeypatch.setattr(sparse_mod, "_PARALLEL_MIN_MACS", 0)
+    if mode == "column_blocks":
+        monkeypatch.setattr(sparse_mod, "_PRIVATE_BYTES", 0)
     x, W1, b1, _ = make(21, 18, 5, 9, 7, 0.3, 1.2)
     g = torch.Generator().manual_seed(22)
     W2 = (torch.randn(4, 7, generator=g, dtype=DT) * 1.2).requires_grad_()
+    b2 = torch.randn(4, generator=g, dtype=DT).requires_grad_()
     gs = torch.randn(18, 5, 4, generator=g, dtype=DT)
     p = LIFParams(beta=0.9)
+    calls = []
+    for name in ("weight_grad_batched", "weight_grad_active", "weight_grad_inputs", "input_grad_active"):
+        kern = getattr(kc, name)
+        for build in ("parallel", "serial"):
+            fn = getattr(kern, build)
+            monkeypatch.setattr(kern, build, lambda *a, _f=fn, _n=f"{name}.{build}": (calls.append(_n), _f(*a))[1])
     old = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(1 if mode == "one_thread" else 2)
     try:
         S1 = sparse_spiking_linear(x, W1, b1, p, 0.4)
-        S2 = sparse_spiking_linear(S1, W2, None, p, 0.4)
-        got = grads(S2, [W1, b1, W2], gs)
+        S2 = sparse_spiking_linear(S1, W2, b2, p, 0.4)
+        got = grads(S2, [W1, b1, W2, b2], gs)
     finally:
         numba.set_num_threads(old)
+    assert any(c.startswith("weight_grad_batched") for c in calls) == (mode == "batch_split"), calls
+    assert all(c.endswith(".serial") for c in calls) == (mode in ("one_thread", "small_work")), calls
     R1, _ = ref_layer(x, W1, b1, p, 0.4)
-    R2, _ = ref_layer(R1, W2, None, p, 0.4)
-    for a, r in zip(got, grads(R2, [W1, b1, W2], gs), strict=True):
+    R2, _ = ref_layer(R1, W2, b2, p, 0.4)
+    for a, r in zip(got, grads(R2, [W1, b1, W2, b2], gs), strict=True):
         close(a, r)
 
 
@@ -435,6 +454,40 @@ def test_trace_walk_vs_brute_force(seed, T, B, N, K, p_act, p_in, beta, analog):
         )
         close(dwt.t(), want_w, 1e-12)
         close(db, want_b, 1e-12)
+    # the batch split of both walks: per-chunk gradients (zeroed by the kernel), then summed
+    for nbat in (1, 2, 3):
+        for by_inputs in (False, True):
+            dwp = np.full((nbat, K, N) if by_inputs else (nbat, N, K), np.nan)
+            dbp = np.full((nbat, N), np.nan)
+            kc.weight_grad_batched(
+                nbat,
+                by_inputs,
+                T,
+                N,
+                K,
+                act.ptr.numpy(),
+                act.idx.numpy(),
+                e.numpy(),
+                sl.ptr.numpy(),
+                sl.idx.numpy(),
+                vals.numpy(),
+                sl.vals is not None,
+                powb.numpy(),
+                ipow.numpy(),
+                L,
+                geo_t.numpy(),
+                True,
+                True,
+                dwp,
+                dbp,
+                False,
+                np.zeros((1, 1, 1)),
+                np.zeros(1),
+            )
+            kc.sum_chunks(dwp, 2)
+            got = torch.from_numpy(dwp[0].T if by_inputs else dwp[0])
+            close(got, want_w, 1e-12)
+            close(torch.from_numpy(dbp.sum(0)), want_b, 1e-12)
 
 
 def test_weight_gradient_walk_choice():

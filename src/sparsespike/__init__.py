@@ -12,4 +12,8 @@ if "NUMBA_THREADING_LAYER" not in _os.environ:
     if "numba" in _sys.modules:  # numba imported first: its config is already read
         _sys.modules["numba"].config.THREADING_LAYER = "workqueue"
 
+from .runtime import tune_openmp as _tune_openmp
+
+_tune_openmp()  # before torch loads libgomp: torch's idle workers spin less (runtime.py)
+
 __version__ = "0.1.0"

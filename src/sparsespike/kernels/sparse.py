@@ -568,6 +568,10 @@ def _sparse_forward_numba(x, W, bias, p: LIFParams, b_th: float, spikes_in: Acti
 
 
 _BLOCK_BYTES = 8 * 2**20  # blocks of W / dW beyond this size (measured: no gain from L2-sized blocks)
+_PRIVATE_BYTES = 64 * 2**20  # at most this much for the per-thread weight gradients of the batch split
+# sparse backward: fewer multiply-adds than this run on one thread (docs/sparse_backward.md, "CPU, one
+# and two threads": H = 200, 16 M: 2.3 ms on two threads against 1.9 on one; H = 400, 66 M: 3.2 against 4.4)
+_PARALLEL_MIN_MACS = 32_000_000
 
 
 def _block(cols: int, rows: int, itemsize: int, parts: int) -> int:
@@ -593,7 +597,15 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
     )
     prev: ActiveSet | None = ctx.prev if need_dx else None
     sparse_dx = need_dx and prev is not None
-    threads = numba.get_num_threads()
+    # below ~32 M multiply-adds the thread pool's hand-offs (~0.1 ms per kernel call) cost more
+    # than a second thread saves: the serial builds, as on one thread
+    macs = act.n * K + (prev.n * N if sparse_dx else 0)
+    serial = macs < _PARALLEL_MIN_MACS or numba.get_num_threads() == 1
+    threads = 1 if serial else numba.get_num_threads()
+
+    def run(kernel):  # the build that the thread rule above picked (kernels/cpu.py: Kernel)
+        return kernel.serial if serial else kernel
+
     powb, geo, ipow, L = _decay_tables(ctx.beta, T, dtype)
     isz = g.element_size()
     work = B and act.n
@@ -602,14 +614,19 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
     # the weight gradient walks the active entries (n_active x K) or the input spikes
     # (n_inputs x N), whichever is less work
     by_inputs = bool(work and need_dw and ctx.spikes_in.n * N < act.n * K)
-    dW = torch.zeros(N, K, dtype=dtype) if need_dw and not by_inputs else None
-    db = torch.zeros(N, dtype=dtype) if need_db else None
-    # e = dL/dS * g at the active entries: read inside the weight-gradient walk when it runs as
-    # one block on a dense gradient (its cache misses then overlap the arithmetic), else gathered
+    # several threads: split the batch, each chunk into its own gradient, then add them up
+    # (weight_grad_batched); one thread, or private copies too large: the serial walks / column blocks
+    nbat = min(threads, B)
+    batched = bool(work and (need_dw or need_db) and nbat > 1 and nbat * N * K * isz <= _PRIVATE_BYTES)
+    dW = torch.zeros(N, K, dtype=dtype) if need_dw and not by_inputs and not batched else None
+    db = torch.zeros(N, dtype=dtype) if need_db and not batched else None
+    # e = dL/dS * g at the active entries: read inside the weight-gradient walk when its threads
+    # own whole samples (one block, or the batch split) on a dense gradient -- its cache misses
+    # then overlap the arithmetic -- else gathered first
     fuse = bool(
         work
         and (need_dw or need_db)
-        and nblk == 1
+        and (nblk == 1 or batched)
         and not by_inputs
         and gc is None
         and gs is not None
@@ -622,10 +639,52 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
     else:
         e = (_grad_at_active(gs, gc, act, dtype) * g).to(dtype).contiguous()
         gs = torch.zeros(1, 1, 1, dtype=dtype)
-    if by_inputs:
-        sp = ctx.spikes_in
+    sp: ActiveSet = (
+        ctx.spikes_in
+        if need_dw
+        else ActiveSet(T, B, K, torch.zeros(B + 1, dtype=torch.int64), torch.empty(0, dtype=torch.int32))
+    )
+    sp_val = sp.vals if sp.vals is not None else torch.empty(0, dtype=dtype)
+    if batched:
+        shape = (K, N) if by_inputs else (N, K)
+        # numpy buffers: torch.empty would be as cheap, but torch.zeros starts torch's OpenMP pool,
+        # whose spinning threads then compete with numba's for the cores
+        dwp = np.empty((nbat, *shape) if need_dw else (nbat, 1, 1), dtype=g.numpy().dtype)  # [c] read per chunk
+        dbp = np.empty((nbat, N) if need_db else (nbat, 1), dtype=dwp.dtype)
+        run(kc.weight_grad_batched)(
+            nbat,
+            by_inputs,
+            T,
+            N,
+            K,
+            act.ptr.numpy(),
+            act.idx.numpy(),
+            e.numpy(),
+            sp.ptr.numpy(),
+            sp.idx.numpy(),
+            sp_val.numpy(),
+            sp.vals is not None,
+            powb.numpy(),
+            ipow.numpy(),
+            L,
+            geo.numpy(),
+            bool(need_dw),
+            bool(need_db),
+            dwp,
+            dbp,
+            fuse,
+            gs.numpy(),
+            g.numpy(),
+        )
+        if need_dw:
+            run(kc.sum_chunks)(dwp, max(1, min(threads, dwp.shape[1] // 16)))
+            dW = torch.from_numpy(dwp[0])
+            dW = dW.t() if by_inputs else dW
+        if need_db:
+            db = torch.from_numpy(dbp.sum(0))
+    elif by_inputs:
         dwt = torch.zeros(K, N, dtype=dtype)
-        kc.weight_grad_inputs(
+        run(kc.weight_grad_inputs)(
             max(1, min(threads, N // 16)),
             T,
             N,
@@ -635,7 +694,7 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
             e.numpy(),
             sp.ptr.numpy(),
             sp.idx.numpy(),
-            (sp.vals if sp.vals is not None else torch.empty(0, dtype=dtype)).numpy(),
+            sp_val.numpy(),
             sp.vals is not None,
             powb.numpy(),
             ipow.numpy(),
@@ -647,13 +706,7 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
         )
         dW = dwt.t()
     elif work and (need_dw or need_db):
-        sp: ActiveSet = (
-            ctx.spikes_in
-            if need_dw
-            else ActiveSet(T, B, K, torch.zeros(B + 1, dtype=torch.int64), torch.empty(0, dtype=torch.int32))
-        )
-        sp_val = sp.vals if sp.vals is not None else torch.empty(0, dtype=dtype)
-        kc.weight_grad_active(
+        run(kc.weight_grad_active)(
             nblk,
             kb,
             T,
@@ -680,9 +733,9 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
         )
     dx = None
     if sparse_dx:
-        dx_vals = torch.zeros(prev.n, dtype=dtype)
+        dx_vals = torch.from_numpy(np.zeros(prev.n, dtype=g.numpy().dtype))  # not torch.zeros: see dwp above
         if work and prev.n:
-            kc.input_grad_active(
+            run(kc.input_grad_active)(
                 max(1, min(threads, B)),
                 _block(N, K, isz, 1),
                 T,

@@ -417,10 +417,9 @@ def _scale(v, f):
 
 @njit(cache=True, fastmath=FM)
 def _weight_grad_part(
-    k0, k1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db, dw, db,
-    fuse_e, gs, g,
+    k0, k1, b0, b1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db,
+    dw, db, fuse_e, gs, g,
 ):  # fmt: skip
-    B = a_ptr.shape[0] - 1
     zero = e.dtype.type(0)
     nk = k1 - k0
     # tr holds sum_{t' <= t} x[t'] * beta**(tb - t') for a base step tb; the trace at step t is
@@ -429,7 +428,7 @@ def _weight_grad_part(
     dwf = dw.reshape(-1)
     lanes = 32 // tr.itemsize
     nvec = nk // lanes
-    for b in range(B):
+    for b in range(b0, b1):
         a0 = a_ptr[b]
         a1 = a_ptr[b + 1]
         if a1 == a0:
@@ -505,11 +504,12 @@ def weight_grad_active(
     With ``fuse_e`` (one block only) ``e[a] = gs[t, b, j] * g[a]`` is computed and stored on the
     way from the dense incoming gradient ``gs[T, B, N]``; otherwise ``e`` is given.
     """
+    B = a_ptr.shape[0] - 1
     for c in prange(nblk):
         k0 = c * kb
         k1 = min(K, k0 + kb)
         _weight_grad_part(
-            k0, k1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw,
+            k0, k1, 0, B, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw,
             need_db and c == 0, dw, db, fuse_e and c == 0, gs, g,
         )  # fmt: skip
 
@@ -614,10 +614,9 @@ def input_grad_active(nchunk, nb, T, N, K, a_ptr, a_idx, e, wt, p_ptr, p_idx, po
 
 
 @njit(cache=True, fastmath=FM)
-def _bias_grad_part(n0, n1, N, a_ptr, a_idx, e, geo, db):
-    """``db[j] += e[b,t,j] * geo[t]`` for ``j`` in ``[n0, n1)`` (eq. 10's bias term)."""
-    B = a_ptr.shape[0] - 1
-    for b in range(B):
+def _bias_grad_part(n0, n1, b0, b1, N, a_ptr, a_idx, e, geo, db):
+    """``db[j] += e[b,t,j] * geo[t]`` for ``j`` in ``[n0, n1)`` and ``b`` in ``[b0, b1)`` (eq. 10's bias term)."""
+    for b in range(b0, b1):
         ta = 0
         taN = 0
         for p in range(a_ptr[b], a_ptr[b + 1]):
@@ -646,11 +645,66 @@ def weight_grad_inputs(
     for c in prange(nblk):
         n0, n1 = _split(N, nblk, c)
         if need_db:
-            _bias_grad_part(n0, n1, N, a_ptr, a_idx, e, geo, db)
+            _bias_grad_part(n0, n1, 0, B, N, a_ptr, a_idx, e, geo, db)
         _delta_walk_part(
             0, B, n0, n1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, dwt, e[:0], dwt,
             True,
         )  # fmt: skip
+
+
+@njit(cache=True)
+def _zero(a):
+    f = a.reshape(-1)
+    for k in range(f.shape[0]):
+        f[k] = 0
+
+
+@parallel_kernel
+def weight_grad_batched(
+    nbat, by_inputs, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw, need_db,
+    dwp, dbp, fuse_e, gs, g,
+):  # fmt: skip
+    """Eqs. 9-10 with the batch split over threads: chunk ``c`` of the batch accumulates into its
+    own ``dwp[c]`` and ``dbp[c]`` (zeroed here, by the thread that uses them), and
+    :func:`sum_chunks` adds them up. Each thread walks only its own samples and writes only its
+    own rows, so nothing is walked twice and no cache line is shared, unlike column blocks
+    (:func:`weight_grad_active`), where every thread walks every entry and the two threads' parts
+    of a ``dW`` row meet inside one cache line (measured on 2 cores: 1.3-2.9 ms against 0.65 ms
+    serial at H = 200). ``by_inputs``: :func:`weight_grad_inputs`'s walk (``dwp[c]`` is then
+    ``[K, N]``), else :func:`weight_grad_active`'s (``[N, K]``). With ``fuse_e`` every chunk also
+    stores ``e = gs * g`` for its own entries.
+    """
+    B = a_ptr.shape[0] - 1
+    for c in prange(nbat):
+        b0, b1 = _split(B, nbat, c)
+        if need_dw:
+            _zero(dwp[c])
+        if need_db:
+            _zero(dbp[c])
+        if by_inputs:
+            if need_db:
+                _bias_grad_part(0, N, b0, b1, N, a_ptr, a_idx, e, geo, dbp[c])
+            _delta_walk_part(
+                b0, b1, 0, N, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, dwp[c], e[:0],
+                dwp[c], True,
+            )  # fmt: skip
+        else:
+            _weight_grad_part(
+                0, K, b0, b1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_dw,
+                need_db, dwp[c], dbp[c], fuse_e, gs, g,
+            )  # fmt: skip
+
+
+@parallel_kernel
+def sum_chunks(parts, nrow_blk):
+    """``parts[0] += parts[1] + ... + parts[C-1]`` over ``parts[C, R, F]``, blocks of rows in
+    parallel (the reduction after :func:`weight_grad_batched`)."""
+    C, R, _ = parts.shape
+    for q in prange(nrow_blk):
+        r0, r1 = _split(R, nrow_blk, q)
+        for c in range(1, C):
+            for r in range(r0, r1):
+                parts[0, r, :] += parts[c, r, :]
 
 
 @njit(cache=True, fastmath=FM)
