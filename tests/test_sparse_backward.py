@@ -398,92 +398,33 @@ def test_trace_walk_vs_brute_force(seed, T, B, N, K, p_act, p_in, beta, analog):
     want_b = torch.einsum("tbj,t->j", e_dense, geo)
     powb, geo_t, ipow, L = _decay_tables(beta, T, DT)
     vals = sl.vals if sl.vals is not None else torch.empty(0, dtype=DT)
+
+    def walk(span):  # the arguments every weight-gradient walk takes, rescale span as given
+        return (
+            T, N, K, act.ptr.numpy(), act.idx.numpy(), e.numpy(), sl.ptr.numpy(), sl.idx.numpy(), vals.numpy(),
+            sl.vals is not None, powb.numpy(), ipow.numpy(), min(span, L), geo_t.numpy(),
+        )  # fmt: skip
+
+    no_fuse = (False, np.zeros((1, 1, 1)), np.zeros(1))  # fuse_e off: e is given
     for kb, span in [(K, L), (1, L), (2, 1), (3, 2)]:
         dw = torch.zeros(N, K, dtype=DT)
         db = torch.zeros(N, dtype=DT)
-        kc.weight_grad_active(
-            -(-K // kb),
-            kb,
-            T,
-            N,
-            K,
-            act.ptr.numpy(),
-            act.idx.numpy(),
-            e.numpy(),
-            sl.ptr.numpy(),
-            sl.idx.numpy(),
-            vals.numpy(),
-            sl.vals is not None,
-            powb.numpy(),
-            ipow.numpy(),
-            min(span, L),
-            geo_t.numpy(),
-            True,
-            True,
-            dw.numpy(),
-            db.numpy(),
-            False,
-            np.zeros((1, 1, 1)),
-            np.zeros(1),
-        )
+        kc.weight_grad_active(-(-K // kb), kb, *walk(span), True, True, dw.numpy(), db.numpy(), *no_fuse)
         close(dw, want_w, 1e-12)
         close(db, want_b, 1e-12)
     # the same sum walked over the input spikes (delta recurrence), any column blocks and spans
     for nblk, span in [(1, L), (min(N, 2), 1), (N, 2)]:
         dwt = torch.zeros(K, N, dtype=DT)
         db = torch.zeros(N, dtype=DT)
-        kc.weight_grad_inputs(
-            nblk,
-            T,
-            N,
-            K,
-            act.ptr.numpy(),
-            act.idx.numpy(),
-            e.numpy(),
-            sl.ptr.numpy(),
-            sl.idx.numpy(),
-            vals.numpy(),
-            sl.vals is not None,
-            powb.numpy(),
-            ipow.numpy(),
-            min(span, L),
-            geo_t.numpy(),
-            True,
-            dwt.numpy(),
-            db.numpy(),
-        )
+        kc.weight_grad_inputs(nblk, *walk(span), True, dwt.numpy(), db.numpy())
         close(dwt.t(), want_w, 1e-12)
         close(db, want_b, 1e-12)
     # the batch split of both walks: per-chunk gradients (zeroed by the kernel), then summed
-    for nbat in (1, 2, 3):
+    for nbat, span in [(1, L), (2, 1), (3, L)]:
         for by_inputs in (False, True):
             dwp = np.full((nbat, K, N) if by_inputs else (nbat, N, K), np.nan)
             dbp = np.full((nbat, N), np.nan)
-            kc.weight_grad_batched(
-                nbat,
-                by_inputs,
-                T,
-                N,
-                K,
-                act.ptr.numpy(),
-                act.idx.numpy(),
-                e.numpy(),
-                sl.ptr.numpy(),
-                sl.idx.numpy(),
-                vals.numpy(),
-                sl.vals is not None,
-                powb.numpy(),
-                ipow.numpy(),
-                L,
-                geo_t.numpy(),
-                True,
-                True,
-                dwp,
-                dbp,
-                False,
-                np.zeros((1, 1, 1)),
-                np.zeros(1),
-            )
+            kc.weight_grad_batched(nbat, by_inputs, *walk(span), True, True, dwp, dbp, *no_fuse)
             kc.sum_chunks(dwp, 2)
             got = torch.from_numpy(dwp[0].T if by_inputs else dwp[0])
             close(got, want_w, 1e-12)

@@ -645,6 +645,11 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
         else ActiveSet(T, B, K, torch.zeros(B + 1, dtype=torch.int64), torch.empty(0, dtype=torch.int32))
     )
     sp_val = sp.vals if sp.vals is not None else torch.empty(0, dtype=dtype)
+    # the arguments every weight-gradient walk takes: sizes, active set and e, input spikes, decay tables
+    walk = (
+        T, N, K, act.ptr.numpy(), act.idx.numpy(), e.numpy(), sp.ptr.numpy(), sp.idx.numpy(), sp_val.numpy(),
+        sp.vals is not None, powb.numpy(), ipow.numpy(), L, geo.numpy(),
+    )  # fmt: skip
     if batched:
         shape = (K, N) if by_inputs else (N, K)
         # numpy buffers: torch.empty would be as cheap, but torch.zeros starts torch's OpenMP pool,
@@ -652,29 +657,7 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
         dwp = np.empty((nbat, *shape) if need_dw else (nbat, 1, 1), dtype=g.numpy().dtype)  # [c] read per chunk
         dbp = np.empty((nbat, N) if need_db else (nbat, 1), dtype=dwp.dtype)
         run(kc.weight_grad_batched)(
-            nbat,
-            by_inputs,
-            T,
-            N,
-            K,
-            act.ptr.numpy(),
-            act.idx.numpy(),
-            e.numpy(),
-            sp.ptr.numpy(),
-            sp.idx.numpy(),
-            sp_val.numpy(),
-            sp.vals is not None,
-            powb.numpy(),
-            ipow.numpy(),
-            L,
-            geo.numpy(),
-            bool(need_dw),
-            bool(need_db),
-            dwp,
-            dbp,
-            fuse,
-            gs.numpy(),
-            g.numpy(),
+            nbat, by_inputs, *walk, bool(need_dw), bool(need_db), dwp, dbp, fuse, gs.numpy(), g.numpy()
         )
         if need_dw:
             run(kc.sum_chunks)(dwp, max(1, min(threads, dwp.shape[1] // 16)))
@@ -684,52 +667,14 @@ def _sparse_backward_numba(ctx, gs: torch.Tensor | None, gc: torch.Tensor | None
             db = torch.from_numpy(dbp.sum(0))
     elif by_inputs:
         dwt = torch.zeros(K, N, dtype=dtype)
-        run(kc.weight_grad_inputs)(
-            max(1, min(threads, N // 16)),
-            T,
-            N,
-            K,
-            act.ptr.numpy(),
-            act.idx.numpy(),
-            e.numpy(),
-            sp.ptr.numpy(),
-            sp.idx.numpy(),
-            sp_val.numpy(),
-            sp.vals is not None,
-            powb.numpy(),
-            ipow.numpy(),
-            L,
-            geo.numpy(),
-            bool(need_db),
-            dwt.numpy(),
-            (db if need_db else torch.zeros(1, dtype=dtype)).numpy(),
-        )
+        db_arg = (db if need_db else torch.zeros(1, dtype=dtype)).numpy()
+        run(kc.weight_grad_inputs)(max(1, min(threads, N // 16)), *walk, bool(need_db), dwt.numpy(), db_arg)
         dW = dwt.t()
     elif work and (need_dw or need_db):
+        dw_arg = (dW if need_dw else torch.zeros(1, 1, dtype=dtype)).numpy()
+        db_arg = (db if need_db else torch.zeros(1, dtype=dtype)).numpy()
         run(kc.weight_grad_active)(
-            nblk,
-            kb,
-            T,
-            N,
-            K,
-            act.ptr.numpy(),
-            act.idx.numpy(),
-            e.numpy(),
-            sp.ptr.numpy(),
-            sp.idx.numpy(),
-            sp_val.numpy(),
-            sp.vals is not None,
-            powb.numpy(),
-            ipow.numpy(),
-            L,
-            geo.numpy(),
-            bool(need_dw),
-            bool(need_db),
-            (dW if need_dw else torch.zeros(1, 1, dtype=dtype)).numpy(),
-            (db if need_db else torch.zeros(1, dtype=dtype)).numpy(),
-            fuse,
-            gs.numpy(),
-            g.numpy(),
+            nblk, kb, *walk, bool(need_dw), bool(need_db), dw_arg, db_arg, fuse, gs.numpy(), g.numpy()
         )
     dx = None
     if sparse_dx:
