@@ -47,7 +47,7 @@ _M_MMAP_THRESHOLD = -3
 _done: bool | None = None
 
 
-_INT_MAX = (1 << 31) - 1
+_INT_MAX = (1 << 31) - 1  # mallopt takes a C int: 1 << 31 would wrap to a negative value
 OMP_SPINCOUNT = 10_000  # see the module doc: short gaps between torch ops stay hot, long ones free the cores
 
 
@@ -64,7 +64,7 @@ def tune_openmp(spincount: int = OMP_SPINCOUNT) -> bool:
     if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
         return False
     os.environ["GOMP_SPINCOUNT"] = str(int(spincount))
-    return True  # mallopt takes a C int: 1 << 31 would wrap to a negative value
+    return True
 
 
 def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = _INT_MAX) -> bool:

@@ -644,19 +644,23 @@ def weight_grad_inputs(
     B = a_ptr.shape[0] - 1
     for c in prange(nblk):
         n0, n1 = _split(N, nblk, c)
-        if need_db:
-            _bias_grad_part(n0, n1, 0, B, N, a_ptr, a_idx, e, geo, db)
-        _delta_walk_part(
-            0, B, n0, n1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, dwt, e[:0], dwt,
-            True,
+        _input_walk_part(
+            0, B, n0, n1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_db, dwt,
+            db,
         )  # fmt: skip
 
 
 @njit(cache=True)
-def _zero(a):
-    f = a.reshape(-1)
-    for k in range(f.shape[0]):
-        f[k] = 0
+def _input_walk_part(
+    b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_db, dwt, db
+):  # fmt: skip
+    """:func:`weight_grad_inputs` for samples ``[b0, b1)`` and output neurons ``[n0, n1)``: the
+    bias term, then the delta walk over the input spikes into ``dwt``."""
+    if need_db:
+        _bias_grad_part(n0, n1, b0, b1, N, a_ptr, a_idx, e, geo, db)
+    _delta_walk_part(
+        b0, b1, n0, n1, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, dwt, e[:0], dwt, True
+    )  # fmt: skip
 
 
 @parallel_kernel
@@ -678,15 +682,13 @@ def weight_grad_batched(
     for c in prange(nbat):
         b0, b1 = _split(B, nbat, c)
         if need_dw:
-            _zero(dwp[c])
+            dwp[c].fill(0)
         if need_db:
-            _zero(dbp[c])
+            dbp[c].fill(0)
         if by_inputs:
-            if need_db:
-                _bias_grad_part(0, N, b0, b1, N, a_ptr, a_idx, e, geo, dbp[c])
-            _delta_walk_part(
-                b0, b1, 0, N, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, dwp[c], e[:0],
-                dwp[c], True,
+            _input_walk_part(
+                b0, b1, 0, N, T, N, K, a_ptr, a_idx, e, sp_ptr, sp_idx, sp_val, has_val, powb, ipow, L, geo, need_db,
+                dwp[c], dbp[c],
             )  # fmt: skip
         else:
             _weight_grad_part(
